@@ -1,0 +1,311 @@
+"""The campaign: a series of rounds toward one goal, as one YAML file.
+
+A campaign names the model, the technique, the backend that runs the jobs, the ordered training
+stages of a round (each with a recipe template, datasets and overrides), how candidates are
+evaluated, when to stop (the gate), what to keep (retention) and when rounds start (schedule).
+
+Data URIs may contain Airflow templates (``{{ ds }}``): they are rendered for each round, and
+validated after rendering, so a schedule or a backfill feeds each round its own data.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tuneloop.recipes.catalog import MODELS, Method, Platform, Technique
+from tuneloop.recipes.common import StrictModel
+
+NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+CRON_PRESETS = frozenset({"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly",
+                          "@yearly", "@annually"})
+CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+
+
+# --- backends ----------------------------------------------------------------------------------
+
+
+class LocalBackend(StrictModel):
+    """Run every job on this machine with the local training backend."""
+
+    type: Literal["local"] = "local"
+    """Backend kind."""
+    output_root: str = ".tuneloop"
+    """Folder for job outputs, checkpoints and the round ledger (a path or file:// URI)."""
+    mlflow_uri: str = ""
+    """MLflow tracking URI; empty uses a SQLite store under output_root."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the trainer runs: CUDA when available (auto), or forced."""
+
+    @property
+    def platform(self) -> Platform:
+        return Platform.LOCAL
+
+
+class _AwsBackend(StrictModel):
+    region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+    """AWS region of the cluster or training jobs, e.g. us-east-1."""
+    instance_type: str = Field(default="ml.p5.48xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    """Instance type of the training nodes."""
+    output_root: str = Field(pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+    """S3 folder (customer-owned) for job outputs and the round ledger."""
+    mlflow_uri: str = ""
+    """MLflow tracking server URI or SageMaker managed MLflow app ARN; empty disables MLflow."""
+    aws_conn_id: str = "aws_default"
+    """Airflow connection with the AWS credentials."""
+
+
+class HyperPodBackend(_AwsBackend):
+    """Run jobs on a SageMaker HyperPod cluster orchestrated by EKS."""
+
+    type: Literal["hyperpod"] = "hyperpod"
+    """Backend kind."""
+    cluster: str = Field(min_length=1, max_length=63)
+    """HyperPod cluster name."""
+    namespace: str = Field(default="kubeflow", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """Kubernetes namespace the jobs run in."""
+
+    @property
+    def platform(self) -> Platform:
+        return Platform.HYPERPOD
+
+
+class TrainingJobsBackend(_AwsBackend):
+    """Run jobs as SageMaker training jobs."""
+
+    type: Literal["smtj"] = "smtj"
+    """Backend kind."""
+    role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+    """IAM role the training jobs run as."""
+    max_runtime_seconds: Annotated[int, Field(ge=60, le=28 * 24 * 3600)] = 86_400
+    """Stop a job that runs longer than this."""
+
+    @property
+    def platform(self) -> Platform:
+        return Platform.SMTJ
+
+
+Backend = Annotated[LocalBackend | HyperPodBackend | TrainingJobsBackend,
+                    Field(discriminator="type")]
+
+
+# --- stages, evaluation ------------------------------------------------------------------------
+
+
+class Datasets(StrictModel):
+    train: str = Field(min_length=1)
+    """Training data (JSONL). May use Airflow templates such as {{ ds }}."""
+    validation: str = ""
+    """Optional validation data (JSONL)."""
+
+
+def flatten_overrides(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c.d": 2}`` -> ``{"a.b": 1, "c.d": 2}``."""
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(item, dict) and item:
+            flat.update(flatten_overrides(item, path))
+        else:
+            flat[path] = item
+    return flat
+
+
+class Stage(StrictModel):
+    """One training job of a round, started from the previous stage's checkpoint."""
+
+    method: Method
+    """cpt, sft or rft."""
+    name: str = ""
+    """Stage name used in task ids and job names; defaults to the method."""
+    recipe: str = Field(min_length=1)
+    """Recipe template: a path relative to this file, to its folder's parent, or to recipes/."""
+    datasets: Datasets
+    """Where this stage's data lives."""
+    reward_function: str = ""
+    """RFT only: reward Lambda ARN (module:function on the local backend)."""
+    overrides: dict[str, Any] = {}
+    """Recipe fields to change, as dotted paths or nested mappings."""
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Stage:
+        if not self.name:
+            self.name = self.method.value
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value and not STAGE_NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid stage name (lowercase letters, digits "
+                             "and '-', starting with a letter, at most 16 characters)")
+        return value
+
+    @property
+    def flat_overrides(self) -> dict[str, Any]:
+        return flatten_overrides(self.overrides)
+
+
+class Evaluation(StrictModel):
+    """How every round's candidate (and the base model, once) is evaluated."""
+
+    recipe: str = Field(min_length=1)
+    """Evaluation recipe template."""
+    dataset: str = ""
+    """Evaluation data (gen_qa, judge and rft_eval tasks); empty for built-in benchmarks."""
+    reward_function: str = ""
+    """rft_eval only: reward Lambda ARN (module:function on the local backend)."""
+    metrics: list[str] = Field(default_factory=list)
+    """Metrics to record each round; the gate's metrics must be among them."""
+    overrides: dict[str, Any] = {}
+    """Recipe fields to change."""
+
+    @property
+    def flat_overrides(self) -> dict[str, Any]:
+        return flatten_overrides(self.overrides)
+
+
+# --- gate, retention, schedule -----------------------------------------------------------------
+
+
+class Target(StrictModel):
+    at_least: float | None = None
+    """The metric must reach this value."""
+    at_most: float | None = None
+    """The metric must not exceed this value (for losses and error rates)."""
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Target:
+        if (self.at_least is None) == (self.at_most is None):
+            raise ValueError("set exactly one of at_least and at_most")
+        return self
+
+
+class Rollback(StrictModel):
+    """How the round after a rollback differs from the one that regressed."""
+
+    lr_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    """Multiply every stage's learning rate by this (half by default)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    """Extra recipe overrides per stage name for the retried round."""
+
+
+class Gate(StrictModel):
+    """When a round is good enough, when to roll back, and when to stop."""
+
+    primary_metric: str = Field(min_length=1)
+    """The metric that ranks rounds and picks the champion."""
+    higher_is_better: bool = True
+    """Whether a larger primary metric is better."""
+    targets: dict[str, float | Target] = {}
+    """Metric -> threshold (a number means at least). Every target met: promote and finish."""
+    regression_tolerance: Annotated[float, Field(ge=0.0)] = 0.01
+    """Roll back when the primary metric falls below the champion by more than this."""
+    min_improvement: Annotated[float, Field(ge=0.0)] = 0.005
+    """Smaller gains than this count as a plateau."""
+    plateau_rounds: Annotated[int, Field(ge=1, le=20)] = 2
+    """Consecutive plateau rounds before switching technique or stopping."""
+    max_rounds: Annotated[int, Field(ge=1, le=100)] = 5
+    """Stop after this many rounds (3-5 is typical; more suggests diminishing returns)."""
+    budget_gpu_hours: Annotated[float, Field(gt=0.0)] | None = None
+    """Stop before a round would exceed this many GPU-hours in total."""
+    rollback: Rollback = Rollback()
+    """Adjustments for the round after a rollback."""
+
+    def target_bounds(self) -> dict[str, Target]:
+        return {name: t if isinstance(t, Target) else Target(at_least=t)
+                for name, t in self.targets.items()}
+
+
+class Retention(StrictModel):
+    """What happens to checkpoints and outputs of old rounds."""
+
+    keep_last: Annotated[int, Field(ge=1)] = 3
+    """Rounds whose outputs stay in standard storage (the champion is always kept)."""
+    archive_storage_class: Literal["GLACIER", "DEEP_ARCHIVE", "GLACIER_IR"] = "GLACIER"
+    """S3 storage class older round outputs move to."""
+    delete_intermediates: bool = False
+    """Delete stage outputs that are not a round's final checkpoint once the round is done."""
+
+
+class BaseCheckpoint(StrictModel):
+    """A checkpoint trained outside this campaign, to start round 1 from."""
+
+    output_uri: str = Field(min_length=1)
+    """The training job's output folder (the one holding manifest.json)."""
+    technique: Technique
+    """How it was trained: lora or full."""
+    trained_with: list[Method] = Field(min_length=1)
+    """Methods applied since the base model, oldest first (e.g. [sft])."""
+
+
+class Campaign(StrictModel):
+    """A series of rounds toward one goal."""
+
+    name: str
+    """Campaign name: lowercase letters, digits and '-', at most 32 characters. The DAG is
+    tuneloop_<name>."""
+    description: str = ""
+    """Shown in the Airflow UI."""
+    backend: Backend
+    """Where jobs run: local, hyperpod or smtj."""
+    model_type: str
+    """The model variant; it stays the same in every round."""
+    technique: Technique
+    """lora or full; it stays the same in every round (CPT stages are always full)."""
+    base_model: str | BaseCheckpoint = ""
+    """Round 1 starts here: empty for the model's base weights, or an earlier checkpoint."""
+    stages: list[Stage] = Field(min_length=1)
+    """Training stages of each round, in order."""
+    evaluation: Evaluation
+    """How candidates are scored."""
+    gate: Gate
+    """Stop, continue and rollback rules."""
+    retention: Retention = Retention()
+    """Checkpoint lifecycle."""
+    schedule: str | None = None
+    """Cron expression or preset (@daily, @weekly, ...) that starts rounds; null: manual only."""
+    trigger_on_data: list[str] = []
+    """URIs whose update starts a round (Airflow Assets)."""
+    start_date: date | None = None
+    """First date a schedule or backfill covers."""
+    tags: list[str] = []
+    """Extra Airflow DAG tags."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid campaign name (lowercase letters, digits "
+                             "and '-', starting with a letter, at most 32 characters)")
+        return value
+
+    @field_validator("model_type")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if value not in MODELS:
+            raise ValueError(f"unknown model_type {value!r} (allowed: {', '.join(MODELS)})")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is None or value in CRON_PRESETS:
+            return value
+        fields = value.split()
+        if len(fields) != 5 or not all(CRON_FIELD.match(f) for f in fields):
+            raise ValueError(f"{value!r} is neither a cron expression (5 fields) nor a preset "
+                             f"({', '.join(sorted(CRON_PRESETS))})")
+        return value
+
+    @property
+    def platform(self) -> Platform:
+        return self.backend.platform
+
+    @property
+    def dag_id(self) -> str:
+        return f"tuneloop_{self.name.replace('-', '_')}"

@@ -1,0 +1,200 @@
+"""The `tuneloop` command line.
+
+Exit codes: 0 success, 2 a user error (bad file, bad value, incompatible plan), with one line per
+problem on stderr as ``file:line: field.path: message (allowed: ...)``. A traceback means a bug
+in tuneloop, never a mistake in the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from datetime import date
+from typing import Any, TextIO
+
+from tuneloop import __version__
+from tuneloop.errors import Problem, TuneloopError
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = args.handler(args)
+        _print_warnings(caught)
+        return code
+    except TuneloopError as exc:
+        _print_problems(exc.problems)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _print_problems(problems: Sequence[Problem], stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
+    for problem in problems:
+        print(problem.format(), file=stream)
+
+
+def _print_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
+    from tuneloop.recipes.render import RecipeWarning
+
+    for item in caught:
+        if issubclass(item.category, RecipeWarning):
+            print(f"warning: {item.message}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuneloop",
+        description="Iterative fine-tuning of foundation models as Airflow pipelines.",
+    )
+    parser.add_argument("--version", action="version", version=f"tuneloop {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    recipe = commands.add_parser("recipe", help="render, validate and document recipes")
+    recipe_commands = recipe.add_subparsers(title="recipe commands", metavar="COMMAND")
+
+    render = recipe_commands.add_parser(
+        "render", help="print a template with overrides applied and interpolations resolved")
+    render.add_argument("recipe", metavar="TEMPLATE", help="recipe template (YAML)")
+    render.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a field, e.g. "
+                        "training_config.max_steps=200 (repeatable)")
+    _add_recipe_context(render)
+    render.set_defaults(handler=_recipe_render)
+
+    validate = recipe_commands.add_parser("validate", help="validate recipe files")
+    validate.add_argument("files", nargs="+", metavar="FILE", help="recipe files (YAML)")
+    _add_recipe_context(validate)
+    validate.set_defaults(handler=_recipe_validate)
+
+    fields = recipe_commands.add_parser(
+        "fields", help="list a recipe kind's fields with defaults, ranges and meaning")
+    fields.add_argument("kind", choices=["sft", "cpt", "rft", "eval"])
+    fields.add_argument("--model", default="amazon.nova-2-lite-v1:0:256k",
+                        help="model_type whose recipe layout to show (default: %(default)s)")
+    fields.set_defaults(handler=_recipe_fields)
+
+    campaign = commands.add_parser("campaign", help="check campaign files")
+    campaign_commands = campaign.add_subparsers(title="campaign commands", metavar="COMMAND")
+    cvalidate = campaign_commands.add_parser(
+        "validate", help="validate a campaign and print its round plan")
+    cvalidate.add_argument("file", metavar="FILE", help="campaign file (YAML)")
+    cvalidate.add_argument("--round", type=int, default=1, help="round number to plan")
+    cvalidate.add_argument("--ds", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD",
+                           help="logical date for {{ ds }} in data URIs (default: today)")
+    cvalidate.add_argument("--offline", action="store_true",
+                           help="do not read the base checkpoint's manifest from storage")
+    cvalidate.add_argument("--json", action="store_true", help="print the plan as JSON")
+    cvalidate.add_argument("--quiet", "-q", action="store_true",
+                           help="print only the summary, not the rendered recipes")
+    cvalidate.set_defaults(handler=_campaign_validate)
+    return parser
+
+
+def _add_recipe_context(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--platform", choices=["hyperpod", "smtj", "local"], default=None,
+                        help="where the recipe will run (default: local for local.* models, "
+                        "else hyperpod)")
+    parser.add_argument("--instance-type", default=None,
+                        help="instance type, e.g. ml.p5.48xlarge (decides replica counts on smtj)")
+    parser.add_argument("--kind", choices=["sft", "cpt", "rft", "eval"], default=None,
+                        help="recipe kind when the file does not say (Nova 1 SFT and CPT share a "
+                        "layout)")
+    parser.add_argument("--template", action="store_true",
+                        help="allow empty data paths, output path and reward function")
+
+
+def _render(path: str, overrides: dict[str, Any], args: argparse.Namespace) -> Any:
+    from tuneloop.recipes.catalog import Method, Platform
+    from tuneloop.recipes.render import render_recipe
+    from tuneloop.recipes.rules import RecipeContext
+    from tuneloop.sources import load_document
+
+    document = load_document(path)
+    platform = args.platform
+    if platform is None:
+        run = document.data.get("run") if isinstance(document.data.get("run"), dict) else {}
+        platform = "local" if str(run.get("model_type", "")).startswith("local.") else "hyperpod"
+    method: Any = "detect"
+    if args.kind is not None:
+        method = None if args.kind == "eval" else Method(args.kind)
+    context = RecipeContext(platform=Platform(platform), instance_type=args.instance_type,
+                            template=args.template)
+    return render_recipe(document, overrides, method=method, context=context)
+
+
+def _recipe_render(args: argparse.Namespace) -> int:
+    from tuneloop.recipes.render import parse_set_options
+
+    rendered = _render(args.recipe, parse_set_options(args.overrides), args)
+    sys.stdout.write(rendered.to_yaml())
+    return EXIT_OK
+
+
+def _recipe_validate(args: argparse.Namespace) -> int:
+    code = EXIT_OK
+    for path in args.files:
+        try:
+            rendered = _render(path, {}, args)
+        except TuneloopError as exc:
+            _print_problems(exc.problems)
+            code = EXIT_USAGE
+            continue
+        technique = "" if rendered.method is None else f" {rendered.technique.value}"
+        print(f"{path}: ok ({rendered.kind}{technique}, {rendered.model_type})")
+    return code
+
+
+def _recipe_fields(args: argparse.Namespace) -> int:
+    from tuneloop.recipes.catalog import Method, model_spec
+    from tuneloop.recipes.docs import describe_fields
+    from tuneloop.recipes.render import recipe_model
+
+    spec = model_spec(args.model)
+    if spec is None:
+        from tuneloop.recipes.catalog import MODELS
+
+        raise TuneloopError([Problem("--model", f"unknown model_type {args.model!r}",
+                                     allowed=", ".join(MODELS))])
+    method = None if args.kind == "eval" else Method(args.kind)
+    model = recipe_model(method, spec)
+    if model is None:
+        raise TuneloopError([Problem("kind", f"{spec.display_name} has no {args.kind} recipe")])
+    for line in describe_fields(model):
+        print(line)
+    return EXIT_OK
+
+
+def _campaign_validate(args: argparse.Namespace) -> int:
+    from tuneloop.plan import load_campaign, plan_round, sample_template_context
+
+    if args.round < 1:
+        raise TuneloopError([Problem("--round", f"{args.round} is not a round number",
+                                     allowed=">= 1")])
+    campaign_file = load_campaign(args.file)
+    plan = plan_round(campaign_file, round_number=args.round,
+                      template_context=sample_template_context(args.ds), offline=args.offline)
+    if args.json:
+        print(json.dumps(plan.model_dump(mode="json"), indent=2))
+    else:
+        from tuneloop.plan_text import format_plan
+
+        sys.stdout.write(format_plan(campaign_file.campaign, plan, recipes=not args.quiet))
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

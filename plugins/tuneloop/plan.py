@@ -1,0 +1,481 @@
+"""Load a campaign file and plan a round: every stage's recipe rendered and checked up front.
+
+Planning is where "fail before spending" happens. A round plan exists only if every stage's
+recipe validates for the campaign's model and platform, the stages form a lineage the service
+accepts (technique matrix, model type, platform), the data lives in customer buckets and the
+reward function is usable. All problems are reported together, each pointing at the campaign
+line or recipe line that caused it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from tuneloop import storage
+from tuneloop.campaign import BaseCheckpoint, Campaign
+from tuneloop.errors import CampaignError, CompatibilityError, ConfigError, Problem
+from tuneloop.manifest import Checkpoint, read_checkpoint, read_checkpoint_uri
+from tuneloop.recipes import compat
+from tuneloop.recipes.catalog import EVAL_TASKS, Method, Platform, Technique, eval_metrics
+from tuneloop.recipes.render import Origin, RenderedRecipe, render_recipe
+from tuneloop.recipes.rules import PLACEHOLDER_PREFIX, RecipeContext
+from tuneloop.sources import Document, format_loc, load_document, problems_from_validation_error
+
+RECIPES_DIR_ENV = "TUNELOOP_RECIPES_DIR"
+
+
+def recipes_root() -> Path:
+    """The repository's recipes/ folder (override with TUNELOOP_RECIPES_DIR)."""
+    import os
+
+    configured = os.environ.get(RECIPES_DIR_ENV)
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[2] / "recipes"
+
+
+@dataclass
+class CampaignFile:
+    campaign: Campaign
+    document: Document
+
+    @property
+    def path(self) -> Path:
+        return Path(self.document.source)
+
+    def line(self, *loc: str | int) -> int | None:
+        return self.document.line_of(loc)
+
+    def problem(self, loc: tuple[str | int, ...], message: str, **kwargs: Any) -> Problem:
+        return self.document.problem(loc, message, **kwargs)
+
+
+def load_campaign(path: str | Path) -> CampaignFile:
+    """Parse and validate the campaign's own fields (recipes are checked by `plan_round`)."""
+    try:
+        document = load_document(path)
+    except ConfigError as exc:
+        raise CampaignError(exc.problems) from None
+    try:
+        campaign = Campaign.model_validate(document.data)
+    except ValidationError as exc:
+        raise CampaignError(problems_from_validation_error(exc, Campaign, document)) from None
+    return CampaignFile(campaign, document)
+
+
+# --- Airflow templates in data URIs ------------------------------------------------------------
+
+
+def sample_template_context(logical_date: date | None = None) -> dict[str, Any]:
+    """The Airflow template variables a data URI may use, for a run on ``logical_date``."""
+    day = logical_date or datetime.now(timezone.utc).date()
+    start = datetime.combine(day, time.min, tzinfo=timezone.utc)
+    return {
+        "ds": day.isoformat(),
+        "ds_nodash": day.strftime("%Y%m%d"),
+        "ts": start.isoformat(),
+        "ts_nodash": start.strftime("%Y%m%dT%H%M%S"),
+        "logical_date": start,
+        "data_interval_start": start,
+        "data_interval_end": start + timedelta(days=1),
+        "prev_ds": (day - timedelta(days=1)).isoformat(),
+        "next_ds": (day + timedelta(days=1)).isoformat(),
+        "run_id": f"manual__{start.isoformat()}",
+        "params": {},
+        "var": {"value": {}, "json": {}},
+    }
+
+
+def render_template(text: str, context: dict[str, Any]) -> str:
+    """Render ``{{ ... }}`` in a campaign value; undefined names are errors, not empty strings."""
+    if "{{" not in text and "{%" not in text:
+        return text
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+    try:
+        return env.from_string(text).render(**context)
+    except jinja2.UndefinedError as exc:
+        names = ", ".join(sorted(k for k in context if not k.startswith("_")))
+        raise ValueError(f"{exc.message} in {text!r} (template variables: {names})") from None
+    except jinja2.TemplateError as exc:
+        raise ValueError(f"cannot render {text!r}: {exc}") from None
+
+
+# --- the plan ----------------------------------------------------------------------------------
+
+
+class PlannedStage(BaseModel):
+    name: str
+    method: Method
+    technique: Technique
+    template: str
+    job_name: str
+    model_name_or_path: str
+    """The stage's starting weights; `@checkpoint:<stage>` until that stage finishes."""
+    datasets: dict[str, str]
+    output_uri: str
+    recipe: dict[str, Any]
+    warnings: list[str] = []
+
+
+class PlannedEvaluation(BaseModel):
+    template: str
+    job_name: str
+    task: str
+    model_name_or_path: str
+    dataset: str
+    metrics: list[str]
+    output_uri: str
+    recipe: dict[str, Any]
+    warnings: list[str] = []
+
+
+class RoundPlan(BaseModel):
+    campaign: str
+    round: int
+    platform: Platform
+    model_type: str
+    technique: Technique
+    base_model: str
+    stages: list[PlannedStage]
+    evaluation: PlannedEvaluation
+
+
+def campaign_root(campaign: Campaign) -> str:
+    return storage.join(campaign.backend.output_root, campaign.name)
+
+
+def round_root(campaign: Campaign, round_number: int) -> str:
+    return storage.join(campaign_root(campaign), "rounds", f"{round_number:04d}")
+
+
+def job_name(campaign: Campaign, round_number: int, stage: str) -> str:
+    return f"{campaign.name}-r{round_number:04d}-{stage}"
+
+
+def find_template(cf: CampaignFile, reference: str) -> Path | None:
+    path = Path(reference)
+    if path.is_absolute():
+        return path if path.is_file() else None
+    here = cf.path.resolve().parent
+    for folder in (here, here.parent, recipes_root()):
+        candidate = folder / path
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_base(cf: CampaignFile, *, offline: bool) -> tuple[str, Checkpoint | None]:
+    """Round 1's model_name_or_path and, for an earlier checkpoint, what it is.
+
+    Offline, an earlier checkpoint is described from the campaign file alone; online its
+    manifest.json must exist (the service would fail with "Model config not found" otherwise).
+    """
+    campaign = cf.campaign
+    base = campaign.base_model
+    spec_base = _model_base(campaign)
+    if isinstance(base, str) and (not base or base == spec_base):
+        return spec_base, None
+    if isinstance(base, str):
+        if campaign.platform is Platform.LOCAL and not offline and not _looks_like_output(base):
+            return base, None  # a model directory on disk, not a job output
+        if offline:
+            return base, None
+        checkpoint = read_checkpoint(base, path="base_model")
+        if checkpoint is None:
+            return read_checkpoint_uri(base, path="base_model"), None
+        return checkpoint.uri, checkpoint
+    declared = Checkpoint(
+        uri=f"{PLACEHOLDER_PREFIX}base", model_type=campaign.model_type,
+        technique=base.technique, platform=campaign.platform,
+        lineage=tuple(base.trained_with), output_uri=base.output_uri,
+    )
+    if offline:
+        return declared.uri, declared
+    uri = read_checkpoint_uri(base.output_uri, path="base_model.output_uri")
+    return uri, declared.model_copy(update={"uri": uri})
+
+
+def _looks_like_output(path: str) -> bool:
+    return storage.exists(storage.join(path, "manifest.json"))
+
+
+def _model_base(campaign: Campaign) -> str:
+    from tuneloop.recipes.catalog import MODELS
+
+    return MODELS[campaign.model_type].base_model
+
+
+def plan_round(
+    cf: CampaignFile,
+    *,
+    round_number: int = 1,
+    base_uri: str | None = None,
+    base: Checkpoint | None = None,
+    template_context: dict[str, Any] | None = None,
+    offline: bool = True,
+) -> RoundPlan:
+    """Render and check every recipe of round ``round_number``; raise CampaignError if any fail.
+
+    ``base_uri``/``base`` name the checkpoint the round starts from (the ledger supplies them
+    from round 2 on); by default round 1 starts from the campaign's base_model.
+    """
+    campaign = cf.campaign
+    context = template_context or sample_template_context()
+    problems: list[Problem] = []
+    if base_uri is None:
+        try:
+            base_uri, base = resolve_base(cf, offline=offline)
+        except CompatibilityError as exc:
+            raise CampaignError([cf.problem(("base_model",), p.message, fix=p.fix)
+                                 for p in exc.problems]) from None
+    _check_stage_names(cf, problems)
+
+    recipe_context = RecipeContext(
+        platform=campaign.platform,
+        instance_type=getattr(campaign.backend, "instance_type", None),
+        region=getattr(campaign.backend, "region", None),
+    )
+    stages: list[PlannedStage] = []
+    previous = base_uri
+    for index, stage in enumerate(campaign.stages):
+        planned = _plan_stage(cf, index, round_number, previous, context, recipe_context,
+                              problems)
+        if planned is not None:
+            stages.append(planned)
+        previous = f"{PLACEHOLDER_PREFIX}{stage.name}"
+    evaluation = _plan_evaluation(cf, round_number, previous, context, recipe_context, problems)
+
+    try:
+        compat.check_lineage(
+            [s.method for s in campaign.stages], technique=campaign.technique,
+            model_type=campaign.model_type, platform=campaign.platform, base=base,
+            paths=[f"stages[{i}]" for i in range(len(campaign.stages))],
+        )
+    except CompatibilityError as exc:
+        for p in exc.problems:
+            loc = _loc_from_path(p.path)
+            problems.append(cf.problem(loc, p.message, fix=p.fix))
+    if problems:
+        raise CampaignError(problems)
+    assert evaluation is not None
+    return RoundPlan(
+        campaign=campaign.name, round=round_number, platform=campaign.platform,
+        model_type=campaign.model_type, technique=campaign.technique, base_model=base_uri,
+        stages=stages, evaluation=evaluation,
+    )
+
+
+def _loc_from_path(path: str) -> tuple[str | int, ...]:
+    import re
+
+    parts: list[str | int] = []
+    for piece in re.finditer(r"([^.\[\]]+)|\[(\d+)\]", path):
+        parts.append(int(piece.group(2)) if piece.group(2) is not None else piece.group(1))
+    # The compat checks name sub-fields (stages[1].technique); the campaign line is the stage's.
+    return tuple(parts[:2]) if parts and parts[0] == "stages" else tuple(parts)
+
+
+def _check_stage_names(cf: CampaignFile, problems: list[Problem]) -> None:
+    seen: dict[str, int] = {}
+    for index, stage in enumerate(cf.campaign.stages):
+        if stage.name in seen:
+            problems.append(cf.problem(
+                ("stages", index, "name"), f"stage name {stage.name!r} is already used by "
+                f"stages[{seen[stage.name]}]", fix="give each stage a distinct name, e.g. "
+                f"{stage.name}-2"))
+        seen.setdefault(stage.name, index)
+
+
+def _render_value(
+    cf: CampaignFile, loc: tuple[str | int, ...], text: str, context: dict[str, Any],
+    problems: list[Problem],
+) -> str:
+    try:
+        return render_template(text, context)
+    except ValueError as exc:
+        problems.append(cf.problem(loc, str(exc)))
+        return text
+
+
+Loc = tuple[str | int, ...]
+Injected = dict[str, tuple[Any, Loc]]
+"""Recipe field -> (value, the campaign field it comes from)."""
+
+
+def _render_stage_recipe(
+    cf: CampaignFile,
+    loc: Loc,
+    reference: str,
+    method: Method | None,
+    injected: Injected,
+    user_overrides: dict[str, Any],
+    recipe_context: RecipeContext,
+    problems: list[Problem],
+) -> RenderedRecipe | None:
+    template = find_template(cf, reference)
+    if template is None:
+        problems.append(cf.problem(
+            (*loc, "recipe"), f"recipe template {reference!r} not found",
+            fix=f"give a path relative to {cf.path.parent}, its parent, or {recipes_root()}"))
+        return None
+    origins: dict[str, Origin] = {}
+    for key, (_, written_at) in injected.items():
+        origins[key] = Origin(cf.document.source, cf.line(*written_at), format_loc(written_at))
+    for key in user_overrides:
+        written_at = (*loc, "overrides", key)
+        origins[key] = Origin(cf.document.source, cf.line(*written_at), format_loc(written_at))
+    overrides = {key: value for key, (value, _) in injected.items()}
+    overrides.update(user_overrides)
+    overrides["run.model_type"] = cf.campaign.model_type
+    try:
+        document = load_document(template)
+        template_model_type = (document.data.get("run") or {}).get("model_type")
+        if template_model_type and template_model_type != cf.campaign.model_type:
+            problems.append(cf.problem(
+                (*loc, "recipe"),
+                f"{reference} is a recipe for {template_model_type}, but the campaign's "
+                f"model_type is {cf.campaign.model_type}",
+                fix="pick the template for the campaign's model (model_type must be the same "
+                "in every round)"))
+            return None
+        return render_recipe(document, overrides, method=method, context=recipe_context,
+                             origins=origins)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+
+
+def _common_run_fields(cf: CampaignFile, name: str, round_number: int) -> Injected:
+    campaign = cf.campaign
+    fields: Injected = {
+        "run.name": (name, ("name",)),
+        "run.output_s3_path": (round_root(campaign, round_number) + "/",
+                               ("backend", "output_root")),
+        "run.mlflow_experiment_name": (campaign.name, ("name",)),
+        "run.mlflow_run_name": (name, ("name",)),
+    }
+    if campaign.backend.mlflow_uri:
+        fields["run.mlflow_tracking_uri"] = (campaign.backend.mlflow_uri,
+                                             ("backend", "mlflow_uri"))
+    return fields
+
+
+def _plan_stage(
+    cf: CampaignFile, index: int, round_number: int, base_uri: str, context: dict[str, Any],
+    recipe_context: RecipeContext, problems: list[Problem],
+) -> PlannedStage | None:
+    campaign = cf.campaign
+    stage = campaign.stages[index]
+    loc: Loc = ("stages", index)
+    train_loc, validation_loc = (*loc, "datasets", "train"), (*loc, "datasets", "validation")
+    datasets = {
+        "train": _render_value(cf, train_loc, stage.datasets.train, context, problems),
+        "validation": _render_value(cf, validation_loc, stage.datasets.validation, context,
+                                    problems),
+    }
+    if stage.method is Method.RFT and not stage.reward_function:
+        problems.append(cf.problem((*loc, "method"), "an RFT stage needs a reward_function",
+                                   fix="add reward_function: <Lambda ARN> to the stage"))
+    if stage.method is not Method.RFT and stage.reward_function:
+        problems.append(cf.problem((*loc, "reward_function"),
+                                   f"reward_function applies to RFT stages, not {stage.method}"))
+    name = job_name(campaign, round_number, stage.name)
+    base_loc: Loc = ("base_model",) if index == 0 else ("stages", index - 1)
+    injected: Injected = {
+        **_common_run_fields(cf, name, round_number),
+        "run.model_name_or_path": (base_uri, base_loc),
+        "run.data_s3_path": (datasets["train"], train_loc),
+    }
+    if datasets["validation"]:
+        injected["run.validation_data_s3_path"] = (datasets["validation"], validation_loc)
+    if stage.reward_function:
+        injected["run.reward_lambda_arn"] = (stage.reward_function, (*loc, "reward_function"))
+    rendered = _render_stage_recipe(cf, loc, stage.recipe, stage.method, injected,
+                                    stage.flat_overrides, recipe_context, problems)
+    if rendered is None:
+        return None
+    if rendered.technique is not compat.method_technique(stage.method, campaign.technique):
+        problems.append(cf.problem(
+            (*loc, "recipe"),
+            f"Incompatible model training technique detected: {stage.recipe} trains "
+            f"{rendered.technique.value}, but the campaign's technique is "
+            f"{campaign.technique.value}",
+            fix=f"use the {campaign.technique.value} template for this stage (LoRA and "
+            "full-rank never mix)"))
+        return None
+    return PlannedStage(
+        name=stage.name, method=stage.method, technique=rendered.technique,
+        template=str(stage.recipe), job_name=name, model_name_or_path=base_uri,
+        datasets={k: v for k, v in datasets.items() if v},
+        output_uri=storage.join(round_root(campaign, round_number), name),
+        recipe=rendered.data, warnings=[w.format() for w in rendered.warnings],
+    )
+
+
+def _plan_evaluation(
+    cf: CampaignFile, round_number: int, candidate: str, context: dict[str, Any],
+    recipe_context: RecipeContext, problems: list[Problem],
+) -> PlannedEvaluation | None:
+    campaign = cf.campaign
+    evaluation = campaign.evaluation
+    loc: Loc = ("evaluation",)
+    dataset = _render_value(cf, (*loc, "dataset"), evaluation.dataset, context, problems)
+    name = job_name(campaign, round_number, "eval")
+    injected: Injected = {
+        **_common_run_fields(cf, name, round_number),
+        "run.model_name_or_path": (candidate, ("stages", len(campaign.stages) - 1)),
+    }
+    if dataset:
+        injected["run.data_s3_path"] = (dataset, (*loc, "dataset"))
+    if evaluation.reward_function:
+        injected["rl_env.reward_lambda_arn"] = (evaluation.reward_function,
+                                                (*loc, "reward_function"))
+    rendered = _render_stage_recipe(cf, loc, evaluation.recipe, None, injected,
+                                    evaluation.flat_overrides, recipe_context, problems)
+    if rendered is None:
+        return None
+    task = rendered.data["evaluation"]["task"]
+    metrics = _check_gate_metrics(cf, task, problems)
+    return PlannedEvaluation(
+        template=evaluation.recipe, job_name=name, task=task, model_name_or_path=candidate,
+        dataset=dataset, metrics=metrics,
+        output_uri=storage.join(round_root(campaign, round_number), name),
+        recipe=rendered.data, warnings=[w.format() for w in rendered.warnings],
+    )
+
+
+def _check_gate_metrics(cf: CampaignFile, task: str, problems: list[Problem]) -> list[str]:
+    """The metrics recorded each round: the evaluation's list, or what the gate names."""
+    campaign = cf.campaign
+    gate = campaign.gate
+    produced = eval_metrics(task)
+    wanted = campaign.evaluation.metrics or [gate.primary_metric, *gate.targets]
+    metrics = list(dict.fromkeys(wanted))
+    if produced is not None:
+        for index, metric in enumerate(campaign.evaluation.metrics):
+            if metric not in produced:
+                problems.append(cf.problem(("evaluation", "metrics", index),
+                                           f"{task} does not report {metric!r}",
+                                           allowed=", ".join(produced)))
+    gate_metrics = [("primary_metric", gate.primary_metric)] + [
+        (f"targets.{name}", name) for name in gate.targets]
+    for where, metric in gate_metrics:
+        loc = ("gate", *where.split("."))
+        if produced is not None and metric not in produced:
+            problems.append(cf.problem(loc, f"{task} does not report {metric!r}",
+                                       allowed=", ".join(produced)))
+        elif campaign.evaluation.metrics and metric not in campaign.evaluation.metrics:
+            problems.append(cf.problem(loc, f"{metric!r} is not among evaluation.metrics",
+                                       allowed=", ".join(campaign.evaluation.metrics),
+                                       fix=f"add {metric} to evaluation.metrics"))
+    if task not in EVAL_TASKS:  # pragma: no cover - the recipe model already refused it
+        problems.append(cf.problem(("evaluation", "recipe"), f"unknown task {task!r}"))
+    return metrics

@@ -1,0 +1,345 @@
+"""Turn a recipe template plus overrides into a validated, fully resolved recipe.
+
+Steps: load the YAML (remembering lines) -> apply ``key.path=value`` overrides -> resolve the
+``${...}`` interpolations Nova recipes use -> pick the recipe model from the method and the
+model's layout -> validate fields -> apply contextual rules. Every problem found along the way is
+reported at once, located in the template or in the override that caused it.
+
+The rendered output is the user's own document with overrides applied and interpolations
+resolved, not a dump of the model: fields the user did not write stay unwritten (the service
+applies its own defaults), and values keep the spelling the service expects.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from tuneloop.errors import ConfigError, Problem, RecipeError
+from tuneloop.recipes.catalog import Method, ModelSpec, Platform, Technique, model_spec
+from tuneloop.recipes.cpt import Nova1CptRecipe, Nova2CptRecipe
+from tuneloop.recipes.evaluation import EvalRecipe
+from tuneloop.recipes.rft import RftRecipe
+from tuneloop.recipes.rules import RecipeContext, check_recipe, technique_of
+from tuneloop.recipes.sft import Nova1SftRecipe, Nova2SftRecipe
+from tuneloop.sources import (
+    Document,
+    format_loc,
+    load_document,
+    parse_scalar,
+    problems_from_validation_error,
+    dump_yaml,
+)
+
+Loc = tuple[str | int, ...]
+
+RECIPE_MODELS: dict[tuple[Method | None, str], type[BaseModel]] = {
+    (Method.SFT, "nova-1"): Nova1SftRecipe,
+    (Method.SFT, "nova-2"): Nova2SftRecipe,
+    (Method.CPT, "nova-1"): Nova1CptRecipe,
+    (Method.CPT, "nova-2"): Nova2CptRecipe,
+    (Method.RFT, "nova-2"): RftRecipe,
+    (None, "nova-1"): EvalRecipe,
+    (None, "nova-2"): EvalRecipe,
+}
+
+
+class RecipeWarning(UserWarning):
+    """A recipe that will run, but probably not as intended."""
+
+
+@dataclass
+class RenderedRecipe:
+    """A recipe ready to submit: the resolved document and its validated model."""
+
+    data: dict[str, Any]
+    model: BaseModel
+    method: Method | None
+    """The training method, or None for an evaluation recipe."""
+    spec: ModelSpec
+    source: str
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def technique(self) -> Technique:
+        return technique_of(self.model)
+
+    @property
+    def model_type(self) -> str:
+        return self.spec.model_type
+
+    @property
+    def kind(self) -> str:
+        """``sft``, ``cpt``, ``rft`` or ``eval``."""
+        return self.method.value if self.method else "eval"
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.data)
+
+
+# --- overrides ---------------------------------------------------------------------------------
+
+
+def parse_set_options(items: Iterable[str]) -> dict[str, Any]:
+    """``["training_config.max_steps=200"]`` -> ``{"training_config.max_steps": 200}``."""
+    overrides: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[\w-]+)*", key):
+            problems.append(Problem("", f"cannot read {item!r}", source="--set",
+                                    allowed="key.path=value, e.g. training_config.max_steps=200"))
+            continue
+        overrides[key] = parse_scalar(value)
+    if problems:
+        raise ConfigError(problems)
+    return overrides
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep copy of ``data`` with each dotted path set, creating mappings along the way."""
+    result = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        target: Any = result
+        parts = dotted.split(".")
+        for index, part in enumerate(parts[:-1]):
+            key: Any = int(part) if isinstance(target, list) and part.isdigit() else part
+            if isinstance(target, dict):
+                if not isinstance(target.get(key), (dict, list)):
+                    target[key] = {}
+                target = target[key]
+            elif isinstance(target, list) and isinstance(key, int) and key < len(target):
+                target = target[key]
+            else:
+                raise ConfigError([Problem(".".join(parts[: index + 1]), "cannot set a key "
+                                           "inside a value that is not a mapping",
+                                           source=f"--set {dotted}")])
+        last: Any = parts[-1]
+        if isinstance(target, list) and last.isdigit() and int(last) < len(target):
+            target[int(last)] = copy.deepcopy(value)
+        elif isinstance(target, dict):
+            target[last] = copy.deepcopy(value)
+        else:
+            raise ConfigError([Problem(dotted, "cannot set a key inside a value that is not a "
+                                       "mapping", source=f"--set {dotted}")])
+    return result
+
+
+# --- interpolations ----------------------------------------------------------------------------
+
+_WHOLE = re.compile(r"^\$\{([^{}]+)\}$")
+_INNER = re.compile(r"\$\{([^{}]+)\}")
+
+
+def resolve_interpolations(data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[Loc, str]]]:
+    """Resolve OmegaConf-style ``${path}``, ``${recipes.path}`` and ``${oc.select:path,default}``.
+
+    Returns the resolved copy and (location, message) for each interpolation that cannot be
+    resolved. Other resolvers are reported rather than guessed at.
+    """
+    errors: list[tuple[Loc, str]] = []
+
+    def lookup(expr: str, loc: Loc, depth: int) -> Any:
+        expr = expr.strip()
+        default: Any = _MISSING
+        if expr.startswith("oc.select:"):
+            expr, _, fallback = expr.removeprefix("oc.select:").partition(",")
+            if _:
+                default = parse_scalar(fallback.strip())
+        elif ":" in expr:
+            errors.append((loc, f"unsupported interpolation ${{{expr}}}"))
+            return None
+        path = expr.strip().removeprefix("recipes.").split(".")
+        node: Any = data
+        for part in path:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                if default is not _MISSING:
+                    return default
+                errors.append((loc, f"${{{expr}}} refers to {'.'.join(path)}, which is not set"))
+                return None
+        return resolve(node, loc, depth + 1)
+
+    def resolve(value: Any, loc: Loc, depth: int = 0) -> Any:
+        if depth > 20:
+            errors.append((loc, "interpolation refers back to itself"))
+            return None
+        if isinstance(value, dict):
+            return {k: resolve(v, (*loc, k), depth) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, (*loc, i), depth) for i, v in enumerate(value)]
+        if isinstance(value, str) and "${" in value:
+            whole = _WHOLE.match(value)
+            if whole:
+                return lookup(whole.group(1), loc, depth)
+            return _INNER.sub(lambda m: str(lookup(m.group(1), loc, depth)), value)
+        return value
+
+    return resolve(data, ()), errors
+
+
+_MISSING = object()
+
+
+# --- method detection --------------------------------------------------------------------------
+
+
+def detect_method(data: Mapping[str, Any], source: str) -> Method | None:
+    """The training method of a recipe document, or None for evaluation.
+
+    Raises ConfigError when the document does not say: Nova 1 SFT and CPT recipes share a layout,
+    and only `peft` (SFT) or the file name tells them apart.
+    """
+    if "evaluation" in data:
+        return None
+    run = data.get("run") if isinstance(data.get("run"), dict) else {}
+    tc = data.get("training_config") if isinstance(data.get("training_config"), dict) else {}
+    if "rollout" in tc or any(k in run for k in ("reward_lambda_arn", "generation_replicas",
+                                                   "rollout_worker_replicas")):
+        return Method.RFT
+    task_type = tc.get("task_type")
+    if task_type in ("sft", "cpt"):
+        return Method(task_type)
+    model = tc.get("model") if isinstance(tc.get("model"), dict) else {}
+    if "peft" in tc or "peft" in model or "optim_config" in tc:
+        return Method.SFT
+    stem = Path(source).stem.lower()
+    if "cpt" in stem or "pretrain" in stem:
+        return Method.CPT
+    if "sft" in stem:
+        return Method.SFT
+    raise ConfigError([Problem("training_config", "cannot tell whether this is an SFT or a CPT "
+                               "recipe", source=source,
+                               fix="add training_config.task_type (sft or cpt), or pass --kind")])
+
+
+def recipe_model(method: Method | None, spec: ModelSpec) -> type[BaseModel] | None:
+    return RECIPE_MODELS.get((method, spec.recipe_shape))
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an override came from, for error messages."""
+
+    source: str
+    line: int | None = None
+    path: str | None = None
+    """The field the user wrote, when it differs from the recipe field it fills."""
+
+
+def render_recipe(
+    template: str | Path | Document,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    method: Method | None | str = "detect",
+    context: RecipeContext | None = None,
+    origins: Mapping[str, Origin] | None = None,
+) -> RenderedRecipe:
+    """Render and validate a recipe; raise RecipeError listing every problem found.
+
+    ``method`` is the stage's method when the caller knows it (campaigns do); "detect" reads it
+    from the document. ``origins`` maps override paths to where they were written.
+    """
+    context = context or RecipeContext()
+    try:
+        document = template if isinstance(template, Document) else load_document(template)
+    except ConfigError as exc:
+        raise RecipeError(exc.problems) from None
+    overrides = dict(overrides or {})
+    origins = dict(origins or {})
+    for key in overrides:
+        origins.setdefault(key, Origin(f"--set {key}"))
+
+    def locate(loc: Loc, message: str, **kwargs: Any) -> Problem:
+        dotted = format_loc(loc)
+        in_file = tuple(loc) in document.lines
+        for key, origin in origins.items():
+            inside = dotted == key or dotted.startswith(key + ".")
+            # A parent the override created (the file never had it) is the override's doing too.
+            created = not in_file and key.startswith(dotted + ".")
+            if inside or created:
+                return Problem(origin.path or dotted, message, source=origin.source,
+                               line=origin.line, **kwargs)
+        return document.problem(loc, message, **kwargs)
+
+    try:
+        data = apply_overrides(document.data, overrides)
+    except ConfigError as exc:
+        raise RecipeError(exc.problems) from None
+    data, interpolation_errors = resolve_interpolations(data)
+    if interpolation_errors:
+        raise RecipeError([locate(loc, msg) for loc, msg in interpolation_errors])
+
+    if method == "detect":
+        try:
+            method = detect_method(data, document.source)
+        except ConfigError as exc:
+            raise RecipeError(exc.problems) from None
+    elif isinstance(method, str):
+        method = Method(method)
+
+    spec = _spec_or_raise(data, locate)
+    model_cls = recipe_model(method, spec)
+    if model_cls is None:
+        what = method.value.upper() if method else "evaluation"
+        raise RecipeError([locate(("run", "model_type"), f"{spec.display_name} has no {what} "
+                                  "recipe")])
+    try:
+        model = model_cls.model_validate(data)
+    except ValidationError as exc:
+        problems = problems_from_validation_error(exc, model_cls)
+        raise RecipeError([_relocate(p, locate) for p in problems]) from None
+
+    found = check_recipe(model, method, context)
+    if found.errors:
+        raise RecipeError(
+            [locate(f.loc, f.message, allowed=f.allowed, fix=f.fix) for f in found.errors]
+        )
+    recipe_warnings = [locate(f.loc, f.message, allowed=f.allowed, fix=f.fix)
+                       for f in found.warnings]
+    for problem in recipe_warnings:
+        warnings.warn(problem.format(), RecipeWarning, stacklevel=2)
+    return RenderedRecipe(data=data, model=model, method=method, spec=spec,
+                          source=document.source, warnings=recipe_warnings)
+
+
+def _relocate(problem: Problem, locate: Any) -> Problem:
+    loc = tuple(_split_path(problem.path))
+    return locate(loc, problem.message, allowed=problem.allowed, fix=problem.fix)
+
+
+def _split_path(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for piece in re.finditer(r"([^.\[\]]+)|\[(\d+)\]", path):
+        parts.append(int(piece.group(2)) if piece.group(2) is not None else piece.group(1))
+    return parts
+
+
+def _spec_or_raise(data: Mapping[str, Any], locate: Any) -> ModelSpec:
+    run = data.get("run")
+    model_type = run.get("model_type") if isinstance(run, dict) else None
+    if not isinstance(model_type, str):
+        raise RecipeError([locate(("run", "model_type"), "required field is missing")])
+    spec = model_spec(model_type)
+    if spec is None:
+        from tuneloop.recipes.catalog import MODELS
+
+        raise RecipeError([locate(("run", "model_type"), f"unknown model_type {model_type!r}",
+                                  allowed=", ".join(MODELS))])
+    return spec
+
+
+def platform_context(platform: str | Platform, **kwargs: Any) -> RecipeContext:
+    return RecipeContext(platform=Platform(platform), **kwargs)

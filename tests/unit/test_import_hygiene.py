@@ -1,0 +1,45 @@
+"""What the dag-processor pays for: the modules a DAG imports must not pull in heavy libraries.
+
+ruff's TID253 bans module-level imports of these libraries; this test checks what importing
+every tuneloop module actually loads, which also catches an indirect import through a
+third-party module.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ["boto3", "botocore", "aiobotocore", "mlflow", "kubernetes", "torch", "transformers",
+         "peft", "trl", "sagemaker", "airflow.providers.amazon"]
+# Modules that only run inside a job process, never at DAG parse time.
+NOT_PARSE_TIME: set[str] = set()
+
+
+def package_modules() -> list[str]:
+    plugins = REPO / "plugins"
+    names = []
+    for path in sorted((plugins / "tuneloop").rglob("*.py")):
+        name = ".".join(path.relative_to(plugins).with_suffix("").parts).removesuffix(
+            ".__init__")
+        if not any(name == m or name.startswith(m + ".") for m in NOT_PARSE_TIME):
+            names.append(name)
+    return names
+
+
+def test_package_modules_load_no_heavy_library() -> None:
+    modules = package_modules()
+    assert "tuneloop.plan" in modules and "tuneloop.recipes.render" in modules
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO, env={"PYTHONPATH": str(REPO / "plugins")})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []

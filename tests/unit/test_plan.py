@@ -1,0 +1,257 @@
+"""Campaign files: loading, round planning, and every preflight a campaign adds to its recipes."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuneloop.errors import CampaignError
+from tuneloop.plan import load_campaign, plan_round, sample_template_context
+from tuneloop.recipes.catalog import Method, Platform, Technique
+
+REPO = Path(__file__).resolve().parents[2]
+CAMPAIGNS = REPO / "recipes" / "campaigns"
+EXAMPLE = CAMPAIGNS / "examples" / "support-bot-hyperpod.yaml"
+
+
+def all_campaign_files() -> list[Path]:
+    return sorted(CAMPAIGNS.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", all_campaign_files(), ids=lambda p: p.name)
+def test_shipped_campaigns_plan_cleanly(path: Path) -> None:
+    plan = plan_round(load_campaign(path))
+    assert plan.stages
+    assert plan.evaluation.metrics
+
+
+def write_campaign(tmp_path: Path, edit=None, text: str | None = None) -> Path:
+    """A copy of the HyperPod example (optionally edited) placed where its recipes resolve."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    if edit is not None:
+        edit(data)
+    path = tmp_path / "campaign.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def problems_of(path: Path, **kwargs) -> list:
+    with pytest.raises(CampaignError) as info:
+        plan_round(load_campaign(path), **kwargs)
+    return info.value.problems
+
+
+def test_plan_injects_round_values_into_each_recipe() -> None:
+    plan = plan_round(load_campaign(EXAMPLE),
+                      template_context=sample_template_context(date(2026, 11, 23)))
+    sft, rft = plan.stages
+    assert (sft.method, sft.technique, rft.method) == (Method.SFT, Technique.LORA, Method.RFT)
+    assert plan.platform is Platform.HYPERPOD
+    run = sft.recipe["run"]
+    assert run["name"] == sft.job_name == "support-bot-r0001-sft"
+    assert run["data_s3_path"] == "s3://acme-ml-data/support/2026-11-23/sft-train.jsonl"
+    assert run["model_name_or_path"] == "nova-lite-2/prod"
+    assert run["output_s3_path"] == "s3://acme-ml-artifacts/tuneloop/support-bot/rounds/0001/"
+    assert run["replicas"] == 4
+    assert sft.recipe["training_config"]["max_steps"] == 400
+    # save_steps follows max_steps through the template's interpolation.
+    assert sft.recipe["training_config"]["save_steps"] == 400
+    # RFT starts from the SFT checkpoint of the same round; evaluation from the RFT one.
+    assert rft.recipe["run"]["model_name_or_path"] == "@checkpoint:sft"
+    assert rft.recipe["training_config"]["trainer"]["max_steps"] == 100
+    assert rft.recipe["training_config"]["rollout"]["rewards"]["api_endpoint"]["lambda_arn"] == (
+        "arn:aws:lambda:us-east-1:123456789012:function:SageMaker-support-reward")
+    assert plan.evaluation.model_name_or_path == "@checkpoint:rft"
+    assert plan.evaluation.metrics == ["exact_match", "f1_score", "rougeL"]
+    # The plan round-trips through JSON, so it can travel in XCom and into the ledger.
+    assert type(plan).model_validate(json.loads(plan.model_dump_json())) == plan
+
+
+def test_later_round_numbers_and_base() -> None:
+    plan = plan_round(load_campaign(EXAMPLE), round_number=3,
+                      base_uri="s3://customer-escrow-1-hp-x/support-bot-r0002-rft/step9")
+    assert plan.stages[0].job_name == "support-bot-r0003-sft"
+    assert plan.stages[0].recipe["run"]["model_name_or_path"].startswith("s3://customer-escrow")
+
+
+def test_data_uris_are_rendered_per_logical_date() -> None:
+    cf = load_campaign(EXAMPLE)
+    monday = plan_round(cf, template_context=sample_template_context(date(2026, 11, 2)))
+    later = plan_round(cf, template_context=sample_template_context(date(2026, 11, 9)))
+    assert "/2026-11-02/" in monday.stages[0].datasets["train"]
+    assert "/2026-11-09/" in later.stages[0].datasets["train"]
+
+
+def test_undefined_template_variable_is_reported_at_its_line(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d["stages"][0]["datasets"].update(
+        train="s3://acme-ml-data/{{ dss }}/train.jsonl"))
+    [problem] = problems_of(path)
+    assert problem.path == "stages[0].datasets.train"
+    assert "'dss' is undefined" in problem.message and "ds_nodash" in problem.message
+    assert problem.line == _line_of(path, "train: s3://acme-ml-data/{{ dss }}")
+
+
+def _line_of(path: Path, needle: str) -> int:
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if needle in line:
+            return number
+    raise AssertionError(needle)
+
+
+def test_recipe_technique_must_match_campaign_technique(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d["stages"][0].update(
+        recipe="nova/nova-2-lite/sft-full.yaml"))
+    [problem] = problems_of(path)
+    assert problem.path == "stages[0].recipe"
+    assert "Incompatible model training technique detected" in problem.message
+    assert problem.fix
+
+
+def test_rft_before_sft_breaks_the_lineage(tmp_path: Path) -> None:
+    def swap(d):
+        d["stages"].reverse()
+
+    problems = problems_of(write_campaign(tmp_path, swap))
+    [problem] = [p for p in problems if "Incompatible" in p.message]
+    assert problem.path == "stages[1]"
+    assert "began with RFT" in problem.message
+
+
+def test_cpt_stage_in_a_lora_campaign_is_refused(tmp_path: Path) -> None:
+    def add_cpt(d):
+        d["stages"].insert(0, {"method": "cpt", "recipe": "nova/nova-2-lite/cpt.yaml",
+                               "datasets": {"train": "s3://acme-ml-data/cpt.jsonl"}})
+
+    problems = problems_of(write_campaign(tmp_path, add_cpt))
+    assert any("Incompatible model training technique detected" in p.message for p in problems)
+
+
+def test_template_for_another_model_is_refused(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d["stages"][0].update(
+        recipe="nova/nova-lite/sft-lora.yaml"))
+    [problem] = problems_of(path)
+    assert "amazon.nova-lite-v1:0:300k" in problem.message
+    assert "amazon.nova-2-lite-v1:0:256k" in problem.message
+
+
+def test_hyperpod_reward_function_name_must_contain_sagemaker(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d["stages"][1].update(
+        reward_function="arn:aws:lambda:us-east-1:123456789012:function:support-reward"))
+    [problem] = problems_of(path)
+    assert problem.path == "stages[1].reward_function"
+    assert "must contain 'SageMaker'" in problem.message
+    assert "SageMaker-support-reward" in problem.fix
+
+
+def test_rft_stage_without_reward_function(tmp_path: Path) -> None:
+    problems = problems_of(write_campaign(tmp_path, lambda d: d["stages"][1].pop(
+        "reward_function")))
+    assert any(p.path == "stages[1].method" and "reward_function" in p.message
+               for p in problems)
+
+
+def test_escrow_bucket_as_training_data_is_refused(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d["stages"][0]["datasets"].update(
+        train="s3://customer-escrow-123456789012-hp-abc/data.jsonl"))
+    [problem] = problems_of(path)
+    assert problem.path == "stages[0].datasets.train"
+    assert "customer-owned bucket" in problem.message
+
+
+def test_stage_override_errors_point_at_the_override(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d["stages"][0]["overrides"].update(
+        {"run.replicas": 3}))
+    [problem] = problems_of(path)
+    assert problem.path == "stages[0].overrides.run.replicas"
+    assert problem.allowed == "1, 4, 8, 16, 32"
+    assert problem.line == _line_of(path, "run.replicas: 3")
+
+
+def test_gate_metric_must_be_reported_by_the_evaluation(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d["gate"].update(primary_metric="accuracy"))
+    problems = problems_of(path)
+    assert any(p.path == "gate.primary_metric" and "does not report 'accuracy'" in p.message
+               for p in problems)
+
+
+def test_duplicate_stage_names(tmp_path: Path) -> None:
+    def dup(d):
+        d["stages"].append(dict(d["stages"][1]))
+
+    problems = problems_of(write_campaign(tmp_path, dup))
+    assert any("already used" in p.message for p in problems)
+
+
+def test_unknown_campaign_key_is_a_located_error(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d["gate"].update(max_round=3))
+    with pytest.raises(CampaignError) as info:
+        load_campaign(path)
+    [problem] = info.value.problems
+    assert problem.path == "gate.max_round"
+    assert "did you mean 'max_rounds'" in problem.message
+
+
+def test_backend_fields_are_checked(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d["backend"].update(
+        output_root="/local/path", type="smtj"))
+    with pytest.raises(CampaignError) as info:
+        load_campaign(path)
+    paths = {p.path for p in info.value.problems}
+    assert "backend.smtj.output_root" in paths or "backend.output_root" in paths
+
+
+def test_bad_schedule(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d.update(schedule="every monday"))
+    with pytest.raises(CampaignError) as info:
+        load_campaign(path)
+    assert "cron" in info.value.problems[0].message
+
+
+def test_s3_base_checkpoint_must_carry_a_manifest(tmp_path: Path, s3_server) -> None:
+    """Online preflight reads the base's manifest.json from S3 (a moto server over HTTP)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="acme-ml-artifacts")
+    base = "s3://acme-ml-artifacts/outputs/support-bot-old-sft"
+    path = write_campaign(tmp_path, lambda d: d.update(base_model=base))
+
+    [problem] = problems_of(path, offline=False)
+    assert problem.path == "base_model"
+    assert "Model config not found" in problem.message
+    assert f"{base}/manifest.json" in problem.message
+
+    checkpoint = "s3://customer-escrow-123456789012-hp-abc/support-bot-old-sft/step100"
+    s3.put_object(Bucket="acme-ml-artifacts", Key="outputs/support-bot-old-sft/manifest.json",
+                  Body=json.dumps({"checkpoint_s3_bucket": checkpoint}))
+    plan = plan_round(load_campaign(path), offline=False)
+    assert plan.base_model == checkpoint
+    assert plan.stages[0].recipe["run"]["model_name_or_path"] == checkpoint
+
+
+def test_declared_base_checkpoint_is_read_and_checked(tmp_path: Path) -> None:
+    job = tmp_path / "old-job"
+    job.mkdir()
+    (tmp_path / "local").symlink_to(REPO / "recipes" / "local")
+    data = yaml.safe_load((CAMPAIGNS / "demo.yaml").read_text())
+    data["base_model"] = {"output_uri": str(job), "technique": "full", "trained_with": ["rft"]}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+
+    problems = problems_of(path, offline=False)
+    assert problems[0].path == "base_model"
+    assert "Model config not found" in problems[0].message
+
+    (job / "manifest.json").write_text(json.dumps({"checkpoint_s3_bucket": str(job / "ckpt")}))
+    problems = problems_of(path, offline=False)
+    # The base began with RFT, so the campaign's SFT stage may not follow it.
+    assert any("began with RFT" in p.message for p in problems)
+
+    data["base_model"]["trained_with"] = ["sft"]
+    path.write_text(yaml.safe_dump(data))
+    plan = plan_round(load_campaign(path), offline=False)
+    assert plan.base_model == str(job / "ckpt")
