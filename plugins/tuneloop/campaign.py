@@ -21,8 +21,9 @@ from tuneloop.recipes.common import StrictModel
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
-CRON_PRESETS = frozenset({"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly",
-                          "@yearly", "@annually"})
+CRON_PRESETS = frozenset(
+    {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
+)
 CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
 
 
@@ -89,8 +90,9 @@ class TrainingJobsBackend(_AwsBackend):
         return Platform.SMTJ
 
 
-Backend = Annotated[LocalBackend | HyperPodBackend | TrainingJobsBackend,
-                    Field(discriminator="type")]
+Backend = Annotated[
+    LocalBackend | HyperPodBackend | TrainingJobsBackend, Field(discriminator="type")
+]
 
 
 # --- stages, evaluation ------------------------------------------------------------------------
@@ -141,8 +143,10 @@ class Stage(StrictModel):
     @classmethod
     def _name(cls, value: str) -> str:
         if value and not STAGE_NAME.match(value):
-            raise ValueError(f"{value!r} is not a valid stage name (lowercase letters, digits "
-                             "and '-', starting with a letter, at most 16 characters)")
+            raise ValueError(
+                f"{value!r} is not a valid stage name (lowercase letters, digits "
+                "and '-', starting with a letter, at most 16 characters)"
+            )
         return value
 
     @property
@@ -217,8 +221,10 @@ class Gate(StrictModel):
     """Adjustments for the round after a rollback."""
 
     def target_bounds(self) -> dict[str, Target]:
-        return {name: t if isinstance(t, Target) else Target(at_least=t)
-                for name, t in self.targets.items()}
+        return {
+            name: t if isinstance(t, Target) else Target(at_least=t)
+            for name, t in self.targets.items()
+        }
 
 
 class Retention(StrictModel):
@@ -280,8 +286,10 @@ class Campaign(StrictModel):
     @classmethod
     def _name(cls, value: str) -> str:
         if not NAME.match(value):
-            raise ValueError(f"{value!r} is not a valid campaign name (lowercase letters, digits "
-                             "and '-', starting with a letter, at most 32 characters)")
+            raise ValueError(
+                f"{value!r} is not a valid campaign name (lowercase letters, digits "
+                "and '-', starting with a letter, at most 32 characters)"
+            )
         return value
 
     @field_validator("model_type")
@@ -298,8 +306,10 @@ class Campaign(StrictModel):
             return value
         fields = value.split()
         if len(fields) != 5 or not all(CRON_FIELD.match(f) for f in fields):
-            raise ValueError(f"{value!r} is neither a cron expression (5 fields) nor a preset "
-                             f"({', '.join(sorted(CRON_PRESETS))})")
+            raise ValueError(
+                f"{value!r} is neither a cron expression (5 fields) nor a preset "
+                f"({', '.join(sorted(CRON_PRESETS))})"
+            )
         return value
 
     @property

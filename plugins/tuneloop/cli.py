@@ -67,11 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     recipe_commands = recipe.add_subparsers(title="recipe commands", metavar="COMMAND")
 
     render = recipe_commands.add_parser(
-        "render", help="print a template with overrides applied and interpolations resolved")
+        "render", help="print a template with overrides applied and interpolations resolved"
+    )
     render.add_argument("recipe", metavar="TEMPLATE", help="recipe template (YAML)")
-    render.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a field, e.g. "
-                        "training_config.max_steps=200 (repeatable)")
+    render.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. training_config.max_steps=200 (repeatable)",
+    )
     _add_recipe_context(render)
     render.set_defaults(handler=_recipe_render)
 
@@ -81,40 +87,69 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_recipe_validate)
 
     fields = recipe_commands.add_parser(
-        "fields", help="list a recipe kind's fields with defaults, ranges and meaning")
+        "fields", help="list a recipe kind's fields with defaults, ranges and meaning"
+    )
     fields.add_argument("kind", choices=["sft", "cpt", "rft", "eval"])
-    fields.add_argument("--model", default="amazon.nova-2-lite-v1:0:256k",
-                        help="model_type whose recipe layout to show (default: %(default)s)")
+    fields.add_argument(
+        "--model",
+        default="amazon.nova-2-lite-v1:0:256k",
+        help="model_type whose recipe layout to show (default: %(default)s)",
+    )
     fields.set_defaults(handler=_recipe_fields)
 
     campaign = commands.add_parser("campaign", help="check campaign files")
     campaign_commands = campaign.add_subparsers(title="campaign commands", metavar="COMMAND")
     cvalidate = campaign_commands.add_parser(
-        "validate", help="validate a campaign and print its round plan")
+        "validate", help="validate a campaign and print its round plan"
+    )
     cvalidate.add_argument("file", metavar="FILE", help="campaign file (YAML)")
     cvalidate.add_argument("--round", type=int, default=1, help="round number to plan")
-    cvalidate.add_argument("--ds", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD",
-                           help="logical date for {{ ds }} in data URIs (default: today)")
-    cvalidate.add_argument("--offline", action="store_true",
-                           help="do not read the base checkpoint's manifest from storage")
+    cvalidate.add_argument(
+        "--ds",
+        type=date.fromisoformat,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="logical date for {{ ds }} in data URIs (default: today)",
+    )
+    cvalidate.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not read the base checkpoint's manifest from storage",
+    )
     cvalidate.add_argument("--json", action="store_true", help="print the plan as JSON")
-    cvalidate.add_argument("--quiet", "-q", action="store_true",
-                           help="print only the summary, not the rendered recipes")
+    cvalidate.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="print only the summary, not the rendered recipes",
+    )
     cvalidate.set_defaults(handler=_campaign_validate)
     return parser
 
 
 def _add_recipe_context(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--platform", choices=["hyperpod", "smtj", "local"], default=None,
-                        help="where the recipe will run (default: local for local.* models, "
-                        "else hyperpod)")
-    parser.add_argument("--instance-type", default=None,
-                        help="instance type, e.g. ml.p5.48xlarge (decides replica counts on smtj)")
-    parser.add_argument("--kind", choices=["sft", "cpt", "rft", "eval"], default=None,
-                        help="recipe kind when the file does not say (Nova 1 SFT and CPT share a "
-                        "layout)")
-    parser.add_argument("--template", action="store_true",
-                        help="allow empty data paths, output path and reward function")
+    parser.add_argument(
+        "--platform",
+        choices=["hyperpod", "smtj", "local"],
+        default=None,
+        help="where the recipe will run (default: local for local.* models, else hyperpod)",
+    )
+    parser.add_argument(
+        "--instance-type",
+        default=None,
+        help="instance type, e.g. ml.p5.48xlarge (decides replica counts on smtj)",
+    )
+    parser.add_argument(
+        "--kind",
+        choices=["sft", "cpt", "rft", "eval"],
+        default=None,
+        help="recipe kind when the file does not say (Nova 1 SFT and CPT share a layout)",
+    )
+    parser.add_argument(
+        "--template",
+        action="store_true",
+        help="allow empty data paths, output path and reward function",
+    )
 
 
 def _render(path: str, overrides: dict[str, Any], args: argparse.Namespace) -> Any:
@@ -131,8 +166,9 @@ def _render(path: str, overrides: dict[str, Any], args: argparse.Namespace) -> A
     method: Any = "detect"
     if args.kind is not None:
         method = None if args.kind == "eval" else Method(args.kind)
-    context = RecipeContext(platform=Platform(platform), instance_type=args.instance_type,
-                            template=args.template)
+    context = RecipeContext(
+        platform=Platform(platform), instance_type=args.instance_type, template=args.template
+    )
     return render_recipe(document, overrides, method=method, context=context)
 
 
@@ -167,8 +203,9 @@ def _recipe_fields(args: argparse.Namespace) -> int:
     if spec is None:
         from tuneloop.recipes.catalog import MODELS
 
-        raise TuneloopError([Problem("--model", f"unknown model_type {args.model!r}",
-                                     allowed=", ".join(MODELS))])
+        raise TuneloopError(
+            [Problem("--model", f"unknown model_type {args.model!r}", allowed=", ".join(MODELS))]
+        )
     method = None if args.kind == "eval" else Method(args.kind)
     model = recipe_model(method, spec)
     if model is None:
@@ -182,11 +219,16 @@ def _campaign_validate(args: argparse.Namespace) -> int:
     from tuneloop.plan import load_campaign, plan_round, sample_template_context
 
     if args.round < 1:
-        raise TuneloopError([Problem("--round", f"{args.round} is not a round number",
-                                     allowed=">= 1")])
+        raise TuneloopError(
+            [Problem("--round", f"{args.round} is not a round number", allowed=">= 1")]
+        )
     campaign_file = load_campaign(args.file)
-    plan = plan_round(campaign_file, round_number=args.round,
-                      template_context=sample_template_context(args.ds), offline=args.offline)
+    plan = plan_round(
+        campaign_file,
+        round_number=args.round,
+        template_context=sample_template_context(args.ds),
+        offline=args.offline,
+    )
     if args.json:
         print(json.dumps(plan.model_dump(mode="json"), indent=2))
     else:

@@ -95,7 +95,9 @@ class IncompatibleTechniqueError(CompatibilityError):
 
 
 class ModelTypeMismatchError(CompatibilityError):
-    service_message = "Base model of job extracted from model_name_or_path does not match model_type"
+    service_message = (
+        "Base model of job extracted from model_name_or_path does not match model_type"
+    )
 
 
 class ModelConfigNotFoundError(CompatibilityError):

@@ -51,8 +51,8 @@ def read_checkpoint_uri(output_uri: str, *, path: str = "base_checkpoint") -> st
     Raises ModelConfigNotFoundError when the manifest is missing or carries no checkpoint URI:
     starting a job from it would fail on the service after the fleet was provisioned.
     """
-    manifest_uri = output_uri if output_uri.endswith(MANIFEST) else storage.join(
-        output_uri, MANIFEST
+    manifest_uri = (
+        output_uri if output_uri.endswith(MANIFEST) else storage.join(output_uri, MANIFEST)
     )
     fix = (
         "point it at the output folder of a training job that finished (the folder holding "
@@ -70,9 +70,7 @@ def read_checkpoint_uri(output_uri: str, *, path: str = "base_checkpoint") -> st
         ) from None
     uri = manifest.get("checkpoint_s3_bucket") if isinstance(manifest, dict) else None
     if not isinstance(uri, str) or not uri:
-        raise ModelConfigNotFoundError(
-            path, f"{manifest_uri} has no checkpoint_s3_bucket", fix
-        )
+        raise ModelConfigNotFoundError(path, f"{manifest_uri} has no checkpoint_s3_bucket", fix)
     return uri
 
 

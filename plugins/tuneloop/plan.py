@@ -10,14 +10,14 @@ line or recipe line that caused it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from tuneloop import storage
-from tuneloop.campaign import BaseCheckpoint, Campaign
+from tuneloop.campaign import Campaign
 from tuneloop.errors import CampaignError, CompatibilityError, ConfigError, Problem
 from tuneloop.manifest import Checkpoint, read_checkpoint, read_checkpoint_uri
 from tuneloop.recipes import compat
@@ -73,8 +73,8 @@ def load_campaign(path: str | Path) -> CampaignFile:
 
 def sample_template_context(logical_date: date | None = None) -> dict[str, Any]:
     """The Airflow template variables a data URI may use, for a run on ``logical_date``."""
-    day = logical_date or datetime.now(timezone.utc).date()
-    start = datetime.combine(day, time.min, tzinfo=timezone.utc)
+    day = logical_date or datetime.now(UTC).date()
+    start = datetime.combine(day, time.min, tzinfo=UTC)
     return {
         "ds": day.isoformat(),
         "ds_nodash": day.strftime("%Y%m%d"),
@@ -193,9 +193,12 @@ def resolve_base(cf: CampaignFile, *, offline: bool) -> tuple[str, Checkpoint | 
             return read_checkpoint_uri(base, path="base_model"), None
         return checkpoint.uri, checkpoint
     declared = Checkpoint(
-        uri=f"{PLACEHOLDER_PREFIX}base", model_type=campaign.model_type,
-        technique=base.technique, platform=campaign.platform,
-        lineage=tuple(base.trained_with), output_uri=base.output_uri,
+        uri=f"{PLACEHOLDER_PREFIX}base",
+        model_type=campaign.model_type,
+        technique=base.technique,
+        platform=campaign.platform,
+        lineage=tuple(base.trained_with),
+        output_uri=base.output_uri,
     )
     if offline:
         return declared.uri, declared
@@ -234,8 +237,9 @@ def plan_round(
         try:
             base_uri, base = resolve_base(cf, offline=offline)
         except CompatibilityError as exc:
-            raise CampaignError([cf.problem(("base_model",), p.message, fix=p.fix)
-                                 for p in exc.problems]) from None
+            raise CampaignError(
+                [cf.problem(("base_model",), p.message, fix=p.fix) for p in exc.problems]
+            ) from None
     _check_stage_names(cf, problems)
 
     recipe_context = RecipeContext(
@@ -246,8 +250,7 @@ def plan_round(
     stages: list[PlannedStage] = []
     previous = base_uri
     for index, stage in enumerate(campaign.stages):
-        planned = _plan_stage(cf, index, round_number, previous, context, recipe_context,
-                              problems)
+        planned = _plan_stage(cf, index, round_number, previous, context, recipe_context, problems)
         if planned is not None:
             stages.append(planned)
         previous = f"{PLACEHOLDER_PREFIX}{stage.name}"
@@ -255,8 +258,11 @@ def plan_round(
 
     try:
         compat.check_lineage(
-            [s.method for s in campaign.stages], technique=campaign.technique,
-            model_type=campaign.model_type, platform=campaign.platform, base=base,
+            [s.method for s in campaign.stages],
+            technique=campaign.technique,
+            model_type=campaign.model_type,
+            platform=campaign.platform,
+            base=base,
             paths=[f"stages[{i}]" for i in range(len(campaign.stages))],
         )
     except CompatibilityError as exc:
@@ -267,9 +273,14 @@ def plan_round(
         raise CampaignError(problems)
     assert evaluation is not None
     return RoundPlan(
-        campaign=campaign.name, round=round_number, platform=campaign.platform,
-        model_type=campaign.model_type, technique=campaign.technique, base_model=base_uri,
-        stages=stages, evaluation=evaluation,
+        campaign=campaign.name,
+        round=round_number,
+        platform=campaign.platform,
+        model_type=campaign.model_type,
+        technique=campaign.technique,
+        base_model=base_uri,
+        stages=stages,
+        evaluation=evaluation,
     )
 
 
@@ -287,15 +298,21 @@ def _check_stage_names(cf: CampaignFile, problems: list[Problem]) -> None:
     seen: dict[str, int] = {}
     for index, stage in enumerate(cf.campaign.stages):
         if stage.name in seen:
-            problems.append(cf.problem(
-                ("stages", index, "name"), f"stage name {stage.name!r} is already used by "
-                f"stages[{seen[stage.name]}]", fix="give each stage a distinct name, e.g. "
-                f"{stage.name}-2"))
+            problems.append(
+                cf.problem(
+                    ("stages", index, "name"),
+                    f"stage name {stage.name!r} is already used by stages[{seen[stage.name]}]",
+                    fix=f"give each stage a distinct name, e.g. {stage.name}-2",
+                )
+            )
         seen.setdefault(stage.name, index)
 
 
 def _render_value(
-    cf: CampaignFile, loc: tuple[str | int, ...], text: str, context: dict[str, Any],
+    cf: CampaignFile,
+    loc: tuple[str | int, ...],
+    text: str,
+    context: dict[str, Any],
     problems: list[Problem],
 ) -> str:
     try:
@@ -322,9 +339,13 @@ def _render_stage_recipe(
 ) -> RenderedRecipe | None:
     template = find_template(cf, reference)
     if template is None:
-        problems.append(cf.problem(
-            (*loc, "recipe"), f"recipe template {reference!r} not found",
-            fix=f"give a path relative to {cf.path.parent}, its parent, or {recipes_root()}"))
+        problems.append(
+            cf.problem(
+                (*loc, "recipe"),
+                f"recipe template {reference!r} not found",
+                fix=f"give a path relative to {cf.path.parent}, its parent, or {recipes_root()}",
+            )
+        )
         return None
     origins: dict[str, Origin] = {}
     for key, (_, written_at) in injected.items():
@@ -339,15 +360,19 @@ def _render_stage_recipe(
         document = load_document(template)
         template_model_type = (document.data.get("run") or {}).get("model_type")
         if template_model_type and template_model_type != cf.campaign.model_type:
-            problems.append(cf.problem(
-                (*loc, "recipe"),
-                f"{reference} is a recipe for {template_model_type}, but the campaign's "
-                f"model_type is {cf.campaign.model_type}",
-                fix="pick the template for the campaign's model (model_type must be the same "
-                "in every round)"))
+            problems.append(
+                cf.problem(
+                    (*loc, "recipe"),
+                    f"{reference} is a recipe for {template_model_type}, but the campaign's "
+                    f"model_type is {cf.campaign.model_type}",
+                    fix="pick the template for the campaign's model (model_type must be the same "
+                    "in every round)",
+                )
+            )
             return None
-        return render_recipe(document, overrides, method=method, context=recipe_context,
-                             origins=origins)
+        return render_recipe(
+            document, overrides, method=method, context=recipe_context, origins=origins
+        )
     except ConfigError as exc:
         problems.extend(exc.problems)
         return None
@@ -357,20 +382,26 @@ def _common_run_fields(cf: CampaignFile, name: str, round_number: int) -> Inject
     campaign = cf.campaign
     fields: Injected = {
         "run.name": (name, ("name",)),
-        "run.output_s3_path": (round_root(campaign, round_number) + "/",
-                               ("backend", "output_root")),
+        "run.output_s3_path": (
+            round_root(campaign, round_number) + "/",
+            ("backend", "output_root"),
+        ),
         "run.mlflow_experiment_name": (campaign.name, ("name",)),
         "run.mlflow_run_name": (name, ("name",)),
     }
     if campaign.backend.mlflow_uri:
-        fields["run.mlflow_tracking_uri"] = (campaign.backend.mlflow_uri,
-                                             ("backend", "mlflow_uri"))
+        fields["run.mlflow_tracking_uri"] = (campaign.backend.mlflow_uri, ("backend", "mlflow_uri"))
     return fields
 
 
 def _plan_stage(
-    cf: CampaignFile, index: int, round_number: int, base_uri: str, context: dict[str, Any],
-    recipe_context: RecipeContext, problems: list[Problem],
+    cf: CampaignFile,
+    index: int,
+    round_number: int,
+    base_uri: str,
+    context: dict[str, Any],
+    recipe_context: RecipeContext,
+    problems: list[Problem],
 ) -> PlannedStage | None:
     campaign = cf.campaign
     stage = campaign.stages[index]
@@ -378,15 +409,25 @@ def _plan_stage(
     train_loc, validation_loc = (*loc, "datasets", "train"), (*loc, "datasets", "validation")
     datasets = {
         "train": _render_value(cf, train_loc, stage.datasets.train, context, problems),
-        "validation": _render_value(cf, validation_loc, stage.datasets.validation, context,
-                                    problems),
+        "validation": _render_value(
+            cf, validation_loc, stage.datasets.validation, context, problems
+        ),
     }
     if stage.method is Method.RFT and not stage.reward_function:
-        problems.append(cf.problem((*loc, "method"), "an RFT stage needs a reward_function",
-                                   fix="add reward_function: <Lambda ARN> to the stage"))
+        problems.append(
+            cf.problem(
+                (*loc, "method"),
+                "an RFT stage needs a reward_function",
+                fix="add reward_function: <Lambda ARN> to the stage",
+            )
+        )
     if stage.method is not Method.RFT and stage.reward_function:
-        problems.append(cf.problem((*loc, "reward_function"),
-                                   f"reward_function applies to RFT stages, not {stage.method}"))
+        problems.append(
+            cf.problem(
+                (*loc, "reward_function"),
+                f"reward_function applies to RFT stages, not {stage.method}",
+            )
+        )
     name = job_name(campaign, round_number, stage.name)
     base_loc: Loc = ("base_model",) if index == 0 else ("stages", index - 1)
     injected: Injected = {
@@ -398,31 +439,51 @@ def _plan_stage(
         injected["run.validation_data_s3_path"] = (datasets["validation"], validation_loc)
     if stage.reward_function:
         injected["run.reward_lambda_arn"] = (stage.reward_function, (*loc, "reward_function"))
-    rendered = _render_stage_recipe(cf, loc, stage.recipe, stage.method, injected,
-                                    stage.flat_overrides, recipe_context, problems)
+    rendered = _render_stage_recipe(
+        cf,
+        loc,
+        stage.recipe,
+        stage.method,
+        injected,
+        stage.flat_overrides,
+        recipe_context,
+        problems,
+    )
     if rendered is None:
         return None
     if rendered.technique is not compat.method_technique(stage.method, campaign.technique):
-        problems.append(cf.problem(
-            (*loc, "recipe"),
-            f"Incompatible model training technique detected: {stage.recipe} trains "
-            f"{rendered.technique.value}, but the campaign's technique is "
-            f"{campaign.technique.value}",
-            fix=f"use the {campaign.technique.value} template for this stage (LoRA and "
-            "full-rank never mix)"))
+        problems.append(
+            cf.problem(
+                (*loc, "recipe"),
+                f"Incompatible model training technique detected: {stage.recipe} trains "
+                f"{rendered.technique.value}, but the campaign's technique is "
+                f"{campaign.technique.value}",
+                fix=f"use the {campaign.technique.value} template for this stage (LoRA and "
+                "full-rank never mix)",
+            )
+        )
         return None
     return PlannedStage(
-        name=stage.name, method=stage.method, technique=rendered.technique,
-        template=str(stage.recipe), job_name=name, model_name_or_path=base_uri,
+        name=stage.name,
+        method=stage.method,
+        technique=rendered.technique,
+        template=str(stage.recipe),
+        job_name=name,
+        model_name_or_path=base_uri,
         datasets={k: v for k, v in datasets.items() if v},
         output_uri=storage.join(round_root(campaign, round_number), name),
-        recipe=rendered.data, warnings=[w.format() for w in rendered.warnings],
+        recipe=rendered.data,
+        warnings=[w.format() for w in rendered.warnings],
     )
 
 
 def _plan_evaluation(
-    cf: CampaignFile, round_number: int, candidate: str, context: dict[str, Any],
-    recipe_context: RecipeContext, problems: list[Problem],
+    cf: CampaignFile,
+    round_number: int,
+    candidate: str,
+    context: dict[str, Any],
+    recipe_context: RecipeContext,
+    problems: list[Problem],
 ) -> PlannedEvaluation | None:
     campaign = cf.campaign
     evaluation = campaign.evaluation
@@ -436,19 +497,34 @@ def _plan_evaluation(
     if dataset:
         injected["run.data_s3_path"] = (dataset, (*loc, "dataset"))
     if evaluation.reward_function:
-        injected["rl_env.reward_lambda_arn"] = (evaluation.reward_function,
-                                                (*loc, "reward_function"))
-    rendered = _render_stage_recipe(cf, loc, evaluation.recipe, None, injected,
-                                    evaluation.flat_overrides, recipe_context, problems)
+        injected["rl_env.reward_lambda_arn"] = (
+            evaluation.reward_function,
+            (*loc, "reward_function"),
+        )
+    rendered = _render_stage_recipe(
+        cf,
+        loc,
+        evaluation.recipe,
+        None,
+        injected,
+        evaluation.flat_overrides,
+        recipe_context,
+        problems,
+    )
     if rendered is None:
         return None
     task = rendered.data["evaluation"]["task"]
     metrics = _check_gate_metrics(cf, task, problems)
     return PlannedEvaluation(
-        template=evaluation.recipe, job_name=name, task=task, model_name_or_path=candidate,
-        dataset=dataset, metrics=metrics,
+        template=evaluation.recipe,
+        job_name=name,
+        task=task,
+        model_name_or_path=candidate,
+        dataset=dataset,
+        metrics=metrics,
         output_uri=storage.join(round_root(campaign, round_number), name),
-        recipe=rendered.data, warnings=[w.format() for w in rendered.warnings],
+        recipe=rendered.data,
+        warnings=[w.format() for w in rendered.warnings],
     )
 
 
@@ -462,20 +538,31 @@ def _check_gate_metrics(cf: CampaignFile, task: str, problems: list[Problem]) ->
     if produced is not None:
         for index, metric in enumerate(campaign.evaluation.metrics):
             if metric not in produced:
-                problems.append(cf.problem(("evaluation", "metrics", index),
-                                           f"{task} does not report {metric!r}",
-                                           allowed=", ".join(produced)))
+                problems.append(
+                    cf.problem(
+                        ("evaluation", "metrics", index),
+                        f"{task} does not report {metric!r}",
+                        allowed=", ".join(produced),
+                    )
+                )
     gate_metrics = [("primary_metric", gate.primary_metric)] + [
-        (f"targets.{name}", name) for name in gate.targets]
+        (f"targets.{name}", name) for name in gate.targets
+    ]
     for where, metric in gate_metrics:
         loc = ("gate", *where.split("."))
         if produced is not None and metric not in produced:
-            problems.append(cf.problem(loc, f"{task} does not report {metric!r}",
-                                       allowed=", ".join(produced)))
+            problems.append(
+                cf.problem(loc, f"{task} does not report {metric!r}", allowed=", ".join(produced))
+            )
         elif campaign.evaluation.metrics and metric not in campaign.evaluation.metrics:
-            problems.append(cf.problem(loc, f"{metric!r} is not among evaluation.metrics",
-                                       allowed=", ".join(campaign.evaluation.metrics),
-                                       fix=f"add {metric} to evaluation.metrics"))
+            problems.append(
+                cf.problem(
+                    loc,
+                    f"{metric!r} is not among evaluation.metrics",
+                    allowed=", ".join(campaign.evaluation.metrics),
+                    fix=f"add {metric} to evaluation.metrics",
+                )
+            )
     if task not in EVAL_TASKS:  # pragma: no cover - the recipe model already refused it
         problems.append(cf.problem(("evaluation", "recipe"), f"unknown task {task!r}"))
     return metrics

@@ -12,8 +12,10 @@ from tuneloop.sources import dump_yaml
 def _backend_line(campaign: Campaign) -> str:
     backend = campaign.backend
     if isinstance(backend, HyperPodBackend):
-        return (f"HyperPod cluster {backend.cluster} (namespace {backend.namespace}, "
-                f"{backend.region}, {backend.instance_type})")
+        return (
+            f"HyperPod cluster {backend.cluster} (namespace {backend.namespace}, "
+            f"{backend.region}, {backend.instance_type})"
+        )
     if isinstance(backend, TrainingJobsBackend):
         return f"SageMaker training jobs ({backend.region}, {backend.instance_type})"
     assert isinstance(backend, LocalBackend)
@@ -27,11 +29,14 @@ def _gate_lines(campaign: Campaign) -> list[str]:
     for name, target in gate.target_bounds().items():
         bound = f">= {target.at_least}" if target.at_least is not None else f"<= {target.at_most}"
         lines.append(f"  target: {name} {bound}")
-    lines.append(f"  roll back when {gate.primary_metric} falls more than "
-                 f"{gate.regression_tolerance} behind the champion (next round at "
-                 f"{gate.rollback.lr_scale}x learning rate)")
-    lines.append(f"  plateau: {gate.plateau_rounds} rounds improving less than "
-                 f"{gate.min_improvement}")
+    lines.append(
+        f"  roll back when {gate.primary_metric} falls more than "
+        f"{gate.regression_tolerance} behind the champion (next round at "
+        f"{gate.rollback.lr_scale}x learning rate)"
+    )
+    lines.append(
+        f"  plateau: {gate.plateau_rounds} rounds improving less than {gate.min_improvement}"
+    )
     budget = f", or {gate.budget_gpu_hours} GPU-hours" if gate.budget_gpu_hours else ""
     lines.append(f"  stop after {gate.max_rounds} rounds{budget}")
     return lines
@@ -39,7 +44,9 @@ def _gate_lines(campaign: Campaign) -> list[str]:
 
 def _weights(value: str) -> str:
     if value.startswith(PLACEHOLDER_PREFIX):
-        return f"the checkpoint of stage {value.removeprefix(PLACEHOLDER_PREFIX)} (once it finishes)"
+        return (
+            f"the checkpoint of stage {value.removeprefix(PLACEHOLDER_PREFIX)} (once it finishes)"
+        )
     return value
 
 
@@ -58,8 +65,10 @@ def format_plan(campaign: Campaign, plan: RoundPlan, *, recipes: bool = True) ->
         "",
     ]
     for number, stage in enumerate(plan.stages, start=1):
-        out.append(f"stage {number}: {stage.name} ({stage.method.value.upper()}, "
-                   f"{stage.technique.value}) job {stage.job_name}")
+        out.append(
+            f"stage {number}: {stage.name} ({stage.method.value.upper()}, "
+            f"{stage.technique.value}) job {stage.job_name}"
+        )
         out.append(f"    recipe: {stage.template}")
         out.append(f"    from: {_weights(stage.model_name_or_path)}")
         for label, uri in stage.datasets.items():
@@ -84,9 +93,13 @@ def format_plan(campaign: Campaign, plan: RoundPlan, *, recipes: bool = True) ->
     out.append("gate:")
     out.extend(_gate_lines(campaign))
     if campaign.schedule or campaign.trigger_on_data:
-        out.append("starts: " + ", ".join(
-            [f"schedule {campaign.schedule}"] * bool(campaign.schedule)
-            + [f"when {uri} is updated" for uri in campaign.trigger_on_data]))
+        out.append(
+            "starts: "
+            + ", ".join(
+                [f"schedule {campaign.schedule}"] * bool(campaign.schedule)
+                + [f"when {uri} is updated" for uri in campaign.trigger_on_data]
+            )
+        )
     else:
         out.append("starts: manually (Airflow UI or CLI)")
     out.append("")

@@ -50,7 +50,7 @@ _Loader.add_implicit_resolver(
 def parse_scalar(text: str) -> Any:
     """Read a command-line value the way the same text would read in a YAML file."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
     except yaml.YAMLError:
         return text
 
@@ -78,7 +78,10 @@ class Document:
 
     def problem(self, loc: Sequence[str | int], message: str, **kwargs: Any) -> Problem:
         return Problem(
-            path=format_loc(loc), message=message, source=self.source, line=self.line_of(loc),
+            path=format_loc(loc),
+            message=message,
+            source=self.source,
+            line=self.line_of(loc),
             **kwargs,
         )
 
@@ -110,15 +113,21 @@ def parse_document(text: str, source: str) -> Document:
         raise ConfigError([Problem("", "the file is empty", source=source, line=1)])
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError(
-            [Problem("", "the top level must be a mapping of keys to values", source=source,
-                     line=root.start_mark.line + 1)]
+            [
+                Problem(
+                    "",
+                    "the top level must be a mapping of keys to values",
+                    source=source,
+                    line=root.start_mark.line + 1,
+                )
+            ]
         )
     lines: dict[Loc, int] = {(): root.start_mark.line + 1}
     duplicates: list[Problem] = []
     _index_lines(root, (), lines, duplicates, source)
     if duplicates:
         raise ConfigError(duplicates)
-    data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
     return Document(data=data, source=source, lines=lines)
 
 
@@ -134,9 +143,13 @@ def _index_lines(
                 # PyYAML keeps the last value silently; a hand-edited recipe with two `lr:` keys
                 # is almost always a mistake, and the first one is the one the user is reading.
                 duplicates.append(
-                    Problem(format_loc((*loc, key)), f"duplicate key (first set on line "
-                            f"{seen[key]})", source=source, line=line,
-                            fix="keep one of the two")
+                    Problem(
+                        format_loc((*loc, key)),
+                        f"duplicate key (first set on line {seen[key]})",
+                        source=source,
+                        line=line,
+                        fix="keep one of the two",
+                    )
                 )
             seen[key] = line
             lines[(*loc, key)] = line
@@ -250,11 +263,15 @@ def allowed_text(model: type[BaseModel], loc: Loc) -> str | None:
                 metadata.extend(getattr(meta, "metadata", [meta]))
     for meta in metadata:
         if isinstance(meta, (annotated_types.Ge, annotated_types.Gt)):
-            low = (meta.ge if isinstance(meta, annotated_types.Ge) else meta.gt,
-                   isinstance(meta, annotated_types.Gt))
+            low = (
+                meta.ge if isinstance(meta, annotated_types.Ge) else meta.gt,
+                isinstance(meta, annotated_types.Gt),
+            )
         if isinstance(meta, (annotated_types.Le, annotated_types.Lt)):
-            high = (meta.le if isinstance(meta, annotated_types.Le) else meta.lt,
-                    isinstance(meta, annotated_types.Lt))
+            high = (
+                meta.le if isinstance(meta, annotated_types.Le) else meta.lt,
+                isinstance(meta, annotated_types.Lt),
+            )
     if low is None and high is None:
         return None
     return range_text(low, high)

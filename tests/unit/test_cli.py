@@ -26,8 +26,17 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_recipe_render_applies_overrides_and_resolves(capsys) -> None:
-    code, out, err = run(capsys, "recipe", "render", str(SFT_LORA), "--template",
-                         "--set", "training_config.max_steps=250", "--set", "run.replicas=8")
+    code, out, err = run(
+        capsys,
+        "recipe",
+        "render",
+        str(SFT_LORA),
+        "--template",
+        "--set",
+        "training_config.max_steps=250",
+        "--set",
+        "run.replicas=8",
+    )
     assert code == 0, err
     rendered = yaml.safe_load(out)
     assert rendered["training_config"]["max_steps"] == 250
@@ -37,18 +46,28 @@ def test_recipe_render_applies_overrides_and_resolves(capsys) -> None:
 
 
 def test_recipe_render_reports_every_problem_on_its_own_line(capsys) -> None:
-    code, out, err = run(capsys, "recipe", "render", str(SFT_LORA), "--template",
-                         "--set", "training_config.lr_scheduler.warmup_step=3",
-                         "--set", "training_config.max_length=70000")
+    code, out, err = run(
+        capsys,
+        "recipe",
+        "render",
+        str(SFT_LORA),
+        "--template",
+        "--set",
+        "training_config.lr_scheduler.warmup_step=3",
+        "--set",
+        "training_config.max_length=70000",
+    )
     assert code == 2
     assert out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 2
     for line in lines:
         assert PROBLEM_LINE.match(line), line
-    assert ("--set training_config.lr_scheduler.warmup_step: "
-            "training_config.lr_scheduler.warmup_step: unknown field; did you mean "
-            "'warmup_steps'?") in err
+    assert (
+        "--set training_config.lr_scheduler.warmup_step: "
+        "training_config.lr_scheduler.warmup_step: unknown field; did you mean "
+        "'warmup_steps'?"
+    ) in err
     assert "(allowed: 1..65536)" in err
 
 
@@ -57,10 +76,13 @@ def test_recipe_render_names_the_file_line_for_template_errors(capsys, tmp_path:
     broken.write_text(SFT_LORA.read_text().replace("warmup_steps: 15", "warmup_steps: 25"))
     code, _, err = run(capsys, "recipe", "render", str(broken), "--template")
     assert code == 2
-    line = next(n for n, text in enumerate(broken.read_text().splitlines(), 1)
-                if "warmup_steps: 25" in text)
-    assert err.startswith(f"{broken}:{line}: training_config.lr_scheduler.warmup_steps: "
-                          "25 is out of range (allowed: 1..20)")
+    line = next(
+        n for n, text in enumerate(broken.read_text().splitlines(), 1) if "warmup_steps: 25" in text
+    )
+    assert err.startswith(
+        f"{broken}:{line}: training_config.lr_scheduler.warmup_steps: "
+        "25 is out of range (allowed: 1..20)"
+    )
 
 
 def test_recipe_validate_many_files(capsys, tmp_path: Path) -> None:
@@ -69,8 +91,10 @@ def test_recipe_validate_many_files(capsys, tmp_path: Path) -> None:
     code, out, err = run(capsys, "recipe", "validate", "--template", str(SFT_LORA), str(bad))
     assert code == 2
     assert f"{SFT_LORA}: ok (sft lora, amazon.nova-2-lite-v1:0:256k)" in out
-    assert "training_config.peft.lora_tuning.alpha: 65 is not allowed (allowed: 32, 64, 96, " \
+    assert (
+        "training_config.peft.lora_tuning.alpha: 65 is not allowed (allowed: 32, 64, 96, "
         "128, 160, 192)" in err
+    )
 
 
 def test_recipe_validate_without_template_flag_requires_paths(capsys) -> None:
@@ -80,12 +104,27 @@ def test_recipe_validate_without_template_flag_requires_paths(capsys) -> None:
 
 
 def test_recipe_validate_platform_and_instance_type(capsys) -> None:
-    code, _, err = run(capsys, "recipe", "validate", "--template", "--platform", "smtj",
-                       "--instance-type", "ml.p4d.24xlarge",
-                       str(REPO / "recipes" / "nova" / "nova-lite" / "sft-full.yaml"))
+    code, _, err = run(
+        capsys,
+        "recipe",
+        "validate",
+        "--template",
+        "--platform",
+        "smtj",
+        "--instance-type",
+        "ml.p4d.24xlarge",
+        str(REPO / "recipes" / "nova" / "nova-lite" / "sft-full.yaml"),
+    )
     assert code == 0, err
-    code, _, err = run(capsys, "recipe", "validate", "--template", "--platform", "smtj",
-                       str(REPO / "recipes" / "nova" / "nova-lite" / "cpt.yaml"))
+    code, _, err = run(
+        capsys,
+        "recipe",
+        "validate",
+        "--template",
+        "--platform",
+        "smtj",
+        str(REPO / "recipes" / "nova" / "nova-lite" / "cpt.yaml"),
+    )
     assert code == 2
     assert "has no CPT on smtj" in err
 
@@ -95,8 +134,9 @@ def test_missing_file_and_bad_set_syntax(capsys) -> None:
     assert (code, err.strip()) == (2, "nope.yaml: file not found")
     code, _, err = run(capsys, "recipe", "render", str(SFT_LORA), "--set", "oops")
     assert code == 2
-    assert err.strip() == ("--set: cannot read 'oops' (allowed: key.path=value, e.g. "
-                           "training_config.max_steps=200)")
+    assert err.strip() == (
+        "--set: cannot read 'oops' (allowed: key.path=value, e.g. training_config.max_steps=200)"
+    )
 
 
 def test_usage_errors_exit_2(capsys) -> None:
@@ -110,7 +150,7 @@ def test_warnings_go_to_stderr_and_do_not_fail(capsys, tmp_path: Path) -> None:
     recipe = tmp_path / "lite.yaml"
     text = (REPO / "recipes" / "nova" / "nova-lite" / "sft-full.yaml").read_text()
     recipe.write_text(text.replace("max_epochs: 1", "max_epochs: 1\n    max_steps: 50"))
-    code, out, err = run(capsys, "recipe", "validate", "--template", str(recipe))
+    code, _, err = run(capsys, "recipe", "validate", "--template", str(recipe))
     assert code == 0
     assert "warning:" in err and "both max_epochs (1) and max_steps (50)" in err
 
@@ -118,8 +158,12 @@ def test_warnings_go_to_stderr_and_do_not_fail(capsys, tmp_path: Path) -> None:
 def test_recipe_fields_lists_defaults_and_ranges(capsys) -> None:
     code, out, _ = run(capsys, "recipe", "fields", "rft")
     assert code == 0
-    assert re.search(r"^training_config\.rollout\.advantage_strategy\.number_generation = 8 "
-                     r" \[2\.\.16\]  \S", out, re.M)
+    assert re.search(
+        r"^training_config\.rollout\.advantage_strategy\.number_generation = 8 "
+        r" \[2\.\.16\]  \S",
+        out,
+        re.M,
+    )
     code, _, err = run(capsys, "recipe", "fields", "rft", "--model", "amazon.nova-pro-v1:0:300k")
     assert code == 2 and "has no rft recipe" in err
 
@@ -159,9 +203,13 @@ def test_console_script_never_shows_a_traceback(tmp_path: Path) -> None:
     """Through a real process: bad YAML gives one located line and exit 2."""
     broken = tmp_path / "broken.yaml"
     broken.write_text("run:\n  name: [unclosed\n")
-    result = subprocess.run([sys.executable, "-m", "tuneloop.cli", "recipe", "validate",
-                             str(broken)], capture_output=True, text=True, cwd=REPO,
-                            env={"PYTHONPATH": str(REPO / "plugins"), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneloop.cli", "recipe", "validate", str(broken)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO / "plugins"), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith(f"{broken}:3: not valid YAML")

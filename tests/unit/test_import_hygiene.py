@@ -13,8 +13,19 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-HEAVY = ["boto3", "botocore", "aiobotocore", "mlflow", "kubernetes", "torch", "transformers",
-         "peft", "trl", "sagemaker", "airflow.providers.amazon"]
+HEAVY = [
+    "boto3",
+    "botocore",
+    "aiobotocore",
+    "mlflow",
+    "kubernetes",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "sagemaker",
+    "airflow.providers.amazon",
+]
 # Modules that only run inside a job process, never at DAG parse time.
 NOT_PARSE_TIME: set[str] = set()
 
@@ -23,8 +34,7 @@ def package_modules() -> list[str]:
     plugins = REPO / "plugins"
     names = []
     for path in sorted((plugins / "tuneloop").rglob("*.py")):
-        name = ".".join(path.relative_to(plugins).with_suffix("").parts).removesuffix(
-            ".__init__")
+        name = ".".join(path.relative_to(plugins).with_suffix("").parts).removesuffix(".__init__")
         if not any(name == m or name.startswith(m + ".") for m in NOT_PARSE_TIME):
             names.append(name)
     return names
@@ -39,7 +49,12 @@ def test_package_modules_load_no_heavy_library() -> None:
         "    importlib.import_module(name)\n"
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=REPO, env={"PYTHONPATH": str(REPO / "plugins")})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO / "plugins")},
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []

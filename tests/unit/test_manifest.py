@@ -8,8 +8,13 @@ import pytest
 from pydantic import ValidationError
 
 from tuneloop.errors import ModelConfigNotFoundError
-from tuneloop.manifest import CHECKPOINT_RECORD, MANIFEST, Checkpoint, read_checkpoint, \
-    read_checkpoint_uri
+from tuneloop.manifest import (
+    CHECKPOINT_RECORD,
+    MANIFEST,
+    Checkpoint,
+    read_checkpoint,
+    read_checkpoint_uri,
+)
 from tuneloop.recipes.catalog import Method, Platform, Technique
 
 ESCROW_URI = "s3://customer-escrow-123456789012-hp-abc123/my-sft-run-x1y2z/step100"
@@ -56,13 +61,16 @@ def test_error_path_is_the_callers(job_folder):
     assert info.value.problems[0].path == "stages[0].base_checkpoint"
 
 
-@pytest.mark.parametrize("content", [
-    {},
-    {"checkpoint_s3_bucket": ""},
-    {"checkpoint_s3_bucket": None},
-    {"checkpoint_s3_path": ESCROW_URI},
-    [ESCROW_URI],
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        {},
+        {"checkpoint_s3_bucket": ""},
+        {"checkpoint_s3_bucket": None},
+        {"checkpoint_s3_path": ESCROW_URI},
+        [ESCROW_URI],
+    ],
+)
 def test_manifest_without_checkpoint_uri_raises(job_folder, content):
     write_manifest(job_folder, content)
     with pytest.raises(ModelConfigNotFoundError) as info:
@@ -81,14 +89,21 @@ def test_manifest_that_is_not_json_raises(job_folder):
 
 def test_read_checkpoint_reads_record_beside_manifest(job_folder):
     write_manifest(job_folder, {"checkpoint_s3_bucket": ESCROW_URI})
-    record = {"model_type": "amazon.nova-2-lite-v1:0:256k", "technique": "lora",
-              "platform": "hyperpod", "lineage": ["sft", "rft"]}
+    record = {
+        "model_type": "amazon.nova-2-lite-v1:0:256k",
+        "technique": "lora",
+        "platform": "hyperpod",
+        "lineage": ["sft", "rft"],
+    }
     (job_folder / CHECKPOINT_RECORD).write_text(json.dumps(record), encoding="utf-8")
 
     checkpoint = read_checkpoint(str(job_folder))
     assert checkpoint == Checkpoint(
-        uri=ESCROW_URI, model_type="amazon.nova-2-lite-v1:0:256k", technique=Technique.LORA,
-        platform=Platform.HYPERPOD, lineage=(Method.SFT, Method.RFT),
+        uri=ESCROW_URI,
+        model_type="amazon.nova-2-lite-v1:0:256k",
+        technique=Technique.LORA,
+        platform=Platform.HYPERPOD,
+        lineage=(Method.SFT, Method.RFT),
         output_uri=str(job_folder),
     )
     assert checkpoint.origin is Method.SFT
@@ -98,8 +113,13 @@ def test_read_checkpoint_reads_record_beside_manifest(job_folder):
 
 def test_manifest_uri_wins_over_record(job_folder):
     write_manifest(job_folder, {"checkpoint_s3_bucket": ESCROW_URI})
-    record = {"uri": "s3://stale", "model_type": "m", "technique": "full",
-              "platform": "smtj", "output_uri": "s3://out/job"}
+    record = {
+        "uri": "s3://stale",
+        "model_type": "m",
+        "technique": "full",
+        "platform": "smtj",
+        "output_uri": "s3://out/job",
+    }
     (job_folder / CHECKPOINT_RECORD).write_text(json.dumps(record), encoding="utf-8")
     checkpoint = read_checkpoint(str(job_folder))
     assert checkpoint.uri == ESCROW_URI
@@ -146,8 +166,11 @@ def bucket(s3_server):
 
 def test_manifest_on_s3(bucket):
     client, name = bucket
-    client.put_object(Bucket=name, Key="runs/job-1/manifest.json",
-                      Body=json.dumps({"checkpoint_s3_bucket": ESCROW_URI}).encode())
+    client.put_object(
+        Bucket=name,
+        Key="runs/job-1/manifest.json",
+        Body=json.dumps({"checkpoint_s3_bucket": ESCROW_URI}).encode(),
+    )
     assert read_checkpoint_uri(f"s3://{name}/runs/job-1") == ESCROW_URI
     assert read_checkpoint(f"s3://{name}/runs/job-1/") is None
 

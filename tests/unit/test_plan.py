@@ -46,8 +46,9 @@ def problems_of(path: Path, **kwargs) -> list:
 
 
 def test_plan_injects_round_values_into_each_recipe() -> None:
-    plan = plan_round(load_campaign(EXAMPLE),
-                      template_context=sample_template_context(date(2026, 11, 23)))
+    plan = plan_round(
+        load_campaign(EXAMPLE), template_context=sample_template_context(date(2026, 11, 23))
+    )
     sft, rft = plan.stages
     assert (sft.method, sft.technique, rft.method) == (Method.SFT, Technique.LORA, Method.RFT)
     assert plan.platform is Platform.HYPERPOD
@@ -64,7 +65,8 @@ def test_plan_injects_round_values_into_each_recipe() -> None:
     assert rft.recipe["run"]["model_name_or_path"] == "@checkpoint:sft"
     assert rft.recipe["training_config"]["trainer"]["max_steps"] == 100
     assert rft.recipe["training_config"]["rollout"]["rewards"]["api_endpoint"]["lambda_arn"] == (
-        "arn:aws:lambda:us-east-1:123456789012:function:SageMaker-support-reward")
+        "arn:aws:lambda:us-east-1:123456789012:function:SageMaker-support-reward"
+    )
     assert plan.evaluation.model_name_or_path == "@checkpoint:rft"
     assert plan.evaluation.metrics == ["exact_match", "f1_score", "rougeL"]
     # The plan round-trips through JSON, so it can travel in XCom and into the ledger.
@@ -72,8 +74,11 @@ def test_plan_injects_round_values_into_each_recipe() -> None:
 
 
 def test_later_round_numbers_and_base() -> None:
-    plan = plan_round(load_campaign(EXAMPLE), round_number=3,
-                      base_uri="s3://customer-escrow-1-hp-x/support-bot-r0002-rft/step9")
+    plan = plan_round(
+        load_campaign(EXAMPLE),
+        round_number=3,
+        base_uri="s3://customer-escrow-1-hp-x/support-bot-r0002-rft/step9",
+    )
     assert plan.stages[0].job_name == "support-bot-r0003-sft"
     assert plan.stages[0].recipe["run"]["model_name_or_path"].startswith("s3://customer-escrow")
 
@@ -87,8 +92,12 @@ def test_data_uris_are_rendered_per_logical_date() -> None:
 
 
 def test_undefined_template_variable_is_reported_at_its_line(tmp_path: Path) -> None:
-    path = write_campaign(tmp_path, lambda d: d["stages"][0]["datasets"].update(
-        train="s3://acme-ml-data/{{ dss }}/train.jsonl"))
+    path = write_campaign(
+        tmp_path,
+        lambda d: d["stages"][0]["datasets"].update(
+            train="s3://acme-ml-data/{{ dss }}/train.jsonl"
+        ),
+    )
     [problem] = problems_of(path)
     assert problem.path == "stages[0].datasets.train"
     assert "'dss' is undefined" in problem.message and "ds_nodash" in problem.message
@@ -103,8 +112,9 @@ def _line_of(path: Path, needle: str) -> int:
 
 
 def test_recipe_technique_must_match_campaign_technique(tmp_path: Path) -> None:
-    path = write_campaign(tmp_path, lambda d: d["stages"][0].update(
-        recipe="nova/nova-2-lite/sft-full.yaml"))
+    path = write_campaign(
+        tmp_path, lambda d: d["stages"][0].update(recipe="nova/nova-2-lite/sft-full.yaml")
+    )
     [problem] = problems_of(path)
     assert problem.path == "stages[0].recipe"
     assert "Incompatible model training technique detected" in problem.message
@@ -123,24 +133,35 @@ def test_rft_before_sft_breaks_the_lineage(tmp_path: Path) -> None:
 
 def test_cpt_stage_in_a_lora_campaign_is_refused(tmp_path: Path) -> None:
     def add_cpt(d):
-        d["stages"].insert(0, {"method": "cpt", "recipe": "nova/nova-2-lite/cpt.yaml",
-                               "datasets": {"train": "s3://acme-ml-data/cpt.jsonl"}})
+        d["stages"].insert(
+            0,
+            {
+                "method": "cpt",
+                "recipe": "nova/nova-2-lite/cpt.yaml",
+                "datasets": {"train": "s3://acme-ml-data/cpt.jsonl"},
+            },
+        )
 
     problems = problems_of(write_campaign(tmp_path, add_cpt))
     assert any("Incompatible model training technique detected" in p.message for p in problems)
 
 
 def test_template_for_another_model_is_refused(tmp_path: Path) -> None:
-    path = write_campaign(tmp_path, lambda d: d["stages"][0].update(
-        recipe="nova/nova-lite/sft-lora.yaml"))
+    path = write_campaign(
+        tmp_path, lambda d: d["stages"][0].update(recipe="nova/nova-lite/sft-lora.yaml")
+    )
     [problem] = problems_of(path)
     assert "amazon.nova-lite-v1:0:300k" in problem.message
     assert "amazon.nova-2-lite-v1:0:256k" in problem.message
 
 
 def test_hyperpod_reward_function_name_must_contain_sagemaker(tmp_path: Path) -> None:
-    path = write_campaign(tmp_path, lambda d: d["stages"][1].update(
-        reward_function="arn:aws:lambda:us-east-1:123456789012:function:support-reward"))
+    path = write_campaign(
+        tmp_path,
+        lambda d: d["stages"][1].update(
+            reward_function="arn:aws:lambda:us-east-1:123456789012:function:support-reward"
+        ),
+    )
     [problem] = problems_of(path)
     assert problem.path == "stages[1].reward_function"
     assert "must contain 'SageMaker'" in problem.message
@@ -148,23 +169,28 @@ def test_hyperpod_reward_function_name_must_contain_sagemaker(tmp_path: Path) ->
 
 
 def test_rft_stage_without_reward_function(tmp_path: Path) -> None:
-    problems = problems_of(write_campaign(tmp_path, lambda d: d["stages"][1].pop(
-        "reward_function")))
-    assert any(p.path == "stages[1].method" and "reward_function" in p.message
-               for p in problems)
+    problems = problems_of(
+        write_campaign(tmp_path, lambda d: d["stages"][1].pop("reward_function"))
+    )
+    assert any(p.path == "stages[1].method" and "reward_function" in p.message for p in problems)
 
 
 def test_escrow_bucket_as_training_data_is_refused(tmp_path: Path) -> None:
-    path = write_campaign(tmp_path, lambda d: d["stages"][0]["datasets"].update(
-        train="s3://customer-escrow-123456789012-hp-abc/data.jsonl"))
+    path = write_campaign(
+        tmp_path,
+        lambda d: d["stages"][0]["datasets"].update(
+            train="s3://customer-escrow-123456789012-hp-abc/data.jsonl"
+        ),
+    )
     [problem] = problems_of(path)
     assert problem.path == "stages[0].datasets.train"
     assert "customer-owned bucket" in problem.message
 
 
 def test_stage_override_errors_point_at_the_override(tmp_path: Path) -> None:
-    path = write_campaign(tmp_path, lambda d: d["stages"][0]["overrides"].update(
-        {"run.replicas": 3}))
+    path = write_campaign(
+        tmp_path, lambda d: d["stages"][0]["overrides"].update({"run.replicas": 3})
+    )
     [problem] = problems_of(path)
     assert problem.path == "stages[0].overrides.run.replicas"
     assert problem.allowed == "1, 4, 8, 16, 32"
@@ -174,8 +200,10 @@ def test_stage_override_errors_point_at_the_override(tmp_path: Path) -> None:
 def test_gate_metric_must_be_reported_by_the_evaluation(tmp_path: Path) -> None:
     path = write_campaign(tmp_path, lambda d: d["gate"].update(primary_metric="accuracy"))
     problems = problems_of(path)
-    assert any(p.path == "gate.primary_metric" and "does not report 'accuracy'" in p.message
-               for p in problems)
+    assert any(
+        p.path == "gate.primary_metric" and "does not report 'accuracy'" in p.message
+        for p in problems
+    )
 
 
 def test_duplicate_stage_names(tmp_path: Path) -> None:
@@ -196,8 +224,9 @@ def test_unknown_campaign_key_is_a_located_error(tmp_path: Path) -> None:
 
 
 def test_backend_fields_are_checked(tmp_path: Path) -> None:
-    path = write_campaign(tmp_path, lambda d: d["backend"].update(
-        output_root="/local/path", type="smtj"))
+    path = write_campaign(
+        tmp_path, lambda d: d["backend"].update(output_root="/local/path", type="smtj")
+    )
     with pytest.raises(CampaignError) as info:
         load_campaign(path)
     paths = {p.path for p in info.value.problems}
@@ -226,8 +255,11 @@ def test_s3_base_checkpoint_must_carry_a_manifest(tmp_path: Path, s3_server) -> 
     assert f"{base}/manifest.json" in problem.message
 
     checkpoint = "s3://customer-escrow-123456789012-hp-abc/support-bot-old-sft/step100"
-    s3.put_object(Bucket="acme-ml-artifacts", Key="outputs/support-bot-old-sft/manifest.json",
-                  Body=json.dumps({"checkpoint_s3_bucket": checkpoint}))
+    s3.put_object(
+        Bucket="acme-ml-artifacts",
+        Key="outputs/support-bot-old-sft/manifest.json",
+        Body=json.dumps({"checkpoint_s3_bucket": checkpoint}),
+    )
     plan = plan_round(load_campaign(path), offline=False)
     assert plan.base_model == checkpoint
     assert plan.stages[0].recipe["run"]["model_name_or_path"] == checkpoint

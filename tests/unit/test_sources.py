@@ -54,8 +54,7 @@ def test_line_of_falls_back_to_deepest_known_parent():
 def test_document_problem_is_located():
     doc = parse_document(TEXT, "recipe.yaml")
     problem = doc.problem(("run", "replicas"), "bad", allowed="1, 2")
-    assert problem == Problem("run.replicas", "bad", source="recipe.yaml", line=3,
-                              allowed="1, 2")
+    assert problem == Problem("run.replicas", "bad", source="recipe.yaml", line=3, allowed="1, 2")
     assert problem.format() == "recipe.yaml:3: run.replicas: bad (allowed: 1, 2)"
 
 
@@ -85,8 +84,7 @@ def test_empty_file(text):
     assert problem.format().endswith(": the file is empty")
 
 
-@pytest.mark.parametrize("text,line", [("- a\n- b\n", 1), ("just text\n", 1),
-                                       ("\n\n42\n", 3)])
+@pytest.mark.parametrize("text,line", [("- a\n- b\n", 1), ("just text\n", 1), ("\n\n42\n", 3)])
 def test_top_level_must_be_a_mapping(text, line):
     with pytest.raises(ConfigError) as info:
         parse_document(text, "list.yaml")
@@ -117,10 +115,21 @@ def test_load_document_with_text_does_not_read_disk():
     assert doc.source == "virtual.yaml"
 
 
-@pytest.mark.parametrize("text,value", [
-    ("1e-5", 1e-5), ("5e-7", 5e-7), ("1.0e-06", 1e-6), ("-2E3", -2000.0), ("3", 3),
-    ("0.5", 0.5), ("true", True), ("null", None), ("lora", "lora"), (".inf", float("inf")),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("1e-5", 1e-5),
+        ("5e-7", 5e-7),
+        ("1.0e-06", 1e-6),
+        ("-2E3", -2000.0),
+        ("3", 3),
+        ("0.5", 0.5),
+        ("true", True),
+        ("null", None),
+        ("lora", "lora"),
+        (".inf", float("inf")),
+    ],
+)
 def test_parse_scalar_reads_like_yaml(text, value):
     result = parse_scalar(text)
     assert result == value
@@ -141,15 +150,18 @@ def test_dump_yaml_keeps_key_order():
     assert dump_yaml({"b": 1, "a": [1, 2]}) == "b: 1\na:\n- 1\n- 2\n"
 
 
-@pytest.mark.parametrize("loc,text", [
-    ((), ""),
-    (("run",), "run"),
-    (("run", "replicas"), "run.replicas"),
-    (("stages", 0, "name"), "stages[0].name"),
-    (("betas", 1), "betas[1]"),
-    (("a", 0, 2, "b"), "a[0][2].b"),
-    ((0, "x"), "[0].x"),
-])
+@pytest.mark.parametrize(
+    "loc,text",
+    [
+        ((), ""),
+        (("run",), "run"),
+        (("run", "replicas"), "run.replicas"),
+        (("stages", 0, "name"), "stages[0].name"),
+        (("betas", 1), "betas[1]"),
+        (("a", 0, 2, "b"), "a[0][2].b"),
+        ((0, "x"), "[0].x"),
+    ],
+)
 def test_format_loc(loc, text):
     assert format_loc(loc) == text
 
@@ -187,8 +199,11 @@ def _problems(data, document=None):
 
 def test_range_error_names_range():
     [problem] = _problems({"steps": 9})
-    assert (problem.path, problem.message, problem.allowed) == ("steps", "9 is out of range",
-                                                                "1..5")
+    assert (problem.path, problem.message, problem.allowed) == (
+        "steps",
+        "9 is out of range",
+        "1..5",
+    )
 
 
 def test_literal_error_inside_optional_block_names_values():

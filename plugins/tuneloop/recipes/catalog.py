@@ -91,22 +91,67 @@ _LOCAL_SUPPORT: Support = {Platform.LOCAL: frozenset(Method)}
 MODELS: dict[str, ModelSpec] = {
     spec.model_type: spec
     for spec in (
-        ModelSpec("amazon.nova-micro-v1:0:128k", "Nova Micro", "nova-1", "nova-micro/prod",
-                  128_000, frozenset({Modality.TEXT}), _NOVA1_SUPPORT,
-                  "nova-textgeneration-micro"),
-        ModelSpec("amazon.nova-lite-v1:0:300k", "Nova Lite", "nova-1", "nova-lite/prod",
-                  300_000, ALL_MODALITIES, _NOVA1_SUPPORT, "nova-textgeneration-lite"),
-        ModelSpec("amazon.nova-pro-v1:0:300k", "Nova Pro", "nova-1", "nova-pro/prod",
-                  300_000, ALL_MODALITIES, _NOVA1_SUPPORT, "nova-textgeneration-pro"),
-        ModelSpec("amazon.nova-2-lite-v1:0:256k", "Nova 2 Lite", "nova-2", "nova-lite-2/prod",
-                  256_000, ALL_MODALITIES, _NOVA2_SUPPORT, "nova-textgeneration-lite-v2"),
+        ModelSpec(
+            "amazon.nova-micro-v1:0:128k",
+            "Nova Micro",
+            "nova-1",
+            "nova-micro/prod",
+            128_000,
+            frozenset({Modality.TEXT}),
+            _NOVA1_SUPPORT,
+            "nova-textgeneration-micro",
+        ),
+        ModelSpec(
+            "amazon.nova-lite-v1:0:300k",
+            "Nova Lite",
+            "nova-1",
+            "nova-lite/prod",
+            300_000,
+            ALL_MODALITIES,
+            _NOVA1_SUPPORT,
+            "nova-textgeneration-lite",
+        ),
+        ModelSpec(
+            "amazon.nova-pro-v1:0:300k",
+            "Nova Pro",
+            "nova-1",
+            "nova-pro/prod",
+            300_000,
+            ALL_MODALITIES,
+            _NOVA1_SUPPORT,
+            "nova-textgeneration-pro",
+        ),
+        ModelSpec(
+            "amazon.nova-2-lite-v1:0:256k",
+            "Nova 2 Lite",
+            "nova-2",
+            "nova-lite-2/prod",
+            256_000,
+            ALL_MODALITIES,
+            _NOVA2_SUPPORT,
+            "nova-textgeneration-lite-v2",
+        ),
         # The local backend's models. `tiny-chat` is built from a config on the spot (nothing is
         # downloaded); `hf-causal-lm` is any Hugging Face model directory named by the recipe's
         # model_name_or_path, whose context length is only known once it is loaded.
-        ModelSpec("local.tiny-chat-v1", "tiny chat model (local)", "local", "tiny-chat",
-                  512, frozenset({Modality.TEXT}), _LOCAL_SUPPORT),
-        ModelSpec("local.hf-causal-lm", "Hugging Face causal LM directory (local)", "local",
-                  "", 1_000_000, frozenset({Modality.TEXT}), _LOCAL_SUPPORT),
+        ModelSpec(
+            "local.tiny-chat-v1",
+            "tiny chat model (local)",
+            "local",
+            "tiny-chat",
+            512,
+            frozenset({Modality.TEXT}),
+            _LOCAL_SUPPORT,
+        ),
+        ModelSpec(
+            "local.hf-causal-lm",
+            "Hugging Face causal LM directory (local)",
+            "local",
+            "",
+            1_000_000,
+            frozenset({Modality.TEXT}),
+            _LOCAL_SUPPORT,
+        ),
     )
 }
 
@@ -191,8 +236,11 @@ def allowed_replicas(
 
 def smtj_instance_families(model_type: str, method: Method, technique: Technique) -> list[str]:
     return sorted(
-        {fam for (m, meth, tech, fam) in _SMTJ_REPLICAS if (m, meth, tech) ==
-         (model_type, method, technique)}
+        {
+            fam
+            for (m, meth, tech, fam) in _SMTJ_REPLICAS
+            if (m, meth, tech) == (model_type, method, technique)
+        }
     )
 
 
@@ -217,8 +265,15 @@ def allowed_instance_types(model_type: str, method: Method | None) -> tuple[str,
         return _P5_P4D
     # evaluation
     if model_type in ("amazon.nova-micro-v1:0:128k", "amazon.nova-lite-v1:0:300k"):
-        return ("ml.p5.48xlarge", "ml.g5.12xlarge", "ml.g5.24xlarge", "ml.g5.48xlarge",
-                "ml.g6.12xlarge", "ml.g6.24xlarge", "ml.g6.48xlarge")
+        return (
+            "ml.p5.48xlarge",
+            "ml.g5.12xlarge",
+            "ml.g5.24xlarge",
+            "ml.g5.48xlarge",
+            "ml.g6.12xlarge",
+            "ml.g6.24xlarge",
+            "ml.g6.48xlarge",
+        )
     if model_type == "amazon.nova-pro-v1:0:300k":
         return ("ml.p5.48xlarge",)
     return ("ml.p5.48xlarge", "ml.p4d.24xlarge")
@@ -265,9 +320,7 @@ class CatalogError(ValueError):
     """A model, method, platform or region combination the service does not offer."""
 
 
-def container_image(
-    model_type: str, method: Method | None, platform: Platform, region: str
-) -> str:
+def container_image(model_type: str, method: Method | None, platform: Platform, region: str) -> str:
     """Full image URI of the job container; method None means evaluation."""
     spec = MODELS.get(model_type)
     if spec is None or not spec.is_nova:
@@ -309,43 +362,132 @@ _BOTH = frozenset({"nova-1", "nova-2"})
 _ALL = frozenset({"nova-1", "nova-2", "local"})
 
 _MMLU_SUBJECTS = (
-    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
-    "college_biology", "college_chemistry", "college_computer_science", "college_mathematics",
-    "college_medicine", "college_physics", "computer_security", "conceptual_physics",
-    "econometrics", "electrical_engineering", "elementary_mathematics", "formal_logic",
-    "global_facts", "high_school_biology", "high_school_chemistry",
-    "high_school_computer_science", "high_school_european_history", "high_school_geography",
-    "high_school_government_and_politics", "high_school_macroeconomics",
-    "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
-    "high_school_psychology", "high_school_statistics", "high_school_us_history",
-    "high_school_world_history", "human_aging", "human_sexuality", "international_law",
-    "jurisprudence", "logical_fallacies", "machine_learning", "management", "marketing",
-    "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
-    "philosophy", "prehistory", "professional_accounting", "professional_law",
-    "professional_medicine", "professional_psychology", "public_relations",
-    "security_studies", "sociology", "us_foreign_policy", "virology", "world_religions",
+    "abstract_algebra",
+    "anatomy",
+    "astronomy",
+    "business_ethics",
+    "clinical_knowledge",
+    "college_biology",
+    "college_chemistry",
+    "college_computer_science",
+    "college_mathematics",
+    "college_medicine",
+    "college_physics",
+    "computer_security",
+    "conceptual_physics",
+    "econometrics",
+    "electrical_engineering",
+    "elementary_mathematics",
+    "formal_logic",
+    "global_facts",
+    "high_school_biology",
+    "high_school_chemistry",
+    "high_school_computer_science",
+    "high_school_european_history",
+    "high_school_geography",
+    "high_school_government_and_politics",
+    "high_school_macroeconomics",
+    "high_school_mathematics",
+    "high_school_microeconomics",
+    "high_school_physics",
+    "high_school_psychology",
+    "high_school_statistics",
+    "high_school_us_history",
+    "high_school_world_history",
+    "human_aging",
+    "human_sexuality",
+    "international_law",
+    "jurisprudence",
+    "logical_fallacies",
+    "machine_learning",
+    "management",
+    "marketing",
+    "medical_genetics",
+    "miscellaneous",
+    "moral_disputes",
+    "moral_scenarios",
+    "nutrition",
+    "philosophy",
+    "prehistory",
+    "professional_accounting",
+    "professional_law",
+    "professional_medicine",
+    "professional_psychology",
+    "public_relations",
+    "security_studies",
+    "sociology",
+    "us_foreign_policy",
+    "virology",
+    "world_religions",
 )
 _BBH_TASKS = (
-    "boolean_expressions", "causal_judgement", "date_understanding", "disambiguation_qa",
-    "dyck_languages", "formal_fallacies", "geometric_shapes", "hyperbaton",
-    "logical_deduction_five_objects", "logical_deduction_seven_objects",
-    "logical_deduction_three_objects", "movie_recommendation", "multistep_arithmetic_two",
-    "navigate", "object_counting", "penguins_in_a_table", "reasoning_about_colored_objects",
-    "ruin_names", "salient_translation_error_detection", "snarks", "sports_understanding",
-    "temporal_sequences", "tracking_shuffled_objects_five_objects",
-    "tracking_shuffled_objects_seven_objects", "tracking_shuffled_objects_three_objects",
-    "web_of_lies", "word_sorting",
+    "boolean_expressions",
+    "causal_judgement",
+    "date_understanding",
+    "disambiguation_qa",
+    "dyck_languages",
+    "formal_fallacies",
+    "geometric_shapes",
+    "hyperbaton",
+    "logical_deduction_five_objects",
+    "logical_deduction_seven_objects",
+    "logical_deduction_three_objects",
+    "movie_recommendation",
+    "multistep_arithmetic_two",
+    "navigate",
+    "object_counting",
+    "penguins_in_a_table",
+    "reasoning_about_colored_objects",
+    "ruin_names",
+    "salient_translation_error_detection",
+    "snarks",
+    "sports_understanding",
+    "temporal_sequences",
+    "tracking_shuffled_objects_five_objects",
+    "tracking_shuffled_objects_seven_objects",
+    "tracking_shuffled_objects_three_objects",
+    "web_of_lies",
+    "word_sorting",
 )
 _MATH_TOPICS = (
-    "algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
-    "prealgebra", "precalculus",
+    "algebra",
+    "counting_and_probability",
+    "geometry",
+    "intermediate_algebra",
+    "number_theory",
+    "prealgebra",
+    "precalculus",
 )
 _MMMU_SUBJECTS = (
-    "accounting", "agriculture", "architecture_and_engineering", "art", "art_theory",
-    "basic_medical_science", "biology", "chemistry", "clinical_medicine", "computer_science",
-    "design", "economics", "electronics", "energy_and_power", "finance", "geography", "history",
-    "literature", "manage", "marketing", "materials", "math", "mechanical_engineering", "music",
-    "pharmacy", "physics", "psychology", "public_health", "sociology",
+    "accounting",
+    "agriculture",
+    "architecture_and_engineering",
+    "art",
+    "art_theory",
+    "basic_medical_science",
+    "biology",
+    "chemistry",
+    "clinical_medicine",
+    "computer_science",
+    "design",
+    "economics",
+    "electronics",
+    "energy_and_power",
+    "finance",
+    "geography",
+    "history",
+    "literature",
+    "manage",
+    "marketing",
+    "materials",
+    "math",
+    "mechanical_engineering",
+    "music",
+    "pharmacy",
+    "physics",
+    "psychology",
+    "public_health",
+    "sociology",
 )
 
 EVAL_TASKS: dict[str, EvalTask] = {
@@ -355,7 +497,10 @@ EVAL_TASKS: dict[str, EvalTask] = {
     "gpqa": EvalTask("zs_cot", "accuracy", False, _BOTH),
     "math": EvalTask("zs_cot", "exact_match", False, _BOTH, _MATH_TOPICS),
     "strong_reject": EvalTask(
-        "zs", "deflection", False, _BOTH,
+        "zs",
+        "deflection",
+        False,
+        _BOTH,
         ("dangerous_or_sensitive_topics", "offensive_language"),
     ),
     "ifeval": EvalTask("zs", "accuracy", False, _BOTH),
@@ -369,8 +514,19 @@ EVAL_TASKS: dict[str, EvalTask] = {
 # Metrics each bring-your-own-data task reports (what a campaign's gate may target).
 EVAL_METRICS: dict[str, tuple[str, ...]] = {
     # The service's results carry both the long names and the short ones (em, qem, f1).
-    "gen_qa": ("rouge1", "rouge2", "rougeL", "exact_match", "quasi_exact_match", "f1_score",
-               "f1_score_quasi", "bleu", "em", "qem", "f1"),
+    "gen_qa": (
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "exact_match",
+        "quasi_exact_match",
+        "f1_score",
+        "f1_score_quasi",
+        "bleu",
+        "em",
+        "qem",
+        "f1",
+    ),
     "llm_judge": ("winrate", "a_scores", "b_scores", "ties", "score"),
     "rubric_llm_judge": ("winrate", "a_scores", "b_scores", "ties", "score"),
 }

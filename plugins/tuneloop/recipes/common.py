@@ -18,7 +18,7 @@ from tuneloop.recipes.catalog import MODELS
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors: a misspelt `warmup_step` must not silently fall back to a default."""
+    """Unknown keys are errors: a misspelt `warmup_step` must not fall back to a default."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
@@ -77,8 +77,11 @@ class RunConfig(StrictModel):
             raise PydanticCustomError(
                 "dns_label",
                 "'{value}' is not a valid job name",
-                {"value": value, "allowed": "lowercase letters, digits and '-', 1-63 characters,"
-                 " starting and ending with a letter or digit"},
+                {
+                    "value": value,
+                    "allowed": "lowercase letters, digits and '-', 1-63 characters,"
+                    " starting and ending with a letter or digit",
+                },
             )
         return value
 

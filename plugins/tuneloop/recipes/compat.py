@@ -116,8 +116,11 @@ def after_stage(base: Checkpoint, method: Method, technique: Technique, uri: str
     """The checkpoint a stage produces from ``base`` (for planning a lineage ahead of time)."""
     lineage = base.lineage if base.lineage else ()
     return base.model_copy(
-        update={"uri": uri, "technique": method_technique(method, technique),
-                "lineage": (*lineage, method)}
+        update={
+            "uri": uri,
+            "technique": method_technique(method, technique),
+            "lineage": (*lineage, method),
+        }
     )
 
 
@@ -132,25 +135,31 @@ def check_lineage(
 ) -> None:
     """Check a whole sequence of stages, each starting from the previous one's checkpoint.
 
-    A round repeats the same stages from the last checkpoint, so if one round passes, so do
-    the rounds after it (the lineage's origin never changes).
+    Later rounds repeat the same stages from the last checkpoint. A lineage is judged by its
+    first method and every method may follow itself, so if one round passes, so do the rounds
+    after it.
     """
     current = base
     for index, method in enumerate(methods):
         path = paths[index] if index < len(paths) else f"stages[{index}]"
-        check_continuation(current, method=method, technique=technique, model_type=model_type,
-                           platform=platform, path=path)
+        check_continuation(
+            current,
+            method=method,
+            technique=technique,
+            model_type=model_type,
+            platform=platform,
+            path=path,
+        )
         if current is None:
-            current = Checkpoint(uri=f"<checkpoint of {path}>", model_type=model_type,
-                                 technique=method_technique(method, technique),
-                                 platform=platform, lineage=(method,))
+            current = Checkpoint(
+                uri=f"<checkpoint of {path}>",
+                model_type=model_type,
+                technique=method_technique(method, technique),
+                platform=platform,
+                lineage=(method,),
+            )
         else:
             current = after_stage(current, method, technique, f"<checkpoint of {path}>")
-    # A second round starts from the last stage's checkpoint with the first stage again.
-    if methods and current is not None:
-        check_continuation(current, method=methods[0], technique=technique,
-                           model_type=model_type, platform=platform,
-                           path=paths[0] if paths else "stages[0]")
 
 
 # --- data and reward function ----------------------------------------------------------------

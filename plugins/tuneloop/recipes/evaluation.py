@@ -13,8 +13,18 @@ from pydantic import Field
 from tuneloop.recipes.common import NonNegativeInt, PositiveInt, RunConfig, StrictModel
 
 EvalTaskName = Literal[
-    "mmlu", "mmlu_pro", "bbh", "gpqa", "math", "strong_reject", "ifeval", "mmmu", "gen_qa",
-    "llm_judge", "rubric_llm_judge", "rft_eval",
+    "mmlu",
+    "mmlu_pro",
+    "bbh",
+    "gpqa",
+    "math",
+    "strong_reject",
+    "ifeval",
+    "mmmu",
+    "gen_qa",
+    "llm_judge",
+    "rubric_llm_judge",
+    "rft_eval",
 ]
 
 

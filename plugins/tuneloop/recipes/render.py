@@ -31,11 +31,11 @@ from tuneloop.recipes.rules import RecipeContext, check_recipe, technique_of
 from tuneloop.recipes.sft import Nova1SftRecipe, Nova2SftRecipe
 from tuneloop.sources import (
     Document,
+    dump_yaml,
     format_loc,
     load_document,
     parse_scalar,
     problems_from_validation_error,
-    dump_yaml,
 )
 
 Loc = tuple[str | int, ...]
@@ -95,8 +95,14 @@ def parse_set_options(items: Iterable[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[\w-]+)*", key):
-            problems.append(Problem("", f"cannot read {item!r}", source="--set",
-                                    allowed="key.path=value, e.g. training_config.max_steps=200"))
+            problems.append(
+                Problem(
+                    "",
+                    f"cannot read {item!r}",
+                    source="--set",
+                    allowed="key.path=value, e.g. training_config.max_steps=200",
+                )
+            )
             continue
         overrides[key] = parse_scalar(value)
     if problems:
@@ -119,17 +125,30 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
             elif isinstance(target, list) and isinstance(key, int) and key < len(target):
                 target = target[key]
             else:
-                raise ConfigError([Problem(".".join(parts[: index + 1]), "cannot set a key "
-                                           "inside a value that is not a mapping",
-                                           source=f"--set {dotted}")])
+                raise ConfigError(
+                    [
+                        Problem(
+                            ".".join(parts[: index + 1]),
+                            "cannot set a key inside a value that is not a mapping",
+                            source=f"--set {dotted}",
+                        )
+                    ]
+                )
         last: Any = parts[-1]
         if isinstance(target, list) and last.isdigit() and int(last) < len(target):
             target[int(last)] = copy.deepcopy(value)
         elif isinstance(target, dict):
             target[last] = copy.deepcopy(value)
         else:
-            raise ConfigError([Problem(dotted, "cannot set a key inside a value that is not a "
-                                       "mapping", source=f"--set {dotted}")])
+            raise ConfigError(
+                [
+                    Problem(
+                        dotted,
+                        "cannot set a key inside a value that is not a mapping",
+                        source=f"--set {dotted}",
+                    )
+                ]
+            )
     return result
 
 
@@ -203,8 +222,9 @@ def detect_method(data: Mapping[str, Any], source: str) -> Method | None:
         return None
     run = data.get("run") if isinstance(data.get("run"), dict) else {}
     tc = data.get("training_config") if isinstance(data.get("training_config"), dict) else {}
-    if "rollout" in tc or any(k in run for k in ("reward_lambda_arn", "generation_replicas",
-                                                   "rollout_worker_replicas")):
+    if "rollout" in tc or any(
+        k in run for k in ("reward_lambda_arn", "generation_replicas", "rollout_worker_replicas")
+    ):
         return Method.RFT
     task_type = tc.get("task_type")
     if task_type in ("sft", "cpt"):
@@ -217,9 +237,16 @@ def detect_method(data: Mapping[str, Any], source: str) -> Method | None:
         return Method.CPT
     if "sft" in stem:
         return Method.SFT
-    raise ConfigError([Problem("training_config", "cannot tell whether this is an SFT or a CPT "
-                               "recipe", source=source,
-                               fix="add training_config.task_type (sft or cpt), or pass --kind")])
+    raise ConfigError(
+        [
+            Problem(
+                "training_config",
+                "cannot tell whether this is an SFT or a CPT recipe",
+                source=source,
+                fix="add training_config.task_type (sft or cpt), or pass --kind",
+            )
+        ]
+    )
 
 
 def recipe_model(method: Method | None, spec: ModelSpec) -> type[BaseModel] | None:
@@ -243,7 +270,7 @@ def render_recipe(
     template: str | Path | Document,
     overrides: Mapping[str, Any] | None = None,
     *,
-    method: Method | None | str = "detect",
+    method: Method | str | None = "detect",
     context: RecipeContext | None = None,
     origins: Mapping[str, Origin] | None = None,
 ) -> RenderedRecipe:
@@ -270,8 +297,9 @@ def render_recipe(
             # A parent the override created (the file never had it) is the override's doing too.
             created = not in_file and key.startswith(dotted + ".")
             if inside or created:
-                return Problem(origin.path or dotted, message, source=origin.source,
-                               line=origin.line, **kwargs)
+                return Problem(
+                    origin.path or dotted, message, source=origin.source, line=origin.line, **kwargs
+                )
         return document.problem(loc, message, **kwargs)
 
     try:
@@ -294,8 +322,9 @@ def render_recipe(
     model_cls = recipe_model(method, spec)
     if model_cls is None:
         what = method.value.upper() if method else "evaluation"
-        raise RecipeError([locate(("run", "model_type"), f"{spec.display_name} has no {what} "
-                                  "recipe")])
+        raise RecipeError(
+            [locate(("run", "model_type"), f"{spec.display_name} has no {what} recipe")]
+        )
     try:
         model = model_cls.model_validate(data)
     except ValidationError as exc:
@@ -307,12 +336,19 @@ def render_recipe(
         raise RecipeError(
             [locate(f.loc, f.message, allowed=f.allowed, fix=f.fix) for f in found.errors]
         )
-    recipe_warnings = [locate(f.loc, f.message, allowed=f.allowed, fix=f.fix)
-                       for f in found.warnings]
+    recipe_warnings = [
+        locate(f.loc, f.message, allowed=f.allowed, fix=f.fix) for f in found.warnings
+    ]
     for problem in recipe_warnings:
         warnings.warn(problem.format(), RecipeWarning, stacklevel=2)
-    return RenderedRecipe(data=data, model=model, method=method, spec=spec,
-                          source=document.source, warnings=recipe_warnings)
+    return RenderedRecipe(
+        data=data,
+        model=model,
+        method=method,
+        spec=spec,
+        source=document.source,
+        warnings=recipe_warnings,
+    )
 
 
 def _relocate(problem: Problem, locate: Any) -> Problem:
@@ -336,8 +372,15 @@ def _spec_or_raise(data: Mapping[str, Any], locate: Any) -> ModelSpec:
     if spec is None:
         from tuneloop.recipes.catalog import MODELS
 
-        raise RecipeError([locate(("run", "model_type"), f"unknown model_type {model_type!r}",
-                                  allowed=", ".join(MODELS))])
+        raise RecipeError(
+            [
+                locate(
+                    ("run", "model_type"),
+                    f"unknown model_type {model_type!r}",
+                    allowed=", ".join(MODELS),
+                )
+            ]
+        )
     return spec
 
 

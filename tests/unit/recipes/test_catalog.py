@@ -89,26 +89,32 @@ def test_container_image_in_us_east_1(model_type, method, platform):
     assert ("V2" in tag) == (MODELS[model_type].family == "nova-2")
 
 
-@pytest.mark.parametrize(("model_type", "method", "platform", "tag"), [
-    ("amazon.nova-lite-v1:0:300k", Method.SFT, Platform.HYPERPOD, "SM-HP-SFT-latest"),
-    ("amazon.nova-lite-v1:0:300k", Method.SFT, Platform.SMTJ, "SM-TJ-SFT-latest"),
-    ("amazon.nova-lite-v1:0:300k", Method.CPT, Platform.HYPERPOD, "HP-CPT-latest"),
-    ("amazon.nova-2-lite-v1:0:256k", Method.SFT, Platform.HYPERPOD, "SM-HP-SFT-V2-latest"),
-    ("amazon.nova-2-lite-v1:0:256k", Method.SFT, Platform.SMTJ, "SM-TJ-SFT-V2-latest"),
-    ("amazon.nova-2-lite-v1:0:256k", Method.CPT, Platform.HYPERPOD, "SM-HP-CPT-V2-latest"),
-    ("amazon.nova-2-lite-v1:0:256k", Method.RFT, Platform.SMTJ, "SM-TJ-RFT-V2-latest"),
-    ("amazon.nova-2-lite-v1:0:256k", Method.RFT, Platform.HYPERPOD,
-     "SM-HP-RFT-TRAIN-V2-latest"),
-    ("amazon.nova-2-lite-v1:0:256k", None, Platform.HYPERPOD, "SM-HP-Eval-V2-latest"),
-    ("amazon.nova-2-lite-v1:0:256k", None, Platform.SMTJ, "SM-TJ-Eval-V2-latest"),
-])
+@pytest.mark.parametrize(
+    ("model_type", "method", "platform", "tag"),
+    [
+        ("amazon.nova-lite-v1:0:300k", Method.SFT, Platform.HYPERPOD, "SM-HP-SFT-latest"),
+        ("amazon.nova-lite-v1:0:300k", Method.SFT, Platform.SMTJ, "SM-TJ-SFT-latest"),
+        ("amazon.nova-lite-v1:0:300k", Method.CPT, Platform.HYPERPOD, "HP-CPT-latest"),
+        ("amazon.nova-2-lite-v1:0:256k", Method.SFT, Platform.HYPERPOD, "SM-HP-SFT-V2-latest"),
+        ("amazon.nova-2-lite-v1:0:256k", Method.SFT, Platform.SMTJ, "SM-TJ-SFT-V2-latest"),
+        ("amazon.nova-2-lite-v1:0:256k", Method.CPT, Platform.HYPERPOD, "SM-HP-CPT-V2-latest"),
+        ("amazon.nova-2-lite-v1:0:256k", Method.RFT, Platform.SMTJ, "SM-TJ-RFT-V2-latest"),
+        (
+            "amazon.nova-2-lite-v1:0:256k",
+            Method.RFT,
+            Platform.HYPERPOD,
+            "SM-HP-RFT-TRAIN-V2-latest",
+        ),
+        ("amazon.nova-2-lite-v1:0:256k", None, Platform.HYPERPOD, "SM-HP-Eval-V2-latest"),
+        ("amazon.nova-2-lite-v1:0:256k", None, Platform.SMTJ, "SM-TJ-Eval-V2-latest"),
+    ],
+)
 def test_container_image_tags(model_type, method, platform, tag):
     assert container_image(model_type, method, platform, "us-east-1").endswith(":" + tag)
 
 
 def test_container_image_uses_the_regions_account():
-    image = container_image("amazon.nova-2-lite-v1:0:256k", Method.SFT, Platform.SMTJ,
-                            "us-west-2")
+    image = container_image("amazon.nova-2-lite-v1:0:256k", Method.SFT, Platform.SMTJ, "us-west-2")
     assert image.startswith("176779409107.dkr.ecr.us-west-2.amazonaws.com/")
 
 
@@ -130,8 +136,7 @@ def test_no_image_for_unsupported_method_or_model():
     with pytest.raises(CatalogError, match="no CPT image on smtj"):
         container_image("amazon.nova-lite-v1:0:300k", Method.CPT, Platform.SMTJ, "us-east-1")
     with pytest.raises(CatalogError, match="no RFT image"):
-        container_image("amazon.nova-lite-v1:0:300k", Method.RFT, Platform.HYPERPOD,
-                        "us-east-1")
+        container_image("amazon.nova-lite-v1:0:300k", Method.RFT, Platform.HYPERPOD, "us-east-1")
     with pytest.raises(CatalogError, match="no container image"):
         container_image("local.tiny-chat-v1", Method.SFT, Platform.LOCAL, "us-east-1")
     with pytest.raises(CatalogError, match="no container image"):
@@ -140,7 +145,12 @@ def test_no_image_for_unsupported_method_or_model():
 
 def test_rft_sidecar_images_live_in_the_fine_tune_repo():
     assert set(catalog.RFT_HYPERPOD_SIDECAR_IMAGES) == {
-        "generation", "storm", "nats-server", "nats-reloader", "redis"}
+        "generation",
+        "storm",
+        "nats-server",
+        "nats-reloader",
+        "redis",
+    }
     for repo_tag in catalog.RFT_HYPERPOD_SIDECAR_IMAGES.values():
         assert repo_tag.startswith("nova-fine-tune-repo:SM-HP-RFT-")
 
@@ -160,11 +170,16 @@ def test_allowed_replicas_lookups():
     assert allowed_replicas(lite2, Method.SFT, Technique.LORA, hp) == (1, 4, 8, 16, 32)
     assert allowed_replicas(lite2, Method.SFT, Technique.FULL, hp) == (4, 8, 16, 32)
     assert allowed_replicas(lite2, Method.RFT, Technique.LORA, hp) == (2, 4, 8, 16)
-    assert allowed_replicas("amazon.nova-lite-v1:0:300k", Method.SFT, Technique.FULL, smtj,
-                            "ml.p4d.24xlarge") == (4, 8, 16)
+    assert allowed_replicas(
+        "amazon.nova-lite-v1:0:300k", Method.SFT, Technique.FULL, smtj, "ml.p4d.24xlarge"
+    ) == (4, 8, 16)
     # Without an instance type, every count some family accepts.
-    assert allowed_replicas("amazon.nova-lite-v1:0:300k", Method.SFT, Technique.FULL,
-                            smtj) == (2, 4, 8, 16)
+    assert allowed_replicas("amazon.nova-lite-v1:0:300k", Method.SFT, Technique.FULL, smtj) == (
+        2,
+        4,
+        8,
+        16,
+    )
     assert allowed_replicas(lite2, Method.CPT, Technique.FULL, smtj) is None
     assert allowed_replicas(lite2, Method.SFT, Technique.FULL, Platform.LOCAL) is None
     assert catalog.smtj_instance_families(lite2, Method.RFT, Technique.FULL) == ["p5", "p5en"]
@@ -172,11 +187,12 @@ def test_allowed_replicas_lookups():
 
 def test_allowed_instance_types():
     assert catalog.allowed_instance_types("amazon.nova-2-lite-v1:0:256k", Method.CPT) == (
-        "ml.p5.48xlarge",)
+        "ml.p5.48xlarge",
+    )
     assert "ml.p4d.24xlarge" not in catalog.allowed_instance_types(
-        "amazon.nova-2-lite-v1:0:256k", Method.RFT)
-    assert catalog.allowed_instance_types("amazon.nova-pro-v1:0:300k", None) == (
-        "ml.p5.48xlarge",)
+        "amazon.nova-2-lite-v1:0:256k", Method.RFT
+    )
+    assert catalog.allowed_instance_types("amazon.nova-pro-v1:0:300k", None) == ("ml.p5.48xlarge",)
     assert catalog.allowed_instance_types("local.tiny-chat-v1", Method.SFT) == ()
 
 

@@ -26,12 +26,19 @@ NOVA1_LITE = "amazon.nova-lite-v1:0:300k"
 URI = "s3://customer-escrow-123456789012-hp-abc123/round-1/step100"
 
 
-def checkpoint(origin: Method | None, technique: Technique, *, model_type: str = NOVA2_LITE,
-               platform: Platform = HP, lineage: tuple[Method, ...] | None = None) -> Checkpoint:
+def checkpoint(
+    origin: Method | None,
+    technique: Technique,
+    *,
+    model_type: str = NOVA2_LITE,
+    platform: Platform = HP,
+    lineage: tuple[Method, ...] | None = None,
+) -> Checkpoint:
     if lineage is None:
         lineage = (origin,) if origin is not None else ()
-    return Checkpoint(uri=URI, model_type=model_type, technique=technique, platform=platform,
-                      lineage=lineage)
+    return Checkpoint(
+        uri=URI, model_type=model_type, technique=technique, platform=platform, lineage=lineage
+    )
 
 
 # --- the technique matrix --------------------------------------------------------------------
@@ -75,8 +82,9 @@ def test_technique_matrix(case):
     base = checkpoint(origin, base_technique)
     if ok:
         compat.check_technique(base, method, technique)
-        compat.check_continuation(base, method=method, technique=technique,
-                                  model_type=NOVA2_LITE, platform=HP)
+        compat.check_continuation(
+            base, method=method, technique=technique, model_type=NOVA2_LITE, platform=HP
+        )
         return
     with pytest.raises(IncompatibleTechniqueError) as info:
         compat.check_technique(base, method, technique, path="stages[1].technique")
@@ -127,11 +135,11 @@ def test_origin_is_first_method_of_lineage():
 
 
 def test_allowed_after_table():
-    assert compat.ALLOWED_AFTER == {
+    assert {
         SFT: frozenset({SFT, RFT}),
         RFT: frozenset({RFT}),
         CPT: frozenset({CPT, SFT, RFT}),
-    }
+    } == compat.ALLOWED_AFTER
 
 
 # --- model type and platform -----------------------------------------------------------------
@@ -140,8 +148,9 @@ def test_allowed_after_table():
 def test_model_type_mismatch():
     base = checkpoint(SFT, FULL, model_type=NOVA2_LITE)
     with pytest.raises(ModelTypeMismatchError) as info:
-        compat.check_continuation(base, method=SFT, technique=FULL, model_type=NOVA1_LITE,
-                                  platform=HP, path="stages[0]")
+        compat.check_continuation(
+            base, method=SFT, technique=FULL, model_type=NOVA1_LITE, platform=HP, path="stages[0]"
+        )
     [problem] = info.value.problems
     assert "does not match model_type" in problem.message
     assert NOVA2_LITE in problem.message and NOVA1_LITE in problem.message
@@ -153,8 +162,9 @@ def test_model_type_mismatch():
 def test_platform_mismatch(trained, target):
     base = checkpoint(SFT, FULL, platform=trained)
     with pytest.raises(PlatformMismatchError) as info:
-        compat.check_continuation(base, method=SFT, technique=FULL, model_type=NOVA2_LITE,
-                                  platform=target)
+        compat.check_continuation(
+            base, method=SFT, technique=FULL, model_type=NOVA2_LITE, platform=target
+        )
     [problem] = info.value.problems
     assert problem.message.startswith("Platform mismatch: ")
     assert f"trained on {trained.value}" in problem.message
@@ -164,20 +174,27 @@ def test_platform_mismatch(trained, target):
 
 
 def test_continuation_from_base_model_always_passes():
-    compat.check_continuation(None, method=RFT, technique=LORA, model_type=NOVA2_LITE,
-                              platform=SMTJ)
+    compat.check_continuation(
+        None, method=RFT, technique=LORA, model_type=NOVA2_LITE, platform=SMTJ
+    )
 
 
 def test_continuation_checks_model_type_before_technique():
     base = checkpoint(SFT, LORA, model_type=NOVA1_LITE)
     with pytest.raises(ModelTypeMismatchError):
-        compat.check_continuation(base, method=SFT, technique=FULL, model_type=NOVA2_LITE,
-                                  platform=HP)
+        compat.check_continuation(
+            base, method=SFT, technique=FULL, model_type=NOVA2_LITE, platform=HP
+        )
 
 
 def test_errors_are_config_errors_with_fix():
-    for error_type in (IncompatibleTechniqueError, ModelTypeMismatchError,
-                       PlatformMismatchError, DataLocationError, RewardFunctionError):
+    for error_type in (
+        IncompatibleTechniqueError,
+        ModelTypeMismatchError,
+        PlatformMismatchError,
+        DataLocationError,
+        RewardFunctionError,
+    ):
         assert issubclass(error_type, CompatibilityError)
         assert issubclass(error_type, ConfigError)
         error = error_type("a.b", "detail", "do this")
@@ -190,23 +207,25 @@ def test_errors_are_config_errors_with_fix():
 
 
 def lineage(methods, technique=FULL, **kwargs):
-    compat.check_lineage(methods, technique=technique, model_type=NOVA2_LITE, platform=HP,
-                         **kwargs)
+    compat.check_lineage(methods, technique=technique, model_type=NOVA2_LITE, platform=HP, **kwargs)
 
 
-@pytest.mark.parametrize("methods,technique", [
-    ([SFT], FULL),
-    ([SFT], LORA),
-    ([RFT], LORA),
-    ([SFT, RFT], FULL),
-    ([SFT, RFT], LORA),
-    ([SFT, SFT, RFT], FULL),
-    ([CPT], FULL),
-    ([CPT, SFT], FULL),
-    ([CPT, SFT, RFT], FULL),
-    ([CPT, RFT], FULL),
-    ([], FULL),
-])
+@pytest.mark.parametrize(
+    "methods,technique",
+    [
+        ([SFT], FULL),
+        ([SFT], LORA),
+        ([RFT], LORA),
+        ([SFT, RFT], FULL),
+        ([SFT, RFT], LORA),
+        ([SFT, SFT, RFT], FULL),
+        ([CPT], FULL),
+        ([CPT, SFT], FULL),
+        ([CPT, SFT, RFT], FULL),
+        ([CPT, RFT], FULL),
+        ([], FULL),
+    ],
+)
 def test_valid_lineages(methods, technique):
     lineage(methods, technique)
 
@@ -265,11 +284,14 @@ def test_after_stage_records_lineage():
 # --- data and reward function ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("uri", [
-    "s3://customer-escrow-123456789012-hp-abc/data.jsonl",
-    "s3://customer-escrow-123456789012-smtj-abc/data.jsonl",
-    "  S3://Customer-Escrow-1/x.jsonl",
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://customer-escrow-123456789012-hp-abc/data.jsonl",
+        "s3://customer-escrow-123456789012-smtj-abc/data.jsonl",
+        "  S3://Customer-Escrow-1/x.jsonl",
+    ],
+)
 def test_escrow_data_location_fails(uri):
     with pytest.raises(DataLocationError) as info:
         compat.check_data_location(uri, path="data_s3_path")

@@ -242,13 +242,16 @@ training_config:
       adam_beta2: 0.95
 """
 
-NOVA2_RFT_LORA = NOVA2_RFT + """\
+NOVA2_RFT_LORA = (
+    NOVA2_RFT
+    + """\
     peft:
       peft_scheme: lora
       lora_tuning:
         alpha: 32
         loraplus_lr_ratio: 64.0
 """
+)
 
 EVAL_GEN_QA = """\
 run:
@@ -305,18 +308,26 @@ def recipes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def context(platform: Platform = HP, instance_type: str | None = None,
-            template: bool = False) -> RecipeContext:
+def context(
+    platform: Platform = HP, instance_type: str | None = None, template: bool = False
+) -> RecipeContext:
     return RecipeContext(platform=platform, instance_type=instance_type, template=template)
 
 
-def render(path: Path, overrides: dict[str, Any] | None = None, *, platform: Platform = HP,
-           instance_type: str | None = None, template: bool = False,
-           method: Any = "detect") -> RenderedRecipe:
+def render(
+    path: Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    platform: Platform = HP,
+    instance_type: str | None = None,
+    template: bool = False,
+    method: Any = "detect",
+) -> RenderedRecipe:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RecipeWarning)
-        return render_recipe(path, overrides or {}, method=method,
-                             context=context(platform, instance_type, template))
+        return render_recipe(
+            path, overrides or {}, method=method, context=context(platform, instance_type, template)
+        )
 
 
 def problems(path: Path, overrides: dict[str, Any] | None = None, **kwargs: Any) -> list[Problem]:
@@ -326,8 +337,9 @@ def problems(path: Path, overrides: dict[str, Any] | None = None, **kwargs: Any)
     return info.value.problems
 
 
-def problem_at(path: Path, field: str, overrides: dict[str, Any] | None = None,
-               **kwargs: Any) -> Problem:
+def problem_at(
+    path: Path, field: str, overrides: dict[str, Any] | None = None, **kwargs: Any
+) -> Problem:
     found = problems(path, overrides, **kwargs)
     matches = [p for p in found if p.path == field]
     assert matches, f"no problem at {field}; got: {[p.format() for p in found]}"
@@ -379,8 +391,9 @@ def test_base_recipe_is_valid(recipes, key, method, technique):
 
 
 def test_problem_format_names_file_line_field_and_allowed(tmp_path):
-    path, text = variant(tmp_path, "nova1_sft_full", "global_batch_size: 16",
-                         "global_batch_size: 128")
+    path, text = variant(
+        tmp_path, "nova1_sft_full", "global_batch_size: 16", "global_batch_size: 128"
+    )
     problem = problem_at(path, "training_config.global_batch_size")
     line = line_no(text, "global_batch_size: 128")
     assert problem.source == str(path)
@@ -393,11 +406,14 @@ def test_problem_format_names_file_line_field_and_allowed(tmp_path):
 
 
 def test_error_reports_every_problem_at_once(recipes):
-    found = problems(recipes["nova1_sft_full"], {
-        "training_config.global_batch_size": 128,
-        "training_config.model.hidden_dropout": 2.0,
-        "training_config.model.optim.sched.warmup_steps": 0,
-    })
+    found = problems(
+        recipes["nova1_sft_full"],
+        {
+            "training_config.global_batch_size": 128,
+            "training_config.model.hidden_dropout": 2.0,
+            "training_config.model.optim.sched.warmup_steps": 0,
+        },
+    )
     assert {p.path for p in found} >= {
         "training_config.global_batch_size",
         "training_config.model.hidden_dropout",
@@ -406,8 +422,11 @@ def test_error_reports_every_problem_at_once(recipes):
 
 
 def test_override_problem_names_the_override(recipes):
-    problem = problem_at(recipes["nova1_sft_full"], "training_config.global_batch_size",
-                         {"training_config.global_batch_size": 128})
+    problem = problem_at(
+        recipes["nova1_sft_full"],
+        "training_config.global_batch_size",
+        {"training_config.global_batch_size": 128},
+    )
     assert problem.source == "--set training_config.global_batch_size"
     assert problem.line is None
 
@@ -419,15 +438,19 @@ OPTIM1 = "training_config.model.optim"
 
 @pytest.mark.parametrize("lr", [1e-6, 1e-5, 1e-4, 1e-3])
 def test_full_rank_sft_lr_in_range_passes(recipes, lr):
-    rendered = render(recipes["nova1_sft_full"], {f"{OPTIM1}.lr": lr,
-                                                  f"{OPTIM1}.sched.min_lr": 1e-8})
+    rendered = render(
+        recipes["nova1_sft_full"], {f"{OPTIM1}.lr": lr, f"{OPTIM1}.sched.min_lr": 1e-8}
+    )
     assert rendered.data["training_config"]["model"]["optim"]["lr"] == lr
 
 
 @pytest.mark.parametrize("lr", [1e-7, 2e-3])
 def test_full_rank_sft_lr_out_of_range_fails(recipes, lr):
-    problem = problem_at(recipes["nova1_sft_full"], f"{OPTIM1}.lr",
-                         {f"{OPTIM1}.lr": lr, f"{OPTIM1}.sched.min_lr": 1e-8})
+    problem = problem_at(
+        recipes["nova1_sft_full"],
+        f"{OPTIM1}.lr",
+        {f"{OPTIM1}.lr": lr, f"{OPTIM1}.sched.min_lr": 1e-8},
+    )
     assert "full-rank SFT" in problem.message
     assert problem.allowed == "1e-06..0.001"
 
@@ -440,22 +463,29 @@ def test_full_rank_sft_lr_line_points_at_lr(tmp_path):
 
 @pytest.mark.parametrize("lr", [1e-6, 1e-3])
 def test_nova2_full_rank_sft_lr_boundaries_pass(recipes, lr):
-    render(recipes["nova2_sft_full"], {"training_config.optim_config.lr": lr,
-                                       "training_config.lr_scheduler.min_lr": 1e-8})
+    render(
+        recipes["nova2_sft_full"],
+        {"training_config.optim_config.lr": lr, "training_config.lr_scheduler.min_lr": 1e-8},
+    )
 
 
 @pytest.mark.parametrize("lr", [1e-7, 2e-3])
 def test_nova2_full_rank_sft_lr_out_of_range_fails(recipes, lr):
-    problem = problem_at(recipes["nova2_sft_full"], "training_config.optim_config.lr",
-                         {"training_config.optim_config.lr": lr,
-                          "training_config.lr_scheduler.min_lr": 1e-8})
+    problem = problem_at(
+        recipes["nova2_sft_full"],
+        "training_config.optim_config.lr",
+        {"training_config.optim_config.lr": lr, "training_config.lr_scheduler.min_lr": 1e-8},
+    )
     assert problem.allowed == "1e-06..0.001"
 
 
-@pytest.mark.parametrize("key,field", [
-    ("nova2_sft_lora", "training_config.optim_config.lr"),
-    ("nova1_sft_lora", f"{OPTIM1}.lr"),
-])
+@pytest.mark.parametrize(
+    "key,field",
+    [
+        ("nova2_sft_lora", "training_config.optim_config.lr"),
+        ("nova1_sft_lora", f"{OPTIM1}.lr"),
+    ],
+)
 @pytest.mark.parametrize("lr", [5e-4, 2e-3])
 def test_lora_lr_outside_recommended_band_only_warns(recipes, key, field, lr):
     with pytest.warns(RecipeWarning, match="recommended"):
@@ -464,18 +494,28 @@ def test_lora_lr_outside_recommended_band_only_warns(recipes, key, field, lr):
 
 
 def test_lr_must_be_positive(recipes):
-    problem = problem_at(recipes["nova2_sft_lora"], "training_config.optim_config.lr",
-                         {"training_config.optim_config.lr": 0})
+    problem = problem_at(
+        recipes["nova2_sft_lora"],
+        "training_config.optim_config.lr",
+        {"training_config.optim_config.lr": 0},
+    )
     assert "out of range" in problem.message
     assert problem.allowed == "> 0.0 and <= 1.0"
 
 
-@pytest.mark.parametrize("key,min_lr_field,lr_field", [
-    ("nova1_sft_full", f"{OPTIM1}.sched.min_lr", f"{OPTIM1}.lr"),
-    ("nova1_cpt", f"{OPTIM1}.sched.min_lr", f"{OPTIM1}.lr"),
-    ("nova2_sft_lora", "training_config.lr_scheduler.min_lr", "training_config.optim_config.lr"),
-    ("nova2_cpt", "training_config.optim.sched.min_lr", "training_config.optim.lr"),
-])
+@pytest.mark.parametrize(
+    "key,min_lr_field,lr_field",
+    [
+        ("nova1_sft_full", f"{OPTIM1}.sched.min_lr", f"{OPTIM1}.lr"),
+        ("nova1_cpt", f"{OPTIM1}.sched.min_lr", f"{OPTIM1}.lr"),
+        (
+            "nova2_sft_lora",
+            "training_config.lr_scheduler.min_lr",
+            "training_config.optim_config.lr",
+        ),
+        ("nova2_cpt", "training_config.optim.sched.min_lr", "training_config.optim.lr"),
+    ],
+)
 def test_min_lr_must_be_below_lr(recipes, key, min_lr_field, lr_field):
     problem = problem_at(recipes[key], min_lr_field, {lr_field: 1e-5, min_lr_field: 1e-5})
     assert "must be lower than lr" in problem.message
@@ -492,12 +532,15 @@ def test_min_lr_line_points_at_min_lr(tmp_path):
 # --- warm-up, epochs, steps --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key,field", [
-    ("nova1_sft_full", f"{OPTIM1}.sched.warmup_steps"),
-    ("nova2_sft_lora", "training_config.lr_scheduler.warmup_steps"),
-    ("nova1_cpt", f"{OPTIM1}.sched.warmup_steps"),
-    ("nova2_cpt", "training_config.optim.sched.warmup_steps"),
-])
+@pytest.mark.parametrize(
+    "key,field",
+    [
+        ("nova1_sft_full", f"{OPTIM1}.sched.warmup_steps"),
+        ("nova2_sft_lora", "training_config.lr_scheduler.warmup_steps"),
+        ("nova1_cpt", f"{OPTIM1}.sched.warmup_steps"),
+        ("nova2_cpt", "training_config.optim.sched.warmup_steps"),
+    ],
+)
 def test_warmup_steps_range(recipes, key, field):
     for good in (1, 20):
         render(recipes[key], {field: good})
@@ -520,36 +563,49 @@ def test_max_epochs_six_fails(tmp_path):
 
 
 def test_max_epochs_zero_fails(recipes):
-    problem = problem_at(recipes["nova1_sft_full"], "training_config.trainer.max_epochs",
-                         {"training_config.trainer.max_epochs": 0})
+    problem = problem_at(
+        recipes["nova1_sft_full"],
+        "training_config.trainer.max_epochs",
+        {"training_config.trainer.max_epochs": 0},
+    )
     assert "trains nothing" in problem.message
     assert "1..5" in problem.allowed
 
 
 def test_max_epochs_zero_fails_for_cpt(recipes):
-    problem_at(recipes["nova1_cpt"], "training_config.trainer.max_epochs",
-               {"training_config.trainer.max_epochs": 0})
+    problem_at(
+        recipes["nova1_cpt"],
+        "training_config.trainer.max_epochs",
+        {"training_config.trainer.max_epochs": 0},
+    )
 
 
 def test_max_epochs_minus_one_needs_max_steps(recipes):
-    problem = problem_at(recipes["nova1_sft_full"], "training_config.trainer.max_epochs",
-                         {"training_config.trainer.max_epochs": -1})
+    problem = problem_at(
+        recipes["nova1_sft_full"],
+        "training_config.trainer.max_epochs",
+        {"training_config.trainer.max_epochs": -1},
+    )
     assert "max_steps" in problem.message
     assert problem.fix
-    render(recipes["nova1_sft_full"], {"training_config.trainer.max_epochs": -1,
-                                       "training_config.trainer.max_steps": 50})
+    render(
+        recipes["nova1_sft_full"],
+        {"training_config.trainer.max_epochs": -1, "training_config.trainer.max_steps": 50},
+    )
 
 
 def test_max_steps_and_max_epochs_together_warn(recipes):
     with pytest.warns(RecipeWarning, match="both max_epochs .* and max_steps"):
-        rendered = render_recipe(recipes["nova1_sft_full"],
-                                 {"training_config.trainer.max_steps": 50}, context=context())
+        rendered = render_recipe(
+            recipes["nova1_sft_full"], {"training_config.trainer.max_steps": 50}, context=context()
+        )
     assert rendered.warnings[0].path == "training_config.trainer.max_steps"
 
 
 def test_nova2_sft_max_steps_minimum(recipes):
-    problem = problem_at(recipes["nova2_sft_lora"], "training_config.max_steps",
-                         {"training_config.max_steps": 3})
+    problem = problem_at(
+        recipes["nova2_sft_lora"], "training_config.max_steps", {"training_config.max_steps": 3}
+    )
     assert problem.allowed == "4..100000"
 
 
@@ -559,23 +615,29 @@ def test_nova2_sft_max_steps_minimum(recipes):
 @pytest.mark.parametrize("key", ["nova1_sft_full", "nova1_sft_lora"])
 def test_nova1_sft_max_length_at_most_65536(recipes, key):
     render(recipes[key], {"training_config.max_length": 65536})
-    problem = problem_at(recipes[key], "training_config.max_length",
-                         {"training_config.max_length": 65537})
+    problem = problem_at(
+        recipes[key], "training_config.max_length", {"training_config.max_length": 65537}
+    )
     assert problem.allowed == "1..65536"
 
 
 def test_micro_sft_max_length_at_most_65536(recipes):
-    render(recipes["nova1_sft_full"], {**MICRO, "run.replicas": 2,
-                                       "training_config.max_length": 65536})
-    problem_at(recipes["nova1_sft_full"], "training_config.max_length",
-               {**MICRO, "run.replicas": 2, "training_config.max_length": 65537})
+    render(
+        recipes["nova1_sft_full"], {**MICRO, "run.replicas": 2, "training_config.max_length": 65536}
+    )
+    problem_at(
+        recipes["nova1_sft_full"],
+        "training_config.max_length",
+        {**MICRO, "run.replicas": 2, "training_config.max_length": 65537},
+    )
 
 
 @pytest.mark.parametrize("key", ["nova1_cpt", "nova2_cpt"])
 def test_cpt_max_length_at_most_8192(recipes, key):
     render(recipes[key], {"training_config.max_length": 4096})
-    problem = problem_at(recipes[key], "training_config.max_length",
-                         {"training_config.max_length": 8193})
+    problem = problem_at(
+        recipes[key], "training_config.max_length", {"training_config.max_length": 8193}
+    )
     assert problem.allowed == "1..8192"
 
 
@@ -587,29 +649,38 @@ def test_nova2_sft_max_length_allowed_values_pass(recipes, key, length):
 
 @pytest.mark.parametrize("length", [4096, 10000, 40000])
 def test_nova2_sft_max_length_other_values_fail(recipes, length):
-    problem = problem_at(recipes["nova2_sft_lora"], "training_config.max_length",
-                         {"training_config.max_length": length})
+    problem = problem_at(
+        recipes["nova2_sft_lora"],
+        "training_config.max_length",
+        {"training_config.max_length": length},
+    )
     assert problem.allowed == "8192, 16384, 32768, 65536"
 
 
 def test_nova2_sft_max_length_above_65536_fails(recipes):
-    problem = problem_at(recipes["nova2_sft_lora"], "training_config.max_length",
-                         {"training_config.max_length": 131072})
+    problem = problem_at(
+        recipes["nova2_sft_lora"],
+        "training_config.max_length",
+        {"training_config.max_length": 131072},
+    )
     assert "65536" in problem.allowed
 
 
 # --- dropouts and optimizer --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key,field", [
-    ("nova1_sft_full", "training_config.model.hidden_dropout"),
-    ("nova1_sft_full", "training_config.model.attention_dropout"),
-    ("nova1_sft_full", "training_config.model.ffn_dropout"),
-    ("nova1_sft_lora", "training_config.model.peft.lora_tuning.adapter_dropout"),
-    ("nova1_cpt", "training_config.model.ffn_dropout"),
-    ("nova2_cpt", "training_config.model.hidden_dropout"),
-    ("nova2_cpt", "training_config.model.attention_dropout"),
-])
+@pytest.mark.parametrize(
+    "key,field",
+    [
+        ("nova1_sft_full", "training_config.model.hidden_dropout"),
+        ("nova1_sft_full", "training_config.model.attention_dropout"),
+        ("nova1_sft_full", "training_config.model.ffn_dropout"),
+        ("nova1_sft_lora", "training_config.model.peft.lora_tuning.adapter_dropout"),
+        ("nova1_cpt", "training_config.model.ffn_dropout"),
+        ("nova2_cpt", "training_config.model.hidden_dropout"),
+        ("nova2_cpt", "training_config.model.attention_dropout"),
+    ],
+)
 def test_dropout_between_zero_and_one(recipes, key, field):
     for good in (0.0, 0.2, 1.0):
         render(recipes[key], {field: good})
@@ -620,18 +691,22 @@ def test_dropout_between_zero_and_one(recipes, key, field):
 
 
 def test_adapter_dropout_line(tmp_path):
-    path, text = variant(tmp_path, "nova1_sft_lora", "adapter_dropout: 0.01",
-                         "adapter_dropout: 1.5")
+    path, text = variant(
+        tmp_path, "nova1_sft_lora", "adapter_dropout: 0.01", "adapter_dropout: 1.5"
+    )
     problem = problem_at(path, "training_config.model.peft.lora_tuning.adapter_dropout")
     assert problem.line == line_no(text, "adapter_dropout: 1.5")
     assert problem.allowed == "0.0..1.0"
 
 
-@pytest.mark.parametrize("key,field", [
-    ("nova1_sft_full", f"{OPTIM1}.name"),
-    ("nova1_cpt", f"{OPTIM1}.name"),
-    ("nova2_cpt", "training_config.optim.name"),
-])
+@pytest.mark.parametrize(
+    "key,field",
+    [
+        ("nova1_sft_full", f"{OPTIM1}.name"),
+        ("nova1_cpt", f"{OPTIM1}.name"),
+        ("nova2_cpt", "training_config.optim.name"),
+    ],
+)
 def test_optimizer_name_only_distributed_fused_adam(recipes, key, field):
     problem = problem_at(recipes[key], field, {field: "adamw"})
     assert problem.message == "'adamw' is not allowed"
@@ -646,8 +721,11 @@ def test_cpt_global_batch_size(recipes, key):
     for good in (32, 64, 128, 256):
         render(recipes[key], {"training_config.global_batch_size": good})
     for bad in (16, 100, 512):
-        problem = problem_at(recipes[key], "training_config.global_batch_size",
-                             {"training_config.global_batch_size": bad})
+        problem = problem_at(
+            recipes[key],
+            "training_config.global_batch_size",
+            {"training_config.global_batch_size": bad},
+        )
         assert problem.allowed == "32, 64, 128, 256"
 
 
@@ -656,14 +734,20 @@ def test_nova1_sft_global_batch_size(recipes, key):
     for good in (16, 32, 64):
         render(recipes[key], {"training_config.global_batch_size": good})
     for bad in (8, 128):
-        problem = problem_at(recipes[key], "training_config.global_batch_size",
-                             {"training_config.global_batch_size": bad})
+        problem = problem_at(
+            recipes[key],
+            "training_config.global_batch_size",
+            {"training_config.global_batch_size": bad},
+        )
         assert problem.allowed == "16, 32, 64"
 
 
 def test_nova2_sft_global_batch_size(recipes):
-    problem = problem_at(recipes["nova2_sft_lora"], "training_config.global_batch_size",
-                         {"training_config.global_batch_size": 16})
+    problem = problem_at(
+        recipes["nova2_sft_lora"],
+        "training_config.global_batch_size",
+        {"training_config.global_batch_size": 16},
+    )
     assert problem.allowed == "32, 64, 128, 256"
 
 
@@ -720,28 +804,35 @@ SMTJ_REPLICAS = [
 
 
 @pytest.mark.parametrize(("key", "extra", "instance", "allowed", "refused"), SMTJ_REPLICAS)
-def test_training_job_replicas_depend_on_instance_type(recipes, key, extra, instance, allowed,
-                                                       refused):
+def test_training_job_replicas_depend_on_instance_type(
+    recipes, key, extra, instance, allowed, refused
+):
     for count in allowed:
-        render(recipes[key], {**extra, "run.replicas": count}, platform=SMTJ,
-               instance_type=instance)
+        render(
+            recipes[key], {**extra, "run.replicas": count}, platform=SMTJ, instance_type=instance
+        )
     for count in refused:
-        problem = problem_at(recipes[key], "run.replicas", {**extra, "run.replicas": count},
-                             platform=SMTJ, instance_type=instance)
+        problem = problem_at(
+            recipes[key],
+            "run.replicas",
+            {**extra, "run.replicas": count},
+            platform=SMTJ,
+            instance_type=instance,
+        )
         assert instance in problem.message
         assert problem.allowed == ", ".join(str(c) for c in allowed)
 
 
 def test_training_job_replicas_for_instance_family_without_counts(recipes):
-    problem = problem_at(recipes["nova1_sft_full"], "run.replicas", platform=SMTJ,
-                         instance_type="ml.g5.12xlarge")
+    problem = problem_at(
+        recipes["nova1_sft_full"], "run.replicas", platform=SMTJ, instance_type="ml.g5.12xlarge"
+    )
     assert "no instance counts" in problem.message
     assert "p4d" in problem.allowed and "p5" in problem.allowed
 
 
 def test_instance_type_not_offered_fails(recipes):
-    problem = problem_at(recipes["nova2_cpt"], "run", platform=HP,
-                         instance_type="ml.p4d.24xlarge")
+    problem = problem_at(recipes["nova2_cpt"], "run", platform=HP, instance_type="ml.p4d.24xlarge")
     assert problem.allowed == "ml.p5.48xlarge"
 
 
@@ -757,10 +848,13 @@ def test_evaluation_on_hyperpod_runs_on_exactly_one_instance(recipes):
 ALPHAS = (32, 64, 96, 128, 160, 192)
 
 
-@pytest.mark.parametrize("key,field", [
-    ("nova1_sft_lora", "training_config.model.peft.lora_tuning.alpha"),
-    ("nova2_sft_lora", "training_config.peft.lora_tuning.alpha"),
-])
+@pytest.mark.parametrize(
+    "key,field",
+    [
+        ("nova1_sft_lora", "training_config.model.peft.lora_tuning.alpha"),
+        ("nova2_sft_lora", "training_config.peft.lora_tuning.alpha"),
+    ],
+)
 def test_lora_alpha_enum(recipes, key, field):
     for good in ALPHAS:
         render(recipes[key], {field: good})
@@ -785,14 +879,32 @@ def test_lora_alpha_line(tmp_path):
     assert problem.line == line_no(text, "alpha: 48")
 
 
-@pytest.mark.parametrize(("key", "field", "good", "bad", "allowed"), [
-    ("nova1_sft_lora", "training_config.model.peft.lora_tuning.loraplus_lr_ratio",
-     (0.0, 8.0, 100.0), (-1.0, 100.5), "0.0..100.0"),
-    ("nova2_sft_lora", "training_config.peft.lora_tuning.lora_plus_lr_ratio",
-     (1.0, 16.0, 70.0), (0.5, 71.0), "1.0..70.0"),
-    ("nova2_rft_lora", "training_config.trainer.peft.lora_tuning.loraplus_lr_ratio",
-     (0.0, 64.0, 100.0), (-1.0, 101.0), "0.0..100.0"),
-])
+@pytest.mark.parametrize(
+    ("key", "field", "good", "bad", "allowed"),
+    [
+        (
+            "nova1_sft_lora",
+            "training_config.model.peft.lora_tuning.loraplus_lr_ratio",
+            (0.0, 8.0, 100.0),
+            (-1.0, 100.5),
+            "0.0..100.0",
+        ),
+        (
+            "nova2_sft_lora",
+            "training_config.peft.lora_tuning.lora_plus_lr_ratio",
+            (1.0, 16.0, 70.0),
+            (0.5, 71.0),
+            "1.0..70.0",
+        ),
+        (
+            "nova2_rft_lora",
+            "training_config.trainer.peft.lora_tuning.loraplus_lr_ratio",
+            (0.0, 64.0, 100.0),
+            (-1.0, 101.0),
+            "0.0..100.0",
+        ),
+    ],
+)
 def test_loraplus_lr_ratio_ranges(recipes, key, field, good, bad, allowed):
     for value in good:
         render(recipes[key], {field: value})
@@ -804,13 +916,19 @@ def test_loraplus_lr_ratio_ranges(recipes, key, field, good, bad, allowed):
 
 def test_lora_tuning_without_lora_scheme_warns(recipes):
     with pytest.warns(RecipeWarning, match="lora_tuning is ignored"):
-        render_recipe(recipes["nova2_sft_lora"], {"training_config.peft.peft_scheme": "null"},
-                      context=context())
+        render_recipe(
+            recipes["nova2_sft_lora"],
+            {"training_config.peft.peft_scheme": "null"},
+            context=context(),
+        )
 
 
 def test_peft_scheme_enum(recipes):
-    problem = problem_at(recipes["nova2_sft_lora"], "training_config.peft.peft_scheme",
-                         {"training_config.peft.peft_scheme": "qlora"})
+    problem = problem_at(
+        recipes["nova2_sft_lora"],
+        "training_config.peft.peft_scheme",
+        {"training_config.peft.peft_scheme": "qlora"},
+    )
     assert "lora" in problem.allowed
 
 
@@ -846,15 +964,15 @@ def test_rft_max_length_range(recipes):
     for good in (8193, 32768):
         render(recipes["nova2_rft"], {"training_config.max_length": good})
     for bad in (4095, 32769):
-        problem = problem_at(recipes["nova2_rft"], "training_config.max_length",
-                             {"training_config.max_length": bad})
+        problem = problem_at(
+            recipes["nova2_rft"], "training_config.max_length", {"training_config.max_length": bad}
+        )
         assert problem.allowed == "4096..32768"
 
 
 def test_rft_short_max_length_warns_about_generation_room(recipes):
     with pytest.warns(RecipeWarning, match="max_new_tokens"):
-        render_recipe(recipes["nova2_rft"], {"training_config.max_length": 4096},
-                      context=context())
+        render_recipe(recipes["nova2_rft"], {"training_config.max_length": 4096}, context=context())
 
 
 @pytest.mark.parametrize("field", ["generation_replicas", "rollout_worker_replicas"])
@@ -865,30 +983,45 @@ def test_hyperpod_rft_requires_generation_and_rollout_replicas(recipes, field):
 
 def test_training_job_rft_ignores_hyperpod_replicas_with_a_warning(recipes):
     with pytest.warns(RecipeWarning, match="HyperPod only"):
-        render_recipe(recipes["nova2_rft"], {"run.replicas": 4},
-                      context=context(SMTJ, "ml.p5.48xlarge"))
+        render_recipe(
+            recipes["nova2_rft"], {"run.replicas": 4}, context=context(SMTJ, "ml.p5.48xlarge")
+        )
 
 
 def test_hyperpod_reward_lambda_name_must_contain_sagemaker(recipes):
-    problem = problem_at(recipes["nova2_rft"], "run.reward_lambda_arn",
-                         {"run.reward_lambda_arn": PLAIN_ARN})
+    problem = problem_at(
+        recipes["nova2_rft"], "run.reward_lambda_arn", {"run.reward_lambda_arn": PLAIN_ARN}
+    )
     assert "must contain 'SageMaker'" in problem.message
     assert "SageMaker-my-reward-fn" in problem.fix
     render(recipes["nova2_rft"], {"run.reward_lambda_arn": SAGEMAKER_ARN})
 
 
 def test_training_job_reward_lambda_name_is_free(recipes):
-    render(recipes["nova2_rft"], {"run.reward_lambda_arn": PLAIN_ARN,
-                                  "run.generation_replicas": None,
-                                  "run.rollout_worker_replicas": None,
-                                  "run.replicas": 4}, platform=SMTJ)
+    render(
+        recipes["nova2_rft"],
+        {
+            "run.reward_lambda_arn": PLAIN_ARN,
+            "run.generation_replicas": None,
+            "run.rollout_worker_replicas": None,
+            "run.replicas": 4,
+        },
+        platform=SMTJ,
+    )
 
 
-@pytest.mark.parametrize("arn", ["my-reward-fn", "arn:aws:s3:::bucket/SageMaker",
-                                 "arn:aws:lambda:us-east-1:123:function:SageMaker-x"])
+@pytest.mark.parametrize(
+    "arn",
+    [
+        "my-reward-fn",
+        "arn:aws:s3:::bucket/SageMaker",
+        "arn:aws:lambda:us-east-1:123:function:SageMaker-x",
+    ],
+)
 def test_reward_must_be_a_lambda_arn(recipes, arn):
-    problem = problem_at(recipes["nova2_rft"], "run.reward_lambda_arn",
-                         {"run.reward_lambda_arn": arn})
+    problem = problem_at(
+        recipes["nova2_rft"], "run.reward_lambda_arn", {"run.reward_lambda_arn": arn}
+    )
     assert "is not a Lambda function ARN" in problem.message
     assert problem.fix
 
@@ -901,38 +1034,54 @@ def test_endpoint_lambda_must_match_run_reward(recipes):
 
 
 def test_training_job_lora_rft_batch_size_limit(recipes):
-    overrides = {"run.replicas": 4, "run.generation_replicas": None,
-                 "run.rollout_worker_replicas": None}
-    problem = problem_at(recipes["nova2_rft_lora"], "training_config.global_batch_size",
-                         overrides, platform=SMTJ)
+    overrides = {
+        "run.replicas": 4,
+        "run.generation_replicas": None,
+        "run.rollout_worker_replicas": None,
+    }
+    problem = problem_at(
+        recipes["nova2_rft_lora"], "training_config.global_batch_size", overrides, platform=SMTJ
+    )
     assert problem.allowed == "16..128"
-    render(recipes["nova2_rft_lora"], {**overrides, "training_config.global_batch_size": 128},
-           platform=SMTJ)
+    render(
+        recipes["nova2_rft_lora"],
+        {**overrides, "training_config.global_batch_size": 128},
+        platform=SMTJ,
+    )
 
 
 def test_rft_global_batch_size_range(recipes):
-    problem = problem_at(recipes["nova2_rft"], "training_config.global_batch_size",
-                         {"training_config.global_batch_size": 8})
+    problem = problem_at(
+        recipes["nova2_rft"],
+        "training_config.global_batch_size",
+        {"training_config.global_batch_size": 8},
+    )
     assert problem.allowed == "16..256"
 
 
 # --- unknown keys, duplicates, YAML types ----------------------------------------------------
 
 
-@pytest.mark.parametrize(("key", "typo", "suggestion"), [
-    ("nova1_sft_full", "training_config.model.optim.sched.warmup_step", "warmup_steps"),
-    ("nova1_sft_full", "training_config.trainer.max_epoch", "max_epochs"),
-    ("nova1_sft_lora", "training_config.model.peft.lora_tuning.alfa", "alpha"),
-    ("nova2_sft_lora", "training_config.optim_config.learning_rate", None),
-    ("nova2_sft_lora", "training_config.peft.lora_tuning.loraplus_lr_ratio",
-     "lora_plus_lr_ratio"),
-    ("nova2_sft_lora", "run.replica", "replicas"),
-    ("nova2_cpt", "training_config.optim.sched.min_lr_", "min_lr"),
-    ("nova2_rft", "training_config.rollout.generator.temprature", "temperature"),
-    ("nova2_rft_lora", "training_config.trainer.peft.lora_tuning.alpah", "alpha"),
-    ("eval_gen_qa", "evaluation.metrics", "metric"),
-    ("eval_gen_qa", "inference.max_new_token", "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    ("key", "typo", "suggestion"),
+    [
+        ("nova1_sft_full", "training_config.model.optim.sched.warmup_step", "warmup_steps"),
+        ("nova1_sft_full", "training_config.trainer.max_epoch", "max_epochs"),
+        ("nova1_sft_lora", "training_config.model.peft.lora_tuning.alfa", "alpha"),
+        ("nova2_sft_lora", "training_config.optim_config.learning_rate", None),
+        (
+            "nova2_sft_lora",
+            "training_config.peft.lora_tuning.loraplus_lr_ratio",
+            "lora_plus_lr_ratio",
+        ),
+        ("nova2_sft_lora", "run.replica", "replicas"),
+        ("nova2_cpt", "training_config.optim.sched.min_lr_", "min_lr"),
+        ("nova2_rft", "training_config.rollout.generator.temprature", "temperature"),
+        ("nova2_rft_lora", "training_config.trainer.peft.lora_tuning.alpah", "alpha"),
+        ("eval_gen_qa", "evaluation.metrics", "metric"),
+        ("eval_gen_qa", "inference.max_new_token", "max_new_tokens"),
+    ],
+)
 def test_unknown_field_fails_with_suggestion(recipes, key, typo, suggestion):
     problem = problem_at(recipes[key], typo, {typo: 1})
     assert problem.message.startswith("unknown field")
@@ -944,8 +1093,12 @@ def test_unknown_field_fails_with_suggestion(recipes, key, typo, suggestion):
 
 
 def test_unknown_top_level_field_in_file_has_line(tmp_path):
-    path, text = variant(tmp_path, "nova2_sft_lora", "training_config:\n",
-                         "trainig_config:\n  foo: 1\ntraining_config:\n")
+    path, text = variant(
+        tmp_path,
+        "nova2_sft_lora",
+        "training_config:\n",
+        "trainig_config:\n  foo: 1\ntraining_config:\n",
+    )
     problem = problem_at(path, "trainig_config")
     assert problem.message == "unknown field; did you mean 'training_config'?"
     assert problem.line == line_no(text, "trainig_config:")
@@ -953,16 +1106,18 @@ def test_unknown_top_level_field_in_file_has_line(tmp_path):
 
 
 def test_unknown_nested_field_in_file_has_line(tmp_path):
-    path, text = variant(tmp_path, "nova1_sft_full", "        warmup_steps: 10\n",
-                         "        warmup_step: 10\n")
+    path, text = variant(
+        tmp_path, "nova1_sft_full", "        warmup_steps: 10\n", "        warmup_step: 10\n"
+    )
     problem = problem_at(path, f"{OPTIM1}.sched.warmup_step")
     assert "did you mean 'warmup_steps'?" in problem.message
     assert problem.line == line_no(text, "warmup_step: 10")
 
 
 def test_duplicate_key_fails_with_line(tmp_path):
-    path, text = variant(tmp_path, "nova2_sft_lora", "    lr: 1e-5\n",
-                         "    lr: 1e-5\n    lr: 1e-4\n")
+    path, text = variant(
+        tmp_path, "nova2_sft_lora", "    lr: 1e-5\n", "    lr: 1e-5\n    lr: 1e-4\n"
+    )
     with pytest.raises(RecipeError) as info:
         render(path)
     [problem] = info.value.problems
@@ -981,8 +1136,11 @@ def test_scientific_notation_reads_as_float(recipes):
 
 
 def test_wrong_type_fails(recipes):
-    problem = problem_at(recipes["nova2_sft_lora"], "training_config.max_steps",
-                         {"training_config.max_steps": "many"})
+    problem = problem_at(
+        recipes["nova2_sft_lora"],
+        "training_config.max_steps",
+        {"training_config.max_steps": "many"},
+    )
     assert "'many'" in problem.message
 
 
@@ -1013,21 +1171,30 @@ def test_rft_interpolations_resolve(recipes):
 
 
 def test_oc_select_default_is_used_when_path_is_missing(tmp_path):
-    path, _ = variant(tmp_path, "nova2_sft_lora",
-                      "save_steps: ${oc.select:training_config.max_steps}",
-                      "save_steps: ${oc.select:training_config.nothing_here,7}")
+    path, _ = variant(
+        tmp_path,
+        "nova2_sft_lora",
+        "save_steps: ${oc.select:training_config.max_steps}",
+        "save_steps: ${oc.select:training_config.nothing_here,7}",
+    )
     assert render(path).data["training_config"]["save_steps"] == 7
 
 
-@pytest.mark.parametrize("expr,message", [
-    ("${oc.select:training_config.max_step}", "training_config.max_step, which is not set"),
-    ("${training_config.nothing}", "which is not set"),
-    ("${oc.env:HOME}", "unsupported interpolation"),
-])
+@pytest.mark.parametrize(
+    "expr,message",
+    [
+        ("${oc.select:training_config.max_step}", "training_config.max_step, which is not set"),
+        ("${training_config.nothing}", "which is not set"),
+        ("${oc.env:HOME}", "unsupported interpolation"),
+    ],
+)
 def test_unknown_interpolation_fails(tmp_path, expr, message):
-    path, text = variant(tmp_path, "nova2_sft_lora",
-                         "save_steps: ${oc.select:training_config.max_steps}",
-                         f"save_steps: {expr}")
+    path, text = variant(
+        tmp_path,
+        "nova2_sft_lora",
+        "save_steps: ${oc.select:training_config.max_steps}",
+        f"save_steps: {expr}",
+    )
     problem = problem_at(path, "training_config.save_steps")
     assert message in problem.message
     assert problem.line == line_no(text, "save_steps:")
@@ -1037,49 +1204,65 @@ def test_unknown_interpolation_fails(tmp_path, expr, message):
 
 
 def test_unknown_model_type_lists_allowed(recipes):
-    problem = problem_at(recipes["nova2_sft_lora"], "run.model_type",
-                         {"run.model_type": "amazon.nova-3-lite-v1:0:1m"})
+    problem = problem_at(
+        recipes["nova2_sft_lora"],
+        "run.model_type",
+        {"run.model_type": "amazon.nova-3-lite-v1:0:1m"},
+    )
     assert "unknown model_type" in problem.message
     for model_type in (NOVA1_MICRO, NOVA1_LITE, NOVA1_PRO, NOVA2_LITE):
         assert model_type in problem.allowed
 
 
 def test_unknown_model_type_line(tmp_path):
-    path, text = variant(tmp_path, "nova1_cpt", "model_type: amazon.nova-lite-v1:0:300k",
-                         "model_type: amazon.nova-lite-v2")
+    path, text = variant(
+        tmp_path,
+        "nova1_cpt",
+        "model_type: amazon.nova-lite-v1:0:300k",
+        "model_type: amazon.nova-lite-v2",
+    )
     problem = problem_at(path, "run.model_type")
     assert problem.line == line_no(text, "model_type:")
 
 
 def test_model_path_of_another_model_fails(recipes):
-    problem = problem_at(recipes["nova2_sft_lora"], "run.model_name_or_path",
-                         {"run.model_name_or_path": "nova-lite/prod"})
+    problem = problem_at(
+        recipes["nova2_sft_lora"],
+        "run.model_name_or_path",
+        {"run.model_name_or_path": "nova-lite/prod"},
+    )
     assert f"the base of {NOVA1_LITE}" in problem.message
     assert "nova-lite-2/prod" in problem.fix
 
 
 def test_model_path_neither_base_nor_s3_fails(recipes):
-    problem = problem_at(recipes["nova2_sft_lora"], "run.model_name_or_path",
-                         {"run.model_name_or_path": "my-model"})
+    problem = problem_at(
+        recipes["nova2_sft_lora"], "run.model_name_or_path", {"run.model_name_or_path": "my-model"}
+    )
     assert "nova-lite-2/prod" in problem.allowed
 
 
 def test_model_path_checkpoint_uri_passes(recipes):
-    render(recipes["nova2_sft_lora"], {
-        "run.model_name_or_path": "s3://customer-escrow-123456789012-hp-abc/job/step100"})
+    render(
+        recipes["nova2_sft_lora"],
+        {"run.model_name_or_path": "s3://customer-escrow-123456789012-hp-abc/job/step100"},
+    )
 
 
 # --- data locations --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key,field", [
-    ("nova2_sft_lora", "run.data_s3_path"),
-    ("nova2_sft_lora", "run.validation_data_s3_path"),
-    ("nova1_sft_full", "run.validation_data_s3_path"),
-    ("nova1_cpt", "run.data_s3_path"),
-    ("nova2_rft", "run.data_s3_path"),
-    ("eval_gen_qa", "run.data_s3_path"),
-])
+@pytest.mark.parametrize(
+    "key,field",
+    [
+        ("nova2_sft_lora", "run.data_s3_path"),
+        ("nova2_sft_lora", "run.validation_data_s3_path"),
+        ("nova1_sft_full", "run.validation_data_s3_path"),
+        ("nova1_cpt", "run.data_s3_path"),
+        ("nova2_rft", "run.data_s3_path"),
+        ("eval_gen_qa", "run.data_s3_path"),
+    ],
+)
 def test_escrow_bucket_as_data_fails(recipes, key, field):
     problem = problem_at(recipes[key], field, {field: ESCROW})
     assert "customer-owned bucket" in problem.message
@@ -1087,24 +1270,36 @@ def test_escrow_bucket_as_data_fails(recipes, key, field):
 
 
 def test_escrow_bucket_in_validation_list_fails(recipes):
-    problem = problem_at(recipes["nova2_sft_lora"], "run.validation_data_s3_path_list.extra",
-                         {"run.validation_data_s3_path_list": {"extra": ESCROW}})
+    problem = problem_at(
+        recipes["nova2_sft_lora"],
+        "run.validation_data_s3_path_list.extra",
+        {"run.validation_data_s3_path_list": {"extra": ESCROW}},
+    )
     assert "customer-owned bucket" in problem.message
 
 
 def test_escrow_data_path_line(tmp_path):
-    path, text = variant(tmp_path, "nova2_sft_lora", "data_s3_path: s3://my-bucket/train.jsonl",
-                         f"data_s3_path: {ESCROW}")
+    path, text = variant(
+        tmp_path,
+        "nova2_sft_lora",
+        "data_s3_path: s3://my-bucket/train.jsonl",
+        f"data_s3_path: {ESCROW}",
+    )
     problem = problem_at(path, "run.data_s3_path")
     assert problem.line == line_no(text, "  data_s3_path:")
 
 
 @pytest.mark.parametrize("platform", [HP, SMTJ])
-@pytest.mark.parametrize("value", ["/data/train.jsonl", "file:///data/train.jsonl",
-                                   "gs://bucket/train.jsonl"])
+@pytest.mark.parametrize(
+    "value", ["/data/train.jsonl", "file:///data/train.jsonl", "gs://bucket/train.jsonl"]
+)
 def test_non_s3_data_path_on_nova_platform_fails(recipes, platform, value):
-    problem = problem_at(recipes["nova2_sft_lora"], "run.data_s3_path",
-                         {"run.data_s3_path": value}, platform=platform)
+    problem = problem_at(
+        recipes["nova2_sft_lora"],
+        "run.data_s3_path",
+        {"run.data_s3_path": value},
+        platform=platform,
+    )
     assert "is not an s3:// URI" in problem.message
     assert problem.allowed == "s3://bucket/key"
 
@@ -1124,8 +1319,11 @@ def test_cpt_on_training_jobs_fails(recipes, key):
 
 
 def test_rft_on_nova1_lite_fails(recipes):
-    problem = problem_at(recipes["nova2_rft"], "run.model_type",
-                         {"run.model_type": NOVA1_LITE, "run.model_name_or_path": "nova-lite/prod"})
+    problem = problem_at(
+        recipes["nova2_rft"],
+        "run.model_type",
+        {"run.model_type": NOVA1_LITE, "run.model_name_or_path": "nova-lite/prod"},
+    )
     assert "Nova Lite has no RFT" in problem.message
 
 
@@ -1156,8 +1354,9 @@ EVAL_PAIRS = {
 BENCHMARKS = {"mmlu", "mmlu_pro", "bbh", "gpqa", "math", "strong_reject", "ifeval", "mmmu"}
 
 
-def eval_overrides(task: str, strategy: str | None = None,
-                   metric: str | None = None) -> dict[str, Any]:
+def eval_overrides(
+    task: str, strategy: str | None = None, metric: str | None = None
+) -> dict[str, Any]:
     good_strategy, good_metric = EVAL_PAIRS[task]
     overrides: dict[str, Any] = {
         "evaluation.task": task,
@@ -1188,8 +1387,9 @@ def test_eval_valid_pair_passes(recipes, task):
 def test_eval_wrong_strategy_fails(recipes, task):
     good_strategy, _ = EVAL_PAIRS[task]
     wrong = "fs_cot" if good_strategy != "fs_cot" else "zs_cot"
-    problem = problem_at(recipes["eval_gen_qa"], "evaluation.strategy",
-                         eval_overrides(task, strategy=wrong))
+    problem = problem_at(
+        recipes["eval_gen_qa"], "evaluation.strategy", eval_overrides(task, strategy=wrong)
+    )
     assert f"not the strategy of {task}" in problem.message
     assert problem.allowed == good_strategy
 
@@ -1198,8 +1398,9 @@ def test_eval_wrong_strategy_fails(recipes, task):
 def test_eval_wrong_metric_fails(recipes, task):
     _, good_metric = EVAL_PAIRS[task]
     wrong = "accuracy" if good_metric != "accuracy" else "all"
-    problem = problem_at(recipes["eval_gen_qa"], "evaluation.metric",
-                         eval_overrides(task, metric=wrong))
+    problem = problem_at(
+        recipes["eval_gen_qa"], "evaluation.metric", eval_overrides(task, metric=wrong)
+    )
     assert f"not the metric of {task}" in problem.message
     assert problem.allowed == good_metric
 
@@ -1211,8 +1412,9 @@ def test_eval_strategy_line(tmp_path):
 
 
 def test_eval_unknown_strategy_value_fails(recipes):
-    problem = problem_at(recipes["eval_gen_qa"], "evaluation.strategy",
-                         {"evaluation.strategy": "few_shot"})
+    problem = problem_at(
+        recipes["eval_gen_qa"], "evaluation.strategy", {"evaluation.strategy": "few_shot"}
+    )
     assert "gen_qa" in problem.allowed and "zs_cot" in problem.allowed
 
 
@@ -1221,22 +1423,29 @@ def test_eval_unknown_task_fails(recipes):
     assert "mmlu_pro" in problem.allowed
 
 
-@pytest.mark.parametrize("task,subtask", [("mmlu", "anatomy"), ("bbh", "navigate"),
-                                          ("math", "algebra"), ("mmmu", "art")])
+@pytest.mark.parametrize(
+    "task,subtask", [("mmlu", "anatomy"), ("bbh", "navigate"), ("math", "algebra"), ("mmmu", "art")]
+)
 def test_eval_known_subtask_passes(recipes, task, subtask):
     render(recipes["eval_gen_qa"], {**eval_overrides(task), "evaluation.subtask": subtask})
 
 
 def test_eval_bad_subtask_fails(recipes):
-    problem = problem_at(recipes["eval_gen_qa"], "evaluation.subtask",
-                         {**eval_overrides("mmlu"), "evaluation.subtask": "astrology"})
+    problem = problem_at(
+        recipes["eval_gen_qa"],
+        "evaluation.subtask",
+        {**eval_overrides("mmlu"), "evaluation.subtask": "astrology"},
+    )
     assert "'astrology' is not a subtask of mmlu" in problem.message
     assert "abstract_algebra" in problem.allowed
 
 
 def test_eval_subtask_on_task_without_subtasks_fails(recipes):
-    problem = problem_at(recipes["eval_gen_qa"], "evaluation.subtask",
-                         {**eval_overrides("gpqa"), "evaluation.subtask": "physics"})
+    problem = problem_at(
+        recipes["eval_gen_qa"],
+        "evaluation.subtask",
+        {**eval_overrides("gpqa"), "evaluation.subtask": "physics"},
+    )
     assert "has no subtasks" in problem.message
 
 
@@ -1249,46 +1458,64 @@ def test_benchmark_with_data_path_fails(recipes, task):
 
 
 def test_rubric_judge_on_nova1_fails(recipes):
-    problem = problem_at(recipes["eval_gen_qa"], "evaluation.task",
-                         {**eval_overrides("rubric_llm_judge"), **NOVA1_EVAL})
+    problem = problem_at(
+        recipes["eval_gen_qa"],
+        "evaluation.task",
+        {**eval_overrides("rubric_llm_judge"), **NOVA1_EVAL},
+    )
     assert "not offered for Nova Lite" in problem.message
     assert "llm_judge" in problem.allowed.split(", ")
     assert "rubric_llm_judge" not in problem.allowed.split(", ")
 
 
 def test_llm_judge_on_nova2_fails(recipes):
-    overrides = {**eval_overrides("llm_judge"), "run.model_type": NOVA2_LITE,
-                 "run.model_name_or_path": "nova-lite-2/prod"}
+    overrides = {
+        **eval_overrides("llm_judge"),
+        "run.model_type": NOVA2_LITE,
+        "run.model_name_or_path": "nova-lite-2/prod",
+    }
     problem = problem_at(recipes["eval_gen_qa"], "evaluation.task", overrides)
     assert "not offered for Nova 2 Lite" in problem.message
     assert "rubric_llm_judge" in problem.allowed.split(", ")
 
 
 def test_mmmu_on_micro_fails(recipes):
-    overrides = {**eval_overrides("mmmu"), "run.model_type": NOVA1_MICRO,
-                 "run.model_name_or_path": "nova-micro/prod"}
+    overrides = {
+        **eval_overrides("mmmu"),
+        "run.model_type": NOVA1_MICRO,
+        "run.model_name_or_path": "nova-micro/prod",
+    }
     problem = problem_at(recipes["eval_gen_qa"], "evaluation.task", overrides)
     assert "multimodal" in problem.message and "Nova Micro" in problem.message
-    render(recipes["eval_gen_qa"], {**overrides, "run.model_type": NOVA1_LITE,
-                                    "run.model_name_or_path": "nova-lite/prod"})
+    render(
+        recipes["eval_gen_qa"],
+        {**overrides, "run.model_type": NOVA1_LITE, "run.model_name_or_path": "nova-lite/prod"},
+    )
 
 
 def test_eval_reasoning_effort_is_nova2_only(recipes):
-    problem_at(recipes["eval_gen_qa"], "inference.reasoning_effort",
-               {**NOVA1_EVAL, "inference.reasoning_effort": "high"})
+    problem_at(
+        recipes["eval_gen_qa"],
+        "inference.reasoning_effort",
+        {**NOVA1_EVAL, "inference.reasoning_effort": "high"},
+    )
     render(recipes["eval_gen_qa"], {"inference.reasoning_effort": "high"})
 
 
 def test_eval_max_new_tokens_nova2_limit(recipes):
-    problem = problem_at(recipes["eval_gen_qa"], "inference.max_new_tokens",
-                         {"inference.max_new_tokens": 40000})
+    problem = problem_at(
+        recipes["eval_gen_qa"], "inference.max_new_tokens", {"inference.max_new_tokens": 40000}
+    )
     assert problem.allowed == "0..32768"
     render(recipes["eval_gen_qa"], {**NOVA1_EVAL, "inference.max_new_tokens": 40000})
 
 
 def test_rft_eval_reward_rules(recipes):
-    problem = problem_at(recipes["eval_gen_qa"], "rl_env.reward_lambda_arn",
-                         {**eval_overrides("rft_eval"), "rl_env.reward_lambda_arn": PLAIN_ARN})
+    problem = problem_at(
+        recipes["eval_gen_qa"],
+        "rl_env.reward_lambda_arn",
+        {**eval_overrides("rft_eval"), "rl_env.reward_lambda_arn": PLAIN_ARN},
+    )
     assert "SageMaker" in problem.message
 
 
@@ -1299,19 +1526,25 @@ def test_rl_env_only_for_rft_eval(recipes):
 # --- completeness: templates may leave paths empty -------------------------------------------
 
 
-@pytest.mark.parametrize(("key", "field", "overrides"), [
-    ("nova2_sft_lora", "run.data_s3_path", {"run.data_s3_path": ""}),
-    ("nova1_sft_full", "run.data_s3_path", {"run.data_s3_path": ""}),
-    ("nova2_cpt", "run.data_s3_path", {"run.data_s3_path": ""}),
-    ("nova2_sft_lora", "run.output_s3_path", {"run.output_s3_path": ""}),
-    ("nova1_cpt", "run.output_s3_path", {"run.output_s3_path": ""}),
-    ("eval_gen_qa", "run.output_s3_path", {"run.output_s3_path": ""}),
-    ("eval_gen_qa", "run.data_s3_path", {"run.data_s3_path": ""}),
-    ("nova2_rft", "run.reward_lambda_arn", {"run.reward_lambda_arn": ""}),
-    ("eval_gen_qa", "rl_env.reward_lambda_arn", {**eval_overrides("rft_eval"),
-                                                 "rl_env.reward_lambda_arn": ""}),
-    ("nova2_sft_lora", "run.name", {"run.name": ""}),
-])
+@pytest.mark.parametrize(
+    ("key", "field", "overrides"),
+    [
+        ("nova2_sft_lora", "run.data_s3_path", {"run.data_s3_path": ""}),
+        ("nova1_sft_full", "run.data_s3_path", {"run.data_s3_path": ""}),
+        ("nova2_cpt", "run.data_s3_path", {"run.data_s3_path": ""}),
+        ("nova2_sft_lora", "run.output_s3_path", {"run.output_s3_path": ""}),
+        ("nova1_cpt", "run.output_s3_path", {"run.output_s3_path": ""}),
+        ("eval_gen_qa", "run.output_s3_path", {"run.output_s3_path": ""}),
+        ("eval_gen_qa", "run.data_s3_path", {"run.data_s3_path": ""}),
+        ("nova2_rft", "run.reward_lambda_arn", {"run.reward_lambda_arn": ""}),
+        (
+            "eval_gen_qa",
+            "rl_env.reward_lambda_arn",
+            {**eval_overrides("rft_eval"), "rl_env.reward_lambda_arn": ""},
+        ),
+        ("nova2_sft_lora", "run.name", {"run.name": ""}),
+    ],
+)
 def test_empty_required_value_fails_unless_template(recipes, key, field, overrides):
     problem = problem_at(recipes[key], field, overrides, template=False)
     assert "empty" in problem.message or "needs a reward function" in problem.message
@@ -1319,8 +1552,9 @@ def test_empty_required_value_fails_unless_template(recipes, key, field, overrid
 
 
 def test_training_jobs_need_no_data_or_output_path(recipes):
-    render(recipes["nova2_sft_lora"], {"run.data_s3_path": "", "run.output_s3_path": ""},
-           platform=SMTJ)
+    render(
+        recipes["nova2_sft_lora"], {"run.data_s3_path": "", "run.output_s3_path": ""}, platform=SMTJ
+    )
 
 
 def test_invalid_job_name_fails(recipes):

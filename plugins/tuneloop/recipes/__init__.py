@@ -1,0 +1,1 @@
+"""Nova recipes: the catalog, typed recipe models, contextual rules, rendering and preflight."""
