@@ -24,7 +24,14 @@ from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import EVAL_TASKS, Method, Platform, Technique, eval_metrics
 from tuneloop.recipes.render import Origin, RenderedRecipe, render_recipe
 from tuneloop.recipes.rules import PLACEHOLDER_PREFIX, RecipeContext
-from tuneloop.sources import Document, format_loc, load_document, problems_from_validation_error
+from tuneloop.sources import (
+    Document,
+    Loc,
+    format_loc,
+    load_document,
+    parse_loc,
+    problems_from_validation_error,
+)
 
 RECIPES_DIR_ENV = "TUNELOOP_RECIPES_DIR"
 
@@ -284,14 +291,10 @@ def plan_round(
     )
 
 
-def _loc_from_path(path: str) -> tuple[str | int, ...]:
-    import re
-
-    parts: list[str | int] = []
-    for piece in re.finditer(r"([^.\[\]]+)|\[(\d+)\]", path):
-        parts.append(int(piece.group(2)) if piece.group(2) is not None else piece.group(1))
+def _loc_from_path(path: str) -> Loc:
     # The compat checks name sub-fields (stages[1].technique); the campaign line is the stage's.
-    return tuple(parts[:2]) if parts and parts[0] == "stages" else tuple(parts)
+    parts = parse_loc(path)
+    return parts[:2] if parts and parts[0] == "stages" else parts
 
 
 def _check_stage_names(cf: CampaignFile, problems: list[Problem]) -> None:
@@ -322,7 +325,6 @@ def _render_value(
         return text
 
 
-Loc = tuple[str | int, ...]
 Injected = dict[str, tuple[Any, Loc]]
 """Recipe field -> (value, the campaign field it comes from)."""
 

@@ -170,6 +170,14 @@ def format_loc(loc: Sequence[str | int]) -> str:
     return text
 
 
+def parse_loc(path: str) -> Loc:
+    """The inverse of `format_loc`: ``stages[1].recipe`` -> ``("stages", 1, "recipe")``."""
+    return tuple(
+        int(piece.group(2)) if piece.group(2) is not None else piece.group(1)
+        for piece in re.finditer(r"([^.\[\]]+)|\[(\d+)\]", path)
+    )
+
+
 # --- pydantic errors -> Problems -------------------------------------------------------------
 
 

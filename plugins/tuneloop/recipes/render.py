@@ -31,14 +31,14 @@ from tuneloop.recipes.rules import RecipeContext, check_recipe, technique_of
 from tuneloop.recipes.sft import Nova1SftRecipe, Nova2SftRecipe
 from tuneloop.sources import (
     Document,
+    Loc,
     dump_yaml,
     format_loc,
     load_document,
+    parse_loc,
     parse_scalar,
     problems_from_validation_error,
 )
-
-Loc = tuple[str | int, ...]
 
 RECIPE_MODELS: dict[tuple[Method | None, str], type[BaseModel]] = {
     (Method.SFT, "nova-1"): Nova1SftRecipe,
@@ -352,15 +352,8 @@ def render_recipe(
 
 
 def _relocate(problem: Problem, locate: Any) -> Problem:
-    loc = tuple(_split_path(problem.path))
+    loc = parse_loc(problem.path)
     return locate(loc, problem.message, allowed=problem.allowed, fix=problem.fix)
-
-
-def _split_path(path: str) -> list[str | int]:
-    parts: list[str | int] = []
-    for piece in re.finditer(r"([^.\[\]]+)|\[(\d+)\]", path):
-        parts.append(int(piece.group(2)) if piece.group(2) is not None else piece.group(1))
-    return parts
 
 
 def _spec_or_raise(data: Mapping[str, Any], locate: Any) -> ModelSpec:

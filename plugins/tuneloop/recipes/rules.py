@@ -32,9 +32,7 @@ from tuneloop.recipes.cpt import Nova1CptRecipe, Nova2CptRecipe
 from tuneloop.recipes.evaluation import EvalRecipe
 from tuneloop.recipes.rft import RftRecipe
 from tuneloop.recipes.sft import Nova1SftRecipe, Nova2SftRecipe
-from tuneloop.sources import range_text
-
-Loc = tuple[str | int, ...]
+from tuneloop.sources import Loc, range_text
 
 # Nova's recommended learning-rate band for SFT and CPT; outside it training still runs.
 RECOMMENDED_LR = (1e-6, 1e-4)

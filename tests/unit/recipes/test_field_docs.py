@@ -36,8 +36,9 @@ def test_every_field_has_a_description(root: type[BaseModel]) -> None:
     assert undocumented == []
 
 
-@pytest.mark.parametrize("root", sorted(set(RECIPE_MODELS.values()), key=lambda m: m.__name__),
-                         ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "root", sorted(set(RECIPE_MODELS.values()), key=lambda m: m.__name__), ids=lambda m: m.__name__
+)
 def test_field_reference_lists_defaults(root: type[BaseModel]) -> None:
     lines = list(describe_fields(root))
     assert lines
