@@ -18,7 +18,13 @@ from pydantic import BaseModel, ValidationError
 
 from tuneloop import storage
 from tuneloop.campaign import Campaign
-from tuneloop.errors import CampaignError, CompatibilityError, ConfigError, Problem
+from tuneloop.errors import (
+    CampaignError,
+    CompatibilityError,
+    ConfigError,
+    ModelConfigNotFoundError,
+    Problem,
+)
 from tuneloop.manifest import Checkpoint, read_checkpoint, read_checkpoint_uri
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import EVAL_TASKS, Method, Platform, Technique, eval_metrics
@@ -191,10 +197,17 @@ def resolve_base(cf: CampaignFile, *, offline: bool) -> tuple[str, Checkpoint | 
     if isinstance(base, str) and (not base or base == spec_base):
         return spec_base, None
     if isinstance(base, str):
-        if campaign.platform is Platform.LOCAL and not offline and not _looks_like_output(base):
-            return base, None  # a model directory on disk, not a job output
         if offline:
             return base, None
+        if campaign.platform is Platform.LOCAL and not _looks_like_output(base):
+            if not storage.local_path(base).is_dir():
+                raise ModelConfigNotFoundError(
+                    "base_model",
+                    f"{base} is neither a model directory nor a job output folder",
+                    "name a Hugging Face model directory on disk, or the output folder of a "
+                    "finished training job (the one holding manifest.json)",
+                )
+            return base, None  # a model directory on disk, not a job output
         checkpoint = read_checkpoint(base, path="base_model")
         if checkpoint is None:
             return read_checkpoint_uri(base, path="base_model"), None
@@ -277,6 +290,8 @@ def plan_round(
             loc = _loc_from_path(p.path)
             problems.append(cf.problem(loc, p.message, fix=p.fix))
     if problems:
+        # In file order, so the output reads top to bottom like the campaign file.
+        problems.sort(key=lambda p: (p.source, p.line or 0))
         raise CampaignError(problems)
     assert evaluation is not None
     return RoundPlan(
@@ -514,6 +529,10 @@ def _plan_evaluation(
         problems,
     )
     if rendered is None:
+        # Still check the gate against the task the template names, so one run reports both.
+        task = _declared_task(cf, evaluation.recipe, evaluation.flat_overrides)
+        if task in EVAL_TASKS:
+            _check_gate_metrics(cf, task, problems)
         return None
     task = rendered.data["evaluation"]["task"]
     metrics = _check_gate_metrics(cf, task, problems)
@@ -528,6 +547,18 @@ def _plan_evaluation(
         recipe=rendered.data,
         warnings=[w.format() for w in rendered.warnings],
     )
+
+
+def _declared_task(cf: CampaignFile, reference: str, overrides: dict[str, Any]) -> Any:
+    if "evaluation.task" in overrides:
+        return overrides["evaluation.task"]
+    template = find_template(cf, reference)
+    try:
+        data = load_document(template).data if template else {}
+    except ConfigError:
+        return None
+    block = data.get("evaluation")
+    return block.get("task") if isinstance(block, dict) else None
 
 
 def _check_gate_metrics(cf: CampaignFile, task: str, problems: list[Problem]) -> list[str]:

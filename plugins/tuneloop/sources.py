@@ -236,6 +236,10 @@ def _describe(item: Mapping[str, Any], model: type[BaseModel], loc: Loc) -> tupl
 
 
 def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, (dict, list)):

@@ -64,8 +64,7 @@ def test_recipe_render_reports_every_problem_on_its_own_line(capsys) -> None:
     for line in lines:
         assert PROBLEM_LINE.match(line), line
     assert (
-        "--set training_config.lr_scheduler.warmup_step: "
-        "training_config.lr_scheduler.warmup_step: unknown field; did you mean "
+        "--set: training_config.lr_scheduler.warmup_step: unknown field; did you mean "
         "'warmup_steps'?"
     ) in err
     assert "(allowed: 1..65536)" in err

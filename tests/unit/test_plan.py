@@ -287,3 +287,34 @@ def test_declared_base_checkpoint_is_read_and_checked(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     plan = plan_round(load_campaign(path), offline=False)
     assert plan.base_model == str(job / "ckpt")
+
+
+def test_local_base_model_directory_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "local").symlink_to(REPO / "recipes" / "local")
+    data = yaml.safe_load((CAMPAIGNS / "demo.yaml").read_text())
+    data["base_model"] = str(tmp_path / "no-such-model")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    [problem] = problems_of(path, offline=False)
+    assert problem.path == "base_model"
+    assert "Model config not found" in problem.message
+    (tmp_path / "no-such-model").mkdir()
+    assert plan_round(load_campaign(path), offline=False).base_model == data["base_model"]
+
+
+def test_every_problem_is_reported_in_one_run(tmp_path: Path) -> None:
+    def break_things(d):
+        d["stages"][0]["datasets"]["train"] = "s3://customer-escrow-1-hp-x/train.jsonl"
+        d["stages"][1]["reward_function"] = "arn:aws:lambda:us-east-1:123456789012:function:r"
+        d["evaluation"]["dataset"] = "not-a-uri"
+        d["gate"]["primary_metric"] = "accuracy"
+
+    path = write_campaign(tmp_path, break_things)
+    problems = problems_of(path)
+    assert [p.path for p in problems] == [
+        "stages[0].datasets.train",
+        "stages[1].reward_function",
+        "evaluation.dataset",
+        "gate.primary_metric",
+    ]
+    assert [p.line for p in problems] == sorted(p.line for p in problems)

@@ -130,7 +130,7 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
                         Problem(
                             ".".join(parts[: index + 1]),
                             "cannot set a key inside a value that is not a mapping",
-                            source=f"--set {dotted}",
+                            source="--set",
                         )
                     ]
                 )
@@ -145,7 +145,7 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
                     Problem(
                         dotted,
                         "cannot set a key inside a value that is not a mapping",
-                        source=f"--set {dotted}",
+                        source="--set",
                     )
                 ]
             )
@@ -287,7 +287,7 @@ def render_recipe(
     overrides = dict(overrides or {})
     origins = dict(origins or {})
     for key in overrides:
-        origins.setdefault(key, Origin(f"--set {key}"))
+        origins.setdefault(key, Origin("--set"))
 
     def locate(loc: Loc, message: str, **kwargs: Any) -> Problem:
         dotted = format_loc(loc)

@@ -467,7 +467,12 @@ def _check_rft(
     if ctx.platform is Platform.HYPERPOD and spec.is_nova:
         for name in ("generation_replicas", "rollout_worker_replicas"):
             if getattr(run, name) is None:
-                found.error(("run", name), f"{name} is required for RFT on HyperPod")
+                found.error(
+                    ("run", name),
+                    f"{name} is required for RFT on HyperPod",
+                    fix="set it (the HyperPod RFT templates use 2 generation replicas and 1 "
+                    "rollout worker), or check the recipe for training jobs (--platform smtj)",
+                )
     elif ctx.platform is Platform.SMTJ:
         for name in ("generation_replicas", "rollout_worker_replicas"):
             if getattr(run, name) is not None:

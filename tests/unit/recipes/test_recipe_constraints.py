@@ -427,7 +427,7 @@ def test_override_problem_names_the_override(recipes):
         "training_config.global_batch_size",
         {"training_config.global_batch_size": 128},
     )
-    assert problem.source == "--set training_config.global_batch_size"
+    assert problem.source == "--set"
     assert problem.line is None
 
 
