@@ -216,14 +216,15 @@ def _recipe_fields(args: argparse.Namespace) -> int:
 
 
 def _campaign_validate(args: argparse.Namespace) -> int:
-    from tuneloop.plan import load_campaign, plan_round, sample_template_context
+    from tuneloop.plan import load_campaign, validate_campaign
+    from tuneloop.templating import sample_template_context
 
     if args.round < 1:
         raise TuneloopError(
             [Problem("--round", f"{args.round} is not a round number", allowed=">= 1")]
         )
     campaign_file = load_campaign(args.file)
-    plan = plan_round(
+    plan = validate_campaign(
         campaign_file,
         round_number=args.round,
         template_context=sample_template_context(args.ds),

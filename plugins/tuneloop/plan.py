@@ -9,15 +9,14 @@ line or recipe line that caused it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from tuneloop import storage
-from tuneloop.campaign import Campaign
+from tuneloop.campaign import Campaign, flatten_overrides
 from tuneloop.errors import (
     CampaignError,
     CompatibilityError,
@@ -38,6 +37,7 @@ from tuneloop.sources import (
     parse_loc,
     problems_from_validation_error,
 )
+from tuneloop.templating import render_template, sample_template_context
 
 RECIPES_DIR_ENV = "TUNELOOP_RECIPES_DIR"
 
@@ -79,46 +79,6 @@ def load_campaign(path: str | Path) -> CampaignFile:
     except ValidationError as exc:
         raise CampaignError(problems_from_validation_error(exc, Campaign, document)) from None
     return CampaignFile(campaign, document)
-
-
-# --- Airflow templates in data URIs ------------------------------------------------------------
-
-
-def sample_template_context(logical_date: date | None = None) -> dict[str, Any]:
-    """The Airflow template variables a data URI may use, for a run on ``logical_date``."""
-    day = logical_date or datetime.now(UTC).date()
-    start = datetime.combine(day, time.min, tzinfo=UTC)
-    return {
-        "ds": day.isoformat(),
-        "ds_nodash": day.strftime("%Y%m%d"),
-        "ts": start.isoformat(),
-        "ts_nodash": start.strftime("%Y%m%dT%H%M%S"),
-        "logical_date": start,
-        "data_interval_start": start,
-        "data_interval_end": start + timedelta(days=1),
-        "prev_ds": (day - timedelta(days=1)).isoformat(),
-        "next_ds": (day + timedelta(days=1)).isoformat(),
-        "run_id": f"manual__{start.isoformat()}",
-        "params": {},
-        "var": {"value": {}, "json": {}},
-    }
-
-
-def render_template(text: str, context: dict[str, Any]) -> str:
-    """Render ``{{ ... }}`` in a campaign value; undefined names are errors, not empty strings."""
-    if "{{" not in text and "{%" not in text:
-        return text
-    import jinja2
-    from jinja2.sandbox import SandboxedEnvironment
-
-    env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
-    try:
-        return env.from_string(text).render(**context)
-    except jinja2.UndefinedError as exc:
-        names = ", ".join(sorted(k for k in context if not k.startswith("_")))
-        raise ValueError(f"{exc.message} in {text!r} (template variables: {names})") from None
-    except jinja2.TemplateError as exc:
-        raise ValueError(f"cannot render {text!r}: {exc}") from None
 
 
 # --- the plan ----------------------------------------------------------------------------------
@@ -244,11 +204,13 @@ def plan_round(
     base: Checkpoint | None = None,
     template_context: dict[str, Any] | None = None,
     offline: bool = True,
+    rollback: bool = False,
 ) -> RoundPlan:
     """Render and check every recipe of round ``round_number``; raise CampaignError if any fail.
 
     ``base_uri``/``base`` name the checkpoint the round starts from (the ledger supplies them
-    from round 2 on); by default round 1 starts from the campaign's base_model.
+    from round 2 on); by default round 1 starts from the campaign's base_model. ``rollback``
+    plans the round that follows a rollback: the gate's rollback adjustments applied.
     """
     campaign = cf.campaign
     context = template_context or sample_template_context()
@@ -261,6 +223,7 @@ def plan_round(
                 [cf.problem(("base_model",), p.message, fix=p.fix) for p in exc.problems]
             ) from None
     _check_stage_names(cf, problems)
+    _check_rollback_stages(cf, problems)
 
     recipe_context = RecipeContext(
         platform=campaign.platform,
@@ -270,7 +233,9 @@ def plan_round(
     stages: list[PlannedStage] = []
     previous = base_uri
     for index, stage in enumerate(campaign.stages):
-        planned = _plan_stage(cf, index, round_number, previous, context, recipe_context, problems)
+        planned = _plan_stage(
+            cf, index, round_number, previous, context, recipe_context, problems, rollback
+        )
         if planned is not None:
             stages.append(planned)
         previous = f"{PLACEHOLDER_PREFIX}{stage.name}"
@@ -310,6 +275,52 @@ def _loc_from_path(path: str) -> Loc:
     # The compat checks name sub-fields (stages[1].technique); the campaign line is the stage's.
     parts = parse_loc(path)
     return parts[:2] if parts and parts[0] == "stages" else parts
+
+
+def _check_rollback_stages(cf: CampaignFile, problems: list[Problem]) -> None:
+    names = [stage.name for stage in cf.campaign.stages]
+    for name in cf.campaign.gate.rollback.overrides:
+        if name not in names:
+            problems.append(
+                cf.problem(
+                    ("gate", "rollback", "overrides", name),
+                    f"there is no stage named {name!r}",
+                    allowed=", ".join(names),
+                )
+            )
+
+
+def validate_campaign(
+    cf: CampaignFile,
+    *,
+    round_number: int = 1,
+    template_context: dict[str, Any] | None = None,
+    offline: bool = True,
+) -> RoundPlan:
+    """Plan a round, and check that the round after a rollback would be valid too.
+
+    A rollback happens mid-campaign, after money is spent; a learning rate halved below the
+    recipe's minimum must be found now, not then.
+    """
+    plan = plan_round(
+        cf, round_number=round_number, template_context=template_context, offline=offline
+    )
+    try:
+        plan_round(
+            cf,
+            round_number=round_number,
+            base_uri=plan.base_model,
+            template_context=template_context,
+            rollback=True,
+        )
+    except CampaignError as exc:
+        raise CampaignError(
+            [
+                replace(p, message=f"in the round after a rollback: {p.message}")
+                for p in exc.problems
+            ]
+        ) from None
+    return plan
 
 
 def _check_stage_names(cf: CampaignFile, problems: list[Problem]) -> None:
@@ -353,7 +364,10 @@ def _render_stage_recipe(
     user_overrides: dict[str, Any],
     recipe_context: RecipeContext,
     problems: list[Problem],
+    adjustments: Injected | None = None,
 ) -> RenderedRecipe | None:
+    """Render a stage's template: campaign values, then the stage's overrides, then
+    ``adjustments`` (a rollback round's changes), each located where the user wrote it."""
     template = find_template(cf, reference)
     if template is None:
         problems.append(
@@ -364,14 +378,18 @@ def _render_stage_recipe(
             )
         )
         return None
-    origins: dict[str, Origin] = {}
-    for key, (_, written_at) in injected.items():
-        origins[key] = Origin(cf.document.source, cf.line(*written_at), format_loc(written_at))
-    for key in user_overrides:
-        written_at = (*loc, "overrides", key)
-        origins[key] = Origin(cf.document.source, cf.line(*written_at), format_loc(written_at))
-    overrides = {key: value for key, (value, _) in injected.items()}
-    overrides.update(user_overrides)
+    located: Injected = dict(injected)
+    for key, value in user_overrides.items():
+        written_at: Loc = (*loc, "overrides", key)
+        if written_at not in cf.document.lines:  # written as a nested mapping
+            written_at = (*loc, "overrides", *key.split("."))
+        located[key] = (value, written_at)
+    located.update(adjustments or {})
+    origins = {
+        key: Origin(cf.document.source, cf.line(*written_at), format_loc(written_at))
+        for key, (_, written_at) in located.items()
+    }
+    overrides = {key: value for key, (value, _) in located.items()}
     overrides["run.model_type"] = cf.campaign.model_type
     try:
         document = load_document(template)
@@ -419,6 +437,7 @@ def _plan_stage(
     context: dict[str, Any],
     recipe_context: RecipeContext,
     problems: list[Problem],
+    rollback: bool = False,
 ) -> PlannedStage | None:
     campaign = cf.campaign
     stage = campaign.stages[index]
@@ -466,6 +485,18 @@ def _plan_stage(
         recipe_context,
         problems,
     )
+    if rendered is not None and rollback:
+        rendered = _render_stage_recipe(
+            cf,
+            loc,
+            stage.recipe,
+            stage.method,
+            injected,
+            stage.flat_overrides,
+            recipe_context,
+            problems,
+            adjustments=_rollback_adjustments(cf, stage.name, rendered),
+        )
     if rendered is None:
         return None
     if rendered.technique is not compat.method_technique(stage.method, campaign.technique):
@@ -492,6 +523,21 @@ def _plan_stage(
         recipe=rendered.data,
         warnings=[w.format() for w in rendered.warnings],
     )
+
+
+def _rollback_adjustments(cf: CampaignFile, stage: str, rendered: RenderedRecipe) -> Injected:
+    """What a round after a rollback changes in a stage: a scaled learning rate, then the
+    campaign's extra rollback overrides for that stage."""
+    rollback = cf.campaign.gate.rollback
+    adjustments: Injected = {}
+    if rendered.learning_rate_path is not None and rendered.learning_rate is not None:
+        adjustments[rendered.learning_rate_path] = (
+            rendered.learning_rate * rollback.lr_scale,
+            ("gate", "rollback", "lr_scale"),
+        )
+    for key, value in flatten_overrides(rollback.overrides.get(stage, {})).items():
+        adjustments[key] = (value, ("gate", "rollback", "overrides", stage, *key.split(".")))
+    return adjustments
 
 
 def _plan_evaluation(

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from tuneloop.errors import CampaignError
-from tuneloop.plan import load_campaign, plan_round, sample_template_context
+from tuneloop.plan import load_campaign, plan_round, validate_campaign
 from tuneloop.recipes.catalog import Method, Platform, Technique
+from tuneloop.templating import sample_template_context
 
 REPO = Path(__file__).resolve().parents[2]
 CAMPAIGNS = REPO / "recipes" / "campaigns"
@@ -318,3 +319,54 @@ def test_every_problem_is_reported_in_one_run(tmp_path: Path) -> None:
         "gate.primary_metric",
     ]
     assert [p.line for p in problems] == sorted(p.line for p in problems)
+
+
+def _dig(data: dict, *keys: str):
+    for key in keys:
+        data = data[key]
+    return data
+
+
+def test_rollback_round_halves_every_learning_rate_and_applies_overrides(tmp_path: Path) -> None:
+    path = write_campaign(
+        tmp_path,
+        lambda d: d["gate"].update(
+            rollback={"overrides": {"sft": {"training_config": {"max_steps": 150}}}}
+        ),
+    )
+    cf = load_campaign(path)
+    normal, after = plan_round(cf), plan_round(cf, rollback=True)
+    sft_lr = ("training_config", "optim_config", "lr")
+    rft_lr = ("training_config", "trainer", "optim_config", "lr")
+    assert _dig(after.stages[0].recipe, *sft_lr) == pytest.approx(
+        _dig(normal.stages[0].recipe, *sft_lr) / 2
+    )
+    assert _dig(after.stages[1].recipe, *rft_lr) == pytest.approx(3.5e-7)
+    assert after.stages[0].recipe["training_config"]["max_steps"] == 150
+    assert normal.stages[0].recipe["training_config"]["max_steps"] == 400
+
+
+def test_rollback_that_would_leave_the_allowed_range_is_caught_up_front(tmp_path: Path) -> None:
+    data = yaml.safe_load((CAMPAIGNS / "examples" / "claims-smtj.yaml").read_text())
+    data["stages"][0]["overrides"]["training_config.model.optim.lr"] = 1.5e-6
+    data["stages"][0]["overrides"]["training_config.model.optim.sched.min_lr"] = 1e-7
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    (tmp_path / "nova").symlink_to(REPO / "recipes" / "nova")
+    cf = load_campaign(path)
+    plan_round(cf)  # the normal round is fine
+    with pytest.raises(CampaignError) as info:
+        validate_campaign(cf)
+    [problem] = info.value.problems
+    assert problem.path == "gate.rollback.lr_scale"
+    assert problem.message.startswith("in the round after a rollback: 7.5e-07 is out of range")
+    assert problem.allowed == "1e-06..0.001"
+
+
+def test_rollback_overrides_must_name_a_stage(tmp_path: Path) -> None:
+    path = write_campaign(
+        tmp_path, lambda d: d["gate"].update(rollback={"overrides": {"stf": {"run.replicas": 8}}})
+    )
+    problems = problems_of(path)
+    assert problems[0].path == "gate.rollback.overrides.stf"
+    assert problems[0].allowed == "sft, rft"

@@ -51,6 +51,16 @@ RECIPE_MODELS: dict[tuple[Method | None, str], type[BaseModel]] = {
 }
 
 
+# Where each layout keeps its peak learning rate (a rollback round scales it).
+LEARNING_RATE_PATHS: dict[type[BaseModel], str] = {
+    Nova1SftRecipe: "training_config.model.optim.lr",
+    Nova1CptRecipe: "training_config.model.optim.lr",
+    Nova2SftRecipe: "training_config.optim_config.lr",
+    Nova2CptRecipe: "training_config.optim.lr",
+    RftRecipe: "training_config.trainer.optim_config.lr",
+}
+
+
 class RecipeWarning(UserWarning):
     """A recipe that will run, but probably not as intended."""
 
@@ -79,6 +89,21 @@ class RenderedRecipe:
     def kind(self) -> str:
         """``sft``, ``cpt``, ``rft`` or ``eval``."""
         return self.method.value if self.method else "eval"
+
+    @property
+    def learning_rate_path(self) -> str | None:
+        """Dotted path of the peak learning rate; None for evaluation recipes."""
+        return LEARNING_RATE_PATHS.get(type(self.model))
+
+    @property
+    def learning_rate(self) -> float | None:
+        """The peak learning rate in effect (the model's default when the file omits it)."""
+        if self.learning_rate_path is None:
+            return None
+        value: Any = self.model
+        for part in self.learning_rate_path.split("."):
+            value = getattr(value, part)
+        return float(value)
 
     def to_yaml(self) -> str:
         return dump_yaml(self.data)
