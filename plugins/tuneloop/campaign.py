@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tuneloop.recipes.catalog import MODELS, Method, Platform, Technique
-from tuneloop.recipes.common import StrictModel
+from tuneloop.recipes.common import StrictModel, matching
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
@@ -25,6 +25,23 @@ CRON_PRESETS = frozenset(
     {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
 )
 CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+
+
+Region = matching(r"^[a-z]{2}(-gov)?-[a-z]+-\d$", "an AWS region", "us-east-1")
+InstanceType = matching(
+    r"^ml\.[a-z0-9]+\.[a-z0-9]+$", "a SageMaker instance type", "ml.p5.48xlarge"
+)
+S3Folder = matching(
+    r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$",
+    "an s3:// folder in a bucket you own",
+    "s3://my-ml-bucket/tuneloop",
+)
+Namespace = matching(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "a Kubernetes namespace", "kubeflow")
+RoleArn = matching(
+    r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
+    "an IAM role ARN",
+    "arn:aws:iam::123456789012:role/SageMakerNovaTraining",
+)
 
 
 # --- backends ----------------------------------------------------------------------------------
@@ -48,11 +65,11 @@ class LocalBackend(StrictModel):
 
 
 class _AwsBackend(StrictModel):
-    region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+    region: Region
     """AWS region of the cluster or training jobs, e.g. us-east-1."""
-    instance_type: str = Field(default="ml.p5.48xlarge", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    instance_type: InstanceType = "ml.p5.48xlarge"
     """Instance type of the training nodes."""
-    output_root: str = Field(pattern=r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
+    output_root: S3Folder
     """S3 folder (customer-owned) for job outputs and the round ledger."""
     mlflow_uri: str = ""
     """MLflow tracking server URI or SageMaker managed MLflow app ARN; empty disables MLflow."""
@@ -67,7 +84,7 @@ class HyperPodBackend(_AwsBackend):
     """Backend kind."""
     cluster: str = Field(min_length=1, max_length=63)
     """HyperPod cluster name."""
-    namespace: str = Field(default="kubeflow", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: Namespace = "kubeflow"
     """Kubernetes namespace the jobs run in."""
 
     @property
@@ -80,7 +97,7 @@ class TrainingJobsBackend(_AwsBackend):
 
     type: Literal["smtj"] = "smtj"
     """Backend kind."""
-    role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")
+    role_arn: RoleArn
     """IAM role the training jobs run as."""
     max_runtime_seconds: Annotated[int, Field(ge=60, le=28 * 24 * 3600)] = 86_400
     """Stop a job that runs longer than this."""

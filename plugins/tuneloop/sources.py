@@ -193,12 +193,12 @@ def problems_from_validation_error(
     for item in error.errors(include_url=False):
         loc: Loc = tuple(part for part in item["loc"] if not _is_union_tag(part))
         message, allowed = _describe(item, model, loc)
-        full = (*prefix, *loc)
+        full = (*prefix, *_without_discriminators(model, loc))
         if document is not None:
             problems.append(document.problem(full, message, allowed=allowed))
         else:
             problems.append(Problem(format_loc(full), message, allowed=allowed))
-    return problems
+    return sorted(problems, key=lambda p: p.line or 0)
 
 
 def _is_union_tag(part: str | int) -> bool:
@@ -336,7 +336,39 @@ def _resolve(model: Any, loc: Loc) -> Any:
     return current
 
 
+def _discriminated_member(current: Any, part: str | int) -> type[BaseModel] | None:
+    """The member of a tagged union (``type: hyperpod``) that pydantic names in an error loc."""
+    for candidate in flatten_annotation(current):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            tag = candidate.model_fields.get("type")
+            if tag is not None and part in _literal_values(tag.annotation):
+                return candidate
+    return None
+
+
+def _without_discriminators(model: type[BaseModel], loc: Loc) -> Loc:
+    """``("backend", "smtj", "role_arn")`` -> ``("backend", "role_arn")``: the path as written."""
+    kept: list[str | int] = []
+    current: Any = model
+    for index, part in enumerate(loc):
+        member = _discriminated_member(current, part)
+        if member is not None and _field_step(current, part) is None:
+            current = member
+            continue
+        kept.append(part)
+        current = _step(current, part)
+        if current is None:
+            kept.extend(loc[index + 1 :])
+            break
+    return tuple(kept)
+
+
 def _step(current: Any, part: str | int) -> Any:
+    found = _field_step(current, part)
+    return found if found is not None else _discriminated_member(current, part)
+
+
+def _field_step(current: Any, part: str | int) -> Any:
     for candidate in flatten_annotation(current):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             info = candidate.model_fields.get(str(part))

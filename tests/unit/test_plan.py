@@ -230,8 +230,11 @@ def test_backend_fields_are_checked(tmp_path: Path) -> None:
     )
     with pytest.raises(CampaignError) as info:
         load_campaign(path)
-    paths = {p.path for p in info.value.problems}
-    assert "backend.smtj.output_root" in paths or "backend.output_root" in paths
+    problems = {p.path: p for p in info.value.problems}
+    assert problems["backend.output_root"].message == (
+        "'/local/path' is not an s3:// folder in a bucket you own"
+    )
+    assert problems["backend.role_arn"].message == "required field is missing"
 
 
 def test_bad_schedule(tmp_path: Path) -> None:

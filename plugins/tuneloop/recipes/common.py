@@ -11,7 +11,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from tuneloop.recipes.catalog import MODELS
@@ -21,6 +28,23 @@ class StrictModel(BaseModel):
     """Unknown keys are errors: a misspelt `warmup_step` must not fall back to a default."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+def matching(pattern: str, what: str, example: str) -> Any:
+    """A string type that must match ``pattern``; the error names what was expected and shows
+    an example instead of the regular expression."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.match(value):
+            raise PydanticCustomError(
+                "pattern_mismatch",
+                "'{value}' is not {what}",
+                {"value": value, "what": what, "allowed": f"e.g. {example}"},
+            )
+        return value
+
+    return Annotated[str, AfterValidator(check)]
 
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
