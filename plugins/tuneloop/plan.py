@@ -26,7 +26,16 @@ from tuneloop.errors import (
 )
 from tuneloop.manifest import Checkpoint, read_checkpoint, read_checkpoint_uri
 from tuneloop.recipes import compat
-from tuneloop.recipes.catalog import EVAL_TASKS, Method, Platform, Technique, eval_metrics
+from tuneloop.recipes.catalog import (
+    EVAL_TASKS,
+    MODELS,
+    CatalogError,
+    Method,
+    Platform,
+    Technique,
+    container_image,
+    eval_metrics,
+)
 from tuneloop.recipes.render import Origin, RenderedRecipe, render_recipe
 from tuneloop.recipes.rules import PLACEHOLDER_PREFIX, RecipeContext
 from tuneloop.sources import (
@@ -191,8 +200,6 @@ def _looks_like_output(path: str) -> bool:
 
 
 def _model_base(campaign: Campaign) -> str:
-    from tuneloop.recipes.catalog import MODELS
-
     return MODELS[campaign.model_type].base_model
 
 
@@ -228,8 +235,8 @@ def plan_round(
     recipe_context = RecipeContext(
         platform=campaign.platform,
         instance_type=getattr(campaign.backend, "instance_type", None),
-        region=getattr(campaign.backend, "region", None),
     )
+    _check_images(cf, problems)
     stages: list[PlannedStage] = []
     previous = base_uri
     for index, stage in enumerate(campaign.stages):
@@ -275,6 +282,22 @@ def _loc_from_path(path: str) -> Loc:
     # The compat checks name sub-fields (stages[1].technique); the campaign line is the stage's.
     parts = parse_loc(path)
     return parts[:2] if parts and parts[0] == "stages" else parts
+
+
+def _check_images(cf: CampaignFile, problems: list[Problem]) -> None:
+    """Every job of the round has a container image in the backend's region."""
+    campaign = cf.campaign
+    region = getattr(campaign.backend, "region", None)
+    if region is None or not MODELS[campaign.model_type].is_nova:
+        return
+    reported: set[str] = set()
+    for method in [*(stage.method for stage in campaign.stages), None]:
+        try:
+            container_image(campaign.model_type, method, campaign.platform, region)
+        except CatalogError as exc:
+            if str(exc) not in reported:
+                reported.add(str(exc))
+                problems.append(cf.problem(("backend", "region"), str(exc)))
 
 
 def _check_rollback_stages(cf: CampaignFile, problems: list[Problem]) -> None:

@@ -373,3 +373,16 @@ def test_rollback_overrides_must_name_a_stage(tmp_path: Path) -> None:
     problems = problems_of(path)
     assert problems[0].path == "gate.rollback.overrides.stf"
     assert problems[0].allowed == "sft, rft"
+
+
+def test_rft_needs_a_region_where_its_images_are_published(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d["backend"].update(region="eu-west-2"))
+    [problem] = problems_of(path)
+    assert problem.path == "backend.region"
+    assert "Nova RFT recipes are not supported for region 'eu-west-2'" in problem.message
+
+
+def test_unknown_region(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d["backend"].update(region="ap-south-1"))
+    [problem] = problems_of(path)
+    assert "not supported for region 'ap-south-1'" in problem.message

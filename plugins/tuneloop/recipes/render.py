@@ -195,8 +195,8 @@ def resolve_interpolations(data: dict[str, Any]) -> tuple[dict[str, Any], list[t
         expr = expr.strip()
         default: Any = _MISSING
         if expr.startswith("oc.select:"):
-            expr, _, fallback = expr.removeprefix("oc.select:").partition(",")
-            if _:
+            expr, comma, fallback = expr.removeprefix("oc.select:").partition(",")
+            if comma:
                 default = parse_scalar(fallback.strip())
         elif ":" in expr:
             errors.append((loc, f"unsupported interpolation ${{{expr}}}"))

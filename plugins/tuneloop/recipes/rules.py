@@ -48,7 +48,6 @@ class RecipeContext:
 
     platform: Platform = Platform.HYPERPOD
     instance_type: str | None = None
-    region: str | None = None
     template: bool = False
     """A template may leave data paths, output path and reward function empty."""
 
