@@ -154,7 +154,7 @@ def _add_recipe_context(parser: argparse.ArgumentParser) -> None:
 
 def _render(path: str, overrides: dict[str, Any], args: argparse.Namespace) -> Any:
     from tuneloop.recipes.catalog import Method, Platform
-    from tuneloop.recipes.render import render_recipe
+    from tuneloop.recipes.render import Origin, render_recipe
     from tuneloop.recipes.rules import RecipeContext
     from tuneloop.sources import load_document
 
@@ -169,7 +169,8 @@ def _render(path: str, overrides: dict[str, Any], args: argparse.Namespace) -> A
     context = RecipeContext(
         platform=Platform(platform), instance_type=args.instance_type, template=args.template
     )
-    return render_recipe(document, overrides, method=method, context=context)
+    origins = {"instance_type": Origin("--instance-type", path="instance_type")}
+    return render_recipe(document, overrides, method=method, context=context, origins=origins)
 
 
 def _recipe_render(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from tuneloop.recipes.catalog import (
     eval_metrics,
 )
 from tuneloop.recipes.render import Origin, RenderedRecipe, render_recipe
-from tuneloop.recipes.rules import PLACEHOLDER_PREFIX, RecipeContext
+from tuneloop.recipes.rules import INSTANCE_TYPE, PLACEHOLDER_PREFIX, RecipeContext
 from tuneloop.sources import (
     Document,
     Loc,
@@ -412,6 +412,9 @@ def _render_stage_recipe(
         key: Origin(cf.document.source, cf.line(*written_at), format_loc(written_at))
         for key, (_, written_at) in located.items()
     }
+    origins[format_loc(INSTANCE_TYPE)] = Origin(
+        cf.document.source, cf.line("backend", "instance_type"), "backend.instance_type"
+    )
     overrides = {key: value for key, (value, _) in located.items()}
     overrides["run.model_type"] = cf.campaign.model_type
     try:

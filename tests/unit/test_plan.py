@@ -386,3 +386,12 @@ def test_unknown_region(tmp_path: Path) -> None:
     path = write_campaign(tmp_path, lambda d: d["backend"].update(region="ap-south-1"))
     [problem] = problems_of(path)
     assert "not supported for region 'ap-south-1'" in problem.message
+
+
+def test_instance_type_problems_point_at_the_backend(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d["backend"].update(instance_type="ml.p4d.24xlarge"))
+    problems = problems_of(path)
+    # Nova 2 Lite SFT runs on p4d, RFT does not.
+    assert [p.path for p in problems] == ["backend.instance_type"]
+    assert problems[0].allowed == "ml.p5.48xlarge, ml.p5en.48xlarge"
+    assert problems[0].line == _line_of(path, "instance_type: ml.p4d.24xlarge")

@@ -18,6 +18,7 @@ from tuneloop.errors import CompatibilityError
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import (
     EVAL_TASKS,
+    MODELS,
     Method,
     Modality,
     ModelSpec,
@@ -38,6 +39,9 @@ from tuneloop.sources import Loc, range_text
 RECOMMENDED_LR = (1e-6, 1e-4)
 NOVA2_SFT_MAX_LENGTHS = (8192, 16384, 32768, 65536)
 NOVA_RFT_MAX_LENGTH = (4096, 32768)
+INSTANCE_TYPE: Loc = ("instance_type",)
+"""Where instance-type problems are reported: the type comes from outside the recipe (the
+campaign's backend or --instance-type), so callers map this to where it was set."""
 PLACEHOLDER_PREFIX = "@checkpoint:"
 """model_name_or_path of a stage whose base is an earlier stage of the same round (plans only)."""
 
@@ -152,8 +156,9 @@ def _check_platform_support(
         allowed = allowed_instance_types(spec.model_type, method)
         if allowed and ctx.instance_type not in allowed:
             found.error(
-                ("run",),
-                f"instance type {ctx.instance_type} cannot run this job",
+                INSTANCE_TYPE,
+                f"{ctx.instance_type} cannot run {spec.display_name} "
+                f"{method.value.upper() if method else 'evaluation'} jobs",
                 allowed=_fmt(allowed),
             )
 
@@ -189,8 +194,6 @@ def _check_model_path(found: Findings, spec: ModelSpec, value: str, ctx: RecipeC
 
 
 def _nova_models() -> list[ModelSpec]:
-    from tuneloop.recipes.catalog import MODELS
-
     return [m for m in MODELS.values() if m.is_nova]
 
 

@@ -832,7 +832,9 @@ def test_training_job_replicas_for_instance_family_without_counts(recipes):
 
 
 def test_instance_type_not_offered_fails(recipes):
-    problem = problem_at(recipes["nova2_cpt"], "run", platform=HP, instance_type="ml.p4d.24xlarge")
+    problem = problem_at(
+        recipes["nova2_cpt"], "instance_type", platform=HP, instance_type="ml.p4d.24xlarge"
+    )
     assert problem.allowed == "ml.p5.48xlarge"
 
 
