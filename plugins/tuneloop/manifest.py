@@ -79,7 +79,11 @@ def read_checkpoint(output_uri: str, *, path: str = "base_checkpoint") -> Checkp
 
     The manifest must exist either way (ModelConfigNotFoundError otherwise).
     """
-    uri = read_checkpoint_uri(output_uri, path=path)
+    return read_checkpoint_record(output_uri, read_checkpoint_uri(output_uri, path=path))
+
+
+def read_checkpoint_record(output_uri: str, uri: str) -> Checkpoint | None:
+    """The checkpoint.json beside a manifest whose checkpoint_s3_bucket is ``uri``, if any."""
     folder = output_uri.removesuffix(MANIFEST).rstrip("/")
     try:
         record = json.loads(storage.read_text(storage.join(folder, CHECKPOINT_RECORD)))

@@ -9,6 +9,7 @@ line or recipe line that caused it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from tuneloop.errors import (
     ModelConfigNotFoundError,
     Problem,
 )
-from tuneloop.manifest import Checkpoint, read_checkpoint, read_checkpoint_uri
+from tuneloop.manifest import Checkpoint, read_checkpoint_record, read_checkpoint_uri
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import (
     EVAL_TASKS,
@@ -53,8 +54,6 @@ RECIPES_DIR_ENV = "TUNELOOP_RECIPES_DIR"
 
 def recipes_root() -> Path:
     """The repository's recipes/ folder (override with TUNELOOP_RECIPES_DIR)."""
-    import os
-
     configured = os.environ.get(RECIPES_DIR_ENV)
     if configured:
         return Path(configured)
@@ -177,10 +176,8 @@ def resolve_base(cf: CampaignFile, *, offline: bool) -> tuple[str, Checkpoint | 
                     "finished training job (the one holding manifest.json)",
                 )
             return base, None  # a model directory on disk, not a job output
-        checkpoint = read_checkpoint(base, path="base_model")
-        if checkpoint is None:
-            return read_checkpoint_uri(base, path="base_model"), None
-        return checkpoint.uri, checkpoint
+        uri = read_checkpoint_uri(base, path="base_model")
+        return uri, read_checkpoint_record(base, uri)
     declared = Checkpoint(
         uri=f"{PLACEHOLDER_PREFIX}base",
         model_type=campaign.model_type,

@@ -395,3 +395,32 @@ def test_instance_type_problems_point_at_the_backend(tmp_path: Path) -> None:
     assert [p.path for p in problems] == ["backend.instance_type"]
     assert problems[0].allowed == "ml.p5.48xlarge, ml.p5en.48xlarge"
     assert problems[0].line == _line_of(path, "instance_type: ml.p4d.24xlarge")
+
+
+def test_base_job_output_with_checkpoint_record_is_checked(tmp_path: Path) -> None:
+    """An earlier tuneloop job's output carries checkpoint.json; its lineage decides."""
+    job = tmp_path / "demo-r0003-rft"
+    job.mkdir()
+    (job / "manifest.json").write_text(json.dumps({"checkpoint_s3_bucket": str(job / "ckpt")}))
+    record = {
+        "model_type": "local.tiny-chat-v1",
+        "technique": "lora",
+        "platform": "local",
+        "lineage": ["sft", "rft"],
+    }
+    (job / "checkpoint.json").write_text(json.dumps(record))
+    (tmp_path / "local").symlink_to(REPO / "recipes" / "local")
+    data = yaml.safe_load((CAMPAIGNS / "demo.yaml").read_text())
+    data["base_model"] = str(job)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+
+    [problem] = problems_of(path, offline=False)
+    assert problem.path == "stages[0]"
+    assert "Incompatible model training technique detected" in problem.message
+    assert "LoRA" in problem.message and "full-rank" in problem.message
+
+    record["technique"] = "full"
+    (job / "checkpoint.json").write_text(json.dumps(record))
+    plan = plan_round(load_campaign(path), offline=False)
+    assert plan.stages[0].model_name_or_path == str(job / "ckpt")
