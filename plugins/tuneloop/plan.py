@@ -24,6 +24,7 @@ from tuneloop.errors import (
     ConfigError,
     ModelConfigNotFoundError,
     Problem,
+    StorageError,
 )
 from tuneloop.manifest import Checkpoint, read_checkpoint_record, read_checkpoint_uri
 from tuneloop.recipes import compat
@@ -165,8 +166,23 @@ def resolve_base(cf: CampaignFile, *, offline: bool) -> tuple[str, Checkpoint | 
     if isinstance(base, str) and (not base or base == spec_base):
         return spec_base, None
     if isinstance(base, str):
+        if compat.ESCROW_BUCKET.match(base):
+            raise CampaignError(
+                [
+                    cf.problem(
+                        ("base_model",),
+                        f"{base} is a checkpoint URI; base_model names the training job's output "
+                        "folder, whose manifest.json says where the checkpoint is",
+                        fix="use the job's output folder (output_s3_path/<job name>), or the "
+                        "{output_uri, technique, trained_with} form for a job tuneloop did not "
+                        "run",
+                    )
+                ]
+            )
         if offline:
-            return base, None
+            # Read from the manifest when the round starts; until then, say where it comes from.
+            local = campaign.platform is Platform.LOCAL
+            return (base if local else f"{PLACEHOLDER_PREFIX}base"), None
         if campaign.platform is Platform.LOCAL and not _looks_like_output(base):
             if not storage.local_path(base).is_dir():
                 raise ModelConfigNotFoundError(
@@ -222,7 +238,7 @@ def plan_round(
     if base_uri is None:
         try:
             base_uri, base = resolve_base(cf, offline=offline)
-        except CompatibilityError as exc:
+        except (CompatibilityError, StorageError) as exc:
             raise CampaignError(
                 [cf.problem(("base_model",), p.message, fix=p.fix) for p in exc.problems]
             ) from None

@@ -43,6 +43,8 @@ def _gate_lines(campaign: Campaign) -> list[str]:
 
 
 def _weights(value: str) -> str:
+    if value == f"{PLACEHOLDER_PREFIX}base":
+        return "the checkpoint named in base_model's manifest.json (read when the round starts)"
     if value.startswith(PLACEHOLDER_PREFIX):
         return (
             f"the checkpoint of stage {value.removeprefix(PLACEHOLDER_PREFIX)} (once it finishes)"

@@ -40,6 +40,12 @@ def join(base: str, *parts: str) -> str:
     return text
 
 
+_ACCESS_FIX = (
+    "check the AWS credentials and region in this environment and that they may read the "
+    "bucket (or skip remote checks where the command offers --offline)"
+)
+
+
 def _s3_client() -> Any:
     import boto3
 
@@ -51,17 +57,22 @@ def _s3_client() -> Any:
 def read_text(uri: str) -> str:
     """The object's content as UTF-8 text; FileNotFoundError when it does not exist."""
     if is_s3(uri):
+        from botocore.exceptions import BotoCoreError, ClientError
+
         bucket, key = split_s3(uri)
-        client = _s3_client()
         try:
-            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except client.exceptions.NoSuchKey:
-            raise FileNotFoundError(uri) from None
-        except client.exceptions.ClientError as exc:
+            body = _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in {"NoSuchBucket", "404", "NotFound"}:
+            if code in {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}:
                 raise FileNotFoundError(uri) from None
-            raise StorageError([Problem("", f"cannot read {uri}: {code or exc}")]) from None
+            raise StorageError(
+                [Problem("", f"cannot read {uri}: {code or exc}", fix=_ACCESS_FIX)]
+            ) from None
+        except BotoCoreError as exc:  # no credentials, no network, bad endpoint
+            raise StorageError(
+                [Problem("", f"cannot read {uri}: {exc}", fix=_ACCESS_FIX)]
+            ) from None
         return body.decode("utf-8")
     path = local_path(uri)
     if not path.is_file():

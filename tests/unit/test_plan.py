@@ -424,3 +424,29 @@ def test_base_job_output_with_checkpoint_record_is_checked(tmp_path: Path) -> No
     (job / "checkpoint.json").write_text(json.dumps(record))
     plan = plan_round(load_campaign(path), offline=False)
     assert plan.stages[0].model_name_or_path == str(job / "ckpt")
+
+
+def test_escrow_checkpoint_uri_as_base_model_explains_what_to_use(tmp_path: Path) -> None:
+    base = "s3://customer-escrow-123456789012-hp-abc/support-bot-old-sft/step100"
+    [problem] = problems_of(write_campaign(tmp_path, lambda d: d.update(base_model=base)))
+    assert problem.path == "base_model"
+    assert "output folder" in problem.message and "manifest.json" in problem.message
+
+
+def test_offline_plan_names_the_base_manifest_instead_of_guessing(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d.update(base_model="s3://acme-ml-artifacts/job"))
+    plan = plan_round(load_campaign(path), offline=True)
+    assert plan.stages[0].model_name_or_path == "@checkpoint:base"
+
+
+def test_unreachable_storage_is_a_located_problem(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TUNELOOP_S3_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    path = write_campaign(tmp_path, lambda d: d.update(base_model="s3://acme-ml-artifacts/job"))
+    [problem] = problems_of(path, offline=False)
+    assert problem.path == "base_model"
+    assert problem.message.startswith("cannot read s3://acme-ml-artifacts/job/manifest.json")
+    assert "--offline" in problem.fix
