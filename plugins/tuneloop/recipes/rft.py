@@ -138,7 +138,7 @@ class RftTrainingConfig(StrictModel):
     max_length: PositiveInt = 10240
     """Prompt plus response length in tokens: 4096..32768 for Nova 2 Lite."""
     global_batch_size: Annotated[int, Field(ge=16, le=256)] = 256
-    """Prompts per policy update (256 recommended)."""
+    """Samples per policy update (256 recommended)."""
     reasoning_effort: Literal["high", "low"] | None = "high"
     """Reasoning budget while generating rollouts; null disables reasoning."""
     data: RftData | None = None
