@@ -217,7 +217,8 @@ def _recipe_fields(args: argparse.Namespace) -> int:
 
 
 def _campaign_validate(args: argparse.Namespace) -> int:
-    from tuneloop.plan import load_campaign, validate_campaign
+    from tuneloop.campaign_file import load_campaign
+    from tuneloop.plan import validate_campaign
     from tuneloop.templating import sample_template_context
 
     if args.round < 1:

@@ -1,4 +1,4 @@
-"""Load a campaign file and plan a round: every stage's recipe rendered and checked up front.
+"""Plan a round: every stage's recipe rendered and checked before anything is submitted.
 
 Planning is where "fail before spending" happens. A round plan exists only if every stage's
 recipe validates for the campaign's model and platform, the stages form a lineage the service
@@ -9,88 +9,38 @@ line or recipe line that caused it.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from tuneloop import storage
+from tuneloop import campaign_checks, storage
 from tuneloop.campaign import Campaign, flatten_overrides
+from tuneloop.campaign_file import CampaignFile, find_template, recipes_root, resolve_base
 from tuneloop.errors import (
     CampaignError,
     CompatibilityError,
     ConfigError,
-    ModelConfigNotFoundError,
     Problem,
     StorageError,
 )
-from tuneloop.manifest import Checkpoint, read_checkpoint_record, read_checkpoint_uri
+from tuneloop.manifest import Checkpoint
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import (
     EVAL_TASKS,
-    MODELS,
-    CatalogError,
     Method,
     Platform,
     Technique,
-    container_image,
-    eval_metrics,
 )
 from tuneloop.recipes.render import Origin, RenderedRecipe, render_recipe
 from tuneloop.recipes.rules import INSTANCE_TYPE, PLACEHOLDER_PREFIX, RecipeContext
 from tuneloop.sources import (
-    Document,
     Loc,
     format_loc,
     load_document,
     parse_loc,
-    problems_from_validation_error,
 )
 from tuneloop.templating import render_template, sample_template_context
-
-RECIPES_DIR_ENV = "TUNELOOP_RECIPES_DIR"
-
-
-def recipes_root() -> Path:
-    """The repository's recipes/ folder (override with TUNELOOP_RECIPES_DIR)."""
-    configured = os.environ.get(RECIPES_DIR_ENV)
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[2] / "recipes"
-
-
-@dataclass
-class CampaignFile:
-    campaign: Campaign
-    document: Document
-
-    @property
-    def path(self) -> Path:
-        return Path(self.document.source)
-
-    def line(self, *loc: str | int) -> int | None:
-        return self.document.line_of(loc)
-
-    def problem(self, loc: tuple[str | int, ...], message: str, **kwargs: Any) -> Problem:
-        return self.document.problem(loc, message, **kwargs)
-
-
-def load_campaign(path: str | Path) -> CampaignFile:
-    """Parse and validate the campaign's own fields (recipes are checked by `plan_round`)."""
-    try:
-        document = load_document(path)
-    except ConfigError as exc:
-        raise CampaignError(exc.problems) from None
-    try:
-        campaign = Campaign.model_validate(document.data)
-    except ValidationError as exc:
-        raise CampaignError(problems_from_validation_error(exc, Campaign, document)) from None
-    return CampaignFile(campaign, document)
-
-
-# --- the plan ----------------------------------------------------------------------------------
 
 
 class PlannedStage(BaseModel):
@@ -142,80 +92,6 @@ def job_name(campaign: Campaign, round_number: int, stage: str) -> str:
     return f"{campaign.name}-r{round_number:04d}-{stage}"
 
 
-def find_template(cf: CampaignFile, reference: str) -> Path | None:
-    path = Path(reference)
-    if path.is_absolute():
-        return path if path.is_file() else None
-    here = cf.path.resolve().parent
-    for folder in (here, here.parent, recipes_root()):
-        candidate = folder / path
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def resolve_base(cf: CampaignFile, *, offline: bool) -> tuple[str, Checkpoint | None]:
-    """Round 1's model_name_or_path and, for an earlier checkpoint, what it is.
-
-    Offline, an earlier checkpoint is described from the campaign file alone; online its
-    manifest.json must exist (the service would fail with "Model config not found" otherwise).
-    """
-    campaign = cf.campaign
-    base = campaign.base_model
-    spec_base = _model_base(campaign)
-    if isinstance(base, str) and (not base or base == spec_base):
-        return spec_base, None
-    if isinstance(base, str):
-        if compat.ESCROW_BUCKET.match(base):
-            raise CampaignError(
-                [
-                    cf.problem(
-                        ("base_model",),
-                        f"{base} is a checkpoint URI; base_model names the training job's output "
-                        "folder, whose manifest.json says where the checkpoint is",
-                        fix="use the job's output folder (output_s3_path/<job name>), or the "
-                        "{output_uri, technique, trained_with} form for a job tuneloop did not "
-                        "run",
-                    )
-                ]
-            )
-        if offline:
-            # Read from the manifest when the round starts; until then, say where it comes from.
-            local = campaign.platform is Platform.LOCAL
-            return (base if local else f"{PLACEHOLDER_PREFIX}base"), None
-        if campaign.platform is Platform.LOCAL and not _looks_like_output(base):
-            if not storage.local_path(base).is_dir():
-                raise ModelConfigNotFoundError(
-                    "base_model",
-                    f"{base} is neither a model directory nor a job output folder",
-                    "name a Hugging Face model directory on disk, or the output folder of a "
-                    "finished training job (the one holding manifest.json)",
-                )
-            return base, None  # a model directory on disk, not a job output
-        uri = read_checkpoint_uri(base, path="base_model")
-        return uri, read_checkpoint_record(base, uri)
-    declared = Checkpoint(
-        uri=f"{PLACEHOLDER_PREFIX}base",
-        model_type=campaign.model_type,
-        technique=base.technique,
-        platform=campaign.platform,
-        lineage=tuple(base.trained_with),
-        output_uri=base.output_uri,
-    )
-    if offline:
-        return declared.uri, declared
-    uri = read_checkpoint_uri(base.output_uri, path="base_model.output_uri")
-    return uri, declared.model_copy(update={"uri": uri})
-
-
-def _looks_like_output(path: str) -> bool:
-    return storage.exists(storage.join(path, "manifest.json"))
-
-
-def _model_base(campaign: Campaign) -> str:
-    return MODELS[campaign.model_type].base_model
-
-
 def plan_round(
     cf: CampaignFile,
     *,
@@ -242,14 +118,14 @@ def plan_round(
             raise CampaignError(
                 [cf.problem(("base_model",), p.message, fix=p.fix) for p in exc.problems]
             ) from None
-    _check_stage_names(cf, problems)
-    _check_rollback_stages(cf, problems)
+    campaign_checks.check_stage_names(cf, problems)
+    campaign_checks.check_rollback_stages(cf, problems)
 
     recipe_context = RecipeContext(
         platform=campaign.platform,
         instance_type=getattr(campaign.backend, "instance_type", None),
     )
-    _check_images(cf, problems)
+    campaign_checks.check_images(cf, problems)
     stages: list[PlannedStage] = []
     previous = base_uri
     for index, stage in enumerate(campaign.stages):
@@ -297,35 +173,6 @@ def _loc_from_path(path: str) -> Loc:
     return parts[:2] if parts and parts[0] == "stages" else parts
 
 
-def _check_images(cf: CampaignFile, problems: list[Problem]) -> None:
-    """Every job of the round has a container image in the backend's region."""
-    campaign = cf.campaign
-    region = getattr(campaign.backend, "region", None)
-    if region is None or not MODELS[campaign.model_type].is_nova:
-        return
-    reported: set[str] = set()
-    for method in [*(stage.method for stage in campaign.stages), None]:
-        try:
-            container_image(campaign.model_type, method, campaign.platform, region)
-        except CatalogError as exc:
-            if str(exc) not in reported:
-                reported.add(str(exc))
-                problems.append(cf.problem(("backend", "region"), str(exc)))
-
-
-def _check_rollback_stages(cf: CampaignFile, problems: list[Problem]) -> None:
-    names = [stage.name for stage in cf.campaign.stages]
-    for name in cf.campaign.gate.rollback.overrides:
-        if name not in names:
-            problems.append(
-                cf.problem(
-                    ("gate", "rollback", "overrides", name),
-                    f"there is no stage named {name!r}",
-                    allowed=", ".join(names),
-                )
-            )
-
-
 def validate_campaign(
     cf: CampaignFile,
     *,
@@ -357,20 +204,6 @@ def validate_campaign(
             ]
         ) from None
     return plan
-
-
-def _check_stage_names(cf: CampaignFile, problems: list[Problem]) -> None:
-    seen: dict[str, int] = {}
-    for index, stage in enumerate(cf.campaign.stages):
-        if stage.name in seen:
-            problems.append(
-                cf.problem(
-                    ("stages", index, "name"),
-                    f"stage name {stage.name!r} is already used by stages[{seen[stage.name]}]",
-                    fix=f"give each stage a distinct name, e.g. {stage.name}-2",
-                )
-            )
-        seen.setdefault(stage.name, index)
 
 
 def _render_value(
@@ -615,12 +448,12 @@ def _plan_evaluation(
     )
     if rendered is None:
         # Still check the gate against the task the template names, so one run reports both.
-        task = _declared_task(cf, evaluation.recipe, evaluation.flat_overrides)
+        task = campaign_checks.declared_task(cf, evaluation.recipe, evaluation.flat_overrides)
         if task in EVAL_TASKS:
-            _check_gate_metrics(cf, task, problems)
+            campaign_checks.check_gate_metrics(cf, task, problems)
         return None
     task = rendered.data["evaluation"]["task"]
-    metrics = _check_gate_metrics(cf, task, problems)
+    metrics = campaign_checks.check_gate_metrics(cf, task, problems)
     return PlannedEvaluation(
         template=evaluation.recipe,
         job_name=name,
@@ -632,55 +465,3 @@ def _plan_evaluation(
         recipe=rendered.data,
         warnings=[w.format() for w in rendered.warnings],
     )
-
-
-def _declared_task(cf: CampaignFile, reference: str, overrides: dict[str, Any]) -> Any:
-    if "evaluation.task" in overrides:
-        return overrides["evaluation.task"]
-    template = find_template(cf, reference)
-    try:
-        data = load_document(template).data if template else {}
-    except ConfigError:
-        return None
-    block = data.get("evaluation")
-    return block.get("task") if isinstance(block, dict) else None
-
-
-def _check_gate_metrics(cf: CampaignFile, task: str, problems: list[Problem]) -> list[str]:
-    """The metrics recorded each round: the evaluation's list, or what the gate names."""
-    campaign = cf.campaign
-    gate = campaign.gate
-    produced = eval_metrics(task)
-    wanted = campaign.evaluation.metrics or [gate.primary_metric, *gate.targets]
-    metrics = list(dict.fromkeys(wanted))
-    if produced is not None:
-        for index, metric in enumerate(campaign.evaluation.metrics):
-            if metric not in produced:
-                problems.append(
-                    cf.problem(
-                        ("evaluation", "metrics", index),
-                        f"{task} does not report {metric!r}",
-                        allowed=", ".join(produced),
-                    )
-                )
-    gate_metrics = [("primary_metric", gate.primary_metric)] + [
-        (f"targets.{name}", name) for name in gate.targets
-    ]
-    for where, metric in gate_metrics:
-        loc = ("gate", *where.split("."))
-        if produced is not None and metric not in produced:
-            problems.append(
-                cf.problem(loc, f"{task} does not report {metric!r}", allowed=", ".join(produced))
-            )
-        elif campaign.evaluation.metrics and metric not in campaign.evaluation.metrics:
-            problems.append(
-                cf.problem(
-                    loc,
-                    f"{metric!r} is not among evaluation.metrics",
-                    allowed=", ".join(campaign.evaluation.metrics),
-                    fix=f"add {metric} to evaluation.metrics",
-                )
-            )
-    if task not in EVAL_TASKS:  # pragma: no cover - the recipe model already refused it
-        problems.append(cf.problem(("evaluation", "recipe"), f"unknown task {task!r}"))
-    return metrics

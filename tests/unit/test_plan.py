@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tuneloop.campaign_file import load_campaign
 from tuneloop.errors import CampaignError
-from tuneloop.plan import load_campaign, plan_round, validate_campaign
+from tuneloop.plan import plan_round, validate_campaign
 from tuneloop.recipes.catalog import Method, Platform, Technique
 from tuneloop.templating import sample_template_context
 
