@@ -10,6 +10,7 @@ line or recipe line that caused it.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
@@ -347,7 +348,8 @@ def _plan_stage(
         injected["run.validation_data_s3_path"] = (datasets["validation"], validation_loc)
     if stage.reward_function:
         injected["run.reward_lambda_arn"] = (stage.reward_function, (*loc, "reward_function"))
-    rendered = _render_stage_recipe(
+    render = partial(
+        _render_stage_recipe,
         cf,
         loc,
         stage.recipe,
@@ -357,18 +359,10 @@ def _plan_stage(
         recipe_context,
         problems,
     )
+    rendered = render()
     if rendered is not None and rollback:
-        rendered = _render_stage_recipe(
-            cf,
-            loc,
-            stage.recipe,
-            stage.method,
-            injected,
-            stage.flat_overrides,
-            recipe_context,
-            problems,
-            adjustments=_rollback_adjustments(cf, stage.name, rendered),
-        )
+        # The rollback's learning rate scales the rate this stage would otherwise use.
+        rendered = render(adjustments=_rollback_adjustments(cf, stage.name, rendered))
     if rendered is None:
         return None
     if rendered.technique is not compat.method_technique(stage.method, campaign.technique):
