@@ -329,6 +329,14 @@ class Campaign(StrictModel):
             )
         return value
 
+    @field_validator("trigger_on_data")
+    @classmethod
+    def _asset_uris(cls, value: list[str]) -> list[str]:
+        for uri in value:
+            if not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", uri):
+                raise ValueError(f"{uri!r} is not a URI (e.g. s3://bucket/prefix/)")
+        return value
+
     @property
     def platform(self) -> Platform:
         return self.backend.platform

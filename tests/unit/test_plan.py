@@ -451,3 +451,12 @@ def test_unreachable_storage_is_a_located_problem(tmp_path: Path, monkeypatch) -
     assert problem.path == "base_model"
     assert problem.message.startswith("cannot read s3://acme-ml-artifacts/job/manifest.json")
     assert "--offline" in problem.fix
+
+
+def test_trigger_on_data_needs_uris(tmp_path: Path) -> None:
+    path = write_campaign(tmp_path, lambda d: d.update(trigger_on_data=["acme-ml-data/new"]))
+    with pytest.raises(CampaignError) as info:
+        load_campaign(path)
+    [problem] = info.value.problems
+    assert problem.path == "trigger_on_data"
+    assert "is not a URI" in problem.message
