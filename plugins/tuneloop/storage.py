@@ -46,7 +46,7 @@ _ACCESS_FIX = (
 )
 
 
-def _s3_client() -> Any:
+def s3_client() -> Any:
     import boto3
 
     # TUNELOOP_S3_ENDPOINT_URL points tests and on-premises users at an S3-compatible endpoint.
@@ -61,7 +61,7 @@ def read_text(uri: str) -> str:
 
         bucket, key = split_s3(uri)
         try:
-            body = _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}:

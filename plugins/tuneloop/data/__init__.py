@@ -1,0 +1,1 @@
+"""Dataset validation for every Nova format: strict, streaming, fast."""

@@ -1,0 +1,81 @@
+"""What a dataset format provides to the validator.
+
+A format decodes a line into typed records with msgspec (fast, and the decoder itself rejects
+wrong types and unknown keys), then checks what types cannot express: role order, where media
+may appear, model-dependent limits. It returns a few facts per record that the validator needs
+for dataset-level checks, and lists the record's texts for the reserved-token check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import msgspec
+
+from tuneloop.recipes.catalog import ModelSpec
+
+# Bits of RecordFacts.kinds: what a record contains.
+TEXT, IMAGE, VIDEO, DOCUMENT, REASONING, TOOLS, SYSTEM = 1, 2, 4, 8, 16, 32, 64
+KIND_NAMES = {
+    TEXT: "text",
+    IMAGE: "image",
+    VIDEO: "video",
+    DOCUMENT: "document",
+    REASONING: "reasoning",
+    TOOLS: "tools",
+    SYSTEM: "system",
+}
+
+
+class RecordFacts(NamedTuple):
+    keys: int
+    """Object keys in the record, as decoded (the raw text having more means a repeated key)."""
+    chars: int
+    """Characters of text, for the token estimate."""
+    kinds: int
+    """Bitwise OR of TEXT, IMAGE, ..."""
+
+
+Report = Callable[[str, str, str], None]
+"""report(rule_id, json_path, message): record one error on the current line."""
+
+
+@dataclass(frozen=True)
+class FormatContext:
+    """The model and platform a dataset is validated for."""
+
+    spec: ModelSpec
+    platform: str
+    """bedrock or sagemaker."""
+
+    @property
+    def nova2(self) -> bool:
+        return self.spec.family == "nova-2"
+
+    @property
+    def text_only(self) -> bool:
+        return len(self.spec.modalities) == 1
+
+
+class DatasetFormat(Protocol):
+    name: str
+
+    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder: ...
+
+    def check(self, record: Any, ctx: FormatContext, report: Report) -> RecordFacts:
+        """Check one record; return (keys, chars, kinds) as a plain tuple (cheaper to build
+        than the named one, and the validator unpacks it)."""
+        ...
+
+    def texts(self, record: Any) -> Iterator[tuple[str, str]]: ...
+
+
+def count_keys(value: Any) -> int:
+    """Keys in a free-form JSON value (tool inputs, JSON schemas, reference answers)."""
+    if isinstance(value, dict):
+        return len(value) + sum(count_keys(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(count_keys(v) for v in value)
+    return 0

@@ -1,0 +1,109 @@
+"""The result of validating one dataset, as data (ledger, XCom, --json) and as text."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from tuneloop.data.rules import RULES
+
+
+class DataIssue(BaseModel):
+    """One problem on one line."""
+
+    line: int
+    """1-based line number; 0 for a problem with the whole dataset."""
+    path: str = "$"
+    """JSON path inside the record, e.g. $.messages[2].content[0].text."""
+    rule: str
+    message: str
+    fix: str | None = None
+
+    def format(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line else source
+        text = f"{where}: {self.path}: [{self.rule}] {self.message}"
+        return f"{text}; fix: {self.fix}" if self.fix else text
+
+
+class TokenStats(BaseModel):
+    """Estimated tokens per record (about 4 characters of text per token)."""
+
+    p50: int = 0
+    p95: int = 0
+    max: int = 0
+    max_length: int | None = None
+    """The recipe's max_length the estimate is compared with."""
+    over_max_length: int = 0
+    """Records that would be truncated at max_length."""
+    context_length: int | None = None
+    """The model's context window."""
+
+
+class DatasetReport(BaseModel):
+    """What a dataset validation found. `ok` is the verdict."""
+
+    uri: str
+    format: str
+    model_type: str
+    platform: str
+    ok: bool
+    records: int = 0
+    """Lines holding a record (blank lines excluded)."""
+    valid_records: int = 0
+    invalid_records: int = 0
+    errors: list[DataIssue] = Field(default_factory=list)
+    """The first errors, in line order (see max_errors)."""
+    error_counts: dict[str, int] = Field(default_factory=dict)
+    """Errors per rule, over the whole file."""
+    warnings: list[DataIssue] = Field(default_factory=list)
+    warning_counts: dict[str, int] = Field(default_factory=dict)
+    allowed: list[str] = Field(default_factory=list)
+    """Rules relaxed for this run; their violations are warnings."""
+    duplicates: int = 0
+    modalities: dict[str, int] = Field(default_factory=dict)
+    """Records containing each kind of content: text, image, video, document, reasoning, tools."""
+    tokens: TokenStats = Field(default_factory=TokenStats)
+    sha256: str = ""
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds else 0.0
+
+    def to_text(self) -> str:
+        verdict = "VALID" if self.ok else "INVALID"
+        lines = [
+            f"{self.uri}: {verdict} ({self.format} for {self.model_type} on {self.platform})",
+            f"  records: {self.records} ({self.valid_records} valid, {self.invalid_records} "
+            f"invalid), duplicates: {self.duplicates}",
+        ]
+        if self.modalities:
+            mix = ", ".join(f"{k} {v}" for k, v in sorted(self.modalities.items()))
+            lines.append(f"  content: {mix}")
+        t = self.tokens
+        budget = f" vs max_length {t.max_length}" if t.max_length else ""
+        lines.append(f"  tokens (estimate): p50 {t.p50}, p95 {t.p95}, max {t.max}{budget}")
+        if t.over_max_length:
+            lines.append(f"  {t.over_max_length} records would be truncated at max_length")
+        lines.append(f"  sha256: {self.sha256}  ({self.bytes} bytes, {self.seconds:.2f} s)")
+        for title, counts in (("errors", self.error_counts), ("warnings", self.warning_counts)):
+            if not counts:
+                continue
+            lines.append(f"  {title} by rule:")
+            for rule_id, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+                known = RULES.get(rule_id)
+                hint = ""
+                if title == "errors" and known is not None and known.relaxable:
+                    hint = f"  (relax with --allow {rule_id})"
+                lines.append(f"    {rule_id}: {count}{hint}")
+        if self.errors:
+            shown = len(self.errors)
+            total = sum(self.error_counts.values())
+            lines.append(f"  first {shown} of {total} errors:")
+            lines.extend(f"    {issue.format(self.uri)}" for issue in self.errors)
+        if self.warnings:
+            lines.append(f"  first {len(self.warnings)} warnings:")
+            lines.extend(f"    {issue.format(self.uri)}" for issue in self.warnings)
+        if self.allowed:
+            lines.append(f"  relaxed: {', '.join(self.allowed)}")
+        return "\n".join(lines) + "\n"

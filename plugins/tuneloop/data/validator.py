@@ -1,0 +1,499 @@
+"""Validate a JSON Lines dataset, streaming, for one format, model and platform.
+
+The hot loop is short on purpose. msgspec decodes each line straight into typed records
+(rejecting wrong types and unknown keys in C); the format's check covers what types cannot say.
+Scans that would otherwise run once per line run once per 8 MB chunk instead:
+
+- reserved tokens are searched in the raw chunk; only lines with a hit get the exact,
+  per-text check;
+- repeated keys: msgspec keeps the last of two equal keys silently, so the number of keys in the
+  raw text (``":`` outside strings) is compared with the number decoded; only a chunk whose
+  counts differ is examined line by line, and only a differing line is parsed again to find
+  the repeated key.
+
+Memory grows only with the duplicate index (one entry per record) and the length estimates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from array import array
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from tuneloop.data.formats import (
+    IMAGE,
+    KIND_NAMES,
+    VIDEO,
+    DatasetFormat,
+    FormatContext,
+)
+from tuneloop.data.reader import read_chunks
+from tuneloop.data.report import DataIssue, DatasetReport, TokenStats
+from tuneloop.data.rules import RELAXABLE, RULES
+from tuneloop.data.scan import RESERVED_TOKENS, ReservedScanner
+from tuneloop.recipes.catalog import ModelSpec
+
+BOM = b"\xef\xbb\xbf"
+MEDIA = IMAGE | VIDEO
+CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class Options:
+    allow: frozenset[str] = frozenset()
+    max_errors: int = 100
+    max_length: int | None = None
+    role: str = "train"
+    """train or validation: some models accept no validation set on some platforms."""
+
+
+@dataclass
+class _State:
+    """Everything one pass accumulates; partial states from workers merge into one."""
+
+    records: int = 0
+    invalid: int = 0
+    errors: list[DataIssue] = field(default_factory=list)
+    error_counts: Counter[str] = field(default_factory=Counter)
+    warnings: list[DataIssue] = field(default_factory=list)
+    warning_counts: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[int] = field(default_factory=Counter)
+    lengths: array = field(default_factory=lambda: array("I"))
+    seen: dict[int, int] = field(default_factory=dict)
+    duplicates: int = 0
+    first_image: int = 0
+    first_video: int = 0
+    lines: int = 0
+
+
+class _Pass:
+    """One streaming pass over a byte range."""
+
+    def __init__(self, fmt: DatasetFormat, ctx: FormatContext, options: Options) -> None:
+        self.fmt, self.ctx, self.options = fmt, ctx, options
+        self.allow = options.allow
+        self.strict = fmt.decoder(forbid_unknown=True)
+        self.lenient = fmt.decoder(forbid_unknown=False)
+        self.decoder = self.lenient if "unknown-key" in self.allow else self.strict
+        self.state = _State()
+        self.line_no = 0
+        self.error_total = 0
+        self.bom_error = False
+        self.bad_lines: set[int] = set()
+        self.context_chars = ctx.spec.context_length * CHARS_PER_TOKEN
+        self.check_keys = "duplicate-key" not in self.allow
+        self.scanner = ReservedScanner()
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def report(self, rule_id: str, path: str, message: str) -> None:
+        state = self.state
+        fix = RULES[rule_id].fix if rule_id in RULES else None
+        if rule_id in self.allow:
+            state.warning_counts[rule_id] += 1
+            if len(state.warnings) < self.options.max_errors:
+                state.warnings.append(
+                    DataIssue(line=self.line_no, path=path, rule=rule_id, message=message, fix=fix)
+                )
+            return
+        self.error_total += 1
+        state.error_counts[rule_id] += 1
+        if len(state.errors) < self.options.max_errors:
+            state.errors.append(
+                DataIssue(line=self.line_no, path=path, rule=rule_id, message=message, fix=fix)
+            )
+
+    # -- the pass ----------------------------------------------------------------------------
+
+    def run(self, chunks: Iterable[bytes], first_line: int = 1, first_chunk: bool = True) -> _State:
+        rest = b""
+        line_no = first_line - 1
+        for chunk in chunks:
+            if first_chunk:
+                first_chunk = False
+                if chunk.startswith(BOM):
+                    self.line_no = 1
+                    errors_before = self.error_total
+                    self.report("bom", "$", "the file starts with a UTF-8 byte order mark")
+                    # Line 1 is invalid unless BOMs are allowed.
+                    self.bom_error = self.error_total != errors_before
+                    chunk = chunk[len(BOM) :]
+            buffer = rest + chunk if rest else chunk
+            cut = buffer.rfind(b"\n") + 1
+            if cut == 0:
+                rest = buffer
+                continue
+            rest = buffer[cut:]
+            line_no = self._lines(buffer, cut, line_no)
+        if rest:
+            self._lines(rest + b"\n", len(rest) + 1, line_no)
+        return self.state
+
+    def _lines(self, buffer: bytes, end: int, line_no: int) -> int:
+        """Validate the complete lines in ``buffer[:end]``; return the last line number.
+
+        This is the hot loop: locals instead of attributes, and nothing per line that can be
+        done once per chunk.
+        """
+        lines = buffer[: end - 1].split(b"\n")
+        first_line = line_no + 1
+        hits = self.scanner.lines_with_hits(buffer, end, first_line)
+        fmt, ctx, report, decode = self.fmt, self.ctx, self.report, self.decoder.decode
+        state = self.state
+        seen, lengths, kinds_seen = state.seen, state.lengths, state.kinds
+        context_chars = self.context_chars
+        keys_per_line: list[int] = []
+        decoded_lines: list[int] = []
+        bad_lines = self.bad_lines = set()
+        records = 0
+        for line in lines:
+            line_no += 1
+            self.line_no = line_no
+            errors_before = self.error_total
+            if not line or line.isspace():
+                report("blank-line", "$", "blank line")
+            else:
+                records += 1
+                try:
+                    record = decode(line)
+                except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+                    record = self._decode_failed(line, exc)
+                if record is not None:
+                    keys, chars, kinds = fmt.check(record, ctx, report)
+                    keys_per_line.append(keys)
+                    decoded_lines.append(line_no)
+                    if hits and line_no in hits:
+                        self._check_reserved(record)
+                    lengths.append(chars)
+                    kinds_seen[kinds] += 1
+                    if kinds & MEDIA:
+                        if kinds & IMAGE and not state.first_image:
+                            state.first_image = line_no
+                        if kinds & VIDEO and not state.first_video:
+                            state.first_video = line_no
+                    if chars > context_chars:
+                        report(
+                            "too-long",
+                            "$",
+                            f"about {chars // CHARS_PER_TOKEN} tokens, more than "
+                            f"{ctx.spec.display_name}'s context of {ctx.spec.context_length}",
+                        )
+                digest = hash(line)
+                first = seen.get(digest)
+                if first is None:
+                    seen[digest] = line_no
+                else:
+                    state.duplicates += 1
+                    report("duplicate-record", "$", f"same as line {first}")
+            if self.error_total != errors_before or (line_no == 1 and self.bom_error):
+                bad_lines.add(line_no)
+        state.records += records
+        state.invalid += len(bad_lines)
+        if self.check_keys and keys_per_line:
+            # One scan of the chunk; line by line only when the totals disagree.
+            clean = len(decoded_lines) == len(lines)
+            if not clean or buffer.count(b'":', 0, end) != sum(keys_per_line):
+                self._repeated_keys_by_line(lines, first_line, decoded_lines, keys_per_line)
+        state.lines = line_no
+        return line_no
+
+    def _decode_failed(self, line: bytes, exc: Exception) -> Any:
+        if isinstance(exc, msgspec.ValidationError):
+            self._schema_error(str(exc))
+            return None
+        if isinstance(exc, UnicodeDecodeError):
+            self.report("non-utf8", "$", f"invalid UTF-8 at byte {exc.start} of the line")
+            if "non-utf8" not in self.allow:
+                return None
+            return self._decode(line.decode("utf-8", "replace").encode())
+        return self._malformed(line)
+
+    def _decode(self, line: bytes) -> Any:
+        try:
+            return self.decoder.decode(line)
+        except msgspec.ValidationError as exc:
+            self._schema_error(str(exc))
+        except msgspec.DecodeError:
+            return self._malformed(line)
+        except UnicodeDecodeError as exc:
+            self.report("non-utf8", "$", f"invalid UTF-8 at byte {exc.start} of the line")
+            if "non-utf8" in self.allow:
+                fixed = line.decode("utf-8", "replace").encode()
+                return self._decode(fixed)
+        return None
+
+    def _malformed(self, line: bytes) -> Any:
+        try:
+            value = json.loads(line)
+        except UnicodeDecodeError as exc:
+            self.report("non-utf8", "$", f"invalid UTF-8 at byte {exc.start} of the line")
+            return None
+        except json.JSONDecodeError as exc:
+            self.report("invalid-json", "$", f"not valid JSON: {exc.msg} at column {exc.colno}")
+            return None
+        # Python's parser accepts NaN and Infinity; msgspec (and JSON) do not.
+        self.report("nan", "$", "NaN or Infinity is not valid JSON")
+        if "nan" not in self.allow:
+            return None
+        try:
+            return msgspec.convert(value, self.decoder.type)
+        except msgspec.ValidationError as exc:
+            self._schema_error(str(exc))
+            return None
+
+    def _schema_error(self, text: str) -> None:
+        message, _, where = text.partition(" - at `")
+        path = where.rstrip("`") or "$"
+        if message.startswith("Object contains unknown field `"):
+            name = message.split("`")[1]
+            self.report("unknown-key", f"{path}.{name}", _unknown_key_message(name, self.fmt))
+        elif message.startswith("Expected `object`") and path == "$":
+            self.report("not-object", "$", f"the record is not a JSON object ({message})")
+        elif message.startswith("Object missing required field `"):
+            name = message.split("`")[1]
+            self.report("schema", path, f"required field {name!r} is missing")
+        else:
+            self.report("schema", path, message.replace("`", "'"))
+
+    def _check_reserved(self, record: Any) -> None:
+        for path, text in self.fmt.texts(record):
+            found = [token for token in RESERVED_TOKENS if token in text]
+            if found:
+                self.report(
+                    "reserved-token",
+                    path,
+                    "reserved token "
+                    + ", ".join(repr(t) for t in found)
+                    + " in the text (matched case-sensitively)",
+                )
+
+    def _repeated_keys_by_line(
+        self, lines: list[bytes], first_line: int, decoded: list[int], keys: list[int]
+    ) -> None:
+        saved = self.line_no
+        for line_no, decoded_keys in zip(decoded, keys, strict=True):
+            line = lines[line_no - first_line]
+            if line.count(b'":') - line.count(b'\\":') == decoded_keys:
+                continue
+            repeated = _find_repeated_key(line)
+            if repeated is None:
+                continue  # a quote-colon inside a string, not a repeated key
+            self.line_no = line_no
+            errors_before = self.error_total
+            self.report(
+                "duplicate-key",
+                repeated[0],
+                f"key {repeated[1]!r} appears twice in this object; only the last value would "
+                "be kept",
+            )
+            if self.error_total != errors_before and line_no not in self.bad_lines:
+                self.bad_lines.add(line_no)
+                self.state.invalid += 1
+        self.line_no = saved
+
+
+def _find_repeated_key(line: bytes) -> tuple[str, str] | None:
+    """(path of the object, key) of the first repeated key, by a slow exact parse."""
+    found: list[tuple[str, str]] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen and not found:
+                found.append(("$", key))
+            seen.add(key)
+        return dict(items)
+
+    try:
+        json.loads(line, object_pairs_hook=pairs)
+    except ValueError:
+        return None
+    return found[0] if found else None
+
+
+_FIELD_NAMES: dict[str, list[str]] = {}
+
+
+def _unknown_key_message(name: str, fmt: DatasetFormat) -> str:
+    import difflib
+
+    names = _FIELD_NAMES.get(fmt.name)
+    if names is None:
+        names = sorted(_struct_field_names(fmt.decoder(True).type))
+        _FIELD_NAMES[fmt.name] = names
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
+    message = f"unknown key {name!r}"
+    return f"{message}; did you mean {close[0]!r}?" if close else message
+
+
+def _struct_field_names(tp: Any, seen: set[Any] | None = None) -> set[str]:
+    import typing
+
+    seen = set() if seen is None else seen
+    names: set[str] = set()
+    if tp in seen:
+        return names
+    seen.add(tp)
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        for name in tp.__struct_fields__:
+            names.add(name)
+        for hint in typing.get_type_hints(tp).values():
+            names |= _struct_field_names(hint, seen)
+    for arg in typing.get_args(tp):
+        names |= _struct_field_names(arg, seen)
+    return names
+
+
+# --- public entry point ------------------------------------------------------------------------
+
+SAMPLE_BOUNDS_BEDROCK: dict[tuple[str, str], tuple[int, int]] = {
+    ("nova-1", "sft"): (8, 20_000),
+    ("nova-2", "sft"): (200, 20_000),
+    ("nova-2", "rft"): (100, 20_000),
+    ("nova-1", "dpo"): (8, 20_000),
+}
+
+
+def validate_dataset(
+    uri: str,
+    fmt: DatasetFormat,
+    spec: ModelSpec,
+    *,
+    platform: str = "sagemaker",
+    options: Options | None = None,
+) -> DatasetReport:
+    """Validate ``uri`` (a path, file:// or s3:// URI) and return the report."""
+    options = options or Options()
+    unknown = set(options.allow) - set(RELAXABLE)
+    if unknown:
+        raise ValueError(
+            f"cannot relax {', '.join(sorted(unknown))} (relaxable: {', '.join(RELAXABLE)})"
+        )
+    started = time.perf_counter()
+    ctx = FormatContext(spec=spec, platform=platform)
+    digest = hashlib.sha256()
+    size = 0
+
+    def hashed(chunks: Iterable[bytes]) -> Iterable[bytes]:
+        nonlocal size
+        for chunk in chunks:
+            digest.update(chunk)
+            size += len(chunk)
+            yield chunk
+
+    validation = _Pass(fmt, ctx, options)
+    state = validation.run(hashed(read_chunks(uri)))
+    return _finish(
+        uri,
+        fmt,
+        ctx,
+        options,
+        validation,
+        state,
+        digest.hexdigest(),
+        size,
+        time.perf_counter() - started,
+    )
+
+
+def _finish(
+    uri: str,
+    fmt: DatasetFormat,
+    ctx: FormatContext,
+    options: Options,
+    validation: _Pass,
+    state: _State,
+    sha256: str,
+    size: int,
+    seconds: float,
+) -> DatasetReport:
+    validation.line_no = 0
+    if state.first_image and state.first_video:
+        later = max(state.first_image, state.first_video)
+        validation.line_no = later
+        validation.report(
+            "mixed-modality",
+            "$",
+            f"line {state.first_image} has an image and line "
+            f"{state.first_video} a video; a dataset holds one or the other",
+        )
+        validation.line_no = 0
+    bounds = SAMPLE_BOUNDS_BEDROCK.get((ctx.spec.family, fmt.name))
+    if ctx.platform == "bedrock" and bounds and options.role == "train":
+        low, high = bounds
+        if not low <= state.records <= high:
+            validation.report(
+                "sample-count",
+                "$",
+                f"{state.records} records; {ctx.spec.display_name} "
+                f"{fmt.name.upper()} on Bedrock takes {low} to {high}",
+            )
+    if (
+        ctx.platform == "bedrock"
+        and options.role == "validation"
+        and fmt.name == "sft"
+        and ctx.nova2
+    ):
+        validation.report(
+            "not-supported", "$", "Nova 2 Lite SFT on Bedrock does not accept a validation dataset"
+        )
+    lengths = sorted(state.lengths)
+    tokens = TokenStats(max_length=options.max_length, context_length=ctx.spec.context_length)
+    if lengths:
+        tokens.p50 = lengths[len(lengths) // 2] // CHARS_PER_TOKEN
+        tokens.p95 = lengths[min(len(lengths) - 1, int(len(lengths) * 0.95))] // CHARS_PER_TOKEN
+        tokens.max = lengths[-1] // CHARS_PER_TOKEN
+        if options.max_length:
+            limit = options.max_length * CHARS_PER_TOKEN
+            tokens.over_max_length = len(lengths) - _bisect_right(lengths, limit)
+    if tokens.over_max_length:
+        state.warning_counts["truncated"] += tokens.over_max_length
+        state.warnings.append(
+            DataIssue(
+                line=0,
+                rule="truncated",
+                message=f"{tokens.over_max_length} records are longer than max_length "
+                f"{options.max_length} (estimate) and would be truncated",
+                fix="raise max_length or shorten those records",
+            )
+        )
+    modalities: Counter[str] = Counter()
+    for kinds, count in state.kinds.items():
+        for bit, name in KIND_NAMES.items():
+            if kinds & bit:
+                modalities[name] += count
+    state.errors.sort(key=lambda issue: issue.line)
+    return DatasetReport(
+        uri=uri,
+        format=fmt.name,
+        model_type=ctx.spec.model_type,
+        platform=ctx.platform,
+        ok=not state.error_counts,
+        records=state.records,
+        valid_records=state.records - state.invalid,
+        invalid_records=state.invalid,
+        errors=state.errors,
+        error_counts=dict(state.error_counts),
+        warnings=state.warnings,
+        warning_counts=dict(state.warning_counts),
+        allowed=sorted(options.allow),
+        duplicates=state.duplicates,
+        modalities=dict(modalities),
+        tokens=tokens,
+        sha256=sha256,
+        bytes=size,
+        seconds=round(seconds, 3),
+    )
+
+
+def _bisect_right(values: list[int], limit: int) -> int:
+    import bisect
+
+    return bisect.bisect_right(values, limit)
