@@ -97,6 +97,62 @@ def _parser() -> argparse.ArgumentParser:
     )
     fields.set_defaults(handler=_recipe_fields)
 
+    data = commands.add_parser("data", help="validate datasets")
+    data_commands = data.add_subparsers(title="data commands", metavar="COMMAND")
+    dvalidate = data_commands.add_parser(
+        "validate",
+        help="validate a JSONL dataset (exit 0 valid, 1 invalid, 2 usage error)",
+        description="Validate a JSON Lines dataset for a Nova format and model. Streams local "
+        "files and s3:// objects.",
+    )
+    dvalidate.add_argument("file", metavar="FILE", help="path, file:// or s3:// URI")
+    dvalidate.add_argument("--format", required=True, choices=DATA_FORMATS)
+    dvalidate.add_argument(
+        "--model",
+        required=True,
+        metavar="MODEL_TYPE",
+        help="model_type (e.g. amazon.nova-2-lite-v1:0:256k) or micro, lite, pro, lite-2",
+    )
+    dvalidate.add_argument("--platform", choices=["sagemaker", "bedrock"], default="sagemaker")
+    dvalidate.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the recipe's max_length: warn about records longer than this",
+    )
+    dvalidate.add_argument(
+        "--max-errors",
+        type=int,
+        default=20,
+        metavar="N",
+        help="errors to list (all are counted; default %(default)s)",
+    )
+    dvalidate.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="RULE",
+        help="relax a rule to a warning (repeatable); see --list-rules",
+    )
+    dvalidate.add_argument(
+        "--role",
+        choices=["train", "validation"],
+        default="train",
+        help="whether the file is a training or a validation set",
+    )
+    dvalidate.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes for a large local file (0: one per core)",
+    )
+    dvalidate.add_argument("--json", action="store_true", help="print the report as JSON")
+    dvalidate.set_defaults(handler=_data_validate)
+    rules = data_commands.add_parser("rules", help="list the dataset rules and which relax")
+    rules.set_defaults(handler=_data_rules)
+
     campaign = commands.add_parser("campaign", help="check campaign files")
     campaign_commands = campaign.add_subparsers(title="campaign commands", metavar="COMMAND")
     cvalidate = campaign_commands.add_parser(
@@ -213,6 +269,85 @@ def _recipe_fields(args: argparse.Namespace) -> int:
         raise TuneloopError([Problem("kind", f"{spec.display_name} has no {args.kind} recipe")])
     for line in describe_fields(model):
         print(line)
+    return EXIT_OK
+
+
+DATA_FORMATS = ["sft", "cpt", "rft", "gen_qa", "llm_judge", "dpo"]
+MODEL_ALIASES = {
+    "micro": "amazon.nova-micro-v1:0:128k",
+    "lite": "amazon.nova-lite-v1:0:300k",
+    "pro": "amazon.nova-pro-v1:0:300k",
+    "lite-2": "amazon.nova-2-lite-v1:0:256k",
+    "nova-2-lite": "amazon.nova-2-lite-v1:0:256k",
+}
+EXIT_INVALID = 1
+
+
+def _data_validate(args: argparse.Namespace) -> int:
+    import os
+
+    from tuneloop.data.registry import FORMATS, get_format, supports
+    from tuneloop.data.rules import RELAXABLE
+    from tuneloop.data.validator import Options, validate_dataset
+    from tuneloop.recipes.catalog import MODELS
+
+    problems = []
+    model_type = MODEL_ALIASES.get(args.model, args.model)
+    spec = MODELS.get(model_type)
+    if spec is None:
+        allowed = ", ".join([*MODELS, *MODEL_ALIASES])
+        problems.append(Problem("--model", f"unknown model {args.model!r}", allowed=allowed))
+    if args.format not in FORMATS:
+        problems.append(
+            Problem(
+                "--format",
+                f"{args.format} validation is not available yet",
+                allowed=", ".join(FORMATS),
+            )
+        )
+    elif spec is not None and not supports(args.format, spec):
+        problems.append(
+            Problem("--format", f"{spec.display_name} does not take {args.format} datasets")
+        )
+    for rule_id in args.allow:
+        if rule_id not in RELAXABLE:
+            problems.append(
+                Problem("--allow", f"{rule_id!r} cannot be relaxed", allowed=", ".join(RELAXABLE))
+            )
+    for flag, value in (("--max-errors", args.max_errors), ("--workers", args.workers)):
+        if value < 0:
+            problems.append(Problem(flag, f"{value} is negative", allowed=">= 0"))
+    if problems:
+        raise TuneloopError(problems)
+    assert spec is not None
+    options = Options(
+        allow=frozenset(args.allow),
+        max_errors=args.max_errors,
+        max_length=args.max_length,
+        role=args.role,
+    )
+    workers = args.workers or os.cpu_count() or 1
+    report = validate_dataset(
+        args.file,
+        get_format(args.format),
+        spec,
+        platform=args.platform,
+        options=options,
+        workers=workers,
+    )
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        sys.stdout.write(report.to_text())
+    return EXIT_OK if report.ok else EXIT_INVALID
+
+
+def _data_rules(args: argparse.Namespace) -> int:
+    from tuneloop.data.rules import RULES
+
+    for rule in RULES.values():
+        relax = "  (relax with --allow " + rule.id + ")" if rule.relaxable else ""
+        print(f"{rule.id}: {rule.summary}{relax}")
     return EXIT_OK
 
 

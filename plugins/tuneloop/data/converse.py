@@ -26,6 +26,7 @@ from tuneloop.data.formats import (
     RecordFacts,
     Report,
     count_keys,
+    unknown_key_message,
 )
 
 SCHEMA_VERSION = "bedrock-conversation-2024"
@@ -273,7 +274,7 @@ class _RecordState:
             where = where.rstrip("`").removeprefix("$")
             if message.startswith("Object contains unknown field `"):
                 name = message.split("`")[1]
-                report("unknown-key", f"{path}{where}.{name}", f"unknown key {name!r}")
+                report("unknown-key", f"{path}{where}.{name}", unknown_key_message(name, strict))
                 try:
                     block = msgspec.convert(raw, lenient)
                 except msgspec.ValidationError:

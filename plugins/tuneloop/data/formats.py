@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, NamedTuple, Protocol
 
 import msgspec
@@ -79,3 +80,31 @@ def count_keys(value: Any) -> int:
     if isinstance(value, list):
         return sum(count_keys(v) for v in value)
     return 0
+
+
+def unknown_key_message(name: str, *roots: Any) -> str:
+    """'unknown key ...', with the closest key the format defines when one is close."""
+    import difflib
+
+    names = sorted(set().union(*(_field_names(root) for root in roots)))
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
+    message = f"unknown key {name!r}"
+    return f"{message}; did you mean {close[0]!r}?" if close else message
+
+
+@cache
+def _field_names(root: Any) -> frozenset[str]:
+    import typing
+
+    names: set[str] = set()
+    pending, seen = [root], set()
+    while pending:
+        tp = pending.pop()
+        if tp in seen:
+            continue
+        seen.add(tp)
+        if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+            names.update(tp.__struct_fields__)
+            pending.extend(typing.get_type_hints(tp).values())
+        pending.extend(typing.get_args(tp))
+    return frozenset(names)

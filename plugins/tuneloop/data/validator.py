@@ -33,6 +33,7 @@ from tuneloop.data.formats import (
     VIDEO,
     DatasetFormat,
     FormatContext,
+    unknown_key_message,
 )
 from tuneloop.data.reader import read_chunks
 from tuneloop.data.report import DataIssue, DatasetReport, TokenStats
@@ -67,6 +68,9 @@ class _State:
     kinds: Counter[int] = field(default_factory=Counter)
     lengths: array = field(default_factory=lambda: array("I"))
     seen: dict[int, int] = field(default_factory=dict)
+    digests: array | None = None
+    """In a worker: each record's digest, in line order (with digest_lines)."""
+    digest_lines: array = field(default_factory=lambda: array("q"))
     duplicates: int = 0
     first_image: int = 0
     first_video: int = 0
@@ -87,6 +91,7 @@ class _Pass:
         self.error_total = 0
         self.bom_error = False
         self.bad_lines: set[int] = set()
+        self.all_bad_lines: set[int] = set()
         self.context_chars = ctx.spec.context_length * CHARS_PER_TOKEN
         self.check_keys = "duplicate-key" not in self.allow
         self.scanner = ReservedScanner()
@@ -95,20 +100,13 @@ class _Pass:
 
     def report(self, rule_id: str, path: str, message: str) -> None:
         state = self.state
-        fix = RULES[rule_id].fix if rule_id in RULES else None
         if rule_id in self.allow:
             state.warning_counts[rule_id] += 1
-            if len(state.warnings) < self.options.max_errors:
-                state.warnings.append(
-                    DataIssue(line=self.line_no, path=path, rule=rule_id, message=message, fix=fix)
-                )
+            _keep(state.warnings, self.line_no, path, rule_id, message, self.options.max_errors)
             return
         self.error_total += 1
         state.error_counts[rule_id] += 1
-        if len(state.errors) < self.options.max_errors:
-            state.errors.append(
-                DataIssue(line=self.line_no, path=path, rule=rule_id, message=message, fix=fix)
-            )
+        _keep(state.errors, self.line_no, path, rule_id, message, self.options.max_errors)
 
     # -- the pass ----------------------------------------------------------------------------
 
@@ -148,6 +146,7 @@ class _Pass:
         fmt, ctx, report, decode = self.fmt, self.ctx, self.report, self.decoder.decode
         state = self.state
         seen, lengths, kinds_seen = state.seen, state.lengths, state.kinds
+        digests, digest_lines = state.digests, state.digest_lines
         context_chars = self.context_chars
         keys_per_line: list[int] = []
         decoded_lines: list[int] = []
@@ -159,6 +158,7 @@ class _Pass:
             errors_before = self.error_total
             if not line or line.isspace():
                 report("blank-line", "$", "blank line")
+                continue  # not a record, so neither valid nor invalid
             else:
                 records += 1
                 try:
@@ -186,16 +186,21 @@ class _Pass:
                             f"{ctx.spec.display_name}'s context of {ctx.spec.context_length}",
                         )
                 digest = hash(line)
-                first = seen.get(digest)
-                if first is None:
-                    seen[digest] = line_no
+                if digests is not None:  # a worker: the parent finds duplicates across ranges
+                    digests.append(digest)
+                    digest_lines.append(line_no)
                 else:
-                    state.duplicates += 1
-                    report("duplicate-record", "$", f"same as line {first}")
+                    first = seen.get(digest)
+                    if first is None:
+                        seen[digest] = line_no
+                    else:
+                        state.duplicates += 1
+                        report("duplicate-record", "$", f"same as line {first}")
             if self.error_total != errors_before or (line_no == 1 and self.bom_error):
                 bad_lines.add(line_no)
         state.records += records
         state.invalid += len(bad_lines)
+        self.all_bad_lines |= bad_lines
         if self.check_keys and keys_per_line:
             # One scan of the chunk; line by line only when the totals disagree.
             clean = len(decoded_lines) == len(lines)
@@ -206,7 +211,13 @@ class _Pass:
 
     def _decode_failed(self, line: bytes, exc: Exception) -> Any:
         if isinstance(exc, msgspec.ValidationError):
-            self._schema_error(str(exc))
+            unknown_key = self._schema_error(str(exc))
+            if unknown_key and self.decoder is self.strict:
+                # Reported once; read the record leniently so its other problems show too.
+                try:
+                    return self.lenient.decode(line)
+                except msgspec.ValidationError as again:
+                    self._schema_error(str(again))
             return None
         if isinstance(exc, UnicodeDecodeError):
             self.report("non-utf8", "$", f"invalid UTF-8 at byte {exc.start} of the line")
@@ -248,19 +259,24 @@ class _Pass:
             self._schema_error(str(exc))
             return None
 
-    def _schema_error(self, text: str) -> None:
+    def _schema_error(self, text: str) -> bool:
+        """Report a msgspec validation error; True when it was an unknown key."""
         message, _, where = text.partition(" - at `")
         path = where.rstrip("`") or "$"
         if message.startswith("Object contains unknown field `"):
             name = message.split("`")[1]
-            self.report("unknown-key", f"{path}.{name}", _unknown_key_message(name, self.fmt))
-        elif message.startswith("Expected `object`") and path == "$":
+            self.report(
+                "unknown-key", f"{path}.{name}", unknown_key_message(name, self.strict.type)
+            )
+            return True
+        if message.startswith("Expected `object`") and path == "$":
             self.report("not-object", "$", f"the record is not a JSON object ({message})")
         elif message.startswith("Object missing required field `"):
             name = message.split("`")[1]
             self.report("schema", path, f"required field {name!r} is missing")
         else:
             self.report("schema", path, message.replace("`", "'"))
+        return False
 
     def _check_reserved(self, record: Any) -> None:
         for path, text in self.fmt.texts(record):
@@ -295,60 +311,69 @@ class _Pass:
             )
             if self.error_total != errors_before and line_no not in self.bad_lines:
                 self.bad_lines.add(line_no)
+                self.all_bad_lines.add(line_no)
                 self.state.invalid += 1
         self.line_no = saved
 
 
+def issue_order(issue: DataIssue) -> tuple[int, str, str, str]:
+    """The order issues are listed in, whichever way the file was read."""
+    return (issue.line, issue.path, issue.rule, issue.message)
+
+
+def _keep(
+    issues: list[DataIssue], line: int, path: str, rule_id: str, message: str, limit: int
+) -> None:
+    """Keep the first ``limit`` issues in `issue_order`, whatever order they are found in
+    (a repeated key is found after the rest of its chunk)."""
+    key = (line, path, rule_id, message)
+    if len(issues) >= limit:
+        if limit == 0 or key >= issue_order(issues[-1]):
+            return
+        issues.pop()
+    fix = RULES[rule_id].fix if rule_id in RULES else None
+    issues.append(DataIssue(line=line, path=path, rule=rule_id, message=message, fix=fix))
+    if len(issues) > 1 and key < issue_order(issues[-2]):
+        issues.sort(key=issue_order)
+
+
+class _Object(dict):  # type: ignore[type-arg]
+    """A parsed JSON object that remembers a key it saw twice."""
+
+    repeated: str | None = None
+
+
 def _find_repeated_key(line: bytes) -> tuple[str, str] | None:
     """(path of the object, key) of the first repeated key, by a slow exact parse."""
-    found: list[tuple[str, str]] = []
 
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: set[str] = set()
-        for key, _ in items:
-            if key in seen and not found:
-                found.append(("$", key))
-            seen.add(key)
-        return dict(items)
+    def pairs(items: list[tuple[str, Any]]) -> _Object:
+        obj = _Object(items)
+        if len(obj) != len(items):
+            seen: set[str] = set()
+            obj.repeated = next(k for k, _ in items if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        return obj
 
     try:
-        json.loads(line, object_pairs_hook=pairs)
+        root = json.loads(line, object_pairs_hook=pairs)
     except ValueError:
         return None
-    return found[0] if found else None
+    return _locate_repeated(root, "$")
 
 
-_FIELD_NAMES: dict[str, list[str]] = {}
-
-
-def _unknown_key_message(name: str, fmt: DatasetFormat) -> str:
-    import difflib
-
-    names = _FIELD_NAMES.get(fmt.name)
-    if names is None:
-        names = sorted(_struct_field_names(fmt.decoder(True).type))
-        _FIELD_NAMES[fmt.name] = names
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
-    message = f"unknown key {name!r}"
-    return f"{message}; did you mean {close[0]!r}?" if close else message
-
-
-def _struct_field_names(tp: Any, seen: set[Any] | None = None) -> set[str]:
-    import typing
-
-    seen = set() if seen is None else seen
-    names: set[str] = set()
-    if tp in seen:
-        return names
-    seen.add(tp)
-    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
-        for name in tp.__struct_fields__:
-            names.add(name)
-        for hint in typing.get_type_hints(tp).values():
-            names |= _struct_field_names(hint, seen)
-    for arg in typing.get_args(tp):
-        names |= _struct_field_names(arg, seen)
-    return names
+def _locate_repeated(value: Any, path: str) -> tuple[str, str] | None:
+    if isinstance(value, _Object):
+        if value.repeated is not None:
+            return path, value.repeated
+        for key, item in value.items():
+            found = _locate_repeated(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _locate_repeated(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
 
 
 # --- public entry point ------------------------------------------------------------------------
@@ -368,6 +393,7 @@ def validate_dataset(
     *,
     platform: str = "sagemaker",
     options: Options | None = None,
+    workers: int = 1,
 ) -> DatasetReport:
     """Validate ``uri`` (a path, file:// or s3:// URI) and return the report."""
     options = options or Options()
@@ -389,7 +415,11 @@ def validate_dataset(
             yield chunk
 
     validation = _Pass(fmt, ctx, options)
-    state = validation.run(hashed(read_chunks(uri)))
+    ranges = _ranges(uri, workers)
+    if len(ranges) == 1:
+        state = validation.run(hashed(read_chunks(uri)))
+    else:
+        state = _run_parallel(uri, fmt, ctx, options, ranges, validation, hashed)
     return _finish(
         uri,
         fmt,
@@ -401,6 +431,99 @@ def validate_dataset(
         size,
         time.perf_counter() - started,
     )
+
+
+def _ranges(uri: str, workers: int) -> list[tuple[int, int]]:
+    from multiprocessing import get_all_start_methods
+
+    from tuneloop import storage
+    from tuneloop.data.reader import line_aligned_ranges
+
+    if workers <= 1 or storage.is_s3(uri) or "fork" not in get_all_start_methods():
+        return [(0, -1)]
+    return line_aligned_ranges(storage.local_path(uri), workers)
+
+
+def _validate_range(
+    uri: str,
+    start: int,
+    end: int,
+    fmt_name: str,
+    spec: ModelSpec,
+    platform: str,
+    options: Options,
+) -> tuple[_State, set[int], int]:
+    """One worker: validate a line-aligned byte range, numbering lines from 1."""
+    from tuneloop.data.registry import get_format
+
+    validation = _Pass(get_format(fmt_name), FormatContext(spec=spec, platform=platform), options)
+    validation.state.digests = array("q")
+    state = validation.run(read_chunks(uri, start, end), first_chunk=start == 0)
+    return state, validation.all_bad_lines, state.lines
+
+
+def _run_parallel(
+    uri: str,
+    fmt: DatasetFormat,
+    ctx: FormatContext,
+    options: Options,
+    ranges: list[tuple[int, int]],
+    validation: _Pass,
+    hashed: Any,
+) -> _State:
+    """Validate ranges in worker processes and merge them into what one pass would report."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    # fork: children share the parent's hash() secret, so record digests agree across workers.
+    with ProcessPoolExecutor(max_workers=len(ranges), mp_context=get_context("fork")) as pool:
+        futures = [
+            pool.submit(_validate_range, uri, start, end, fmt.name, ctx.spec, ctx.platform, options)
+            for start, end in ranges
+        ]
+        for _ in hashed(read_chunks(uri)):  # the file's digest, while the workers run
+            pass
+        parts = [future.result() for future in futures]
+    merged = _State()
+    validation.state = merged
+    offset = 0
+    all_bad: set[int] = set()
+    for state, bad_lines, line_count in parts:
+        for issue in (*state.errors, *state.warnings):
+            issue.line += offset
+        merged.errors.extend(state.errors)
+        merged.warnings.extend(state.warnings)
+        merged.error_counts.update(state.error_counts)
+        merged.warning_counts.update(state.warning_counts)
+        merged.kinds.update(state.kinds)
+        merged.lengths.extend(state.lengths)
+        merged.records += state.records
+        all_bad.update(line + offset for line in bad_lines)
+        if state.first_image and not merged.first_image:
+            merged.first_image = state.first_image + offset
+        if state.first_video and not merged.first_video:
+            merged.first_video = state.first_video + offset
+        # Duplicates are found here, in line order, exactly as one pass would find them.
+        assert state.digests is not None
+        for digest, line in zip(state.digests, state.digest_lines, strict=True):
+            earlier = merged.seen.get(digest)
+            if earlier is None:
+                merged.seen[digest] = line + offset
+                continue
+            merged.duplicates += 1
+            validation.line_no = line + offset
+            before = validation.error_total
+            validation.report("duplicate-record", "$", f"same as line {earlier}")
+            if validation.error_total != before:
+                all_bad.add(line + offset)
+        offset += line_count
+    merged.invalid = len(all_bad)
+    merged.lines = offset
+    merged.errors.sort(key=issue_order)
+    merged.warnings.sort(key=issue_order)
+    del merged.errors[options.max_errors :]
+    del merged.warnings[options.max_errors :]
+    return merged
 
 
 def _finish(
@@ -469,7 +592,8 @@ def _finish(
         for bit, name in KIND_NAMES.items():
             if kinds & bit:
                 modalities[name] += count
-    state.errors.sort(key=lambda issue: issue.line)
+    state.errors.sort(key=issue_order)
+    state.warnings.sort(key=issue_order)
     return DatasetReport(
         uri=uri,
         format=fmt.name,
