@@ -14,7 +14,7 @@ import re
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from tuneloop.recipes.catalog import MODELS, Method, Platform, Technique
 from tuneloop.recipes.common import StrictModel, matching
@@ -115,11 +115,27 @@ Backend = Annotated[
 # --- stages, evaluation ------------------------------------------------------------------------
 
 
+def _relaxable(rules: list[str]) -> list[str]:
+    from tuneloop.data.rules import RELAXABLE
+
+    unknown = [rule for rule in rules if rule not in RELAXABLE]
+    if unknown:
+        raise ValueError(
+            f"cannot relax {', '.join(map(repr, unknown))} (relaxable: {', '.join(RELAXABLE)})"
+        )
+    return rules
+
+
+RelaxedRules = Annotated[list[str], AfterValidator(_relaxable)]
+
+
 class Datasets(StrictModel):
     train: str = Field(min_length=1)
     """Training data (JSONL). May use Airflow templates such as {{ ds }}."""
     validation: str = ""
     """Optional validation data (JSONL)."""
+    allow: RelaxedRules = []
+    """Dataset rules relaxed to warnings for these files (see `tuneloop data rules`)."""
 
 
 def flatten_overrides(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -182,6 +198,8 @@ class Evaluation(StrictModel):
     """rft_eval only: reward Lambda ARN (module:function on the local backend)."""
     metrics: list[str] = Field(default_factory=list)
     """Metrics to record each round; the gate's metrics must be among them."""
+    allow: RelaxedRules = []
+    """Dataset rules relaxed to warnings for the evaluation data."""
     overrides: dict[str, Any] = {}
     """Recipe fields to change."""
 

@@ -460,3 +460,18 @@ def test_trigger_on_data_needs_uris(tmp_path: Path) -> None:
     [problem] = info.value.problems
     assert problem.path == "trigger_on_data"
     assert "is not a URI" in problem.message
+
+
+def test_datasets_may_relax_only_relaxable_rules(tmp_path: Path) -> None:
+    path = write_campaign(
+        tmp_path, lambda d: d["stages"][0]["datasets"].update(allow=["blank-line", "role-order"])
+    )
+    with pytest.raises(CampaignError) as info:
+        load_campaign(path)
+    [problem] = info.value.problems
+    assert problem.path == "stages[0].datasets.allow"
+    assert "cannot relax 'role-order'" in problem.message and "blank-line" in problem.message
+    path = write_campaign(
+        tmp_path, lambda d: d["stages"][0]["datasets"].update(allow=["blank-line"])
+    )
+    assert load_campaign(path).campaign.stages[0].datasets.allow == ["blank-line"]
