@@ -87,8 +87,10 @@ def unknown_key_message(name: str, *roots: Any) -> str:
     import difflib
 
     names = sorted(set().union(*(_field_names(root) for root in roots)))
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
     message = f"unknown key {name!r}"
+    if name in names:
+        return f"{message} at this level (the format uses it elsewhere)"
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
     return f"{message}; did you mean {close[0]!r}?" if close else message
 
 

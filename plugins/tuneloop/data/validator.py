@@ -43,6 +43,8 @@ from tuneloop.recipes.catalog import ModelSpec
 
 BOM = b"\xef\xbb\xbf"
 MEDIA = IMAGE | VIDEO
+# A longer line is reported and skipped rather than held in memory: no model's context comes close.
+MAX_LINE_BYTES = 64 << 20
 CHARS_PER_TOKEN = 4
 
 
@@ -112,6 +114,7 @@ class _Pass:
 
     def run(self, chunks: Iterable[bytes], first_line: int = 1, first_chunk: bool = True) -> _State:
         rest = b""
+        skipping = False
         line_no = first_line - 1
         for chunk in chunks:
             if first_chunk:
@@ -123,16 +126,38 @@ class _Pass:
                     # Line 1 is invalid unless BOMs are allowed.
                     self.bom_error = self.error_total != errors_before
                     chunk = chunk[len(BOM) :]
+            if skipping:  # inside a line too long to hold in memory
+                newline = chunk.find(b"\n")
+                if newline == -1:
+                    continue
+                skipping, chunk = False, chunk[newline + 1 :]
             buffer = rest + chunk if rest else chunk
             cut = buffer.rfind(b"\n") + 1
             if cut == 0:
                 rest = buffer
+                if len(rest) > MAX_LINE_BYTES:
+                    line_no += 1
+                    self._line_too_large(line_no)
+                    rest, skipping = b"", True
                 continue
             rest = buffer[cut:]
             line_no = self._lines(buffer, cut, line_no)
         if rest:
             self._lines(rest + b"\n", len(rest) + 1, line_no)
+        elif skipping:
+            self.state.lines = line_no
         return self.state
+
+    def _line_too_large(self, line_no: int) -> None:
+        """A line longer than MAX_LINE_BYTES: reported, then skipped without holding it."""
+        self.line_no = line_no
+        self.state.records += 1
+        errors_before = self.error_total
+        self.report("too-long", "$", f"the line is longer than {MAX_LINE_BYTES >> 20} MB")
+        if self.error_total != errors_before:
+            self.state.invalid += 1
+            self.all_bad_lines.add(line_no)
+        self.state.lines = line_no
 
     def _lines(self, buffer: bytes, end: int, line_no: int) -> int:
         """Validate the complete lines in ``buffer[:end]``; return the last line number.
@@ -213,11 +238,13 @@ class _Pass:
         if isinstance(exc, msgspec.ValidationError):
             unknown_key = self._schema_error(str(exc))
             if unknown_key and self.decoder is self.strict:
-                # Reported once; read the record leniently so its other problems show too.
+                # Reported once; read the record leniently so its other problems show too
+                # (the rest of the line may also be malformed, hold NaN or invalid UTF-8).
+                self.decoder = self.lenient
                 try:
-                    return self.lenient.decode(line)
-                except msgspec.ValidationError as again:
-                    self._schema_error(str(again))
+                    return self._decode(line)
+                finally:
+                    self.decoder = self.strict
             return None
         if isinstance(exc, UnicodeDecodeError):
             self.report("non-utf8", "$", f"invalid UTF-8 at byte {exc.start} of the line")
