@@ -74,12 +74,23 @@ class DatasetFormat(Protocol):
 
 
 def count_keys(value: Any) -> int:
-    """Keys in a free-form JSON value (tool inputs, JSON schemas, reference answers)."""
+    """Keys in a free-form JSON value (tool inputs, JSON schemas, reference answers).
+
+    A loop, not recursion: a deeply nested value must not exhaust the stack."""
     if isinstance(value, dict):
-        return len(value) + sum(count_keys(v) for v in value.values())
-    if isinstance(value, list):
-        return sum(count_keys(v) for v in value)
-    return 0
+        count, pending = len(value), list(value.values())
+    elif isinstance(value, list):
+        count, pending = 0, list(value)
+    else:
+        return 0
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return count
 
 
 def unknown_key_message(name: str, *roots: Any) -> str:
@@ -90,7 +101,8 @@ def unknown_key_message(name: str, *roots: Any) -> str:
     message = f"unknown key {name!r}"
     if name in names:
         return f"{message} at this level (the format uses it elsewhere)"
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
+    same_letters = [known for known in names if known.lower() == name.lower()]
+    close = same_letters or difflib.get_close_matches(name, names, n=1, cutoff=0.7)
     return f"{message}; did you mean {close[0]!r}?" if close else message
 
 

@@ -57,4 +57,12 @@ class ReservedScanner:
             )
         else:
             offsets = [match.start() for match in self._regex.finditer(buffer, 0, end)]
-        return {first_line + buffer.count(b"\n", 0, offset) for offset in offsets}
+        # Count newlines from one hit to the next, not from the start each time: a chunk where
+        # most lines hold a token would otherwise take quadratic time.
+        lines: set[int] = set()
+        line, previous = first_line, 0
+        for offset in sorted(offsets):
+            line += buffer.count(b"\n", previous, offset)
+            previous = offset
+            lines.add(line)
+        return lines

@@ -95,7 +95,6 @@ class _Pass:
         self.bad_lines: set[int] = set()
         self.all_bad_lines: set[int] = set()
         self.context_chars = ctx.spec.context_length * CHARS_PER_TOKEN
-        self.check_keys = "duplicate-key" not in self.allow
         self.scanner = ReservedScanner()
 
     # -- reporting ---------------------------------------------------------------------------
@@ -188,7 +187,12 @@ class _Pass:
                 records += 1
                 try:
                     record = decode(line)
-                except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+                except (
+                    msgspec.ValidationError,
+                    msgspec.DecodeError,
+                    UnicodeDecodeError,
+                    RecursionError,  # nested deeper than the parser goes
+                ) as exc:
                     record = self._decode_failed(line, exc)
                 if record is not None:
                     keys, chars, kinds = fmt.check(record, ctx, report)
@@ -226,8 +230,9 @@ class _Pass:
         state.records += records
         state.invalid += len(bad_lines)
         self.all_bad_lines |= bad_lines
-        if self.check_keys and keys_per_line:
-            # One scan of the chunk; line by line only when the totals disagree.
+        if keys_per_line:
+            # One scan of the chunk; line by line only when the totals disagree (a relaxed
+            # duplicate-key or unknown-key is still found, as a warning).
             clean = len(decoded_lines) == len(lines)
             if not clean or buffer.count(b'":', 0, end) != sum(keys_per_line):
                 self._repeated_keys_by_line(lines, first_line, decoded_lines, keys_per_line)
@@ -258,7 +263,7 @@ class _Pass:
             return self.decoder.decode(line)
         except msgspec.ValidationError as exc:
             self._schema_error(str(exc))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return self._malformed(line)
         except UnicodeDecodeError as exc:
             self.report("non-utf8", "$", f"invalid UTF-8 at byte {exc.start} of the line")
@@ -268,13 +273,29 @@ class _Pass:
         return None
 
     def _malformed(self, line: bytes) -> Any:
+        constants: list[str] = []
+
+        def constant(name: str) -> float:
+            constants.append(name)
+            return float(name)
+
         try:
-            value = json.loads(line)
+            value = json.loads(line, parse_constant=constant)
         except UnicodeDecodeError as exc:
             self.report("non-utf8", "$", f"invalid UTF-8 at byte {exc.start} of the line")
             return None
         except json.JSONDecodeError as exc:
             self.report("invalid-json", "$", f"not valid JSON: {exc.msg} at column {exc.colno}")
+            return None
+        except RecursionError:
+            self.report("invalid-json", "$", "values nest too deeply to parse")
+            return None
+        if not constants:
+            # Python's parser also accepts what msgspec rightly rejects: an unpaired UTF-16
+            # surrogate escape (\ud800), or a line in UTF-16.
+            self.report(
+                "invalid-json", "$", "not valid JSON: an unpaired surrogate escape or not UTF-8"
+            )
             return None
         # Python's parser accepts NaN and Infinity; msgspec (and JSON) do not.
         self.report("nan", "$", "NaN or Infinity is not valid JSON")
@@ -325,10 +346,19 @@ class _Pass:
             line = lines[line_no - first_line]
             if line.count(b'":') - line.count(b'\\":') == decoded_keys:
                 continue
+            self.line_no = line_no
+            if self.decoder is self.lenient:
+                # The relaxed decoder dropped unknown keys: report them, as warnings.
+                try:
+                    # (with non-UTF-8 bytes replaced: this line has them only if relaxed)
+                    self.strict.decode(line.decode("utf-8", "replace").encode())
+                except msgspec.ValidationError as exc:
+                    self._schema_error(str(exc))
+                except (msgspec.DecodeError, RecursionError):
+                    pass  # NaN or deep nesting: reported already
             repeated = _find_repeated_key(line)
             if repeated is None:
                 continue  # a quote-colon inside a string, not a repeated key
-            self.line_no = line_no
             errors_before = self.error_total
             self.report(
                 "duplicate-key",
@@ -382,9 +412,9 @@ def _find_repeated_key(line: bytes) -> tuple[str, str] | None:
 
     try:
         root = json.loads(line, object_pairs_hook=pairs)
-    except ValueError:
+        return _locate_repeated(root, "$")
+    except (ValueError, RecursionError):
         return None
-    return _locate_repeated(root, "$")
 
 
 def _locate_repeated(value: Any, path: str) -> tuple[str, str] | None:
@@ -468,7 +498,10 @@ def _ranges(uri: str, workers: int) -> list[tuple[int, int]]:
 
     if workers <= 1 or storage.is_s3(uri) or "fork" not in get_all_start_methods():
         return [(0, -1)]
-    return line_aligned_ranges(storage.local_path(uri), workers)
+    try:
+        return line_aligned_ranges(storage.local_path(uri), workers)
+    except OSError:
+        return [(0, -1)]  # one pass, whose reader reports the missing or unreadable file
 
 
 def _validate_range(
