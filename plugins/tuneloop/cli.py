@@ -48,6 +48,8 @@ def _print_problems(problems: Sequence[Problem], stream: TextIO | None = None) -
 
 
 def _print_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
+    if not caught:
+        return
     from tuneloop.recipes.render import RecipeWarning
 
     for item in caught:

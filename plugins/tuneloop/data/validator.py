@@ -17,11 +17,12 @@ Memory grows only with the duplicate index (one entry per record) and the length
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,9 +70,9 @@ class _State:
     warning_counts: Counter[str] = field(default_factory=Counter)
     kinds: Counter[int] = field(default_factory=Counter)
     lengths: array = field(default_factory=lambda: array("I"))
-    seen: dict[int, int] = field(default_factory=dict)
-    digests: array | None = None
-    """In a worker: each record's digest, in line order (with digest_lines)."""
+    digests: array = field(default_factory=lambda: array("q"))
+    """Each record's digest, in line order (with digest_lines); duplicates are found from these
+    at the end, which takes 16 bytes a record instead of a dict's hundred."""
     digest_lines: array = field(default_factory=lambda: array("q"))
     duplicates: int = 0
     first_image: int = 0
@@ -169,8 +170,8 @@ class _Pass:
         hits = self.scanner.lines_with_hits(buffer, end, first_line)
         fmt, ctx, report, decode = self.fmt, self.ctx, self.report, self.decoder.decode
         state = self.state
-        seen, lengths, kinds_seen = state.seen, state.lengths, state.kinds
-        digests, digest_lines = state.digests, state.digest_lines
+        lengths, kinds_seen = state.lengths, state.kinds
+        digests, digest_lines = state.digests.append, state.digest_lines.append
         context_chars = self.context_chars
         keys_per_line: list[int] = []
         decoded_lines: list[int] = []
@@ -214,17 +215,8 @@ class _Pass:
                             f"about {chars // CHARS_PER_TOKEN} tokens, more than "
                             f"{ctx.spec.display_name}'s context of {ctx.spec.context_length}",
                         )
-                digest = hash(line)
-                if digests is not None:  # a worker: the parent finds duplicates across ranges
-                    digests.append(digest)
-                    digest_lines.append(line_no)
-                else:
-                    first = seen.get(digest)
-                    if first is None:
-                        seen[digest] = line_no
-                    else:
-                        state.duplicates += 1
-                        report("duplicate-record", "$", f"same as line {first}")
+                digests(hash(line))
+                digest_lines(line_no)
             if self.error_total != errors_before or (line_no == 1 and self.bom_error):
                 bad_lines.add(line_no)
         state.records += records
@@ -464,19 +456,18 @@ def validate_dataset(
     digest = hashlib.sha256()
     size = 0
 
-    def hashed(chunks: Iterable[bytes]) -> Iterable[bytes]:
+    def hashed(chunk: bytes) -> None:
         nonlocal size
-        for chunk in chunks:
-            digest.update(chunk)
-            size += len(chunk)
-            yield chunk
+        digest.update(chunk)
+        size += len(chunk)
 
     validation = _Pass(fmt, ctx, options)
     ranges = _ranges(uri, workers)
     if len(ranges) == 1:
-        state = validation.run(hashed(read_chunks(uri)))
+        state = validation.run(prefetched(read_chunks(uri), hashed))
     else:
         state = _run_parallel(uri, fmt, ctx, options, ranges, validation, hashed)
+    _report_duplicates(validation, state)
     return _finish(
         uri,
         fmt,
@@ -517,7 +508,6 @@ def _validate_range(
     from tuneloop.data.registry import get_format
 
     validation = _Pass(get_format(fmt_name), FormatContext(spec=spec, platform=platform), options)
-    validation.state.digests = array("q")
     state = validation.run(read_chunks(uri, start, end), first_chunk=start == 0)
     return state, validation.all_bad_lines, state.lines
 
@@ -541,8 +531,8 @@ def _run_parallel(
             pool.submit(_validate_range, uri, start, end, fmt.name, ctx.spec, ctx.platform, options)
             for start, end in ranges
         ]
-        for _ in hashed(read_chunks(uri)):  # the file's digest, while the workers run
-            pass
+        for chunk in read_chunks(uri):  # the file's digest, while the workers run
+            hashed(chunk)
         parts = [future.result() for future in futures]
     merged = _State()
     validation.state = merged
@@ -563,20 +553,10 @@ def _run_parallel(
             merged.first_image = state.first_image + offset
         if state.first_video and not merged.first_video:
             merged.first_video = state.first_video + offset
-        # Duplicates are found here, in line order, exactly as one pass would find them.
-        assert state.digests is not None
-        for digest, line in zip(state.digests, state.digest_lines, strict=True):
-            earlier = merged.seen.get(digest)
-            if earlier is None:
-                merged.seen[digest] = line + offset
-                continue
-            merged.duplicates += 1
-            validation.line_no = line + offset
-            before = validation.error_total
-            validation.report("duplicate-record", "$", f"same as line {earlier}")
-            if validation.error_total != before:
-                all_bad.add(line + offset)
+        merged.digests.extend(state.digests)
+        merged.digest_lines.extend(line + offset for line in state.digest_lines)
         offset += line_count
+    validation.all_bad_lines = all_bad
     merged.invalid = len(all_bad)
     merged.lines = offset
     merged.errors.sort(key=issue_order)
@@ -584,6 +564,77 @@ def _run_parallel(
     del merged.errors[options.max_errors :]
     del merged.warnings[options.max_errors :]
     return merged
+
+
+def _report_duplicates(validation: _Pass, state: _State) -> None:
+    """Report each record that repeats an earlier one, in line order.
+
+    Sorting the digests finds which repeat without a dict over every record; only repeated
+    digests are then followed, in file order, to name the first occurrence.
+    """
+    ordered = sorted(state.digests)
+    repeated = {a for a, b in itertools.pairwise(ordered) if a == b}
+    del ordered
+    if not repeated:
+        return
+    first_seen: dict[int, int] = {}
+    for digest, line in zip(state.digests, state.digest_lines, strict=True):
+        if digest not in repeated:
+            continue
+        earlier = first_seen.setdefault(digest, line)
+        if earlier == line:
+            continue
+        state.duplicates += 1
+        validation.line_no = line
+        before = validation.error_total
+        validation.report("duplicate-record", "$", f"same as line {earlier}")
+        if validation.error_total != before and line not in validation.all_bad_lines:
+            validation.all_bad_lines.add(line)
+            state.invalid += 1
+
+
+def prefetched(chunks: Iterable[bytes], each: Any) -> Iterator[bytes]:
+    """Read (and hash, with ``each``) the next chunks in a thread while this one is validated.
+
+    File reads, S3 reads and SHA-256 release the GIL, so on two cores they overlap with the
+    validation loop instead of adding to it.
+    """
+    import queue
+    import threading
+
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                each(chunk)
+                while not stop.is_set():
+                    try:
+                        handoff.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put(done)
+        except BaseException as exc:
+            handoff.put(exc)
+
+    thread = threading.Thread(target=produce, name="tuneloop-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _finish(
