@@ -91,10 +91,8 @@ class _Pass:
         self.decoder = self.lenient if "unknown-key" in self.allow else self.strict
         self.state = _State()
         self.line_no = 0
-        self.error_total = 0
-        self.bom_error = False
-        self.bad_lines: set[int] = set()
-        self.all_bad_lines: set[int] = set()
+        self.bad: set[int] = set()
+        """Record lines with at least one error (not relaxed)."""
         self.context_chars = ctx.spec.context_length * CHARS_PER_TOKEN
         self.scanner = ReservedScanner()
 
@@ -106,7 +104,8 @@ class _Pass:
             state.warning_counts[rule_id] += 1
             _keep(state.warnings, self.line_no, path, rule_id, message, self.options.max_errors)
             return
-        self.error_total += 1
+        if self.line_no and rule_id != "blank-line":  # a blank line is not a record
+            self.bad.add(self.line_no)
         state.error_counts[rule_id] += 1
         _keep(state.errors, self.line_no, path, rule_id, message, self.options.max_errors)
 
@@ -121,10 +120,7 @@ class _Pass:
                 first_chunk = False
                 if chunk.startswith(BOM):
                     self.line_no = 1
-                    errors_before = self.error_total
                     self.report("bom", "$", "the file starts with a UTF-8 byte order mark")
-                    # Line 1 is invalid unless BOMs are allowed.
-                    self.bom_error = self.error_total != errors_before
                     chunk = chunk[len(BOM) :]
             if skipping:  # inside a line too long to hold in memory
                 newline = chunk.find(b"\n")
@@ -152,11 +148,7 @@ class _Pass:
         """A line longer than MAX_LINE_BYTES: reported, then skipped without holding it."""
         self.line_no = line_no
         self.state.records += 1
-        errors_before = self.error_total
         self.report("too-long", "$", f"the line is longer than {MAX_LINE_BYTES >> 20} MB")
-        if self.error_total != errors_before:
-            self.state.invalid += 1
-            self.all_bad_lines.add(line_no)
         self.state.lines = line_no
 
     def _lines(self, buffer: bytes, end: int, line_no: int) -> int:
@@ -170,17 +162,17 @@ class _Pass:
         hits = self.scanner.lines_with_hits(buffer, end, first_line)
         fmt, ctx, report, decode = self.fmt, self.ctx, self.report, self.decoder.decode
         state = self.state
-        lengths, kinds_seen = state.lengths, state.kinds
+        lengths = state.lengths
+        kinds_seen: list[int] = []
+        kinds_append = kinds_seen.append
         digests, digest_lines = state.digests.append, state.digest_lines.append
         context_chars = self.context_chars
         keys_per_line: list[int] = []
         decoded_lines: list[int] = []
-        bad_lines = self.bad_lines = set()
         records = 0
         for line in lines:
             line_no += 1
             self.line_no = line_no
-            errors_before = self.error_total
             if not line or line.isspace():
                 report("blank-line", "$", "blank line")
                 continue  # not a record, so neither valid nor invalid
@@ -202,7 +194,7 @@ class _Pass:
                     if hits and line_no in hits:
                         self._check_reserved(record)
                     lengths.append(chars)
-                    kinds_seen[kinds] += 1
+                    kinds_append(kinds)
                     if kinds & MEDIA:
                         if kinds & IMAGE and not state.first_image:
                             state.first_image = line_no
@@ -217,11 +209,8 @@ class _Pass:
                         )
                 digests(hash(line))
                 digest_lines(line_no)
-            if self.error_total != errors_before or (line_no == 1 and self.bom_error):
-                bad_lines.add(line_no)
         state.records += records
-        state.invalid += len(bad_lines)
-        self.all_bad_lines |= bad_lines
+        state.kinds.update(kinds_seen)  # counted in C, once per chunk
         if keys_per_line:
             # One scan of the chunk; line by line only when the totals disagree (a relaxed
             # duplicate-key or unknown-key is still found, as a warning).
@@ -351,17 +340,12 @@ class _Pass:
             repeated = _find_repeated_key(line)
             if repeated is None:
                 continue  # a quote-colon inside a string, not a repeated key
-            errors_before = self.error_total
             self.report(
                 "duplicate-key",
                 repeated[0],
                 f"key {repeated[1]!r} appears twice in this object; only the last value would "
                 "be kept",
             )
-            if self.error_total != errors_before and line_no not in self.bad_lines:
-                self.bad_lines.add(line_no)
-                self.all_bad_lines.add(line_no)
-                self.state.invalid += 1
         self.line_no = saved
 
 
@@ -468,6 +452,7 @@ def validate_dataset(
     else:
         state = _run_parallel(uri, fmt, ctx, options, ranges, validation, hashed)
     _report_duplicates(validation, state)
+    state.invalid = len(validation.bad)
     return _finish(
         uri,
         fmt,
@@ -509,7 +494,7 @@ def _validate_range(
 
     validation = _Pass(get_format(fmt_name), FormatContext(spec=spec, platform=platform), options)
     state = validation.run(read_chunks(uri, start, end), first_chunk=start == 0)
-    return state, validation.all_bad_lines, state.lines
+    return state, validation.bad, state.lines
 
 
 def _run_parallel(
@@ -556,8 +541,7 @@ def _run_parallel(
         merged.digests.extend(state.digests)
         merged.digest_lines.extend(line + offset for line in state.digest_lines)
         offset += line_count
-    validation.all_bad_lines = all_bad
-    merged.invalid = len(all_bad)
+    validation.bad = all_bad
     merged.lines = offset
     merged.errors.sort(key=issue_order)
     merged.warnings.sort(key=issue_order)
@@ -586,11 +570,7 @@ def _report_duplicates(validation: _Pass, state: _State) -> None:
             continue
         state.duplicates += 1
         validation.line_no = line
-        before = validation.error_total
         validation.report("duplicate-record", "$", f"same as line {earlier}")
-        if validation.error_total != before and line not in validation.all_bad_lines:
-            validation.all_bad_lines.add(line)
-            state.invalid += 1
 
 
 def prefetched(chunks: Iterable[bytes], each: Any) -> Iterator[bytes]:
