@@ -93,6 +93,7 @@ class _Pass:
         self.line_no = 0
         self.bad: set[int] = set()
         """Record lines with at least one error (not relaxed)."""
+        self.digest_of: Any = hash  # per-process; workers that do not fork use stable_digest
         self.context_chars = ctx.spec.context_length * CHARS_PER_TOKEN
         self.scanner = ReservedScanner()
 
@@ -166,6 +167,7 @@ class _Pass:
         kinds_seen: list[int] = []
         kinds_append = kinds_seen.append
         digests, digest_lines = state.digests.append, state.digest_lines.append
+        digest_of = self.digest_of
         context_chars = self.context_chars
         keys_per_line: list[int] = []
         decoded_lines: list[int] = []
@@ -207,7 +209,7 @@ class _Pass:
                             f"about {chars // CHARS_PER_TOKEN} tokens, more than "
                             f"{ctx.spec.display_name}'s context of {ctx.spec.context_length}",
                         )
-                digests(hash(line))
+                digests(digest_of(line))
                 digest_lines(line_no)
         state.records += records
         state.kinds.update(kinds_seen)  # counted in C, once per chunk
@@ -467,17 +469,20 @@ def validate_dataset(
 
 
 def _ranges(uri: str, workers: int) -> list[tuple[int, int]]:
-    from multiprocessing import get_all_start_methods
-
     from tuneloop import storage
     from tuneloop.data.reader import line_aligned_ranges
 
-    if workers <= 1 or storage.is_s3(uri) or "fork" not in get_all_start_methods():
+    if workers <= 1 or storage.is_s3(uri):
         return [(0, -1)]
     try:
         return line_aligned_ranges(storage.local_path(uri), workers)
     except OSError:
         return [(0, -1)]  # one pass, whose reader reports the missing or unreadable file
+
+
+def stable_digest(line: bytes) -> int:
+    """A record digest that is the same in every process (hash() is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little", signed=True)
 
 
 def _validate_range(
@@ -488,11 +493,14 @@ def _validate_range(
     spec: ModelSpec,
     platform: str,
     options: Options,
+    stable_digests: bool,
 ) -> tuple[_State, set[int], int]:
     """One worker: validate a line-aligned byte range, numbering lines from 1."""
     from tuneloop.data.registry import get_format
 
     validation = _Pass(get_format(fmt_name), FormatContext(spec=spec, platform=platform), options)
+    if stable_digests:
+        validation.digest_of = stable_digest
     state = validation.run(read_chunks(uri, start, end), first_chunk=start == 0)
     return state, validation.bad, state.lines
 
@@ -507,13 +515,28 @@ def _run_parallel(
     hashed: Any,
 ) -> _State:
     """Validate ranges in worker processes and merge them into what one pass would report."""
+    import threading
     from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
+    from multiprocessing import get_all_start_methods, get_context
 
-    # fork: children share the parent's hash() secret, so record digests agree across workers.
-    with ProcessPoolExecutor(max_workers=len(ranges), mp_context=get_context("fork")) as pool:
+    # Forked children share this process's hash() secret, so their record digests agree, and
+    # they start at once. Forking a process with other threads (an Airflow task, say) can
+    # deadlock the child, so there workers are spawned and digests come from BLAKE2b instead.
+    fork = "fork" in get_all_start_methods() and threading.active_count() == 1
+    context = get_context("fork" if fork else "spawn")
+    with ProcessPoolExecutor(max_workers=len(ranges), mp_context=context) as pool:
         futures = [
-            pool.submit(_validate_range, uri, start, end, fmt.name, ctx.spec, ctx.platform, options)
+            pool.submit(
+                _validate_range,
+                uri,
+                start,
+                end,
+                fmt.name,
+                ctx.spec,
+                ctx.platform,
+                options,
+                not fork,
+            )
             for start, end in ranges
         ]
         for chunk in read_chunks(uri):  # the file's digest, while the workers run

@@ -488,6 +488,22 @@ def test_workers_give_the_same_report(
     assert {"duplicate-record", "blank-line", "reserved-token", "invalid-json"} <= set(counts)
 
 
+# Forcing fork while the test process runs other threads (the S3 server) is the point here.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_workers_fork_or_spawn_give_the_same_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """A process with other threads (an Airflow task) spawns its workers, which use a digest
+    that is the same in every process; a single-threaded one forks them."""
+    import threading
+
+    monkeypatch.setattr(threading, "active_count", lambda: threads)
+    monkeypatch.setattr(reader, "CHUNK", 4096)
+    path = _spread_file(tmp_path / "spread.jsonl")
+    same(validate(path, workers=2), validate(path))
+
+
 def test_workers_with_a_bom_media_and_no_final_newline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
