@@ -27,12 +27,15 @@ help:
 	@echo "  make clean     remove .venv and caches"
 	@echo "Python used for .venv: $(PYTHON)  (override with PYTHON=...)"
 
-# Re-installs only when a requirements file or pyproject.toml changes.
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# Re-installs only when a requirements file or pyproject.toml changes. torch is installed on its
+# own before requirements-local.txt, so pip keeps the CPU build (see that file).
+$(STAMP): requirements.txt requirements-dev.txt requirements-local.txt pyproject.toml
 	@test -n "$(PYTHON)" || { echo "no python3.11, python3.12 or python3 found; set PYTHON=..." >&2; exit 1; }
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPIP) install --upgrade pip
 	$(VPIP) install -r requirements.txt -r requirements-dev.txt
+	$(VPIP) install "$$(grep -E '^torch==' requirements-local.txt)"
+	$(VPIP) install -r requirements-local.txt
 	$(VPIP) install --no-deps -e .
 	touch $@
 
