@@ -59,3 +59,25 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The local demo's datasets at their default sizes (seed 0), written once per test run."""
+    from tuneloop.local.demo_task import write_demo_data
+
+    return write_demo_data(tmp_path_factory.mktemp("demo-data"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tuneloop cache folder holding the tiny chat model, built once per test run.
+
+    Pass it as ``cache_dir`` (or set TUNELOOP_HOME to it) to load ``tiny-chat`` from it."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tuneloop.local.model import ensure_tiny_chat
+
+    home = tmp_path_factory.mktemp("tuneloop-home")
+    ensure_tiny_chat(home)
+    return home
