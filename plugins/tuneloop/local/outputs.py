@@ -1,0 +1,83 @@
+"""Write a local job's results in the layout Nova jobs write, so one code path reads both.
+
+A training job's output folder holds ``manifest.json`` (``checkpoint_s3_bucket`` names the
+checkpoint), tuneloop's ``checkpoint.json`` (how the checkpoint was trained), the checkpoint itself
+under ``checkpoint/``, TensorBoard events under ``tensorboard/`` and ``training.log``. An
+evaluation job writes ``eval-result/results_<timestamp>.json`` with metrics under
+``results.all``, as the Nova evaluation container does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tuneloop.manifest import CHECKPOINT_RECORD, MANIFEST, Checkpoint
+from tuneloop.recipes.catalog import Method, Platform, Technique
+
+CHECKPOINT_DIR = "checkpoint"
+TENSORBOARD_DIR = "tensorboard"
+EVAL_DIR = "eval-result"
+TRAINING_LOG = "training.log"
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+    os.replace(temp, path)
+    return path
+
+
+def write_manifest(output_dir: Path, checkpoint_dir: Path) -> Path:
+    """manifest.json naming the checkpoint, as a Nova training job writes it."""
+    return _write_json(
+        output_dir / MANIFEST, {"checkpoint_s3_bucket": str(checkpoint_dir.resolve())}
+    )
+
+
+def write_checkpoint_record(
+    output_dir: Path,
+    *,
+    checkpoint_dir: Path,
+    model_type: str,
+    technique: Technique,
+    lineage: Sequence[Method],
+) -> Checkpoint:
+    """checkpoint.json beside the manifest: what the compatibility checks of the next stage need."""
+    checkpoint = Checkpoint(
+        uri=str(checkpoint_dir.resolve()),
+        model_type=model_type,
+        technique=technique,
+        platform=Platform.LOCAL,
+        lineage=tuple(lineage),
+        output_uri=str(output_dir.resolve()),
+    )
+    _write_json(output_dir / CHECKPOINT_RECORD, checkpoint.model_dump(mode="json"))
+    return checkpoint
+
+
+def write_eval_results(
+    output_dir: Path, task: str, metrics: Mapping[str, float], when: datetime | None = None
+) -> Path:
+    """eval-result/results_<timestamp>.json, with the metrics under results.all."""
+    stamp = (when or datetime.now(UTC)).strftime("%Y-%m-%dT%H-%M-%S")
+    values = {name: float(value) for name, value in metrics.items()}
+    return _write_json(
+        output_dir / EVAL_DIR / f"results_{stamp}.json",
+        {"results": {f"custom|{task}|0": values, "all": values}},
+    )
+
+
+def tensorboard_writer(output_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter for the job's events (imports torch: job processes only)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(output_dir / TENSORBOARD_DIR))
