@@ -137,6 +137,9 @@ def resolve_entrypoint(entrypoint: str) -> Callable[..., Any]:
     module_name, _, attribute = entrypoint.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"entry point {entrypoint!r} is not module:function")
+    # Idle OpenMP threads otherwise spin, and on a small machine shared with other processes
+    # training runs many times slower; it must be set before torch is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     target: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
         target = getattr(target, part)

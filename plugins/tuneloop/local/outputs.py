@@ -32,6 +32,7 @@ def _write_json(path: Path, data: Any) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2)
         handle.write("\n")
+    os.chmod(temp, 0o644)  # mkstemp creates files only their owner can read
     os.replace(temp, path)
     return path
 

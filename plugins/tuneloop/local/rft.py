@@ -1,0 +1,619 @@
+"""Local RFT: GRPO with TRL on a local model, scored by a reward function in the Nova contract.
+
+``train_rft(recipe, spec, progress)`` maps an RFT recipe onto TRL's ``GRPOTrainer``:
+
+| recipe | GRPO |
+|---|---|
+| ``training_config.global_batch_size`` | samples per step (prompts x generations) |
+| ``rollout.advantage_strategy.number_generation`` | ``num_generations`` (the group size) |
+| ``rollout.generator.max_new_tokens`` / ``temperature`` / ``top_k`` | sampling settings |
+| ``rollout.generator.set_random_seed`` | a fixed seed, else a random one |
+| ``training_config.max_length`` | caps prompt plus completion tokens |
+| ``trainer.max_steps`` | optimizer steps |
+| ``trainer.optim_config`` | AdamW learning rate, weight decay and betas |
+| ``trainer.ent_coeff`` | ``entropy_coef`` (entropy bonus) |
+| ``trainer.kl_loss_coef`` | ``beta`` (KL penalty towards the starting policy) |
+| ``trainer.clip_ratio_high`` | ``epsilon_high`` |
+| ``trainer.peft`` | LoRA (alpha from ``lora_tuning``; LoRA+ through peft) or full-rank |
+| ``training_config.data.shuffle`` | shuffle the prompts |
+
+Fields with no local meaning (replicas, refit frequency, loss scale, reasoning effort, save
+intervals, Lambda concurrency) are ignored; only the final checkpoint is saved.
+
+The reward function (``run.reward_lambda_arn``, a ``module:function``) is called through
+``rewards.RewardFunction``: one batch per step, each generation a sample with its own id
+(``<prompt id>-<k>``), the prompt with the generated assistant turn appended, and the reference
+answer at the top level and under ``metadata``. A failed batch (exception, timeout, invalid
+output) is counted, logged and leaves its samples unscored (no advantage); failing more often
+than rewards.py allows ends the job.
+
+The job output folder gets ``checkpoint/``, ``manifest.json``, ``checkpoint.json`` (lineage: the
+starting checkpoint's, plus ``rft``), ``training.log`` and TensorBoard scalars under Nova's RFT
+names: ``critic/rewards/{mean,max,min}``, ``response_length/{mean,max,min,clip_ratio}``,
+``actor/{pg_loss,entropy,kl_loss,grad_norm,pg_clipfrac,lr}``, ``perf/time_per_step``, plus
+``critic/rewards/failed`` (samples left unscored) and ``reward_metrics/<name>`` (the mean of each
+entry of the reward function's ``metrics_list``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tuneloop import storage
+from tuneloop.errors import ConfigError, Problem, TuneloopError
+from tuneloop.local.rewards import make_sample
+from tuneloop.manifest import MANIFEST, Checkpoint
+from tuneloop.recipes.catalog import Method, Technique
+
+SEED = 42
+"""The seed when ``rollout.generator.set_random_seed`` is true."""
+
+# TRL log keys -> Nova's RFT monitoring names.
+LOG_NAMES = {
+    "loss": "actor/pg_loss",
+    "entropy": "actor/entropy",
+    "kl": "actor/kl_loss",
+    "grad_norm": "actor/grad_norm",
+    "clip_ratio/region_mean": "actor/pg_clipfrac",
+    "learning_rate": "actor/lr",
+    "completions/clipped_ratio": "response_length/clip_ratio",
+}
+
+
+# -- shared by the local jobs -------------------------------------------------------------------
+
+
+def output_folder(spec: Any, recipe: Any = None) -> Path:
+    """The job's output folder on this machine: ``spec.output``, else the recipe's
+    ``run.output_s3_path``, else the job directory's ``outputs/`` (a path or file:// URI;
+    created if missing)."""
+    candidates = [str(getattr(spec, "output", "") or "")]
+    if recipe is not None:
+        candidates.append(str(getattr(recipe.model.run, "output_s3_path", "") or ""))
+    output = next((c for c in candidates if c), "")
+    if storage.is_s3(output):
+        raise ConfigError(
+            [
+                Problem(
+                    "run.output_s3_path",
+                    f"{output} is an s3:// URI; the local backend writes to a local folder",
+                    fix="use a local path or a file:// URI",
+                )
+            ]
+        )
+    path = storage.local_path(output).expanduser() if output else Path(spec.outputs_dir)
+    path = path.absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_start(name_or_path: str) -> tuple[str, Checkpoint | None]:
+    """Where a job starts: the model to load and, for a job output, its checkpoint record.
+
+    ``name_or_path`` is ``tiny-chat``, a model or checkpoint directory, or the output folder of
+    an earlier job (the folder with manifest.json). A checkpoint directory whose parent is the
+    job output that names it gets that job's record too."""
+    from tuneloop.manifest import read_checkpoint, read_checkpoint_uri
+
+    text = str(name_or_path)
+    if storage.is_s3(text):
+        return text, None
+    path = storage.local_path(text)
+    if (path / MANIFEST).is_file():
+        record = read_checkpoint(str(path), path="run.model_name_or_path")
+        uri = (
+            record.uri if record else read_checkpoint_uri(str(path), path="run.model_name_or_path")
+        )
+        return uri, record
+    parent = path.parent
+    if path.is_dir() and (parent / MANIFEST).is_file():
+        try:
+            uri = read_checkpoint_uri(str(parent), path="run.model_name_or_path")
+        except TuneloopError:
+            return text, None
+        if storage.local_path(uri).resolve() == path.resolve():
+            return text, read_checkpoint(str(parent), path="run.model_name_or_path")
+    return text, None
+
+
+class JobLog:
+    """Lines to ``training.log`` in the output folder and to stderr (the job log)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, message: str) -> None:
+        line = f"[tuneloop] {datetime.now(UTC):%Y-%m-%d %H:%M:%S}Z {message}"
+        print(line, file=sys.stderr, flush=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+# -- the reward bridge --------------------------------------------------------------------------
+
+
+def _loads(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _completion_text(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion:
+        last = completion[-1]
+        if isinstance(last, Mapping):
+            content = last.get("content")
+            return content if isinstance(content, str) else ""
+    return ""
+
+
+@dataclass
+class StepRewards:
+    """What one step's rollouts scored."""
+
+    step: int
+    scores: list[float]
+    failed: int
+    lengths: list[int]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class GrpoReward:
+    """The reward function TRL calls: builds Nova samples, calls the reward function, keeps
+    each step's numbers for TensorBoard and the result."""
+
+    __name__ = "reward"
+
+    def __init__(self, function: Any, log: Callable[[str], None]) -> None:
+        self.function = function
+        self.log = log
+        self.steps: list[StepRewards] = []
+
+    def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        **columns: Any,
+    ) -> list[float | None]:
+        ids = columns.get("id") or [f"sample-{i}" for i in range(len(prompts))]
+        references = columns.get("reference_answer") or [None] * len(prompts)
+        metadata = columns.get("metadata") or [None] * len(prompts)
+        seen: dict[str, int] = {}
+        samples = []
+        for index, prompt in enumerate(prompts):
+            base = str(ids[index])
+            k = seen.get(base, 0)
+            seen[base] = k + 1
+            extra = _loads(metadata[index])
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            sample = make_sample(
+                f"{base}-{k}",
+                messages,
+                _completion_text(completions[index]),
+                _loads(references[index]),
+                extra if isinstance(extra, dict) else None,
+            )
+            samples.append(sample)
+        failed_before = self.function.stats.failed_calls
+        results = self.function(samples)
+        if self.function.stats.failed_calls > failed_before:
+            self.log(
+                f"reward function failed on a batch ({self.function.stats.failed_calls} failed "
+                f"of {self.function.stats.calls} calls): {self.function.stats.last_error}"
+            )
+        scores = [r.score for r in results if r is not None]
+        sums: dict[str, list[float]] = {}
+        for result in results:
+            for metric in result.metrics if result is not None else ():
+                sums.setdefault(metric.name, []).append(metric.value)
+        state = columns.get("trainer_state")
+        step = (getattr(state, "global_step", 0) or 0) + 1
+        self.steps.append(
+            StepRewards(
+                step=step,
+                scores=scores,
+                failed=sum(r is None for r in results),
+                lengths=[len(c) for c in completion_ids or []],
+                metrics={name: sum(v) / len(v) for name, v in sums.items()},
+            )
+        )
+        return [None if r is None else r.score for r in results]
+
+
+# -- recipe mapping -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GrpoSettings:
+    """The recipe's RFT settings, checked and mapped to local terms."""
+
+    max_steps: int
+    samples_per_step: int
+    generations: int
+    max_new_tokens: int
+    max_length: int
+    temperature: float
+    top_k: int
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    entropy_coef: float
+    beta: float
+    epsilon_high: float | None
+    shuffle: bool
+    seed: int
+    technique: Technique
+    lora_alpha: int | None
+    loraplus_ratio: float | None
+    reward_function: str
+    data: str
+    model: str
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.samples_per_step // self.generations
+
+
+def settings_from(recipe: Any) -> GrpoSettings:
+    """Read and check an RFT recipe's settings; ConfigError lists every problem."""
+    model = recipe.model
+    run, config = model.run, model.training_config
+    rollout, trainer = config.rollout, config.trainer
+    generator = rollout.generator
+    generations = rollout.advantage_strategy.number_generation
+    problems = []
+    if config.global_batch_size % generations:
+        problems.append(
+            Problem(
+                "training_config.global_batch_size",
+                f"{config.global_batch_size} samples per step is not a whole number of groups "
+                f"of {generations} generations",
+                fix="make global_batch_size a multiple of "
+                "rollout.advantage_strategy.number_generation",
+            )
+        )
+    if generator.temperature <= 0:
+        problems.append(
+            Problem(
+                "training_config.rollout.generator.temperature",
+                "GRPO needs sampled generations; 0 makes every generation of a prompt the same",
+                allowed="greater than 0",
+            )
+        )
+    reward = run.reward_lambda_arn or rollout.rewards.api_endpoint.lambda_arn
+    if not reward:
+        problems.append(
+            Problem("run.reward_lambda_arn", "no reward function", fix="name it as module:function")
+        )
+    if not run.data_s3_path:
+        problems.append(Problem("run.data_s3_path", "no training prompts"))
+    if problems:
+        raise ConfigError(problems)
+    peft = trainer.peft
+    technique = recipe.technique
+    lora = peft.lora_tuning if peft is not None else None
+    ratio = None
+    if lora is not None:
+        ratio = lora.loraplus_lr_ratio or lora.lora_plus_lr_ratio or None
+    data_settings = config.data
+    return GrpoSettings(
+        max_steps=trainer.max_steps,
+        samples_per_step=config.global_batch_size,
+        generations=generations,
+        max_new_tokens=generator.max_new_tokens,
+        max_length=config.max_length,
+        temperature=float(generator.temperature),
+        top_k=int(generator.top_k),
+        lr=float(trainer.optim_config.lr),
+        weight_decay=float(trainer.optim_config.weight_decay),
+        betas=(float(trainer.optim_config.adam_beta1), float(trainer.optim_config.adam_beta2)),
+        entropy_coef=float(trainer.ent_coeff or 0.0),
+        beta=float(trainer.kl_loss_coef or 0.0),
+        epsilon_high=trainer.clip_ratio_high,
+        shuffle=bool(data_settings.shuffle) if data_settings is not None else False,
+        seed=SEED if generator.set_random_seed else random.SystemRandom().randrange(2**31),
+        technique=Technique(technique),
+        lora_alpha=lora.alpha if (technique == Technique.LORA and lora is not None) else None,
+        loraplus_ratio=ratio if technique == Technique.LORA else None,
+        reward_function=reward,
+        data=run.data_s3_path,
+        model=run.model_name_or_path,
+    )
+
+
+IGNORED_FIELDS = (
+    "run.generation_replicas",
+    "run.rollout_worker_replicas",
+    "run.mlflow_tracking_uri",
+    "training_config.reasoning_effort",
+    "training_config.rollout.rollout_strategy",
+    "training_config.rollout.rewards.api_endpoint.lambda_concurrency_limit",
+    "training_config.trainer.save_top_k",
+    "training_config.trainer.refit_freq",
+    "training_config.trainer.loss_scale",
+)
+
+
+def ignored_fields(data: Mapping[str, Any]) -> list[str]:
+    """The fields of an RFT recipe document, set to something, that the local run ignores."""
+    found = []
+    for dotted in IGNORED_FIELDS:
+        value: Any = data
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value not in (None, "", {}, []):
+            found.append(dotted)
+    trainer = (data.get("training_config") or {}).get("trainer") or {}
+    save_steps = trainer.get("save_steps")
+    if save_steps not in (None, 0, trainer.get("max_steps")):
+        found.append("training_config.trainer.save_steps (only the final checkpoint is saved)")
+    return found
+
+
+def _prompt_lengths(tokenizer: Any, records: Sequence[Mapping[str, Any]]) -> int:
+    longest = 0
+    for record in records:
+        ids = tokenizer.apply_chat_template(
+            record["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        if isinstance(ids, Mapping):
+            ids = ids["input_ids"]
+        longest = max(longest, len(ids))
+    return longest
+
+
+# -- TensorBoard and progress -------------------------------------------------------------------
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {"mean": sum(values) / len(values), "max": max(values), "min": min(values)}
+
+
+def _callback(
+    reward: GrpoReward,
+    writer: Any,
+    progress: Callable[[int, int], None],
+    total: int,
+    log: Callable[[str], None],
+) -> Any:
+    from transformers import TrainerCallback
+
+    class NovaMetrics(TrainerCallback):
+        def __init__(self) -> None:
+            self.written = 0
+            self.step_started = time.perf_counter()
+            self.step_times: list[float] = []
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.step_started = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            elapsed = time.perf_counter() - self.step_started
+            self.step_times.append(elapsed)
+            step = state.global_step
+            writer.add_scalar("perf/time_per_step", elapsed, step)
+            for entry in reward.steps[self.written :]:
+                for name, value in _stats(entry.scores).items():
+                    writer.add_scalar(f"critic/rewards/{name}", value, entry.step)
+                for name, value in _stats([float(n) for n in entry.lengths]).items():
+                    writer.add_scalar(f"response_length/{name}", value, entry.step)
+                writer.add_scalar("critic/rewards/failed", entry.failed, entry.step)
+                for name, value in entry.metrics.items():
+                    writer.add_scalar(f"reward_metrics/{name}", value, entry.step)
+            fresh = reward.steps[self.written :]
+            self.written = len(reward.steps)
+            if fresh and (step == 1 or step % 10 == 0 or step == total):
+                scores = [s for entry in fresh for s in entry.scores]
+                mean = sum(scores) / len(scores) if scores else float("nan")
+                log(f"step {step}/{total}: reward mean {mean:.3f}, {elapsed:.2f} s/step")
+            progress(step, total)
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> None:
+            for key, value in (logs or {}).items():
+                name = LOG_NAMES.get(key)
+                if name and isinstance(value, int | float) and math.isfinite(value):
+                    writer.add_scalar(name, value, state.global_step)
+
+    return NovaMetrics()
+
+
+# -- the job ------------------------------------------------------------------------------------
+
+
+def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> dict[str, Any]:
+    """Run an RFT recipe locally (GRPO); return a summary of the run."""
+    import torch
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tuneloop.local import convert, outputs
+    from tuneloop.local.device import choose_device
+    from tuneloop.local.model import LoraSettings, load_model, save_checkpoint
+    from tuneloop.local.rewards import RewardFunction
+
+    settings = settings_from(recipe)
+    output = output_folder(spec, recipe)
+    log = JobLog(output / outputs.TRAINING_LOG)
+    ignored = ignored_fields(recipe.data)
+    if ignored:
+        log("ignored on the local backend (no local meaning): " + ", ".join(ignored))
+    reward_function = RewardFunction(settings.reward_function)
+    start, base_record = resolve_start(settings.model)
+
+    records = convert.load_records(settings.data, "rft", json_fields=True)
+    if len(records) < settings.prompts_per_step:
+        raise ConfigError(
+            [
+                Problem(
+                    "run.data_s3_path",
+                    f"{settings.data} holds {len(records)} prompts; one step takes "
+                    f"{settings.prompts_per_step} (global_batch_size / number_generation)",
+                    fix="add prompts or lower training_config.global_batch_size",
+                )
+            ]
+        )
+    dropped_tools = sum("tools" in r for r in records)
+    records = [{k: v for k, v in r.items() if k != "tools"} for r in records]
+    if dropped_tools:
+        log(f"{dropped_tools} prompts list tools; the local models do not call tools")
+    choice = choose_device(configure=False)  # threads are the job process's (run_recipe)
+    log(f"RFT (GRPO, {settings.technique.value}) of {start} on {choice.describe()}")
+    lora = LoraSettings(alpha=settings.lora_alpha) if settings.lora_alpha else LoraSettings()
+    loaded = load_model(
+        start, choice, technique=settings.technique.value, trainable=True, lora=lora
+    )
+    longest = _prompt_lengths(loaded.tokenizer, records)
+    room = settings.max_length - longest
+    if room < 1:
+        raise ConfigError(
+            [
+                Problem(
+                    "training_config.max_length",
+                    f"{settings.max_length} tokens leaves no room for a response after the "
+                    f"longest prompt ({longest} tokens)",
+                )
+            ]
+        )
+    max_completion = min(settings.max_new_tokens, room)
+    log(
+        f"{len(records)} prompts (longest {longest} tokens); {settings.max_steps} steps of "
+        f"{settings.prompts_per_step} prompts x {settings.generations} generations, "
+        f"completions up to {max_completion} tokens, lr {settings.lr:g}; reward function "
+        f"{reward_function.name}"
+    )
+
+    scratch = tempfile.TemporaryDirectory(prefix="tuneloop-grpo-")
+    config = GRPOConfig(
+        output_dir=scratch.name,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.samples_per_step,
+        gradient_accumulation_steps=1,
+        num_generations=settings.generations,
+        max_completion_length=max_completion,
+        temperature=settings.temperature,
+        top_k=settings.top_k,
+        learning_rate=settings.lr,
+        weight_decay=settings.weight_decay,
+        adam_beta1=settings.betas[0],
+        adam_beta2=settings.betas[1],
+        beta=settings.beta,
+        entropy_coef=settings.entropy_coef,
+        epsilon_high=settings.epsilon_high,
+        shuffle_dataset=settings.shuffle,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        activation_checkpointing=False,  # (TRL defaults to on; it only slows a small model)
+        bf16=choice.bf16,
+        fp16=False,
+        use_cpu=choice.type == "cpu",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    optimizers: tuple[Any, Any] = (None, None)
+    if settings.loraplus_ratio:
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizers = (
+            create_loraplus_optimizer(
+                loaded.model,
+                optimizer_cls=torch.optim.AdamW,
+                lr=settings.lr,
+                loraplus_lr_ratio=settings.loraplus_ratio,
+                betas=settings.betas,
+                weight_decay=settings.weight_decay,
+            ),
+            None,
+        )
+    bridge = GrpoReward(reward_function, log)
+    writer = outputs.tensorboard_writer(output)
+    progress(0, settings.max_steps)
+    started = time.perf_counter()
+    try:
+        trainer = GRPOTrainer(
+            model=loaded.model,
+            reward_funcs=bridge,
+            args=config,
+            train_dataset=Dataset.from_list(records),
+            processing_class=loaded.tokenizer,
+            callbacks=[_callback(bridge, writer, progress, settings.max_steps, log)],
+            optimizers=optimizers,
+        )
+        trainer.remove_callback(PrinterCallback)  # every step's raw log line; we log our own
+        trainer.train()
+    finally:
+        writer.flush()
+        writer.close()
+        scratch.cleanup()
+    seconds = time.perf_counter() - started
+    steps = trainer.state.global_step
+
+    model = trainer.model
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and "ref" in peft_config:
+        model.delete_adapter("ref")  # TRL's frozen copy for the KL term
+    checkpoint_dir = output / outputs.CHECKPOINT_DIR
+    save_checkpoint(loaded, checkpoint_dir, model=model, method=Method.RFT.value)
+    lineage = (*(base_record.lineage if base_record else ()), Method.RFT)
+    outputs.write_manifest(output, checkpoint_dir)
+    record = outputs.write_checkpoint_record(
+        output,
+        checkpoint_dir=checkpoint_dir,
+        model_type=recipe.model_type,
+        technique=settings.technique,
+        lineage=lineage,
+    )
+
+    stats = reward_function.stats
+    first = _stats(bridge.steps[0].scores).get("mean") if bridge.steps else None
+    last = _stats(bridge.steps[-1].scores).get("mean") if bridge.steps else None
+    scored = [s for entry in bridge.steps for s in entry.scores]
+    result = {
+        "method": Method.RFT.value,
+        "technique": settings.technique.value,
+        "steps": steps,
+        "seconds": round(seconds, 3),
+        "steps_per_second": round(steps / seconds, 3) if seconds > 0 else None,
+        "reward_first_step": first,
+        "reward_last_step": last,
+        "reward_mean": sum(scored) / len(scored) if scored else None,
+        "reward_function": {"name": reward_function.name, **stats.as_dict()},
+        "checkpoint": record.uri,
+        "lineage": [m.value for m in record.lineage],
+        "device": choice.describe(),
+    }
+    log(reward_function.summary())
+    log(
+        f"done: {steps} steps in {seconds:.1f} s ({result['steps_per_second']} steps/s), "
+        f"reward {_fmt(first)} -> {_fmt(last)}; checkpoint {checkpoint_dir}"
+    )
+    return result
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
