@@ -59,8 +59,9 @@ bench: $(STAMP)
 	for f in "$${files[@]}"; do echo "== $$f"; $(VPY) "$$f" || exit $$?; done
 
 demo:
-	@echo "make demo: not available yet. It needs the round DAG and the local training backend;" >&2
-	@echo "until they land, try: tuneloop campaign validate recipes/campaigns/<file>.yaml" >&2
+	@echo "make demo: not available yet. It needs the round DAG, which comes next; meanwhile" >&2
+	@echo "the local backend runs single stages: see 'The local backend' in README.md, or" >&2
+	@echo "check a campaign: tuneloop campaign validate recipes/campaigns/demo.yaml" >&2
 	@exit 1
 
 clean:
