@@ -332,12 +332,13 @@ def evaluate(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> di
     from tuneloop.local import convert, outputs
     from tuneloop.local.device import choose_device
     from tuneloop.local.model import load_model
-    from tuneloop.local.rft import JobLog, output_folder, resolve_start
+    from tuneloop.local.rft import JobLog
+    from tuneloop.local.train import job_output_dir, resolve_base
 
     task, reward_name = _check(recipe)
     model_recipe = recipe.model
     inference = model_recipe.inference
-    output = output_folder(spec, recipe)
+    output = job_output_dir(spec, recipe)
     log = JobLog(output / EVAL_LOG)
     reward_function = None
     if task == RFT_EVAL:
@@ -351,7 +352,7 @@ def evaluate(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> di
     if model_recipe.processor is not None and model_recipe.processor.lambda_arn:
         log("processor.lambda_arn is not used by the local backend; built-in metrics only")
 
-    start, _ = resolve_start(model_recipe.run.model_name_or_path)
+    start = resolve_base(model_recipe.run.model_name_or_path).name_or_path
     choice = choose_device(configure=False)  # threads are the job process's (run_recipe)
     loaded = load_model(start, choice, dtype=choice.dtype)
     log(f"{task} of {start} on {len(records)} samples, {choice.describe()}")

@@ -49,10 +49,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloop import storage
-from tuneloop.errors import ConfigError, Problem, TuneloopError
+from tuneloop.errors import ConfigError, Problem
 from tuneloop.local.rewards import make_sample
-from tuneloop.manifest import MANIFEST, Checkpoint
 from tuneloop.recipes.catalog import Method, Technique
 
 SEED = 42
@@ -71,59 +69,6 @@ LOG_NAMES = {
 
 
 # -- shared by the local jobs -------------------------------------------------------------------
-
-
-def output_folder(spec: Any, recipe: Any = None) -> Path:
-    """The job's output folder on this machine: ``spec.output``, else the recipe's
-    ``run.output_s3_path``, else the job directory's ``outputs/`` (a path or file:// URI;
-    created if missing)."""
-    candidates = [str(getattr(spec, "output", "") or "")]
-    if recipe is not None:
-        candidates.append(str(getattr(recipe.model.run, "output_s3_path", "") or ""))
-    output = next((c for c in candidates if c), "")
-    if storage.is_s3(output):
-        raise ConfigError(
-            [
-                Problem(
-                    "run.output_s3_path",
-                    f"{output} is an s3:// URI; the local backend writes to a local folder",
-                    fix="use a local path or a file:// URI",
-                )
-            ]
-        )
-    path = storage.local_path(output).expanduser() if output else Path(spec.outputs_dir)
-    path = path.absolute()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def resolve_start(name_or_path: str) -> tuple[str, Checkpoint | None]:
-    """Where a job starts: the model to load and, for a job output, its checkpoint record.
-
-    ``name_or_path`` is ``tiny-chat``, a model or checkpoint directory, or the output folder of
-    an earlier job (the folder with manifest.json). A checkpoint directory whose parent is the
-    job output that names it gets that job's record too."""
-    from tuneloop.manifest import read_checkpoint, read_checkpoint_uri
-
-    text = str(name_or_path)
-    if storage.is_s3(text):
-        return text, None
-    path = storage.local_path(text)
-    if (path / MANIFEST).is_file():
-        record = read_checkpoint(str(path), path="run.model_name_or_path")
-        uri = (
-            record.uri if record else read_checkpoint_uri(str(path), path="run.model_name_or_path")
-        )
-        return uri, record
-    parent = path.parent
-    if path.is_dir() and (parent / MANIFEST).is_file():
-        try:
-            uri = read_checkpoint_uri(str(parent), path="run.model_name_or_path")
-        except TuneloopError:
-            return text, None
-        if storage.local_path(uri).resolve() == path.resolve():
-            return text, read_checkpoint(str(parent), path="run.model_name_or_path")
-    return text, None
 
 
 class JobLog:
@@ -454,13 +399,16 @@ def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> d
     from tuneloop.local.rewards import RewardFunction
 
     settings = settings_from(recipe)
-    output = output_folder(spec, recipe)
+    from tuneloop.local.train import job_output_dir, resolve_base, write_training_outputs
+
+    output = job_output_dir(spec, recipe)
     log = JobLog(output / outputs.TRAINING_LOG)
     ignored = ignored_fields(recipe.data)
     if ignored:
         log("ignored on the local backend (no local meaning): " + ", ".join(ignored))
     reward_function = RewardFunction(settings.reward_function)
-    start, base_record = resolve_start(settings.model)
+    base = resolve_base(settings.model, model_type=recipe.model_type)
+    start = base.name_or_path
 
     records = convert.load_records(settings.data, "rft", json_fields=True)
     if len(records) < settings.prompts_per_step:
@@ -579,15 +527,7 @@ def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> d
         model.delete_adapter("ref")  # TRL's frozen copy for the KL term
     checkpoint_dir = output / outputs.CHECKPOINT_DIR
     save_checkpoint(loaded, checkpoint_dir, model=model, method=Method.RFT.value)
-    lineage = (*(base_record.lineage if base_record else ()), Method.RFT)
-    outputs.write_manifest(output, checkpoint_dir)
-    record = outputs.write_checkpoint_record(
-        output,
-        checkpoint_dir=checkpoint_dir,
-        model_type=recipe.model_type,
-        technique=settings.technique,
-        lineage=lineage,
-    )
+    record = write_training_outputs(output, checkpoint_dir, recipe, base)
 
     stats = reward_function.stats
     first = _stats(bridge.steps[0].scores).get("mean") if bridge.steps else None

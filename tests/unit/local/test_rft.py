@@ -15,11 +15,10 @@ from tuneloop.local.rewards import RewardFunction
 from tuneloop.local.rft import (
     GrpoReward,
     ignored_fields,
-    output_folder,
-    resolve_start,
     settings_from,
 )
 from tuneloop.local.runner import JobSpec
+from tuneloop.local.train import BaseCheckpoint, job_output_dir, resolve_base
 from tuneloop.manifest import read_checkpoint
 from tuneloop.recipes.catalog import Method, Platform, Technique
 from tuneloop.recipes.render import render_recipe
@@ -108,11 +107,11 @@ def test_fields_without_local_meaning_are_listed() -> None:
 def test_output_folder(tmp_path: Path) -> None:
     recipe = rft_recipe(**{"run.output_s3_path": str(tmp_path / "from-recipe")})
     spec = JobSpec(name="j", output=f"file://{tmp_path}/from-spec")
-    assert output_folder(spec, recipe) == tmp_path / "from-spec"
+    assert job_output_dir(spec, recipe) == tmp_path / "from-spec"
     assert (tmp_path / "from-spec").is_dir()
-    assert output_folder(JobSpec(name="j", output=""), recipe) == tmp_path / "from-recipe"
-    with pytest.raises(ConfigError, match="writes to a local folder"):
-        output_folder(JobSpec(name="j", output="s3://bucket/out"))
+    assert job_output_dir(JobSpec(name="j", output=""), recipe) == tmp_path / "from-recipe"
+    with pytest.raises(ConfigError, match="writes to local folders"):
+        job_output_dir(JobSpec(name="j", output="s3://bucket/out"))
 
 
 # -- the reward bridge --------------------------------------------------------------------------
@@ -171,8 +170,8 @@ def test_a_failed_reward_batch_leaves_its_samples_unscored() -> None:
 # -- where a job starts -------------------------------------------------------------------------
 
 
-def test_resolve_start_reads_the_lineage_of_a_job_output(tmp_path: Path) -> None:
-    assert resolve_start("tiny-chat") == ("tiny-chat", None)
+def test_resolve_base_reads_the_lineage_of_a_job_output(tmp_path: Path) -> None:
+    assert resolve_base("tiny-chat") == BaseCheckpoint("tiny-chat")
     out = tmp_path / "sft-job"
     checkpoint = out / outputs.CHECKPOINT_DIR
     checkpoint.mkdir(parents=True)
@@ -185,12 +184,12 @@ def test_resolve_start_reads_the_lineage_of_a_job_output(tmp_path: Path) -> None
         lineage=[Method.SFT],
     )
     for given in (str(out), f"file://{out}", str(checkpoint)):
-        uri, record = resolve_start(given)
-        assert Path(uri) == checkpoint.resolve()
-        assert record is not None and record.lineage == (Method.SFT,)
+        base = resolve_base(given)
+        assert Path(base.name_or_path) == checkpoint.resolve()
+        assert base.record is not None and base.lineage == (Method.SFT,)
     plain = tmp_path / "plain-model"
     plain.mkdir()
-    assert resolve_start(str(plain)) == (str(plain), None)
+    assert resolve_base(str(plain)) == BaseCheckpoint(str(plain))
 
 
 # -- real GRPO runs -----------------------------------------------------------------------------
