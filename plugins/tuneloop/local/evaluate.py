@@ -332,14 +332,13 @@ def evaluate(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> di
     from tuneloop.local import convert, outputs
     from tuneloop.local.device import choose_device
     from tuneloop.local.model import load_model
-    from tuneloop.local.rft import JobLog
     from tuneloop.local.train import job_output_dir, resolve_base
 
     task, reward_name = _check(recipe)
     model_recipe = recipe.model
     inference = model_recipe.inference
     output = job_output_dir(spec, recipe)
-    log = JobLog(output / EVAL_LOG)
+    log = outputs.JobLog(output / EVAL_LOG)
     reward_function = None
     if task == RFT_EVAL:
         from tuneloop.local.rewards import RewardFunction

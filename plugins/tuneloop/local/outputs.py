@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -75,6 +76,21 @@ def write_eval_results(
         output_dir / EVAL_DIR / f"results_{stamp}.json",
         {"results": {f"custom|{task}|0": values, "all": values}},
     )
+
+
+class JobLog:
+    """Lines to a log file in the output folder (training.log), echoed to the job's log."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, message: str, *, echo: bool = True) -> None:
+        line = f"[tuneloop] {datetime.now(UTC):%Y-%m-%d %H:%M:%S}Z {message}"
+        if echo:
+            print(line, file=sys.stderr, flush=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
 
 
 def tensorboard_writer(output_dir: Path) -> Any:

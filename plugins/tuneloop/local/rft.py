@@ -40,13 +40,10 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import ConfigError, Problem
@@ -69,20 +66,6 @@ LOG_NAMES = {
 
 
 # -- shared by the local jobs -------------------------------------------------------------------
-
-
-class JobLog:
-    """Lines to ``training.log`` in the output folder and to stderr (the job log)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, message: str) -> None:
-        line = f"[tuneloop] {datetime.now(UTC):%Y-%m-%d %H:%M:%S}Z {message}"
-        print(line, file=sys.stderr, flush=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
 
 
 # -- the reward bridge --------------------------------------------------------------------------
@@ -402,7 +385,7 @@ def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> d
     from tuneloop.local.train import job_output_dir, resolve_base, write_training_outputs
 
     output = job_output_dir(spec, recipe)
-    log = JobLog(output / outputs.TRAINING_LOG)
+    log = outputs.JobLog(output / outputs.TRAINING_LOG)
     ignored = ignored_fields(recipe.data)
     if ignored:
         log("ignored on the local backend (no local meaning): " + ", ".join(ignored))

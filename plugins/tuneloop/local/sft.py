@@ -116,24 +116,6 @@ def train_cpt(
 # -- the job log --------------------------------------------------------------------------------
 
 
-class TrainingLog:
-    """``training.log`` in the output folder, each line echoed to the job log."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.handle = path.open("a", encoding="utf-8")
-
-    def __call__(self, message: str, *, echo: bool = True) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.handle.write(f"{stamp} {message}\n")
-        self.handle.flush()
-        if echo:
-            print(f"[tuneloop] {message}", flush=True)
-
-    def close(self) -> None:
-        self.handle.close()
-
-
 # -- data ---------------------------------------------------------------------------------------
 
 
@@ -252,7 +234,7 @@ def _optimizer(model: Any, settings: TrainerSettings) -> Any:
 def _callback(
     progress: Progress,
     writer: Any,
-    log: TrainingLog,
+    log: outputs.JobLog,
     settings: TrainerSettings,
     history: list[tuple[int, float]],
     validate: bool,
@@ -352,7 +334,7 @@ def _train(
     settings = settings or map_recipe(recipe, device_type=device.type)
     output_dir = job_output_dir(spec, recipe)
     checkpoint_dir = output_dir / outputs.CHECKPOINT_DIR
-    log = TrainingLog(output_dir / outputs.TRAINING_LOG)
+    log = outputs.JobLog(output_dir / outputs.TRAINING_LOG)
     scratch = Path(tempfile.mkdtemp(prefix=".trainer-", dir=output_dir))
     writer = None
     try:
@@ -412,7 +394,6 @@ def _train(
     finally:
         if writer is not None:
             writer.close()
-        log.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -423,7 +404,7 @@ def _fit(
     base: Any,
     device: Any,
     settings: TrainerSettings,
-    log: TrainingLog,
+    log: outputs.JobLog,
     writer: Any,
     scratch: Path,
     checkpoint_dir: Path,
