@@ -16,6 +16,7 @@ Memory grows only with the duplicate index (one entry per record) and the length
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import json
@@ -242,18 +243,16 @@ class _Pass:
         return self._malformed(line)
 
     def _decode(self, line: bytes) -> Any:
+        """Decode a line outside the hot loop (a retry), with the same failure handling."""
         try:
             return self.decoder.decode(line)
-        except msgspec.ValidationError as exc:
-            self._schema_error(str(exc))
-        except (msgspec.DecodeError, RecursionError):
-            return self._malformed(line)
-        except UnicodeDecodeError as exc:
-            self.report("non-utf8", "$", f"invalid UTF-8 at byte {exc.start} of the line")
-            if "non-utf8" in self.allow:
-                fixed = line.decode("utf-8", "replace").encode()
-                return self._decode(fixed)
-        return None
+        except (
+            msgspec.ValidationError,
+            msgspec.DecodeError,
+            UnicodeDecodeError,
+            RecursionError,
+        ) as exc:
+            return self._decode_failed(line, exc)
 
     def _malformed(self, line: bytes) -> Any:
         constants: list[str] = []
@@ -689,7 +688,7 @@ def _finish(
         tokens.max = lengths[-1] // CHARS_PER_TOKEN
         if options.max_length:
             limit = options.max_length * CHARS_PER_TOKEN
-            tokens.over_max_length = len(lengths) - _bisect_right(lengths, limit)
+            tokens.over_max_length = len(lengths) - bisect.bisect_right(lengths, limit)
     if tokens.over_max_length:
         state.warning_counts["truncated"] += tokens.over_max_length
         state.warnings.append(
@@ -729,9 +728,3 @@ def _finish(
         bytes=size,
         seconds=round(seconds, 3),
     )
-
-
-def _bisect_right(values: list[int], limit: int) -> int:
-    import bisect
-
-    return bisect.bisect_right(values, limit)
