@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import msgspec
 import pytest
 
-from tuneloop.cli import main
+from tuneloop.cli import MODEL_ALIASES, main
 from tuneloop.data.formats import SYSTEM, TEXT, FormatContext
 from tuneloop.data.registry import get_format, supports
 from tuneloop.data.report import DatasetReport
@@ -20,13 +20,8 @@ from tuneloop.data.validator import Options, validate_dataset
 from tuneloop.recipes.catalog import MODELS
 
 DPO = Path(__file__).resolve().parents[2] / "data" / "corpus" / "dpo"
-MODEL = {
-    "micro": "amazon.nova-micro-v1:0:128k",
-    "lite": "amazon.nova-lite-v1:0:300k",
-    "pro": "amazon.nova-pro-v1:0:300k",
-    "lite-2": "amazon.nova-2-lite-v1:0:256k",
-    "tiny": "local.tiny-chat-v1",
-}
+# The CLI's model aliases, plus the local model.
+MODEL = {**MODEL_ALIASES, "tiny": "local.tiny-chat-v1"}
 V = "bedrock-conversation-2024"
 
 

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import pytest
 
+from tuneloop.cli import MODEL_ALIASES
 from tuneloop.data.registry import get_format
 from tuneloop.data.report import DatasetReport
 from tuneloop.data.rules import RULES
@@ -20,13 +21,8 @@ from tuneloop.data.validator import Options, validate_dataset
 from tuneloop.recipes.catalog import MODELS
 
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus"
-MODEL = {
-    "micro": "amazon.nova-micro-v1:0:128k",
-    "lite": "amazon.nova-lite-v1:0:300k",
-    "pro": "amazon.nova-pro-v1:0:300k",
-    "lite-2": "amazon.nova-2-lite-v1:0:256k",
-    "tiny": "local.tiny-chat-v1",
-}
+# The CLI's model aliases, plus the local model.
+MODEL = {**MODEL_ALIASES, "tiny": "local.tiny-chat-v1"}
 SM, BR = "sagemaker", "bedrock"
 
 # The rules that apply to SFT datasets or to any file; each must have an invalid case below.
