@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import msgspec
 import pytest
 
-from tuneloop.cli import MODEL_ALIASES, main
+from tuneloop.cli import main
 from tuneloop.data.formats import IMAGE, SYSTEM, TEXT, TOOLS, FormatContext
 from tuneloop.data.registry import FAMILIES, FORMATS, get_format, supports
 from tuneloop.data.report import DatasetReport
@@ -20,8 +20,13 @@ from tuneloop.data.validator import Options, validate_dataset
 from tuneloop.recipes.catalog import MODELS
 
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "corpus"
-# The CLI's model aliases, plus the local models.
-MODEL = {**MODEL_ALIASES, "tiny": "local.tiny-chat-v1", "hf": "local.hf-causal-lm"}
+MODEL = {
+    "micro": "amazon.nova-micro-v1:0:128k",
+    "lite": "amazon.nova-lite-v1:0:300k",
+    "lite-2": "amazon.nova-2-lite-v1:0:256k",
+    "tiny": "local.tiny-chat-v1",
+    "hf": "local.hf-causal-lm",
+}
 FORMAT_NAMES = ("cpt", "rft", "gen_qa", "llm_judge")
 
 
