@@ -1,0 +1,623 @@
+"""The round ledger: one immutable JSON record per round, the campaign's source of truth.
+
+Layout under the campaign root (``plan.campaign_root(campaign)``, a folder or an s3:// prefix)::
+
+    rounds/0001.json        one RoundRecord per round, written once
+    baselines/<digest>.json the base model's evaluation, one per evaluation recipe + data
+
+A record is written exactly once. Locally it is written to a temporary file and published with
+``os.link``, which fails when the name exists (``os.rename`` would silently replace it); on S3
+with ``If-None-Match: *``, which the service refuses when the key exists. Two runs that both
+believe they are round n therefore cannot both record it: the second gets
+`RoundAlreadyRecordedError`. A retry of the run that wrote the record gets the stored record back.
+
+Round numbers, the champion and the history are derived from the records, never from dates, so
+schedules, manual triggers and backfills agree on them.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tuneloop import storage
+from tuneloop.errors import Problem, StorageError, TuneloopError
+from tuneloop.gate import Action, Decision, RoundSummary
+from tuneloop.manifest import Checkpoint
+from tuneloop.recipes.catalog import Method, Technique
+
+log = logging.getLogger(__name__)
+
+ROUNDS = "rounds"
+BASELINES = "baselines"
+RECORD_NAME = re.compile(r"^(\d{4,})\.json$")
+DIGEST = re.compile(r"^[0-9a-f]{8,64}$")
+_R = TypeVar("_R", bound=BaseModel)
+
+# GPUs per instance of the instance types Nova jobs run on. Billable seconds are
+# instance-seconds, so GPU-hours = billable seconds x GPUs per instance / 3600.
+GPUS_PER_INSTANCE: dict[str, int] = {
+    "ml.p5.48xlarge": 8,
+    "ml.p5en.48xlarge": 8,
+    "ml.p4d.24xlarge": 8,
+    "ml.g5.12xlarge": 4,
+    "ml.g5.24xlarge": 4,
+    "ml.g5.48xlarge": 8,
+    "ml.g6.12xlarge": 4,
+    "ml.g6.24xlarge": 4,
+    "ml.g6.48xlarge": 8,
+}
+
+
+class LedgerError(TuneloopError):
+    """The ledger holds something it cannot use, or refused a write."""
+
+
+class RoundAlreadyRecordedError(LedgerError):
+    """Another run already recorded this round."""
+
+
+class RoundNotFoundError(LedgerError):
+    """No record exists for the round asked for."""
+
+
+# --- records -------------------------------------------------------------------------------------
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StageRecord(_Record):
+    """One training stage of a round, as it ran."""
+
+    name: str
+    method: Method
+    technique: Technique
+    job_name: str
+    recipe: dict[str, Any]
+    """The rendered recipe the job ran with."""
+    output_uri: str
+    """The job's output folder (manifest.json): the next stage's or round's starting point."""
+    checkpoint: Checkpoint | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    billable_seconds: float | None = None
+    """Instance-seconds billed; None when the backend does not say."""
+    training_metrics: dict[str, list[tuple[int, float]]] = {}
+    """Training curves (metric -> [(step, value)]) where the job wrote them."""
+
+
+class DatasetRecord(_Record):
+    """One dataset a round validated before training."""
+
+    stage: str
+    """The stage (or ``evaluation``) that reads it."""
+    channel: str
+    """train, validation or eval."""
+    uri: str
+    sha256: str
+    records: int
+    ok: bool
+    errors: int = 0
+    report: dict[str, Any] = {}
+    """The validator's JSON report."""
+
+
+class RoundRecord(_Record):
+    """Everything about one round: what ran, what it scored, what was decided."""
+
+    version: Literal[1] = 1
+    campaign: str
+    round: int = Field(ge=1)
+    run_id: str = Field(min_length=1)
+    """The Airflow run that recorded the round."""
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    recorded_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    base: str
+    """What the round started from: a checkpoint's output folder or the base model."""
+    base_round: int | None = None
+    """The round whose checkpoint it started from; None for the base model."""
+    rollback_of: int | None = None
+    """The round that regressed, when this round restarted from the champion because of it."""
+    plan: dict[str, Any] = {}
+    """The RoundPlan, as JSON."""
+    datasets: list[DatasetRecord] = []
+    stages: list[StageRecord] = []
+    evaluation: dict[str, Any] = {}
+    """Job name, result_uri and what else the evaluation step reports."""
+    baseline: dict[str, float] = {}
+    """The base model's metrics (evaluated once per campaign)."""
+    metrics: dict[str, float]
+    deltas: dict[str, dict[str, float]] = {}
+    """``previous``, ``champion``, ``baseline`` -> metric -> this round's value minus theirs."""
+    decision: Decision
+    timings: dict[str, float] = {}
+    """Seconds per step (validate, train_<stage>, evaluate, ...)."""
+    billable_seconds: float = 0.0
+    """Instance-seconds billed for the round's jobs."""
+    gpu_hours: float = Field(default=0.0, ge=0.0)
+    """GPU-hours billed for the round's jobs (see `gpu_hours`): the gate's budget reads it."""
+
+    @model_validator(mode="after")
+    def _decision_is_this_rounds(self) -> RoundRecord:
+        if self.decision.round != self.round:
+            raise ValueError(
+                f"the decision is about round {self.decision.round}, the record is round "
+                f"{self.round}"
+            )
+        return self
+
+    def summary(self) -> RoundSummary:
+        """What the gate reads about this round."""
+        last = self.stages[-1] if self.stages else None
+        lineage = list(last.checkpoint.lineage) if last and last.checkpoint else []
+        return RoundSummary(
+            round=self.round,
+            metrics=self.metrics,
+            checkpoint=last.output_uri if last else self.base,
+            stages=[s.name for s in self.stages],
+            methods=[s.method for s in self.stages],
+            lineage=lineage,
+            promoted=self.decision.promoted,
+            action=self.decision.action,
+            gpu_hours=self.gpu_hours,
+        )
+
+
+class BaselineRecord(_Record):
+    """The base model's evaluation, reused by every round evaluated the same way."""
+
+    version: Literal[1] = 1
+    campaign: str
+    digest: str
+    """`baseline_digest` of the evaluation recipe, data and base model."""
+    model: str
+    """The base model (or checkpoint) that was evaluated."""
+    run_id: str = Field(min_length=1)
+    recorded_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    evaluation: dict[str, Any] = {}
+    metrics: dict[str, float]
+    positive_reward_fraction: float | None = None
+    """Share of positive rewards the base model earned on the RFT data, when probed."""
+    gpu_hours: float = 0.0
+
+
+# --- helpers for the round DAG ---------------------------------------------------------------
+
+
+def deltas(
+    metrics: Mapping[str, float],
+    *,
+    previous: Mapping[str, float] | None = None,
+    champion: Mapping[str, float] | None = None,
+    baseline: Mapping[str, float] | None = None,
+) -> dict[str, dict[str, float]]:
+    """This round's metrics minus each reference's, for the metrics both have.
+
+    References that are None (no previous round, no champion yet) are left out.
+    """
+    references = {"previous": previous, "champion": champion, "baseline": baseline}
+    return {
+        label: {
+            name: round(value - reference[name], 10)
+            for name, value in metrics.items()
+            if name in reference
+        }
+        for label, reference in references.items()
+        if reference is not None
+    }
+
+
+def gpu_hours(billable_seconds: float | None, instance_type: str | None = None) -> float:
+    """GPU-hours of a job billed ``billable_seconds`` instance-seconds.
+
+    Unknown instance types (and the local backend, ``None``) count one GPU per instance.
+    """
+    if not billable_seconds:
+        return 0.0
+    return billable_seconds * GPUS_PER_INSTANCE.get(instance_type or "", 1) / 3600.0
+
+
+# Fields of a rendered evaluation recipe that change from one run to the next without changing
+# what is measured.
+_VOLATILE_RUN_FIELDS = frozenset(
+    {
+        "name",
+        "output_s3_path",
+        "model_name_or_path",
+        "mlflow_run_name",
+        "mlflow_experiment_name",
+        "mlflow_tracking_uri",
+    }
+)
+
+
+def baseline_digest(recipe: Mapping[str, Any], *, model: str, data_sha256: str = "") -> str:
+    """A key for the base model's evaluation: same recipe, data and model -> same digest.
+
+    Run names, output paths and tracking settings are left out, so every round of a campaign
+    (and a re-run of it) finds the baseline measured the first time.
+    """
+    run = {k: v for k, v in dict(recipe.get("run") or {}).items() if k not in _VOLATILE_RUN_FIELDS}
+    canonical = json.dumps(
+        {"recipe": {**recipe, "run": run}, "model": model, "data": data_sha256},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# --- the ledger ----------------------------------------------------------------------------------
+
+
+class Ledger:
+    """The rounds recorded under one campaign root."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/")
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    def _s3(self) -> Any:
+        """One S3 client per ledger (created on first use; clients are thread-safe)."""
+        with self._client_lock:
+            if self._client is None:
+                with _CLIENT_LOCK:
+                    self._client = storage.s3_client()
+            return self._client
+
+    @classmethod
+    def for_campaign(cls, campaign: Any) -> Ledger:
+        """The ledger of a `Campaign`, under its output root."""
+        from tuneloop.plan import campaign_root
+
+        return cls(campaign_root(campaign))
+
+    def round_uri(self, number: int) -> str:
+        return storage.join(self.root, ROUNDS, f"{number:04d}.json")
+
+    def baseline_uri(self, digest: str) -> str:
+        return storage.join(self.root, BASELINES, f"{_checked_digest(digest)}.json")
+
+    # --- rounds -----------------------------------------------------------------------------
+
+    def write(self, record: RoundRecord) -> RoundRecord:
+        """Record a round once. Returns the stored record.
+
+        Raises RoundAlreadyRecordedError when another run recorded the round first; a retry of
+        the run that recorded it gets the stored record back, unchanged.
+        """
+        uri = self.round_uri(record.round)
+        if _publish_once(uri, record.model_dump_json(indent=2), self._s3):
+            return record
+        try:
+            existing = self._load(uri)
+        except RoundNotFoundError:
+            # S3 answered "conflict" while the other write is still in flight.
+            existing = None
+        if existing is not None and existing.run_id == record.run_id:
+            return existing
+        by = (
+            f"by run {existing.run_id!r} at {existing.recorded_at.isoformat(timespec='seconds')}"
+            if existing is not None
+            else "by another run writing it at this moment"
+        )
+        raise RoundAlreadyRecordedError(
+            [
+                Problem(
+                    f"round {record.round}",
+                    f"already recorded {by}; run {record.run_id!r} cannot record it again (a "
+                    "round is written once)",
+                    source=uri,
+                    fix=f"look at that run instead; the next round to run is "
+                    f"{self.next_round()}, and two runs of one campaign must not overlap "
+                    "(max_active_runs=1)",
+                )
+            ]
+        )
+
+    def read(self, number: int) -> RoundRecord:
+        """The record of round ``number``; RoundNotFoundError when it was never recorded."""
+        return self._load(self.round_uri(number))
+
+    def records(self) -> list[RoundRecord]:
+        """Every recorded round, in round order."""
+        return [self._load(uri) for _, uri in self._round_files()]
+
+    def latest(self) -> RoundRecord | None:
+        files = self._round_files()
+        return self._load(files[-1][1]) if files else None
+
+    def next_round(self) -> int:
+        """1 + the highest recorded round (1 for a new campaign)."""
+        files = self._round_files()
+        return files[-1][0] + 1 if files else 1
+
+    def champion(self) -> RoundRecord | None:
+        """The best round so far: the latest promoted round that was not rolled back.
+
+        A round that regressed is never promoted by the gate; a round named by a later record's
+        ``rollback_of`` (a rollback decided by hand, for instance) loses its title, and the
+        promoted round before it is champion again. None: the base model is still the best.
+        """
+        records = self.records()
+        eligible = _champion_eligible(records)
+        return next((r for r in reversed(records) if r.round in eligible), None)
+
+    def history(self) -> list[RoundSummary]:
+        """What the gate reads about every recorded round, with ``promoted`` cleared for the
+        rounds that were rolled back, so the gate and `champion` agree."""
+        records = self.records()
+        eligible = _champion_eligible(records)
+        return [r.summary().model_copy(update={"promoted": r.round in eligible}) for r in records]
+
+    # --- the baseline -----------------------------------------------------------------------
+
+    def read_baseline(self, digest: str) -> BaselineRecord | None:
+        """The base model's evaluation recorded under ``digest``, if any."""
+        uri = self.baseline_uri(digest)
+        text = _read(uri, self._s3)
+        if text is None:
+            return None
+        return _parse(BaselineRecord, uri, text)
+
+    def write_baseline(self, record: BaselineRecord) -> BaselineRecord:
+        """Record the base model's evaluation once; returns the stored one (the first writer's
+        when two runs measured it, since it is the same measurement)."""
+        uri = self.baseline_uri(record.digest)
+        if _publish_once(uri, record.model_dump_json(indent=2), self._s3):
+            return record
+        existing = self.read_baseline(record.digest)
+        return existing if existing is not None else record
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def _load(self, uri: str) -> RoundRecord:
+        text = _read(uri, self._s3)
+        if text is None:
+            raise RoundNotFoundError(
+                [
+                    Problem(
+                        "",
+                        "no round record here: the round was never recorded",
+                        source=uri,
+                        fix="Ledger.records() lists the rounds recorded so far",
+                    )
+                ]
+            )
+        record = _parse(RoundRecord, uri, text)
+        match = RECORD_NAME.match(uri.rsplit("/", 1)[-1])
+        if match and int(match.group(1)) != record.round:
+            raise LedgerError(
+                [
+                    Problem(
+                        "round",
+                        f"holds round {record.round}, but its name says round "
+                        f"{int(match.group(1))}",
+                        source=uri,
+                        fix="records are never renamed or copied by hand; move the file out of "
+                        "rounds/",
+                    )
+                ]
+            )
+        return record
+
+    def _round_files(self) -> list[tuple[int, str]]:
+        """(round, uri) of every record file under rounds/, in round order."""
+        folder = storage.join(self.root, ROUNDS)
+        found = []
+        for name in _list_names(folder, self._s3):
+            match = RECORD_NAME.match(name)
+            if match:
+                found.append((int(match.group(1)), storage.join(folder, name)))
+            elif not name.startswith("."):  # dot files are writes in progress
+                log.warning("ignoring %s: not a round record (rounds/NNNN.json)", name)
+        return sorted(found)
+
+
+def _champion_eligible(records: list[RoundRecord]) -> set[int]:
+    rolled_back = {r.rollback_of for r in records if r.rollback_of is not None}
+    return {
+        r.round
+        for r in records
+        if r.decision.promoted
+        and r.decision.action is not Action.ROLLBACK
+        and r.round not in rolled_back
+    }
+
+
+def _checked_digest(digest: str) -> str:
+    if not DIGEST.match(digest):
+        raise LedgerError(
+            [
+                Problem(
+                    "digest",
+                    f"{digest!r} is not a baseline digest (8-64 lowercase hex characters)",
+                    fix="use ledger.baseline_digest(...)",
+                )
+            ]
+        )
+    return digest
+
+
+def _parse(model: type[_R], uri: str, text: str) -> _R:
+    fix = (
+        "records are written once by the round DAG and never edited; restore the file from a "
+        "backup or move it out of the ledger folder"
+    )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LedgerError(
+            [Problem("", f"not valid JSON ({exc.msg}, line {exc.lineno})", source=uri, fix=fix)]
+        ) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise LedgerError(
+            [
+                Problem(
+                    ".".join(str(part) for part in error["loc"]),
+                    f"not a {model.__name__}: {error['msg']}",
+                    source=uri,
+                    fix=fix,
+                )
+                for error in exc.errors()
+            ]
+        ) from None
+
+
+# --- write-once storage --------------------------------------------------------------------------
+
+# boto3 creates clients from a shared default session, which is not safe to do from several
+# threads at once; clients themselves are.
+_CLIENT_LOCK = threading.Lock()
+
+ClientFactory = Callable[[], Any]
+
+
+def _storage_error(uri: str, action: str, exc: Exception) -> StorageError:
+    detail = str(exc)
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error", {})
+        detail = f"{error.get('Code', '')}: {error.get('Message', '')}".strip(": ")
+    return StorageError(
+        [
+            Problem(
+                "",
+                f"cannot {action} it ({detail or exc})",
+                source=uri,
+                fix="check the credentials, region and bucket of the campaign's output_root",
+            )
+        ]
+    )
+
+
+def _publish_once(uri: str, text: str, s3: ClientFactory) -> bool:
+    """Create ``uri`` with ``text`` unless it exists. True when this call created it."""
+    if storage.is_s3(uri):
+        return _publish_once_s3(uri, text.encode("utf-8"), s3())
+    return _publish_once_local(storage.local_path(uri), text.encode("utf-8"))
+
+
+def _publish_once_local(path: Path, data: bytes) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary file is complete and on disk before it gets its final name, so a reader
+    # never sees half a record.
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            return _create_exclusive(path, data)  # a filesystem without hard links
+        return True
+    finally:
+        os.unlink(temporary)
+
+
+def _create_exclusive(path: Path, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def _publish_once_s3(uri: str, data: bytes, client: Any) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = storage.split_s3(uri)
+    try:
+        # Checked first as well: some S3-compatible stores ignore If-None-Match.
+        client.head_object(Bucket=bucket, Key=key)
+        return False
+    except ClientError as exc:
+        if _code(exc) not in {"404", "NoSuchKey", "NotFound"}:
+            raise _storage_error(uri, "check", exc) from None
+    except BotoCoreError as exc:
+        raise _storage_error(uri, "check", exc) from None
+    try:
+        client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentType="application/json",
+            IfNoneMatch="*",
+        )
+    except ClientError as exc:
+        # 412: the key exists; 409: another conditional write to it is in flight.
+        if _code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}:
+            return False
+        raise _storage_error(uri, "write", exc) from None
+    except BotoCoreError as exc:
+        raise _storage_error(uri, "write", exc) from None
+    return True
+
+
+def _code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _read(uri: str, s3: ClientFactory) -> str | None:
+    """The text at ``uri``, or None when there is nothing there."""
+    if not storage.is_s3(uri):
+        path = storage.local_path(uri)
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = storage.split_s3(uri)
+    try:
+        body = s3().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if _code(exc) in {"NoSuchKey", "404", "NotFound"}:
+            return None
+        raise _storage_error(uri, "read", exc) from None
+    except BotoCoreError as exc:
+        raise _storage_error(uri, "read", exc) from None
+    return body.decode("utf-8")
+
+
+def _list_names(folder: str, s3: ClientFactory) -> list[str]:
+    """Names of the files directly in ``folder`` (none when it does not exist)."""
+    if not storage.is_s3(folder):
+        path = storage.local_path(folder)
+        return [p.name for p in path.iterdir() if p.is_file()] if path.is_dir() else []
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = storage.split_s3(folder)
+    prefix = prefix.rstrip("/") + "/"
+    names = []
+    try:
+        pages = s3().get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            names.extend(item["Key"][len(prefix) :] for item in page.get("Contents", []))
+    except (ClientError, BotoCoreError) as exc:
+        raise _storage_error(folder, "list", exc) from None
+    return names
