@@ -1,0 +1,377 @@
+"""The round report: a Markdown table of a campaign's rounds, a PNG of its metrics per round, and
+the same table as fixed-width text for a terminal.
+
+Input is the ledger's records as plain mappings (``RoundRecord.model_dump(mode="json")``), so
+this module needs neither the ledger nor the gate. Output depends on the records alone (no
+clock, no locale), so the same ledger always renders the same bytes: a report can be diffed,
+cached and logged as an artifact again without changing it.
+
+matplotlib is imported inside `write_report`, through its object API with the Agg canvas: no
+pyplot, no global backend switched in the process that calls it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import quote, urlparse
+
+MARKDOWN_NAME = "report.md"
+PNG_NAME = "report.png"
+CHAMPION_MARK = "★"
+NO_VALUE = "—"
+OTHER_COLOURS = ("C1", "C2", "C4", "C5", "C6", "C7", "C8", "C9")
+"""matplotlib's cycle without C0 (the primary metric) and C3 (red: rollbacks)."""
+
+
+class ReportPaths(NamedTuple):
+    markdown: Path
+    png: Path
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: the baseline or a round."""
+
+    label: str
+    round: int
+    """0 for the baseline."""
+    base: str = ""
+    stages: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    delta: float | None = None
+    """The primary metric against the previous row (the record's own delta when it has one)."""
+    action: str = ""
+    reason: str = ""
+    champion: bool = False
+    checkpoints: tuple[tuple[str, str], ...] = ()
+    """(stage, checkpoint URI) of every stage that produced one."""
+
+    @property
+    def is_rollback(self) -> bool:
+        return self.action == "rollback"
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _numbers(values: Mapping[str, Any] | None) -> dict[str, float]:
+    out = {}
+    for name, value in (values or {}).items():
+        number = _number(value)
+        if number is not None:
+            out[str(name)] = number
+    return out
+
+
+def _ordered(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """By round; a round given twice counts once (the last one given)."""
+    by_round = {int(record["round"]): record for record in records}
+    return [by_round[number] for number in sorted(by_round)]
+
+
+def champion_round(records: Sequence[Mapping[str, Any]]) -> int | None:
+    """The champion as the newest record states it, else the newest promoted round."""
+    ordered = _ordered(records)
+    if not ordered:
+        return None
+    stated = (ordered[-1].get("decision") or {}).get("champion_round")
+    if stated is not None:
+        return int(stated)
+    promoted = [int(r["round"]) for r in ordered if (r.get("decision") or {}).get("promoted")]
+    return promoted[-1] if promoted else None
+
+
+def build_rows(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    primary_metric: str,
+    baseline: Mapping[str, float] | None = None,
+) -> list[Row]:
+    """The baseline row (when there is a baseline), then one row per round, by round."""
+    ordered = _ordered(records)
+    if baseline is None and ordered:
+        baseline = ordered[0].get("baseline")
+    champion = champion_round(ordered)
+    rows: list[Row] = []
+    previous: float | None = None
+    base_values = _numbers(baseline)
+    if base_values:
+        rows.append(Row(label="baseline", round=0, base="base model", metrics=base_values))
+        previous = base_values.get(primary_metric)
+    for record in ordered:
+        number = int(record["round"])
+        metrics = _numbers(record.get("metrics") or (record.get("evaluation") or {}).get("metrics"))
+        value = metrics.get(primary_metric)
+        delta = _number(((record.get("deltas") or {}).get("previous") or {}).get(primary_metric))
+        if delta is None and value is not None and previous is not None:
+            delta = value - previous
+        decision = record.get("decision") or {}
+        stages = record.get("stages") or []
+        rows.append(
+            Row(
+                label=str(number),
+                round=number,
+                base=_base_label(record),
+                stages=" → ".join(str(s.get("name") or s.get("method") or "?") for s in stages),
+                metrics=metrics,
+                delta=delta,
+                action=str(decision.get("action") or ""),
+                reason=" ".join(str(decision.get("reason") or "").split()),
+                champion=number == champion,
+                checkpoints=tuple(
+                    (str(s.get("name") or s.get("method")), str(s["checkpoint"]["uri"]))
+                    for s in stages
+                    if (s.get("checkpoint") or {}).get("uri")
+                ),
+            )
+        )
+        if value is not None:
+            previous = value
+    return rows
+
+
+def _base_label(record: Mapping[str, Any]) -> str:
+    if record.get("rollback_of") is not None:
+        base = record.get("base_round")
+        where = f"round {base}" if base else "base model"
+        return f"{where} (rollback of {record['rollback_of']})"
+    if record.get("base_round"):
+        return f"round {record['base_round']}"
+    return "base model"
+
+
+def metric_names(rows: Sequence[Row], primary_metric: str) -> list[str]:
+    """The primary metric first, then the others by name."""
+    others = sorted({name for row in rows for name in row.metrics} - {primary_metric})
+    return [primary_metric, *others]
+
+
+def _value(number: float | None) -> str:
+    if number is None:
+        return NO_VALUE
+    return f"{number:.4f}" if abs(number) < 1000 else f"{number:.4g}"
+
+
+def _delta(number: float | None) -> str:
+    return NO_VALUE if number is None else f"{number:+.4f}"
+
+
+def _round_cell(row: Row) -> str:
+    return f"{row.label} {CHAMPION_MARK}" if row.champion else row.label
+
+
+def checkpoint_link(uri: str) -> str:
+    """Where a checkpoint can be opened: the S3 console for s3://, a file:// URI for a path."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        prefix = quote(parsed.path.lstrip("/").rstrip("/") + "/")
+        return f"https://s3.console.aws.amazon.com/s3/buckets/{parsed.netloc}?prefix={prefix}"
+    if parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        return "file://" + quote(path)
+    return uri
+
+
+def _md(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def render_markdown(
+    rows: Sequence[Row], *, campaign: str, primary_metric: str, png_name: str = PNG_NAME
+) -> str:
+    names = metric_names(rows, primary_metric)
+    rounds = [row for row in rows if row.round > 0]
+    champion = next((row for row in rounds if row.champion), None)
+    lines = [f"# Round report: {campaign}", ""]
+    lines.append(f"- Campaign: `{campaign}`")
+    lines.append(f"- Rounds: {len(rounds)}")
+    lines.append(f"- Primary metric: `{primary_metric}`")
+    if champion is not None:
+        lines.append(
+            f"- Champion: round {champion.label} "
+            f"({primary_metric} {_value(champion.metrics.get(primary_metric))})"
+        )
+    else:
+        lines.append("- Champion: none yet")
+    if rounds:
+        lines.append(f"- Last decision: {rounds[-1].action or NO_VALUE}: {_md(rounds[-1].reason)}")
+    lines.append("")
+
+    header = ["Round", "Base", "Stages"]
+    header += [f"**{name}**" if name == primary_metric else name for name in names]
+    header += [f"Δ {primary_metric} vs previous", "Decision", "Reason", "Checkpoints"]
+    lines.append("| " + " | ".join(_md(h) for h in header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for row in rows:
+        values = [_value(row.metrics.get(name)) for name in names]
+        if names:
+            values[0] = f"**{values[0]}**"
+        links = ", ".join(
+            f"[{_md(stage)}]({checkpoint_link(uri)})" for stage, uri in row.checkpoints
+        )
+        cells = [
+            _round_cell(row),
+            _md(row.base),
+            _md(row.stages) or NO_VALUE,
+            *values,
+            _delta(row.delta),
+            row.action or NO_VALUE,
+            _md(row.reason) or NO_VALUE,
+            links or NO_VALUE,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"{CHAMPION_MARK} marks the champion. Δ compares with the row above.")
+    lines.append("")
+    lines.append(f"![{_md(campaign)}: metrics per round]({png_name})")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def format_table(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    primary_metric: str,
+    baseline: Mapping[str, float] | None = None,
+    reason_width: int = 60,
+) -> str:
+    """The report's table as fixed-width text (no checkpoint links; reasons cut to a width)."""
+    rows = build_rows(records, primary_metric=primary_metric, baseline=baseline)
+    names = metric_names(rows, primary_metric)
+    header = ["round", "base", "stages", *names, "Δ prev", "decision", "reason"]
+    table = [header]
+    for row in rows:
+        reason = row.reason
+        if len(reason) > reason_width:
+            reason = reason[: reason_width - 1] + "…"
+        table.append(
+            [
+                _round_cell(row).replace(CHAMPION_MARK, "*"),
+                row.base,
+                row.stages.replace(" → ", ">") or "-",
+                *(_value(row.metrics.get(name)).replace(NO_VALUE, "-") for name in names),
+                _delta(row.delta).replace(NO_VALUE, "-"),
+                row.action or "-",
+                reason or "-",
+            ]
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    numeric = set(range(3, 3 + len(names) + 1))
+    out = []
+    for line in table:
+        cells = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(line)
+        ]
+        out.append("  ".join(cells).rstrip())
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out) + "\n* champion\n"
+
+
+def render_png(rows: Sequence[Row], path: Path, *, campaign: str, primary_metric: str) -> Path:
+    """Metrics per round (the baseline as round 0), the primary metric drawn bold, rollbacks
+    marked with a red cross and a shaded column, the champion with a star."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    names = metric_names(rows, primary_metric)
+    for index, name in enumerate(names):
+        points = [(row.round, row.metrics[name]) for row in rows if name in row.metrics]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        if name == primary_metric:
+            style = {"marker": "o", "linewidth": 2.5, "color": "C0", "zorder": 3}
+            axes.plot(xs, ys, label=f"{name} (primary)", **style)
+        else:  # by name order, so a metric keeps its colour; blue and red mean something here
+            colour = OTHER_COLOURS[(index - 1) % len(OTHER_COLOURS)]
+            style = {"marker": ".", "linewidth": 1, "alpha": 0.7, "color": colour}
+            axes.plot(xs, ys, label=name, **style)
+    marked: set[str] = set()
+    for row in rows:
+        value = row.metrics.get(primary_metric)
+        if row.is_rollback:
+            axes.axvspan(row.round - 0.4, row.round + 0.4, color="tab:red", alpha=0.08)
+            if value is not None:
+                label = "" if "rollback" in marked else "rolled back"
+                marked.add("rollback")
+                axes.plot(
+                    [row.round],
+                    [value],
+                    marker="X",
+                    markersize=12,
+                    color="tab:red",
+                    linestyle="none",
+                    zorder=4,
+                    label=label,
+                )
+            axes.annotate(
+                "rollback",
+                (row.round, 0),
+                xycoords=("data", "axes fraction"),
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                color="tab:red",
+                fontsize=8,
+            )
+        if row.champion and value is not None:
+            axes.plot(
+                [row.round],
+                [value],
+                marker="*",
+                markersize=18,
+                color="gold",
+                markeredgecolor="black",
+                linestyle="none",
+                zorder=5,
+                label="champion",
+            )
+    ticks = [row.round for row in rows]
+    axes.set_xticks(ticks, ["base" if n == 0 else str(n) for n in ticks])
+    axes.set_xlabel("round")
+    axes.set_ylabel("metric")
+    axes.set_title(f"{campaign}: metrics per round")
+    axes.grid(True, alpha=0.3)
+    if names and any(row.metrics for row in rows):
+        axes.legend(loc="upper left", fontsize=8)
+    else:
+        axes.text(0.5, 0.5, "no metrics yet", ha="center", va="center", transform=axes.transAxes)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # No "Software" entry: the bytes depend on the records, not on the matplotlib release.
+    figure.savefig(path, format="png", metadata={"Software": None})
+    return path
+
+
+def write_report(
+    records: Sequence[Mapping[str, Any]],
+    folder: str | Path,
+    *,
+    campaign: str,
+    primary_metric: str,
+    baseline: Mapping[str, float] | None,
+) -> ReportPaths:
+    """Write ``report.md`` and ``report.png`` into ``folder``; the Markdown embeds the PNG."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = build_rows(records, primary_metric=primary_metric, baseline=baseline)
+    markdown = out / MARKDOWN_NAME
+    markdown.write_text(
+        render_markdown(rows, campaign=campaign, primary_metric=primary_metric),
+        encoding="utf-8",
+    )
+    png = render_png(rows, out / PNG_NAME, campaign=campaign, primary_metric=primary_metric)
+    return ReportPaths(markdown=markdown, png=png)
