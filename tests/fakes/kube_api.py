@@ -470,6 +470,13 @@ class FakeKube:
             return 400, status_body(
                 400, "BadRequest", f"container {container} is not valid for pod {pod}"
             )
+        waiting = _waiting_reason(self._objects[(ns, "pods")][pod], container)
+        if waiting and query.get("previous") != "true" and not instances[-1].lines:
+            return 400, status_body(
+                400,
+                "BadRequest",
+                f'container "{container}" in pod "{pod}" is waiting to start: {waiting}',
+            )
         if query.get("previous") == "true":
             if len(instances) < 2:
                 return 400, status_body(
@@ -493,6 +500,13 @@ class FakeKube:
         return 200, "".join(
             (f"{rfc3339_nano(t)} {text}\n" if stamp else f"{text}\n") for t, text in lines
         )
+
+
+def _waiting_reason(pod: dict[str, Any], container: str) -> str:
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        if status["name"] == container:
+            return (status.get("state", {}).get("waiting") or {}).get("reason", "")
+    return "ContainerCreating"
 
 
 def _not_found(plural: str, name: str | None) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from tuneloop.jobs.base import (
     validate_job_name,
 )
 from tuneloop.jobs.hyperpod_objects import (
+    COMPONENT_LABEL,
     CONTAINER,
     JOB_LABEL,
     KUBEFLOW_GROUP,
@@ -230,7 +231,8 @@ class HyperPodJobBackend:
             streams.append((self._pod_log(name, pod, position.since), same_pod))
         lines, moved = position.advance(streams)
         if same_pod and restarts > position.restarts + 1:
-            lines.insert(0, f"[{restarts - position.restarts - 1} container restart(s) lost]")
+            lost = restarts - position.restarts - 1
+            lines.insert(0, f"[the logs of {lost} earlier run(s) of the container are gone]")
         return LogChunk(lines=lines, cursor=moved.at(uid, restarts).dump())
 
     def find(self, labels: Mapping[str, str]) -> list[JobStatus]:
@@ -241,7 +243,7 @@ class HyperPodJobBackend:
         listing = self._call(
             "list",
             "PyTorchJob",
-            "",
+            f"selector {selector}",
             lambda: api.list_namespaced_custom_object(
                 KUBEFLOW_GROUP,
                 KUBEFLOW_VERSION,
@@ -263,7 +265,8 @@ class HyperPodJobBackend:
 
     def _status_of(self, job: dict[str, Any], with_pods: bool = True) -> JobStatus:
         name = job["metadata"]["name"]
-        health = _health_of_job(job)
+        settled = _health_of_job(job)
+        health = settled
         if health is None:
             pods = self._job_pods(name, job) if with_pods else []
             health = _health_of_pods(job, pods, self.max_restarts)
@@ -272,16 +275,23 @@ class HyperPodJobBackend:
             if tail:
                 failure = health.failure_reason
                 health = _with_reason(health, f"{failure}\n{tail}" if failure else tail)
-        if health.state.final and _labels(job).get(METHOD_LABEL) == "rft" and with_pods:
+        finished = settled is not None and settled.state.final
+        if finished and with_pods and _labels(job).get(METHOD_LABEL) == "rft":
             self._release_rft_workloads(name)
-        return self._to_status(job, health)
+        return self._to_status(job, health, finished)
 
-    def _to_status(self, job: dict[str, Any], health: _Health) -> JobStatus:
+    def _to_status(self, job: dict[str, Any], health: _Health, finished: bool) -> JobStatus:
+        """``finished``: the job's own conditions say it ended (not only its pods' health)."""
         meta, status = job["metadata"], job.get("status") or {}
         started = _time(status.get("startTime"))
-        ended = _time(status.get("completionTime"))
-        if ended is None and health.state.final:
-            ended = _time(_latest_true(status.get("conditions") or {}).get("lastTransitionTime"))
+        ended = None
+        if finished:
+            ended = _time(status.get("completionTime")) or _time(
+                _latest_true(status.get("conditions") or []).get("lastTransitionTime")
+            )
+        elif health.state.final:
+            # Failed by pod health: the PyTorchJob still runs (and bills) until cancelled.
+            ended = datetime.now(UTC)
         billable = None
         nodes = _node_count(job)
         if started is not None and nodes:
@@ -294,7 +304,7 @@ class HyperPodJobBackend:
             failure_reason=health.failure_reason,
             retryable=health.retryable,
             started_at=started,
-            ended_at=ended if health.state.final else None,
+            ended_at=ended,
             billable_seconds=billable,
             result_uri=f"{output}{meta['name']}/" if output else "",
             console_url=self.console_url,
@@ -304,7 +314,7 @@ class HyperPodJobBackend:
     def _job_pods(self, name: str, job: dict[str, Any]) -> list[dict[str, Any]]:
         selectors = [f"{KUBEFLOW_JOB_LABEL}={name}"]
         if _labels(job).get(METHOD_LABEL) == "rft":
-            selectors.append(f"{JOB_LABEL}={name},tuneloop.io/component")
+            selectors.append(f"{JOB_LABEL}={name},{COMPONENT_LABEL}")  # the side workloads
         pods: list[dict[str, Any]] = []
         api = self._core()
         for selector in selectors:
@@ -394,8 +404,8 @@ class HyperPodJobBackend:
                 method, url, headers, body, post, _request_timeout=REQUEST_TIMEOUT
             )
             response.read()
-            if previous and response.status == 400:
-                return None  # the container has no previous instance
+            if response.status == 400:
+                return None  # no such container instance yet (waiting to start) or any more
             if not 200 <= response.status <= 299:
                 from kubernetes.client.exceptions import ApiException
 
@@ -450,7 +460,7 @@ class HyperPodJobBackend:
     def _ops(
         self, kind: str, name: str, body: dict[str, Any] | None = None
     ) -> dict[str, Callable[[], Any]]:
-        """read / create / delete of one object, each returning the object as a dict."""
+        """read / create / delete of one object; responses stay raw (see ``_decoded``)."""
         ns = self.namespace
         raw = {"_preload_content": False, "_request_timeout": REQUEST_TIMEOUT}
         background = {"propagation_policy": "Background", **raw}

@@ -22,6 +22,7 @@ from tuneloop.jobs.base import (
     UserJobError,
 )
 from tuneloop.jobs.hyperpod import HyperPodJobBackend
+from tuneloop.jobs.hyperpod_objects import build_job_objects
 from tuneloop.recipes.catalog import Platform
 from tuneloop.recipes.render import render_recipe
 from tuneloop.recipes.rules import RecipeContext
@@ -164,8 +165,12 @@ def test_submit_after_409_adopts_the_job_someone_else_created(
     fake_kube: FakeKube,  # noqa: F811
 ) -> None:
     spec = _spec()
-    # Another worker creates the job between our describe (404) and our create (409).
-    fake_kube.put("pytorchjobs", {"metadata": {"name": spec.name, "labels": {"app": spec.name}}})
+    # Another worker creates the job between our describe (404) and our create (409), and has
+    # not created its ConfigMap yet.
+    theirs = build_job_objects(
+        spec, namespace="kubeflow", region="us-east-1", instance_type="ml.p5.48xlarge"
+    )
+    fake_kube.put("pytorchjobs", theirs.job.body)
     fake_kube.fail("GET", "pytorchjobs", 404, times=1)
 
     status = backend.submit(spec)
@@ -174,6 +179,18 @@ def test_submit_after_409_adopts_the_job_someone_else_created(
     assert fake_kube.count("POST", "pytorchjobs") == 1
     assert fake_kube.created("pytorchjobs") == 0
     assert len(fake_kube.objects("pytorchjobs")) == 1
+    assert fake_kube.created("configmaps") == 1
+
+
+def test_a_job_tuneloop_did_not_create_is_adopted_as_it_is(
+    backend: HyperPodJobBackend,
+    fake_kube: FakeKube,  # noqa: F811
+) -> None:
+    spec = _spec()
+    fake_kube.put("pytorchjobs", {"metadata": {"name": spec.name, "labels": {"app": spec.name}}})
+
+    assert backend.submit(spec).name == spec.name
+    assert sum(fake_kube.creates.values()) == 0
 
 
 def test_submit_completes_a_partly_created_job(
@@ -463,6 +480,22 @@ def test_logs_cursor_never_repeats_or_drops_lines_across_a_restart(
     assert fifth.lines == ["i"]
     # Later reads ask the server only for lines from the cursor on.
     assert all("sinceTime" in q for q in fake_kube.log_queries[1:])
+
+
+def test_logs_of_a_container_still_starting_are_empty(
+    backend: HyperPodJobBackend,
+    fake_kube: FakeKube,  # noqa: F811
+) -> None:
+    spec = _spec()
+    backend.submit(spec)
+    fake_kube.add_pod(f"{spec.name}-master-0", job=spec.name, phase="Pending")
+
+    first = backend.logs(spec.name)
+    fake_kube.set_container_state(f"{spec.name}-master-0", phase="Running")
+    fake_kube.write_log(f"{spec.name}-master-0", "started")
+
+    assert first.lines == []
+    assert backend.logs(spec.name, first.cursor).lines == ["started"]
 
 
 def test_logs_at_the_same_timestamp_are_not_lost(
