@@ -13,8 +13,9 @@ Service, ``<job>-redis`` when the rollout delegates) instead of driving the laun
 its job by label. Driving the launcher would make exactly-once depend on a helm release whose
 name we do not choose; creating the objects by name means a partly created set (a crash between
 two creates) is completed by the next submit, never duplicated. Every side object carries an
-ownerReference to the PyTorchJob, so deleting the job also lets Kubernetes collect them, and
-they are released as soon as the training job finishes so they stop holding GPU nodes.
+ownerReference to the PyTorchJob, so deleting the job also lets Kubernetes collect them. The
+first status check that sees the training job finished deletes them, so they stop holding GPU
+nodes; the PyTorchJob and its ConfigMap stay as the record of the run.
 
 Authentication: with ``kubeconfig`` the file is used as it is. Without it, HyperPod's
 DescribeCluster names the EKS cluster (``Orchestrator.Eks.ClusterArn``), EksHook's connection
