@@ -1,12 +1,16 @@
-"""Evaluation results: the metrics an evaluation job wrote, read from its output folder.
+"""Evaluation results: the metrics an evaluation job wrote, read from its output.
 
-A Nova evaluation job on HyperPod (and a local one) writes
-``<output>/eval-result/results_<timestamp>.json``, lighteval-style::
+A Nova evaluation job writes ``results_<timestamp>.json``, lighteval-style::
 
     {"results": {"custom|gen_qa_gen_qa|0": {"rougeL": 0.91, ...}, "all": {"rougeL": 0.91, ...}}}
 
-``read_eval_metrics`` takes the newest such file (by name, which carries the timestamp; then by
-modification time) and returns the numbers under ``results.all``.
+On HyperPod (and the local backend) it lands in ``<output>/<job>/eval-result/``; a SageMaker
+training job packs it into ``<output>/<job>/output/output.tar.gz`` as
+``<job>/eval_results/results_<timestamp>.json`` (beside inference_output.jsonl and TensorBoard
+events). ``read_eval_metrics`` takes the job folder, the eval-result folder, a results file or the
+tarball, picks the newest results file (by name, which carries the timestamp; then by
+modification time) and returns the numbers under ``results.all``. A tarball is streamed: only the
+results files are held in memory.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from tuneloop.errors import Problem, StorageError, TuneloopError
 
 EVAL_DIR = "eval-result"
 RESULTS_FILE = re.compile(r"^results_.*\.json$")
+# Where a training job's evaluation results are packed, relative to the job folder.
+JOB_TARBALL = "output/output.tar.gz"
+TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 class EvalResultsError(TuneloopError):
@@ -58,9 +65,21 @@ def _s3_candidates(folder: str) -> list[tuple[str, float, str]]:
     return found
 
 
+def _no_results(where: str) -> EvalResultsError:
+    return EvalResultsError(
+        [
+            Problem(
+                "",
+                f"no results_*.json under {where}",
+                fix="point at the output folder of an evaluation job that finished",
+            )
+        ]
+    )
+
+
 def find_results(output_uri: str) -> str:
     """The newest ``results_*.json`` under ``<output_uri>/eval-result/`` (a results file itself
-    is returned as is)."""
+    is returned as is). The folder layout only; ``read_eval_metrics`` also reads tarballs."""
     name = output_uri.rstrip("/").rsplit("/", 1)[-1]
     if RESULTS_FILE.match(name):
         return output_uri
@@ -71,26 +90,17 @@ def find_results(output_uri: str) -> str:
     else:
         candidates = _local_candidates(storage.local_path(folder))
     if not candidates:
-        raise EvalResultsError(
-            [
-                Problem(
-                    "",
-                    f"no results_*.json under {folder}",
-                    fix="point at the output folder of an evaluation job that finished",
-                )
-            ]
-        )
+        raise _no_results(folder)
     return max(candidates)[2]
 
 
-def parse_eval_results(text: str, source: str = "") -> dict[str, float]:
+def parse_eval_results(text: str | bytes, source: str = "") -> dict[str, float]:
     """The numeric metrics under ``results.all`` of a results file's text."""
     try:
         data: Any = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EvalResultsError(
-            [Problem("", f"not valid JSON ({exc.msg}, line {exc.lineno})", source)]
-        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        detail = f"{exc.msg}, line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else exc
+        raise EvalResultsError([Problem("", f"not valid JSON ({detail})", source)]) from None
     results = data.get("results") if isinstance(data, dict) else None
     values = results.get("all") if isinstance(results, dict) else None
     if not isinstance(values, dict):
@@ -105,10 +115,70 @@ def parse_eval_results(text: str, source: str = "") -> dict[str, float]:
     return metrics
 
 
+def _is_tarball(uri: str) -> bool:
+    return uri.rstrip("/").endswith(TARBALL_SUFFIXES)
+
+
+def _is_results_member(name: str) -> bool:
+    return bool(RESULTS_FILE.match(name.rsplit("/", 1)[-1]))
+
+
+def read_tarball_metrics(tarball_uri: str) -> dict[str, float]:
+    """``{metric: value}`` from the newest results file packed in a job's output.tar.gz.
+
+    FileNotFoundError when the tarball does not exist; EvalResultsError when it holds no
+    results file or the newest is unusable.
+    """
+    newest: tuple[str, float, bytes, str] | None = None
+    for member in storage.tar_members(tarball_uri, _is_results_member):
+        basename = member.name.rsplit("/", 1)[-1]
+        key = (basename, member.mtime, member.data, member.name)
+        if newest is None or key[:2] > newest[:2]:
+            newest = key
+    if newest is None:
+        raise EvalResultsError(
+            [
+                Problem(
+                    "",
+                    f"{tarball_uri} holds no results_*.json (an evaluation job packs them as "
+                    "<job>/eval_results/results_<timestamp>.json)",
+                    fix="point at the output of an evaluation job that finished; a training "
+                    "job's output.tar.gz holds a manifest, not results",
+                )
+            ]
+        )
+    return parse_eval_results(newest[2], f"{tarball_uri}!{newest[3]}")
+
+
 def read_eval_metrics(output_uri: str) -> dict[str, float]:
-    """``{metric: value}`` from the newest results file of an evaluation job's output folder
-    (a local path, file:// or s3:// URI)."""
-    path = find_results(output_uri)
+    """``{metric: value}`` from the newest results file of an evaluation job's output.
+
+    ``output_uri`` (a local path, file:// or s3:// URI) is the job folder, its eval-result
+    folder, a results file, or an output.tar.gz. A job folder without ``eval-result/`` is read
+    from the ``output/output.tar.gz`` a SageMaker training job leaves there.
+    """
+    if _is_tarball(output_uri):
+        try:
+            return read_tarball_metrics(output_uri.rstrip("/"))
+        except FileNotFoundError:
+            raise _no_results(f"{output_uri}: the archive does not exist") from None
+    try:
+        path = find_results(output_uri)
+    except EvalResultsError:
+        name = output_uri.rstrip("/").rsplit("/", 1)[-1]
+        if name == EVAL_DIR or RESULTS_FILE.match(name):
+            raise
+        base = output_uri.rstrip("/")
+        tarballs = [storage.join(base, JOB_TARBALL)]
+        if name == "output":  # a training job's output/ folder rather than the job folder
+            tarballs.append(storage.join(base, "output.tar.gz"))
+        for tarball in tarballs:
+            try:
+                return read_tarball_metrics(tarball)
+            except FileNotFoundError:
+                continue
+        looked = f"{storage.join(base, EVAL_DIR)}, nor in {' or '.join(tarballs)}"
+        raise _no_results(looked) from None
     try:
         text = storage.read_text(path)
     except FileNotFoundError:

@@ -6,9 +6,14 @@ use this one freely.
 
 from __future__ import annotations
 
+import gzip
 import os
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import urlparse
 
 from tuneloop.errors import Problem, StorageError
@@ -86,3 +91,101 @@ def exists(uri: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+# --- streaming reads and tar members ---------------------------------------------------------
+
+# A tar member we hold in memory (a manifest, a results file) is small; anything bigger than this
+# that matches is not what we are looking for, and holding it could exhaust a worker's memory.
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+
+
+class TarMember(NamedTuple):
+    """One file read from a tarball: its normalised path inside the archive, mtime and bytes."""
+
+    name: str
+    mtime: float
+    data: bytes
+
+
+@contextmanager
+def open_binary(uri: str) -> Iterator[BinaryIO]:
+    """The object's bytes as a stream that is read as it is consumed, never whole into memory.
+
+    Closing (leaving the ``with``) early drops the rest of an S3 download. FileNotFoundError when
+    the object does not exist.
+    """
+    if not is_s3(uri):
+        path = local_path(uri)
+        if not path.is_file():
+            raise FileNotFoundError(uri)
+        with path.open("rb") as handle:
+            yield handle
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}:
+            raise FileNotFoundError(uri) from None
+        raise StorageError(
+            [Problem("", f"cannot read {uri}: {code or exc}", fix=_ACCESS_FIX)]
+        ) from None
+    except BotoCoreError as exc:
+        raise StorageError([Problem("", f"cannot read {uri}: {exc}", fix=_ACCESS_FIX)]) from None
+    try:
+        yield body
+    finally:
+        body.close()
+
+
+def tar_member_name(name: str) -> str:
+    """A member path without the ``./`` that ``tar -C dir .`` puts in front of every name."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name.lstrip("/")
+
+
+def tar_members(
+    uri: str, wanted: Callable[[str], bool], *, max_bytes: int = MAX_MEMBER_BYTES
+) -> Iterator[TarMember]:
+    """The regular files of a ``.tar`` or ``.tar.gz`` whose normalised name ``wanted`` accepts.
+
+    The archive is read as a stream, in order: a caller that stops iterating once it has what it
+    needs (a manifest at the root of a multi-gigabyte output.tar.gz) never downloads the rest.
+    FileNotFoundError when the archive does not exist; StorageError when it is not a readable
+    tarball or a wanted member is larger than ``max_bytes``.
+    """
+    with open_binary(uri) as stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*") as archive:
+                for member in archive:
+                    name = tar_member_name(member.name)
+                    if not member.isfile() or not wanted(name):
+                        continue
+                    if member.size > max_bytes:
+                        raise StorageError(
+                            [
+                                Problem(
+                                    "",
+                                    f"{uri}: member {name} is {member.size} bytes, more than the "
+                                    f"{max_bytes} this reader holds in memory",
+                                )
+                            ]
+                        )
+                    handle = archive.extractfile(member)
+                    data = handle.read() if handle is not None else b""
+                    yield TarMember(name, float(member.mtime), data)
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise StorageError(
+                [
+                    Problem(
+                        "",
+                        f"{uri} is not a readable tar.gz archive ({exc or type(exc).__name__})",
+                        fix="point at the output.tar.gz a finished job wrote, copied whole",
+                    )
+                ]
+            ) from None

@@ -1,4 +1,5 @@
-"""Reading evaluation results: the newest results_*.json under <output>/eval-result/."""
+"""Reading evaluation results: the newest results_*.json under <output>/eval-result/ or in a
+training job's output.tar.gz."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.errors import TuneloopError
-from tuneloop.evaluation import EvalResultsError, find_results, read_eval_metrics
+from fakes.sagemaker import output_tarball
+from tuneloop.errors import StorageError, TuneloopError
+from tuneloop.evaluation import (
+    EvalResultsError,
+    find_results,
+    read_eval_metrics,
+    read_tarball_metrics,
+)
 from tuneloop.local.outputs import write_eval_results
 
 # The shape the Nova evaluation container writes for gen_qa (lighteval-style).
@@ -131,3 +138,90 @@ def test_s3_output_folder(s3_server: str) -> None:
     assert read_eval_metrics("s3://evals/out/my-eval-job/") == {"exact_match": 0.7}
     with pytest.raises(EvalResultsError, match="no results"):
         read_eval_metrics("s3://evals/out/other-job")
+
+
+# --- SageMaker training jobs: results packed in output/output.tar.gz --------------------------
+
+
+def results(value: float) -> str:
+    return json.dumps({"results": {"custom|gen_qa_gen_qa|0": {"em": value}, "all": {"em": value}}})
+
+
+# What an evaluation training job packs: <job>/eval_results/results_*.json and friends.
+EVAL_TARBALL = {
+    "my-eval/eval_results/results_2025-06-01T10-00-00.json": results(0.25),
+    "my-eval/eval_results/results_2025-06-02T10-00-00.json": results(0.75),
+    "my-eval/eval_results/inference_output.jsonl": '{"prompt": "p"}\n',
+    "my-eval/tensorboard_results/eval/events.out.tfevents.1": b"\x00\x01",
+}
+
+
+def write_tarball(folder: Path, members: dict, raw: bytes | None = None) -> Path:
+    (folder / "output").mkdir(parents=True, exist_ok=True)
+    path = folder / "output" / "output.tar.gz"
+    path.write_bytes(raw if raw is not None else output_tarball(members))
+    return path
+
+
+def test_results_in_a_training_job_tarball(tmp_path: Path) -> None:
+    tarball = write_tarball(tmp_path / "my-eval", EVAL_TARBALL)
+    assert read_eval_metrics(str(tmp_path / "my-eval")) == {"em": 0.75}
+    assert read_eval_metrics(str(tarball)) == {"em": 0.75}
+    assert read_eval_metrics(f"file://{tmp_path}/my-eval/output/") == {"em": 0.75}
+    assert read_tarball_metrics(str(tarball)) == {"em": 0.75}
+    # The folder layout, when present, is what the job folder means.
+    write(tmp_path / "my-eval" / "eval-result" / "results_1.json", {"results": {"all": {"a": 1}}})
+    assert read_eval_metrics(str(tmp_path / "my-eval")) == {"a": 1.0}
+
+
+def test_tarball_without_results_is_a_clear_error(tmp_path: Path) -> None:
+    write_tarball(tmp_path, {"manifest.json": '{"checkpoint_s3_bucket": "s3://x"}'})
+    with pytest.raises(EvalResultsError) as info:
+        read_eval_metrics(str(tmp_path))
+    [problem] = info.value.problems
+    assert "output.tar.gz holds no results_*.json" in problem.message
+    assert "training job's output.tar.gz holds a manifest" in problem.fix
+
+
+def test_tarball_with_broken_results(tmp_path: Path) -> None:
+    members = {**EVAL_TARBALL, "my-eval/eval_results/results_2025-07-01T00-00-00.json": "{oops"}
+    write_tarball(tmp_path, members)
+    with pytest.raises(EvalResultsError, match="not valid JSON") as info:
+        read_eval_metrics(str(tmp_path))
+    assert info.value.problems[0].source.endswith(
+        "output.tar.gz!my-eval/eval_results/results_2025-07-01T00-00-00.json"
+    )
+    data = output_tarball(EVAL_TARBALL)
+    write_tarball(tmp_path, {}, raw=data[: len(data) // 2])
+    with pytest.raises(StorageError, match=r"is not a readable tar\.gz archive"):
+        read_eval_metrics(str(tmp_path))
+
+
+def test_nothing_anywhere_names_both_places(tmp_path: Path) -> None:
+    with pytest.raises(EvalResultsError) as info:
+        read_eval_metrics(str(tmp_path / "job"))
+    message = info.value.problems[0].message
+    assert f"{tmp_path}/job/eval-result" in message
+    assert f"{tmp_path}/job/output/output.tar.gz" in message
+    with pytest.raises(EvalResultsError, match="the archive does not exist"):
+        read_eval_metrics(str(tmp_path / "job" / "output" / "output.tar.gz"))
+
+
+def test_training_job_tarball_on_s3(s3_server: str) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    s3.create_bucket(Bucket="smtj-evals")
+    key = "out/my-eval/output/output.tar.gz"
+    s3.put_object(Bucket="smtj-evals", Key=key, Body=output_tarball(EVAL_TARBALL))
+    assert read_eval_metrics("s3://smtj-evals/out/my-eval") == {"em": 0.75}
+    assert read_eval_metrics(f"s3://smtj-evals/{key}") == {"em": 0.75}
+    s3.put_object(
+        Bucket="smtj-evals",
+        Key="out/train-job/output/output.tar.gz",
+        Body=output_tarball({"manifest.json": "{}"}),
+    )
+    with pytest.raises(EvalResultsError, match=r"holds no results_\*\.json"):
+        read_eval_metrics("s3://smtj-evals/out/train-job/")
+    with pytest.raises(EvalResultsError, match="nor in s3://smtj-evals/out/never/output"):
+        read_eval_metrics("s3://smtj-evals/out/never")
