@@ -1,0 +1,751 @@
+"""SageMaker training jobs: Nova fine-tuning and evaluation as ``CreateTrainingJob`` calls.
+
+There is no training script. A Nova job is the Nova container for the method and region, the
+rendered recipe shipped as the input channel ``recipe`` (the container reads it from
+``sagemaker_recipe_local_path``), the base model as a hyperparameter (``base_model`` for a model
+id, ``base_model_location`` for an s3:// checkpoint) and the data as the ``train`` and
+``validation`` channels. This is the request the SageMaker Python SDK builds from a Nova recipe;
+building it here keeps the SDK off Airflow workers and lets submission be idempotent.
+
+Submission is describe-before-create on a deterministic name: a job that exists is adopted
+(running or finished), never started twice. SageMaker rejects a second job of the same name, so
+two workers that race both end up holding the one job.
+
+Outputs land in ``<output_uri>/<job>/output/output.tar.gz``; ``tuneloop.manifest`` and
+``tuneloop.evaluation`` read the manifest and results from it. Logs are the job's CloudWatch
+streams, ``/aws/sagemaker/TrainingJobs`` ``<job>/algo-<n>-<epoch>``.
+
+boto3 and the Amazon provider's hooks are imported inside methods (DAG parse-time hygiene).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+
+import yaml
+
+from tuneloop import storage
+from tuneloop.jobs.base import (
+    JobError,
+    JobKind,
+    JobNotFoundError,
+    JobSpec,
+    JobState,
+    JobStatus,
+    LogChunk,
+    TransientJobError,
+    UserJobError,
+    job_error,
+    validate_job_name,
+)
+from tuneloop.recipes.catalog import (
+    CatalogError,
+    Method,
+    Platform,
+    allowed_instance_types,
+    container_image,
+    model_spec,
+)
+
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+RECIPE_CHANNEL = "recipe"
+RECIPE_FILE = "recipe.yaml"
+RECIPE_LOCAL_PATH = f"/opt/ml/input/data/{RECIPE_CHANNEL}/{RECIPE_FILE}"
+MANAGED_BY_TAG = "tuneloop:managed-by"
+MANAGED_BY = "tuneloop"
+# Nova checkpoints go to the service's escrow bucket, not the instance volume; the volume only
+# holds the downloaded data (and instances with NVMe storage ignore it).
+VOLUME_SIZE_GB = 30
+# CloudWatch Logs pages per stream and call: bounds one call's work; the cursor keeps the rest.
+MAX_LOG_PAGES = 20
+
+# Secondary statuses of an InProgress job that has not started training yet.
+_NOT_STARTED = frozenset(
+    {
+        "Starting",
+        "Pending",
+        "LaunchingMLInstances",
+        "PreparingTrainingStack",
+        "Downloading",
+        "DownloadingTrainingImage",
+        "Interrupted",
+        "Restarting",
+    }
+)
+_RAN_OUT_OF_TIME = frozenset({"MaxRuntimeExceeded", "MaxWaitTimeExceeded"})
+# FailureReason texts that a new attempt may not hit again.
+_RETRYABLE_FAILURE = re.compile(
+    r"capacity|insufficient|internal ?(server )?error|internalfailure|spot|interrupt|"
+    r"throttl|temporar|service ?unavailable",
+    re.IGNORECASE,
+)
+_TRANSIENT_CODES = frozenset(
+    {
+        "ResourceLimitExceeded",
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalServerException",
+        "InternalError",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+_CREDENTIAL_CODES = frozenset(
+    {
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "IncompleteSignature",
+        "InvalidSignatureException",
+        "MissingAuthenticationToken",
+        "SignatureDoesNotMatch",
+    }
+)
+_ACCESS_CODES = frozenset({"AccessDeniedException", "AccessDenied", "NotAuthorized"})
+_NOT_FOUND = re.compile(r"not found|could not find|does not exist", re.IGNORECASE)
+
+
+def console_url(region: str, name: str) -> str:
+    """The SageMaker console page of a training job."""
+    return f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}#/jobs/{name}"
+
+
+def result_uri(output_path: str, name: str) -> str:
+    """``<S3OutputPath>/<job>/output/output.tar.gz``: where the job's manifest or results are."""
+    return storage.join(output_path, name, "output", "output.tar.gz")
+
+
+def recipe_prefix(output_uri: str, name: str) -> str:
+    """The S3 folder the recipe channel reads: ``<output_uri>/<job>/recipe/``."""
+    return storage.join(output_uri, name, RECIPE_CHANNEL) + "/"
+
+
+def recipe_yaml(recipe: Mapping[str, Any]) -> str:
+    """The rendered recipe as the YAML file the container reads (stable: same recipe, same
+    bytes, so a re-upload by a retry or a racing worker changes nothing)."""
+    return yaml.safe_dump(dict(recipe), sort_keys=False, default_flow_style=False)
+
+
+# --- the request --------------------------------------------------------------------------
+
+
+def _user_error(name: str, message: str, fix: str) -> JobError:
+    return job_error(UserJobError, name, message, fix)
+
+
+def _method(spec: JobSpec) -> Method | None:
+    """The training method, or None for evaluation."""
+    if spec.method == "eval" or spec.kind is JobKind.EVAL:
+        return None
+    try:
+        return Method(spec.method)
+    except ValueError:
+        raise _user_error(
+            spec.name,
+            f"method {spec.method!r} is not a training method",
+            f"use one of {', '.join(m.value for m in Method)} or eval",
+        ) from None
+
+
+def _data_type(method: Method | None) -> str:
+    """S3DataType of the data channels: Nova SFT (and CPT) read Converse JSONL; RFT and
+    evaluation read their files as plain S3 objects."""
+    return "Converse" if method in (Method.SFT, Method.CPT) else "S3Prefix"
+
+
+def _is_lambda(value: str) -> bool:
+    return value.startswith("arn:aws") and ":lambda:" in value
+
+
+def _channel(name: str, uri: str, data_type: str) -> dict[str, Any]:
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": data_type,
+                "S3Uri": uri,
+                "S3DataDistributionType": "FullyReplicated",
+            }
+        },
+        "InputMode": "File",
+    }
+
+
+def training_job_request(
+    spec: JobSpec,
+    *,
+    region: str,
+    role_arn: str,
+    instance_type: str,
+    max_runtime_seconds: int,
+) -> dict[str, Any]:
+    """The ``CreateTrainingJob`` request for a job spec (pure: no AWS call).
+
+    Each input becomes a channel of that name (``train``, ``validation``), except a Lambda ARN,
+    which is the RFT reward function (it wins over ``run.reward_lambda_arn``; evaluation recipes
+    carry theirs in the recipe). Raises UserJobError for anything the service would refuse
+    after the request was sent, or accept and then fail on: not a Nova model, no image for the
+    method in the region, an instance type the model cannot use, data outside S3, RFT without a
+    reward function.
+    """
+    name = spec.name
+    run = spec.recipe.get("run") if isinstance(spec.recipe.get("run"), dict) else {}
+    model_type = str(run.get("model_type") or "")
+    model = model_spec(model_type)
+    if model is None or not model.is_nova:
+        raise _user_error(
+            name,
+            f"run.model_type {model_type!r} is not a Nova model",
+            "SageMaker training jobs run Nova models; use the local backend for other models",
+        )
+    method = _method(spec)
+    try:
+        image = container_image(model_type, method, Platform.SMTJ, region)
+    except CatalogError as exc:
+        raise _user_error(name, str(exc), "pick a region and method the catalog lists") from None
+    allowed = allowed_instance_types(model_type, method)
+    if instance_type not in allowed:
+        raise _user_error(
+            name,
+            f"{model.display_name} {method.value.upper() if method else 'evaluation'} jobs do "
+            f"not run on {instance_type}",
+            f"set the backend's instance_type to one of {', '.join(allowed)}",
+        )
+    replicas = run.get("replicas", 1)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+        raise _user_error(
+            name, f"run.replicas {replicas!r} is not a positive instance count", "set 1 or more"
+        )
+    base = str(run.get("model_name_or_path") or "")
+    if not base:
+        raise _user_error(
+            name,
+            "run.model_name_or_path is empty",
+            f"use the base model ({model.base_model}) or an earlier job's checkpoint_s3_bucket",
+        )
+    if not storage.is_s3(spec.output_uri):
+        raise _user_error(
+            name,
+            f"output_uri {spec.output_uri!r} is not an s3:// URI",
+            "training jobs write to S3; set the campaign's output root to s3://bucket/prefix",
+        )
+
+    hyperparameters = {"sagemaker_recipe_local_path": RECIPE_LOCAL_PATH}
+    hyperparameters["base_model_location" if storage.is_s3(base) else "base_model"] = base
+    data_type = _data_type(method)
+    channels = []
+    reward = str(run.get("reward_lambda_arn") or "")
+    for channel, uri in sorted(spec.inputs.items()):
+        if _is_lambda(uri):
+            reward = uri
+            continue
+        if channel == RECIPE_CHANNEL:
+            raise _user_error(
+                name, "input channel 'recipe' is reserved for the recipe", "rename the input"
+            )
+        if not storage.is_s3(uri):
+            raise _user_error(
+                name,
+                f"input {channel} = {uri!r} is not an s3:// URI",
+                "training jobs read their data from S3; upload it to your own bucket",
+            )
+        channels.append(_channel(channel, uri, data_type))
+    if method is Method.RFT:
+        if not reward:
+            raise _user_error(
+                name,
+                "RFT needs a reward function and none was given",
+                "set run.reward_lambda_arn to the ARN of your reward Lambda",
+            )
+        hyperparameters["reward_lambda_arn"] = reward
+    processor = spec.recipe.get("processor")
+    eval_lambda = processor.get("lambda_arn") if isinstance(processor, dict) else None
+    if method is None and eval_lambda:
+        hyperparameters["eval_lambda_arn"] = str(eval_lambda)
+    channels.append(_channel(RECIPE_CHANNEL, recipe_prefix(spec.output_uri, name), "S3Prefix"))
+
+    tags = [{"Key": key, "Value": value} for key, value in sorted(spec.labels.items())]
+    tags.append({"Key": MANAGED_BY_TAG, "Value": MANAGED_BY})
+    return {
+        "TrainingJobName": name,
+        "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
+        "RoleArn": role_arn,
+        "HyperParameters": hyperparameters,
+        "InputDataConfig": channels,
+        "OutputDataConfig": {"S3OutputPath": spec.output_uri},
+        "ResourceConfig": {
+            "InstanceType": instance_type,
+            "InstanceCount": replicas,
+            "VolumeSizeInGB": VOLUME_SIZE_GB,
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": max_runtime_seconds},
+        "TensorBoardOutputConfig": {
+            "S3OutputPath": storage.join(spec.output_uri, name, "tensorboard")
+        },
+        "Tags": tags,
+    }
+
+
+# --- the status ---------------------------------------------------------------------------
+
+
+def _instance_count(description: Mapping[str, Any]) -> int:
+    resources = description.get("ResourceConfig") or {}
+    groups = resources.get("InstanceGroups") or []
+    if groups:
+        return sum(int(group.get("InstanceCount", 0)) for group in groups) or 1
+    return int(resources.get("InstanceCount") or 1)
+
+
+def _state(description: Mapping[str, Any]) -> tuple[JobState, str, bool]:
+    """(state, message, retryable) of a DescribeTrainingJob answer."""
+    status = description.get("TrainingJobStatus", "")
+    secondary = description.get("SecondaryStatus", "")
+    reason = description.get("FailureReason", "")
+    if status == "InProgress":
+        if secondary in _NOT_STARTED:
+            return JobState.PENDING, f"waiting to train ({secondary})", False
+        return JobState.RUNNING, f"in progress ({secondary or 'Training'})", False
+    if status == "Completed":
+        return JobState.SUCCEEDED, "completed", False
+    if status == "Failed":
+        retryable = bool(_RETRYABLE_FAILURE.search(reason))
+        return JobState.FAILED, f"failed: {reason or 'no reason given'}", retryable
+    if status in ("Stopping", "Stopped") and secondary in _RAN_OUT_OF_TIME:
+        return JobState.FAILED, f"stopped by the service ({secondary})", False
+    if status in ("Stopping", "Stopped", "Deleting"):
+        return JobState.STOPPED, status.lower(), False
+    return JobState.PENDING, f"status {status or 'unknown'}", False
+
+
+def status_from_description(
+    description: Mapping[str, Any], region: str, labels: Mapping[str, str] | None = None
+) -> JobStatus:
+    """A JobStatus from a DescribeTrainingJob answer (or a Search result's TrainingJob)."""
+    name = description["TrainingJobName"]
+    state, message, retryable = _state(description)
+    reason = description.get("FailureReason", "") if state is JobState.FAILED else ""
+    if description.get("SecondaryStatus") in _RAN_OUT_OF_TIME:
+        reason = reason or f"{description['SecondaryStatus']}: the job ran past its time limit"
+    billable = description.get("BillableTimeInSeconds")
+    output_path = (description.get("OutputDataConfig") or {}).get("S3OutputPath", "")
+    started: datetime | None = description.get("TrainingStartTime")
+    ended: datetime | None = description.get("TrainingEndTime")
+    return JobStatus(
+        name=name,
+        state=state,
+        message=message,
+        failure_reason=reason,
+        retryable=retryable,
+        started_at=started,
+        ended_at=ended if state.final else None,
+        # BillableTimeInSeconds is wall-clock time per instance; SageMaker bills it once per
+        # instance, so instance-seconds are BillableTimeInSeconds x InstanceCount.
+        billable_seconds=(
+            float(billable) * _instance_count(description) if billable is not None else None
+        ),
+        result_uri=result_uri(output_path, name) if output_path else "",
+        console_url=console_url(region, name),
+        labels=dict(labels or {}),
+    )
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+def _client_error(
+    exc: Exception,
+    name: str,
+    action: str,
+    backend: TrainingJobsBackend,
+    service: str = "sagemaker",
+) -> JobError:
+    """A typed JobError for what boto3 raised during ``service``'s ``action``."""
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        text = str(error.get("Message", "")) or str(exc)
+        http = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        message = f"{action} failed: {code}: {text}"
+        if code in ("ResourceNotFound", "ResourceNotFoundException"):
+            return job_error(JobNotFoundError, name, message)
+        if code == "ResourceLimitExceeded":
+            fix = (
+                f"wait for other {backend.instance_type} jobs to finish, or ask for a higher "
+                "'training job usage' quota in Service Quotas"
+            )
+            return job_error(TransientJobError, name, message, fix)
+        if code in _TRANSIENT_CODES or http >= 500:
+            return job_error(TransientJobError, name, message, "retry later")
+        if code in _ACCESS_CODES:
+            fix = f"allow the caller of connection {backend.aws_conn_id!r} {service}:{action}"
+            if action == "CreateTrainingJob":
+                fix += (
+                    f" and iam:PassRole on {backend.role_arn}; the role itself needs S3 read on "
+                    "the data and write on the output path"
+                )
+            return job_error(UserJobError, name, message, fix)
+        if code in _CREDENTIAL_CODES:
+            fix = f"refresh the AWS credentials of connection {backend.aws_conn_id!r}"
+            return job_error(UserJobError, name, message, fix)
+        fix = (
+            "the service's message names the field; check the recipe, the role ARN, the "
+            "instance type and the S3 URIs"
+        )
+        return job_error(UserJobError, name, message, fix)
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | NoRegionError):
+        fix = f"configure AWS credentials and region for connection {backend.aws_conn_id!r}"
+        return job_error(UserJobError, name, f"{action} failed: {exc}", fix)
+    if isinstance(exc, BotoCoreError):
+        return job_error(TransientJobError, name, f"{action} failed: {exc}", "retry later")
+    raise exc
+
+
+def _error_code(exc: Exception) -> tuple[str, str]:
+    response = getattr(exc, "response", None) or {}
+    error = response.get("Error", {})
+    return str(error.get("Code", "")), str(error.get("Message", ""))
+
+
+def _is_not_found(exc: Exception) -> bool:
+    code, message = _error_code(exc)
+    if code in ("ResourceNotFound", "ResourceNotFoundException"):
+        return True
+    return code == "ValidationException" and bool(_NOT_FOUND.search(message))
+
+
+def _is_duplicate(exc: Exception) -> bool:
+    code, message = _error_code(exc)
+    return code == "ResourceInUse" or (
+        code == "ValidationException" and "already exists" in message.lower()
+    )
+
+
+# --- logs cursor --------------------------------------------------------------------------
+
+
+def _decode_cursor(name: str, cursor: str) -> dict[str, str]:
+    """``{stream: next forward token}``; empty for the start of the log."""
+    if not cursor:
+        return {}
+    try:
+        tokens = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (ValueError, TypeError):
+        tokens = None
+    if not isinstance(tokens, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tokens.items()
+    ):
+        raise _user_error(
+            name, f"log cursor {cursor[:40]!r} was not returned by this backend", "start from ''"
+        )
+    return tokens
+
+
+def _encode_cursor(tokens: Mapping[str, str]) -> str:
+    text = json.dumps(dict(sorted(tokens.items())), separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+# --- the backend --------------------------------------------------------------------------
+
+
+class TrainingJobsBackend:
+    """Runs Nova jobs as SageMaker training jobs in one region, under one execution role.
+
+    Clients come from the Amazon provider's hooks (the Airflow connection ``aws_conn_id``; when
+    it is None or does not exist, boto3's default credential chain). ``endpoint_url`` points the
+    SageMaker client elsewhere (a VPC endpoint, a test server); CloudWatch Logs uses the
+    connection's or boto3's configured endpoint and S3 also honours TUNELOOP_S3_ENDPOINT_URL,
+    as ``tuneloop.storage`` does.
+    """
+
+    type: ClassVar[str] = "smtj"
+
+    def __init__(
+        self,
+        region: str,
+        role_arn: str,
+        instance_type: str = "ml.p5.48xlarge",
+        aws_conn_id: str | None = "aws_default",
+        max_runtime_seconds: int = 86400,
+        endpoint_url: str | None = None,
+        verify: bool | str | None = None,
+        botocore_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.region = region
+        self.role_arn = role_arn
+        self.instance_type = instance_type
+        self.aws_conn_id = aws_conn_id
+        self.max_runtime_seconds = max_runtime_seconds
+        self.endpoint_url = endpoint_url
+        self.verify = verify
+        self.botocore_config = dict(botocore_config) if botocore_config else None
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "region": self.region,
+            "role_arn": self.role_arn,
+            "instance_type": self.instance_type,
+            "aws_conn_id": self.aws_conn_id,
+            "max_runtime_seconds": self.max_runtime_seconds,
+            "endpoint_url": self.endpoint_url,
+            "verify": self.verify,
+            "botocore_config": self.botocore_config,
+        }
+
+    # -- clients --
+
+    def _client(self, service: str) -> Any:
+        """A boto3 client built from the provider hook's session, cached per backend."""
+        with self._lock:
+            if service in self._clients:
+                return self._clients[service]
+            from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+            from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+            hook_class = {"sagemaker": SageMakerHook, "s3": S3Hook, "logs": AwsLogsHook}[service]
+            hook = hook_class(
+                aws_conn_id=self.aws_conn_id,
+                region_name=self.region,
+                verify=self.verify,
+                config=dict(self.botocore_config) if self.botocore_config else None,
+            )
+            overrides = {
+                "sagemaker": self.endpoint_url,
+                "s3": os.environ.get("TUNELOOP_S3_ENDPOINT_URL"),
+            }
+            endpoint = overrides.get(service) or hook.conn_config.get_service_endpoint_url(
+                service_name=service
+            )
+            client = hook.get_session(region_name=self.region).client(
+                service, endpoint_url=endpoint, config=hook.config, verify=hook.verify
+            )
+            self._clients[service] = client
+            return client
+
+    def _call(self, name: str, action: str, service: str = "sagemaker", **kwargs: Any) -> Any:
+        """One API call, its failures turned into typed JobErrors."""
+        from botocore import xform_name
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self._client(service), xform_name(action))(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise _client_error(exc, name, action, self, service) from None
+
+    def _describe(self, name: str) -> dict[str, Any] | None:
+        """DescribeTrainingJob, or None when no job has that name."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self._client("sagemaker").describe_training_job(TrainingJobName=name)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise _client_error(exc, name, "DescribeTrainingJob", self) from None
+        except BotoCoreError as exc:
+            raise _client_error(exc, name, "DescribeTrainingJob", self) from None
+
+    def _status(self, description: Mapping[str, Any]) -> JobStatus:
+        return status_from_description(description, self.region)
+
+    # -- the protocol --
+
+    def submit(self, spec: JobSpec) -> JobStatus:
+        """Adopt the job of this name if it exists; otherwise upload the recipe and create it."""
+        name = validate_job_name(spec.name)
+        existing = self._describe(name)
+        if existing is not None:
+            return self._status(existing)
+        request = training_job_request(
+            spec,
+            region=self.region,
+            role_arn=self.role_arn,
+            instance_type=self.instance_type,
+            max_runtime_seconds=self.max_runtime_seconds,
+        )
+        self._upload_recipe(spec)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client("sagemaker").create_training_job(**request)
+        except ClientError as exc:
+            if not _is_duplicate(exc):
+                raise _client_error(exc, name, "CreateTrainingJob", self) from None
+            # Another submit of the same job won the race: adopt the job it created.
+        except BotoCoreError as exc:
+            raise _client_error(exc, name, "CreateTrainingJob", self) from None
+        created = self._describe(name)
+        if created is None:  # created but not yet readable: report it as starting
+            return JobStatus(
+                name=name,
+                state=JobState.PENDING,
+                message="created",
+                result_uri=result_uri(spec.output_uri, name),
+                console_url=console_url(self.region, name),
+                labels=dict(spec.labels),
+            )
+        return self._status(created)
+
+    def _upload_recipe(self, spec: JobSpec) -> str:
+        """Put the recipe where the recipe channel reads it. The same recipe always gives the
+        same bytes at the same key, so a retry or a racing worker rewrites nothing new."""
+        uri = storage.join(recipe_prefix(spec.output_uri, spec.name), RECIPE_FILE)
+        bucket, key = storage.split_s3(uri)
+        body = recipe_yaml(spec.recipe).encode()
+        self._call(spec.name, "PutObject", "s3", Bucket=bucket, Key=key, Body=body)
+        return uri
+
+    def status(self, name: str) -> JobStatus:
+        description = self._describe(name)
+        if description is None:
+            raise job_error(
+                JobNotFoundError, name, f"no training job named {name} in {self.region}"
+            )
+        return self._status(description)
+
+    def cancel(self, name: str) -> JobStatus:
+        """StopTrainingJob for a job in progress; a job that ended (or is stopping) is left as
+        it is. SageMaker keeps the job's record and outputs; nothing else was created."""
+        current = self.status(name)
+        if current.final:
+            return current
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client("sagemaker").stop_training_job(TrainingJobName=name)
+        except ClientError as exc:
+            # It ended between the describe and the stop: report how it ended.
+            code, _ = _error_code(exc)
+            if code != "ValidationException" or _is_not_found(exc):
+                raise _client_error(exc, name, "StopTrainingJob", self) from None
+            after = self.status(name)
+            if not after.final:
+                raise _client_error(exc, name, "StopTrainingJob", self) from None
+            return after
+        except BotoCoreError as exc:
+            raise _client_error(exc, name, "StopTrainingJob", self) from None
+        return self.status(name)
+
+    def logs(self, name: str, cursor: str = "") -> LogChunk:
+        """New lines of all the job's log streams since ``cursor``, in timestamp order.
+
+        The cursor holds each stream's next forward token, so a line is returned exactly once
+        even when instances log at the same millisecond or a stream appears late. Lines are
+        prefixed with ``[algo-N]`` once the job has more than one stream.
+        """
+        tokens = _decode_cursor(name, cursor)
+        streams = self._log_streams(name)
+        if streams is None:
+            return LogChunk(lines=[], cursor=cursor)
+        prefixed = len(streams) > 1
+        events: list[tuple[int, int, str]] = []
+        for order, stream in enumerate(streams):
+            token = tokens.get(stream)
+            for _ in range(MAX_LOG_PAGES):
+                kwargs: dict[str, Any] = {"nextToken": token} if token else {}
+                page = self._call(
+                    name,
+                    "GetLogEvents",
+                    "logs",
+                    logGroupName=LOG_GROUP,
+                    logStreamName=stream,
+                    startFromHead=True,
+                    **kwargs,
+                )
+                host = stream.split("/", 1)[-1].rsplit("-", 1)[0]
+                for event in page.get("events", []):
+                    text = str(event.get("message", "")).rstrip("\n")
+                    line = f"[{host}] {text}" if prefixed else text
+                    events.append((int(event.get("timestamp", 0)), order, line))
+                new = page.get("nextForwardToken")
+                if not new or new == token:
+                    break
+                token = new
+            if token:
+                tokens[stream] = token
+        events.sort(key=lambda event: (event[0], event[1]))
+        return LogChunk(lines=[line for _, _, line in events], cursor=_encode_cursor(tokens))
+
+    def _log_streams(self, name: str) -> list[str] | None:
+        """The job's stream names, sorted; None while the log group does not exist yet."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        streams: list[str] = []
+        try:
+            pages = self._client("logs").get_paginator("describe_log_streams")
+            for page in pages.paginate(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{name}/"):
+                streams.extend(item["logStreamName"] for item in page.get("logStreams", []))
+        except ClientError as exc:
+            if _error_code(exc)[0] == "ResourceNotFoundException":
+                return None
+            raise _client_error(exc, name, "DescribeLogStreams", self, "logs") from None
+        except BotoCoreError as exc:
+            raise _client_error(exc, name, "DescribeLogStreams", self, "logs") from None
+        return sorted(streams)
+
+    def find(self, labels: Mapping[str, str]) -> list[JobStatus]:
+        """tuneloop's training jobs tagged with all of ``labels``, oldest first (SageMaker
+        Search on tags; a job can take a few seconds to appear in it after creation)."""
+        wanted = {**labels, MANAGED_BY_TAG: MANAGED_BY}
+        filters = [
+            {"Name": f"Tags.{key}", "Operator": "Equals", "Value": value}
+            for key, value in sorted(wanted.items())
+        ]
+        found: list[tuple[float, JobStatus]] = []
+        token = ""
+        while True:
+            kwargs: dict[str, Any] = {"NextToken": token} if token else {}
+            page = self._call(
+                f"with labels {dict(labels)}",
+                "Search",
+                Resource="TrainingJob",
+                SearchExpression={"Filters": filters, "Operator": "And"},
+                SortBy="CreationTime",
+                SortOrder="Ascending",
+                **kwargs,
+            )
+            for result in page.get("Results", []):
+                job = result.get("TrainingJob") or {}
+                tags = {tag["Key"]: tag["Value"] for tag in job.get("Tags", [])}
+                # Check every tag here too: the filter is the service's; this is the contract.
+                if "TrainingJobName" not in job or any(tags.get(k) != v for k, v in wanted.items()):
+                    continue
+                job_labels = {k: v for k, v in tags.items() if k != MANAGED_BY_TAG}
+                status = status_from_description(job, self.region, job_labels)
+                created = job.get("CreationTime")
+                found.append(
+                    (created.timestamp() if isinstance(created, datetime) else 0.0, status)
+                )
+            token = page.get("NextToken") or ""
+            if not token:
+                break
+        found.sort(key=lambda item: (item[0], item[1].name))
+        return [status for _, status in found]
