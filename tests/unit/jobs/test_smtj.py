@@ -277,7 +277,8 @@ def test_create_and_describe_on_moto(s3_server: str, bucket: str) -> None:
     import boto3
 
     backend = TrainingJobsBackend(REGION, ROLE, aws_conn_id=None, endpoint_url=s3_server)
-    spec = make_spec(bucket, replicas=4)
+    # moto is shared by the session: labels unique to this test keep find() to its own job.
+    spec = make_spec(bucket, labels={"campaign": bucket, "round": "1", "stage": "sft"}, replicas=4)
 
     submitted = backend.submit(spec)
     # moto completes a job the moment it is created.
@@ -307,9 +308,10 @@ def test_create_and_describe_on_moto(s3_server: str, bucket: str) -> None:
 
     # A finished job is left as it is (moto's StopTrainingJob would answer 500).
     assert backend.cancel(spec.name).state is JobState.SUCCEEDED
-    [found] = backend.find({"campaign": "demo", "stage": "sft", "round": "1"})
+    [found] = backend.find({"campaign": bucket, "stage": "sft", "round": "1"})
     assert found.name == spec.name and found.labels["stage"] == "sft"
-    assert backend.find({"campaign": "demo", "stage": "rft"}) == []
+    assert found.state is JobState.SUCCEEDED and found.result_uri == submitted.result_uri
+    assert backend.find({"campaign": bucket, "stage": "rft"}) == []
 
 
 @pytest.fixture
