@@ -74,6 +74,7 @@ TAG_RECORD = "tuneloop.record_sha256"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"
 
+VOLATILE_KEYS = frozenset({"recorded_at"})
 CHECKPOINT_ARTIFACT = "checkpoint"
 REPORT_ARTIFACT = "report"
 TENSORBOARD_GLOB = "events.out.tfevents.*"
@@ -89,6 +90,7 @@ METRICS_PER_BATCH = 1000
 # Loggers whose INFO lines are noise to an Airflow task log (database migrations on first use,
 # "waiting for model version creation"). Warnings and errors still come through.
 _NOISY_LOGGERS = ("mlflow", "alembic")
+_log = logging.getLogger(__name__)
 _UNSAFE_KEY_CHARS = re.compile(r"[^\w.\- :/]")
 
 StoreKind = Literal["local", "database", "server", "sagemaker"]
@@ -190,8 +192,10 @@ def _redacted(text: str, uri: str) -> str:
 
 
 def record_digest(record: Mapping[str, Any]) -> str:
-    """sha256 of the record's canonical JSON: equal records, equal digests."""
-    text = json.dumps(record, sort_keys=True, default=str, separators=(",", ":"))
+    """sha256 of the record's canonical JSON, less when it was written: equal rounds, equal
+    digests (a record rebuilt on a task retry differs only in ``recorded_at``)."""
+    kept = {k: v for k, v in record.items() if k not in VOLATILE_KEYS}
+    text = json.dumps(kept, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -228,6 +232,15 @@ def millis(when: Any) -> int | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
+
+
+def round_times(record: Mapping[str, Any]) -> tuple[int, int]:
+    """(start, end) of a round in epoch ms. Missing times fall back to when the record was
+    written, which the ledger keeps: metric timestamps must not change between two loggings."""
+    written = millis(record.get("recorded_at"))
+    start = millis(record.get("started_at")) or written or _now_ms()
+    end = millis(record.get("ended_at")) or written or start
+    return start, end
 
 
 def _finite(value: Any) -> float | None:
@@ -291,16 +304,20 @@ def stage_params(stage: Mapping[str, Any]) -> dict[str, str]:
 
 
 def round_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """A round run's single values: eval metrics, baseline, deltas, timings, billable time."""
+    """A round run's single values: eval metrics, baseline, deltas, timings, billable time, and
+    the gate's numeric signals (plateau count, GPU-hours so far...)."""
     metrics = _scalars(record.get("metrics") or (record.get("evaluation") or {}).get("metrics"))
     metrics.update({f"baseline.{k}": v for k, v in _scalars(record.get("baseline")).items()})
     for against, deltas in (record.get("deltas") or {}).items():
         prefix = metric_key(f"delta.{against}.")
         metrics.update({f"{prefix}{k}": v for k, v in _scalars(deltas).items()})
     metrics.update({f"seconds.{k}": v for k, v in _scalars(record.get("timings")).items()})
-    billable = _finite(record.get("billable_seconds"))
-    if billable is not None:
-        metrics["billable_seconds"] = billable
+    for key in ("billable_seconds", "gpu_hours"):
+        value = _finite(record.get(key))
+        if value is not None:
+            metrics[key] = value
+    signals = (record.get("decision") or {}).get("signals")
+    metrics.update({f"signal.{k}": v for k, v in _scalars(signals).items()})
     return metrics
 
 
@@ -355,7 +372,12 @@ def read_tensorboard_scalars(folder: Path) -> dict[str, Curve]:
         return {}
     by_name: dict[str, dict[int, tuple[float, int]]] = {}
     for path in sorted(folder.rglob(TENSORBOARD_GLOB)):
-        for event in EventFileLoader(str(path)).Load():
+        try:
+            events = list(EventFileLoader(str(path)).Load())
+        except Exception as error:  # best effort: the record holds the curves the gate used
+            _log.warning("Skipping unreadable TensorBoard events %s: %s", path, error)
+            continue
+        for event in events:
             if not event.HasField("summary"):
                 continue
             for value in event.summary.value:
@@ -436,6 +458,7 @@ class Tracker:
         self.model_name = f"{MODEL_PREFIX}{campaign}"
         self._client: Any = None
         self._experiment_id: str | None = None
+        self._calling = False
 
     # -- public ------------------------------------------------------------------------------
 
@@ -564,10 +587,15 @@ class Tracker:
 
     @contextlib.contextmanager
     def _calls(self, action: str) -> Iterator[None]:
-        """MLflow calls, quietly; what fails becomes a TrackingError naming the action."""
+        """MLflow calls, quietly; what fails becomes a TrackingError naming the action (the
+        outermost one, when calls nest: "log round 3", not "open experiment")."""
         import requests
         from mlflow.exceptions import MlflowException
 
+        if self._calling:
+            yield
+            return
+        self._calling = True
         try:
             with quiet_mlflow():
                 yield
@@ -578,7 +606,8 @@ class Tracker:
             raise TrackingError(
                 [
                     Problem(
-                        path="mlflow",
+                        path="",
+                        source="MLflow",
                         message=_redacted(
                             f"could not {action} at {self.store.uri}: {detail}", self.store.uri
                         ),
@@ -588,6 +617,8 @@ class Tracker:
                     )
                 ]
             ) from error
+        finally:
+            self._calling = False
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -612,6 +643,7 @@ class Tracker:
             raise TrackingError(
                 [
                     Problem(
+                        source="MLflow",
                         path=f"experiment {self.experiment!r}",
                         message="is deleted in MLflow",
                         fix=f"restore it (mlflow experiments restore --experiment-id "
@@ -683,7 +715,7 @@ class Tracker:
         found = self._find(runs, kind="campaign")
         if found is not None:
             return found
-        start = millis(record.get("started_at")) or _now_ms()
+        start = round_times(record)[0]
         run = self._create_run(self.campaign, start, {TAG_KIND: "campaign"}, parent=None)
         runs.append(run)
         return run
@@ -720,8 +752,7 @@ class Tracker:
     ) -> Any:
         """The round run and its nested stage and evaluation runs, with their data."""
         number = int(record["round"])
-        start = millis(record.get("started_at")) or _now_ms()
-        end = millis(record.get("ended_at")) or start
+        start, end = round_times(record)
         decision = record.get("decision") or {}
         if round_run is None:
             round_run = self._child(
@@ -863,7 +894,7 @@ class Tracker:
         """The campaign run's curves (a point per round, the baseline at step 0), its latest
         decision, and the report (on the round run too)."""
         number = int(record["round"])
-        end = millis(record.get("ended_at")) or _now_ms()
+        end = round_times(record)[1]
         metrics = [
             (k, v, number, end)
             for k, v in _scalars(
@@ -895,7 +926,7 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
         if decision.get("action") in ("finish", "stop"):
-            end = millis(record.get("ended_at")) or _now_ms()
+            end = round_times(record)[1]
             if campaign_run.info.status != "FINISHED" or campaign_run.info.end_time != end:
                 self._terminate(run_id, end)
         elif campaign_run.info.status != "RUNNING":
@@ -922,6 +953,7 @@ class Tracker:
             raise TrackingError(
                 [
                     Problem(
+                        source="MLflow",
                         path=f"run {run.info.run_name!r} ({run_id}).params.{key}",
                         message=f"already logged as {logged[key]!r}, the record now says "
                         f"{params[key]!r} ({len(changed)} params differ): the ledger of "

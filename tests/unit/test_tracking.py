@@ -174,9 +174,11 @@ def make_record(
             "rollback": None,
             "next_stages": [],
             "recommendation": "",
-            "signals": {},
+            "signals": {"plateau": 0, "gpu_hours_left": 100.0, "why": "text is no metric"},
         },
         "timings": {"train_sft": 3600.0, "evaluate": 120.0},
+        "recorded_at": f"{day}T03:00:01Z",
+        "gpu_hours": 16.0 * number,
         "billable_seconds": 7200.0 * number,
         "an_unknown_key": "ignored",
     }
@@ -349,6 +351,9 @@ def test_params_metrics_tags_and_artifacts(campaign: dict[str, Any]) -> None:
     assert metrics["delta.baseline.exact_match"] == pytest.approx(0.4)
     assert metrics["seconds.train_sft"] == 3600.0
     assert metrics["billable_seconds"] == 21600.0
+    assert metrics["gpu_hours"] == 48.0
+    assert metrics["signal.gpu_hours_left"] == 100.0
+    assert "signal.why" not in metrics
     tags = round3.data.tags
     assert tags["tuneloop.decision.action"] == "finish"
     assert tags["tuneloop.decision.reason"] == "round 3: finish because exact_match is 0.7"
@@ -427,7 +432,9 @@ def test_logging_rounds_again_changes_nothing(campaign: dict[str, Any]) -> None:
     tracker: Tracker = campaign["tracker"]
     before = snapshot(tracker)
     again = Tracker(str(campaign["store"]), CAMPAIGN)  # a new process would build a new one
-    results = [again.log_round(record) for record in campaign["records"]]
+    # Rebuilt on a task retry: only the time it was written differs.
+    rebuilt = [{**record, "recorded_at": "2026-04-01T00:00:00Z"} for record in campaign["records"]]
+    results = [again.log_round(record) for record in rebuilt]
     # An older round logged again does not pull the alias back from the newest champion.
     assert snapshot(tracker) == before
     assert [r["round_run_id"] for r in results] == [r["round_run_id"] for r in campaign["results"]]
@@ -524,6 +531,8 @@ def test_mlflow_chatter_stays_out_of_the_output(campaign: dict[str, Any]) -> Non
 def test_tensorboard_scalars_keep_the_last_value_of_a_repeated_step(tmp_path: Path) -> None:
     write_events(tmp_path / "a", "reduced_train_loss", [(1, 3.0), (2, 2.0)])
     write_events(tmp_path / "b", "reduced_train_loss", [(2, 1.5), (3, 1.0)])
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "events.out.tfevents.0.broken").write_bytes(b"\x00not a record" * 10)
     scalars = read_tensorboard_scalars(tmp_path)
     assert [(s, round(v, 3)) for s, v, _ in scalars["reduced_train_loss"]] == [
         (1, 3.0),
@@ -596,6 +605,7 @@ def test_an_unreachable_server_raises_a_tracking_error(monkeypatch: pytest.Monke
     with pytest.raises(TrackingError, match=r"could not .*127\.0\.0\.1") as raised:
         tracker.log_round(record)
     assert time.monotonic() - started < 20
+    assert str(raised.value).startswith("MLflow: could not log round 1 of campaign 'support-bot'")
     assert "secret" not in str(raised.value)
     assert "safe in the ledger" in str(raised.value)
 
