@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install test lint format bench demo clean
+.PHONY: help install test lint format bench demo airflow clean
 
 help:
 	@echo "tuneloop make targets:"
@@ -23,7 +23,8 @@ help:
 	@echo "  make lint      ruff check and ruff format --check"
 	@echo "  make format    ruff format and ruff check --fix"
 	@echo "  make bench     run every benchmarks/*.py"
-	@echo "  make demo      one fine-tuning round through Airflow on the local backend (not available yet)"
+	@echo "  make demo      the demo campaign through Airflow on the local backend (up to 3 rounds)"
+	@echo "  make airflow   Airflow standalone on dags/ and plugins/ (UI on http://localhost:8080)"
 	@echo "  make clean     remove .venv and caches"
 	@echo "Python used for .venv: $(PYTHON)  (override with PYTHON=...)"
 
@@ -58,11 +59,28 @@ bench: $(STAMP)
 	if [ $${#files[@]} -eq 0 ]; then echo "no benchmarks yet"; exit 0; fi; \
 	for f in "$${files[@]}"; do echo "== $$f"; $(VPY) "$$f" || exit $$?; done
 
-demo:
-	@echo "make demo: not available yet. It needs the round DAG, which comes next; meanwhile" >&2
-	@echo "the local backend runs single stages: see 'The local backend' in README.md, or" >&2
-	@echo "check a campaign: tuneloop campaign validate recipes/campaigns/demo.yaml" >&2
-	@exit 1
+# The demo campaign (recipes/campaigns/demo.yaml) through Airflow on the local backend: up to
+# 3 rounds, each triggered by the previous round's decision. State lives in .tuneloop/.
+demo: $(STAMP)
+	$(VPY) -m tuneloop.demo $(DEMO_ARGS)
+
+# Airflow standalone (scheduler, triggerer, dag-processor, API server and UI on
+# http://localhost:$(AIRFLOW_PORT)) on this repo's dags/ and plugins/, state in .tuneloop/airflow.
+# The login is admin; the password is printed at start-up and kept in
+# .tuneloop/airflow/simple_auth_manager_passwords.json.generated.
+AIRFLOW_PORT ?= 8080
+airflow: $(STAMP)
+	@mkdir -p .tuneloop/airflow
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
+	TUNELOOP_HOME="$(CURDIR)" \
+	AIRFLOW_HOME="$(CURDIR)/.tuneloop/airflow" \
+	AIRFLOW__CORE__DAGS_FOLDER="$(CURDIR)/dags" \
+	AIRFLOW__CORE__PLUGINS_FOLDER="$(CURDIR)/plugins" \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__PARALLELISM=4 \
+	AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://localhost:$(AIRFLOW_PORT)/execution/" \
+	$(VENV)/bin/airflow standalone
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist

@@ -58,6 +58,11 @@ class LocalBackend(StrictModel):
     """MLflow tracking URI; empty uses a SQLite store under output_root."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the trainer runs: CUDA when available (auto), or forced."""
+    entrypoint: str = ""
+    """Run jobs with your own trainer, ``module:function`` called as ``function(spec,
+    progress)``; empty: tuneloop's embedded trainer."""
+    python_path: list[str] = []
+    """Folders put in front of sys.path in job processes, to import ``entrypoint`` from."""
 
     @property
     def platform(self) -> Platform:

@@ -1,0 +1,450 @@
+"""What each task of a round does, as plain functions of JSON-able data.
+
+The round DAG (``rounds.py``) only wires these together; keeping them free of Airflow makes
+every step testable on its own and keeps the DAG file's parse cost at zero. Heavy modules
+(validator, ledger, gate, tracking) are imported inside the functions that need them.
+
+A round, as data::
+
+    start_round(conf)        -> RoundStart  (round number, base checkpoint, rollback flag, stages)
+    plan(start)              -> RoundPlan JSON, datasets to validate, the first job
+    validate(dataset)        -> DatasetRecord JSON
+    checkpoint(stage result) -> Checkpoint JSON + the next job (next stage, or the evaluation)
+    decide(everything)       -> RoundRecord written to the ledger; the branch to take
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from tuneloop import storage
+from tuneloop.campaign import Campaign
+from tuneloop.campaign_file import CampaignFile, load_campaign
+from tuneloop.errors import Problem, TuneloopError
+from tuneloop.jobs.base import JobKind, JobSpec, job_name
+from tuneloop.plan import RoundPlan, campaign_root
+from tuneloop.recipes.catalog import Method, Platform
+from tuneloop.recipes.rules import PLACEHOLDER_PREFIX
+
+DATA_FORMATS = {Method.SFT: "sft", Method.CPT: "cpt", Method.RFT: "rft"}
+EVAL_DATA_FORMATS = {"gen_qa": "gen_qa", "llm_judge": "llm_judge", "rft_eval": "rft"}
+BASELINE_STAGE = "baseline"
+HOME_ENV = "TUNELOOP_HOME"
+
+
+class RoundError(TuneloopError):
+    """A round cannot go on: bad conf, a missing checkpoint, a ledger conflict."""
+
+
+class RoundStart(BaseModel):
+    """Where a round starts, decided from the run's conf and the ledger."""
+
+    campaign: str
+    round: int
+    base_output_uri: str = ""
+    """The job output folder (holding manifest.json) the round starts from; empty: the base."""
+    base_round: int | None = None
+    rollback: bool = False
+    rollback_of: int | None = None
+    stages: list[str] = []
+    """Stage names to run (all when empty)."""
+    data_overrides: dict[str, dict[str, str]] = {}
+    """stage -> {train|validation: uri} replacing the campaign's data for this round."""
+    dry_run: bool = False
+    reason: str = ""
+    """Why this round runs (the previous decision, a manual trigger, a schedule)."""
+
+
+# -- campaign, backend -------------------------------------------------------------------------
+
+
+def home() -> Path:
+    """What relative local paths in a campaign are relative to: $TUNELOOP_HOME, else the
+    working directory (``make demo`` and ``make airflow`` set it to the repository)."""
+    return Path(os.environ.get(HOME_ENV) or Path.cwd())
+
+
+def load(path: str) -> CampaignFile:
+    """The campaign file, with local folders made absolute (job processes run elsewhere)."""
+    cf = load_campaign(path)
+    backend = cf.campaign.backend
+    if backend.platform is Platform.LOCAL:
+        backend.output_root = _absolute(backend.output_root)
+    return cf
+
+
+def backend_config(campaign: Campaign) -> dict[str, Any]:
+    """The job backend settings for a campaign (what ``jobs.make_backend`` builds)."""
+    backend = campaign.backend
+    if backend.platform is Platform.LOCAL:
+        config: dict[str, Any] = {
+            "type": "local",
+            "root": storage.join(campaign_root(campaign), "jobs"),
+        }
+        if backend.device != "auto":
+            config["env"] = {"TUNELOOP_DEVICE": backend.device}
+        if backend.entrypoint:
+            config["entrypoint"] = backend.entrypoint
+            config["python_path"] = [_absolute(p) for p in backend.python_path]
+        return config
+    common = {
+        "region": backend.region,
+        "aws_conn_id": backend.aws_conn_id,
+        "instance_type": backend.instance_type,
+    }
+    if backend.platform is Platform.HYPERPOD:
+        return {
+            "type": "hyperpod",
+            "cluster": backend.cluster,
+            "namespace": backend.namespace,
+            **common,
+        }
+    return {
+        "type": "smtj",
+        "role_arn": backend.role_arn,
+        "max_runtime_seconds": backend.max_runtime_seconds,
+        **common,
+    }
+
+
+def _absolute(uri: str) -> str:
+    if not uri or storage.is_s3(uri) or ("://" in uri and not uri.startswith("file://")):
+        return uri
+    path = storage.local_path(uri)
+    return uri if path.is_absolute() else str(home() / path)
+
+
+# -- start ---------------------------------------------------------------------------------------
+
+
+def start_round(cf: CampaignFile, conf: dict[str, Any]) -> RoundStart:
+    """Round number and starting point: the ledger decides, the run's conf may override.
+
+    Without conf (a schedule, an Asset, a plain UI trigger) the round continues from what the
+    latest recorded decision said: its next base, or the champion after a finish or stop, and
+    the rollback adjustments when the latest round was rolled back. A manual trigger may name a
+    base checkpoint folder or a round to restart from (a manual rollback).
+    """
+    from tuneloop.ledger import Ledger
+
+    campaign = cf.campaign
+    ledger = Ledger(campaign_root(campaign))
+    number = ledger.next_round()
+    latest = ledger.latest()
+    start = RoundStart(
+        campaign=campaign.name,
+        round=number,
+        dry_run=bool(conf.get("dry_run", False)),
+        stages=list(conf.get("stages") or []),
+        data_overrides=dict(conf.get("data_overrides") or {}),
+        reason=str(conf.get("reason") or ""),
+    )
+    unknown = [s for s in start.stages if s not in {st.name for st in campaign.stages}]
+    if unknown:
+        raise RoundError(
+            [
+                Problem(
+                    "conf.stages",
+                    f"unknown stage {', '.join(map(repr, unknown))}",
+                    allowed=", ".join(s.name for s in campaign.stages),
+                )
+            ]
+        )
+    if latest is not None:
+        # What the latest decision said; the conf the decide task triggered with says the same.
+        decision = latest.decision
+        champion = ledger.champion()
+        if decision.action.value in ("continue", "rollback"):
+            start.base_output_uri = decision.next_base or ""
+            start.base_round = decision.next_base_round
+        elif champion is not None:
+            start.base_output_uri = _round_checkpoint(champion)
+            start.base_round = champion.round
+        start.rollback = bool(decision.rollback)
+        start.rollback_of = latest.round if decision.action.value == "rollback" else None
+        if decision.next_stages and not start.stages:
+            start.stages = list(decision.next_stages)
+        start.reason = start.reason or decision.reason
+    base_checkpoint = _absolute(str(conf.get("base_checkpoint") or ""))
+    from_round = conf.get("start_from_round")
+    if from_round not in (None, "", 0):
+        record = ledger.read(int(from_round))
+        start.base_output_uri = _round_checkpoint(record)
+        start.base_round = record.round
+        start.rollback = bool(conf.get("rollback", True))
+        start.rollback_of = None
+        start.reason = str(conf.get("reason") or f"manual restart from round {record.round}")
+    elif base_checkpoint and base_checkpoint != start.base_output_uri:
+        start.base_output_uri = base_checkpoint
+        start.base_round = _round_of_output(ledger, base_checkpoint)
+        start.rollback = bool(conf.get("rollback", False))
+        start.rollback_of = None
+    elif "rollback" in conf and conf["rollback"] not in (None, ""):
+        start.rollback = bool(conf["rollback"])
+    return start
+
+
+def _round_of_output(ledger: Any, output_uri: str) -> int | None:
+    """The recorded round whose checkpoint lives in ``output_uri``, if any."""
+    for record in ledger.records():
+        if any(s.output_uri.rstrip("/") == output_uri.rstrip("/") for s in record.stages):
+            return record.round
+    return None
+
+
+def _round_checkpoint(record: Any) -> str:
+    for stage in reversed(record.stages):
+        if stage.checkpoint is not None:
+            return stage.checkpoint.output_uri or stage.output_uri
+    raise RoundError(
+        [Problem(f"round {record.round}", "recorded no checkpoint", fix="pick another round")]
+    )
+
+
+# -- plan ----------------------------------------------------------------------------------------
+
+
+def plan(cf: CampaignFile, start: RoundStart, template_context: dict[str, Any]) -> RoundPlan:
+    """Render and check every recipe of the round (fail before spending)."""
+    from tuneloop.manifest import read_checkpoint, read_checkpoint_uri
+    from tuneloop.plan import plan_round
+
+    base_uri = base = None
+    if start.base_output_uri:
+        base_uri = read_checkpoint_uri(start.base_output_uri, path="conf.base_checkpoint")
+        base = read_checkpoint(start.base_output_uri, path="conf.base_checkpoint")
+    campaign = cf.campaign
+    saved = {s.name: s.datasets.model_copy() for s in campaign.stages}
+    try:
+        for stage in campaign.stages:
+            for channel, uri in start.data_overrides.get(stage.name, {}).items():
+                setattr(stage.datasets, channel, uri)
+            stage.datasets.train = _absolute(stage.datasets.train)
+            stage.datasets.validation = _absolute(stage.datasets.validation)
+        campaign.evaluation.dataset = _absolute(campaign.evaluation.dataset)
+        return plan_round(
+            cf,
+            round_number=start.round,
+            base_uri=base_uri,
+            base=base,
+            template_context=template_context,
+            offline=False,
+            rollback=start.rollback,
+        )
+    finally:
+        for stage in campaign.stages:
+            stage.datasets = saved[stage.name]
+
+
+def datasets_to_validate(cf: CampaignFile, round_plan: RoundPlan) -> list[dict[str, Any]]:
+    """One entry per dataset of the round: what the validate_data tasks are mapped over."""
+    campaign = cf.campaign
+    items = []
+    for stage, planned in zip(campaign.stages, round_plan.stages, strict=True):
+        max_length = (planned.recipe.get("training_config") or {}).get("max_length")
+        for channel, uri in planned.datasets.items():
+            items.append(
+                {
+                    "stage": stage.name,
+                    "channel": channel,
+                    "uri": uri,
+                    "format": DATA_FORMATS[stage.method],
+                    "allow": list(stage.datasets.allow),
+                    "max_length": max_length,
+                }
+            )
+    evaluation = round_plan.evaluation
+    if evaluation.dataset and evaluation.task in EVAL_DATA_FORMATS:
+        items.append(
+            {
+                "stage": "evaluation",
+                "channel": "eval",
+                "uri": evaluation.dataset,
+                "format": EVAL_DATA_FORMATS[evaluation.task],
+                "allow": list(campaign.evaluation.allow),
+                "max_length": None,
+            }
+        )
+    return items
+
+
+def validate(campaign: Campaign, item: dict[str, Any]) -> dict[str, Any]:
+    """Validate one dataset; raise DataInvalidError (no retry) with the first errors."""
+    from tuneloop.data.registry import get_format
+    from tuneloop.data.validator import Options, validate_dataset
+    from tuneloop.recipes.catalog import MODELS
+
+    options = Options(
+        allow=frozenset(item["allow"]),
+        max_errors=20,
+        max_length=item.get("max_length"),
+        role="validation" if item["channel"] == "validation" else "train",
+    )
+    report = validate_dataset(
+        item["uri"], get_format(item["format"]), MODELS[campaign.model_type], options=options
+    )
+    record = {
+        "stage": item["stage"],
+        "channel": item["channel"],
+        "uri": item["uri"],
+        "sha256": report.sha256,
+        "records": report.records,
+        "ok": report.ok,
+        "errors": report.invalid_records,
+        "report": report.model_dump(mode="json"),
+    }
+    if not report.ok:
+        raise DataInvalidError(report.to_text())
+    return record
+
+
+class DataInvalidError(TuneloopError):
+    """A dataset of the round breaks the format's rules: no job is submitted."""
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+
+def _labels(campaign: str, round_number: int, stage: str) -> dict[str, str]:
+    return {"campaign": campaign, "round": str(round_number), "stage": stage}
+
+
+def _job(
+    campaign: str,
+    round_number: int,
+    stage: str,
+    kind: JobKind,
+    method: str,
+    recipe: dict[str, Any],
+    inputs: dict[str, str],
+    output_uri: str,
+) -> dict[str, Any]:
+    """A JobSpec whose name digests the recipe and inputs (the run name is set after)."""
+    recipe = copy.deepcopy(recipe)
+    run = recipe.setdefault("run", {})
+    run["name"] = ""
+    name = job_name(campaign, round_number, stage, recipe, inputs)
+    run["name"] = name
+    for key in ("mlflow_run_name",):
+        if key in run:
+            run[key] = name
+    spec = JobSpec(
+        name=name,
+        kind=kind,
+        method=method,
+        recipe=recipe,
+        inputs=inputs,
+        output_uri=output_uri,
+        labels=_labels(campaign, round_number, stage),
+    )
+    return spec.model_dump(mode="json")
+
+
+def stage_job(
+    round_plan: RoundPlan, index: int, base_uri: str, stages: list[str] | None = None
+) -> dict[str, Any] | None:
+    """The job of stage ``index`` starting from ``base_uri``; None when the stage is skipped."""
+    planned = round_plan.stages[index]
+    if stages and planned.name not in stages:
+        return None
+    recipe = copy.deepcopy(planned.recipe)
+    recipe["run"]["model_name_or_path"] = base_uri
+    inputs = dict(planned.datasets)
+    reward = recipe["run"].get("reward_lambda_arn")
+    if reward:
+        inputs["reward_function"] = reward
+    return _job(
+        round_plan.campaign,
+        round_plan.round,
+        planned.name,
+        JobKind.TRAIN,
+        planned.method.value,
+        recipe,
+        inputs,
+        round_root_of(round_plan),
+    )
+
+
+def round_root_of(round_plan: RoundPlan) -> str:
+    # Every planned output folder is <round root>/<planned job name>.
+    return round_plan.evaluation.output_uri.rsplit("/", 1)[0]
+
+
+def evaluation_job(round_plan: RoundPlan, model_uri: str) -> dict[str, Any]:
+    evaluation = round_plan.evaluation
+    recipe = copy.deepcopy(evaluation.recipe)
+    recipe["run"]["model_name_or_path"] = model_uri
+    inputs = {"eval": evaluation.dataset} if evaluation.dataset else {}
+    return _job(
+        round_plan.campaign,
+        round_plan.round,
+        "eval",
+        JobKind.EVAL,
+        "eval",
+        recipe,
+        inputs,
+        round_root_of(round_plan),
+    )
+
+
+def baseline_job(cf: CampaignFile, round_plan: RoundPlan) -> dict[str, Any]:
+    """The evaluation of the campaign's base model: its name depends only on the recipe and
+    data, so every round finds the same finished job instead of paying for it again."""
+    from tuneloop.campaign_file import resolve_base
+
+    base_uri, _ = resolve_base(cf, offline=False)
+    evaluation = round_plan.evaluation
+    recipe = copy.deepcopy(evaluation.recipe)
+    folder = storage.join(campaign_root(cf.campaign), BASELINE_STAGE)
+    run = recipe["run"]
+    run["model_name_or_path"] = base_uri
+    run["output_s3_path"] = folder + "/"
+    inputs = {"eval": evaluation.dataset} if evaluation.dataset else {}
+    return _job(
+        round_plan.campaign, 0, BASELINE_STAGE, JobKind.EVAL, "eval", recipe, inputs, folder
+    )
+
+
+def first_base(round_plan: RoundPlan) -> str:
+    return round_plan.base_model
+
+
+def checkpoint(
+    cf: CampaignFile, round_plan: RoundPlan, index: int, result: dict[str, Any] | None, base: str
+) -> dict[str, Any]:
+    """What stage ``index`` produced (or, when it was skipped, what it passed through)."""
+    from tuneloop.manifest import Checkpoint, read_checkpoint, read_checkpoint_uri
+
+    planned = round_plan.stages[index]
+    if not result:
+        return {"uri": base, "skipped": True, "stage": planned.name}
+    output = result["result_uri"]
+    found = read_checkpoint(output, path=f"stages[{index}]")
+    if found is None:
+        campaign = cf.campaign
+        found = Checkpoint(
+            uri=read_checkpoint_uri(output, path=f"stages[{index}]"),
+            model_type=campaign.model_type,
+            technique=planned.technique,
+            platform=campaign.platform,
+            lineage=(planned.method,),
+            output_uri=output,
+        )
+    data = found.model_dump(mode="json")
+    data["output_uri"] = data.get("output_uri") or output
+    data["stage"] = planned.name
+    return data
+
+
+def is_placeholder(uri: str) -> bool:
+    return uri.startswith(PLACEHOLDER_PREFIX)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,192 @@
+"""The round DAG's task bodies: Airflow context in, ``round_steps`` called, XCom out.
+
+Imported only inside running tasks (never at parse time). A user mistake (a broken campaign, an
+invalid dataset, a missing checkpoint) fails the task at once with the problem's own words and
+no retry; everything else is left to Airflow's retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from tuneloop import round_steps
+from tuneloop.errors import TuneloopError
+from tuneloop.plan import RoundPlan, campaign_root
+
+log = logging.getLogger(__name__)
+
+BRANCHES = {"continue": "next_round", "rollback": "rollback", "finish": "finish", "stop": "finish"}
+
+
+@contextmanager
+def user_errors() -> Any:
+    """Turn tuneloop's typed errors into a failure Airflow does not retry."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        yield
+    except TuneloopError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+def _template_context(context: dict[str, Any]) -> dict[str, Any]:
+    """The Airflow variables data URIs may use; a run without a logical date (a manual
+    trigger) uses the day it runs."""
+    from tuneloop.templating import sample_template_context
+
+    logical = context.get("logical_date") or context.get("dag_run").run_after  # type: ignore[union-attr]
+    values = sample_template_context(logical.date())
+    for key in ("ds", "ds_nodash", "ts", "ts_nodash", "data_interval_start", "data_interval_end"):
+        if context.get(key) is not None:
+            values[key] = context[key]
+    values["run_id"] = context.get("run_id", values["run_id"])
+    values["params"] = dict(context.get("params") or {})
+    return values
+
+
+def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
+    started = time.monotonic()
+    with user_errors():
+        cf = round_steps.load(path)
+        start = round_steps.start_round(cf, dict(context.get("params") or {}))
+        plan = round_steps.plan(cf, start, _template_context(context))
+        datasets = round_steps.datasets_to_validate(cf, plan)
+        first_job = round_steps.stage_job(plan, 0, plan.base_model, start.stages)
+    log.info(
+        "Round %d of %s starts from %s%s%s",
+        start.round,
+        start.campaign,
+        start.base_output_uri or plan.base_model,
+        " with the rollback adjustments" if start.rollback else "",
+        f" ({start.reason})" if start.reason else "",
+    )
+    return {
+        "start": start.model_dump(mode="json"),
+        "plan": plan.model_dump(mode="json"),
+        "datasets": datasets,
+        "first_job": first_job,
+        "started_at": datetime.now(UTC).isoformat(),
+        "seconds": time.monotonic() - started,
+    }
+
+
+def validate_task(path: str, item: dict[str, Any]) -> dict[str, Any]:
+    started = time.monotonic()
+    with user_errors():
+        cf = round_steps.load(path)
+        record = round_steps.validate(cf.campaign, item)
+    record["seconds"] = time.monotonic() - started
+    log.info(
+        "%s/%s %s: %d records, sha256 %s",
+        item["stage"],
+        item["channel"],
+        item["uri"],
+        record["records"],
+        record["sha256"][:12],
+    )
+    return record
+
+
+def proceed_task(planned: dict[str, Any], validated: list[dict[str, Any]]) -> bool:
+    if planned["start"]["dry_run"]:
+        log.info(
+            "Dry run: round %d planned and %d dataset(s) valid; no job submitted.",
+            planned["start"]["round"],
+            len(validated),
+        )
+        return False
+    return True
+
+
+def baseline_spec_task(path: str, planned: dict[str, Any]) -> dict[str, Any]:
+    with user_errors():
+        cf = round_steps.load(path)
+        return round_steps.baseline_job(cf, RoundPlan.model_validate(planned["plan"]))
+
+
+def checkpoint_task(
+    path: str,
+    planned: dict[str, Any],
+    index: int,
+    result: dict[str, Any] | None,
+    previous: dict[str, Any],
+) -> dict[str, Any]:
+    with user_errors():
+        cf = round_steps.load(path)
+        plan = RoundPlan.model_validate(planned["plan"])
+        base = previous["checkpoint"]["uri"] if "checkpoint" in previous else plan.base_model
+        point = round_steps.checkpoint(cf, plan, index, result, base)
+        if index + 1 < len(plan.stages):
+            next_job = round_steps.stage_job(
+                plan, index + 1, point["uri"], planned["start"]["stages"]
+            )
+        else:
+            next_job = round_steps.evaluation_job(plan, point["uri"])
+    log.info("Stage %s checkpoint: %s", plan.stages[index].name, point["uri"])
+    return {"checkpoint": point, "next_job": next_job}
+
+
+def decide_task(
+    path: str,
+    planned: dict[str, Any],
+    validated: list[dict[str, Any]],
+    results: dict[str, Any],
+    points: dict[str, Any],
+    evaluation: dict[str, Any],
+    baseline: dict[str, Any],
+    context: dict[str, Any],
+) -> str:
+    """Gate the round, write its ledger record once, mirror it to MLflow; pick the branch."""
+    from tuneloop.round_record import build_and_record
+
+    with user_errors():
+        cf = round_steps.load(path)
+        record = build_and_record(
+            cf,
+            planned=planned,
+            validated=validated,
+            results=results,
+            points={k: v["checkpoint"] if v else None for k, v in points.items()},
+            evaluation=evaluation,
+            baseline=baseline,
+            run_id=str(context.get("run_id", "")),
+        )
+    decision = record.decision
+    log.info("Round %d decision: %s. %s", record.round, decision.action.value, decision.reason)
+    ti = context["ti"]
+    ti.xcom_push(key="decision", value=decision.model_dump(mode="json"))
+    if decision.action.value in ("continue", "rollback"):
+        ti.xcom_push(
+            key="next_conf",
+            value={
+                "base_checkpoint": decision.next_base or "",
+                "rollback": bool(decision.rollback),
+                "stages": list(decision.next_stages or []),
+                "reason": decision.reason,
+            },
+        )
+        ti.xcom_push(
+            key="next_run_id",
+            value=f"round_{decision.next_round:04d}__after_{record.round:04d}",
+        )
+    return BRANCHES[decision.action.value]
+
+
+def finish_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
+    from tuneloop.ledger import Ledger
+
+    cf = round_steps.load(path)
+    ledger = Ledger(campaign_root(cf.campaign))
+    champion = ledger.champion()
+    latest = ledger.latest()
+    summary = {
+        "rounds": latest.round if latest else 0,
+        "champion_round": champion.round if champion else None,
+        "reason": latest.decision.reason if latest else "",
+    }
+    log.info("Campaign %s stops here: %s", cf.campaign.name, summary["reason"])
+    return summary

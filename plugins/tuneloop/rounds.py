@@ -1,0 +1,278 @@
+"""The round DAG: one DAG per campaign, one run per round.
+
+    plan_round -> validate_data (one mapped task per dataset) -> proceed (stops a dry run)
+      -> train_<stage> -> checkpoint_<stage> -> ... -> evaluate  (+ evaluate_baseline, once)
+      -> decide (branch) -> next_round | rollback | finish
+
+Round numbers and starting checkpoints come from the ledger, so a schedule, an Asset update, a
+UI trigger and a backfill all agree on what the next round is. The next round is a new run of
+the same DAG (``max_active_runs=1``) triggered with conf naming its base checkpoint.
+
+This module is imported when DAG files are parsed: only ``airflow.sdk`` and tuneloop's light
+modules at module level; every task imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tuneloop.campaign_file import CampaignFile, load_campaign, recipes_root
+
+DEFAULT_EXECUTION_TIMEOUT = timedelta(days=3)
+DEFAULT_POLL_SECONDS = 30.0
+LOCAL_POLL_SECONDS = 2.0
+
+
+def campaigns_folder() -> Path:
+    return recipes_root() / "campaigns"
+
+
+def campaign_dag(reference: str | Path) -> Any:
+    """The round DAG of one campaign file (a path, or a name in recipes/campaigns/).
+
+    A broken campaign file raises here, so it shows as an import error of the DAG file that
+    asked for it and of no other.
+    """
+    path = Path(reference)
+    if not path.is_absolute() and not path.exists():
+        path = campaigns_folder() / path
+    return build_dag(load_campaign(path))
+
+
+def _params(cf: CampaignFile) -> dict[str, Any]:
+    from airflow.sdk import Param
+
+    stage_names = [s.name for s in cf.campaign.stages]
+    return {
+        "base_checkpoint": Param(
+            "",
+            type="string",
+            title="Base checkpoint (optional)",
+            description="Start this round from this job output folder (the one holding "
+            "manifest.json) instead of what the ledger says. Empty: continue the campaign.",
+        ),
+        "start_from_round": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Restart from round (manual rollback)",
+            description="Start from the checkpoint of round k, with the campaign's rollback "
+            "adjustments (e.g. half the learning rate). Empty: continue the campaign.",
+        ),
+        "rollback": Param(
+            False,
+            type="boolean",
+            title="Apply rollback adjustments",
+            description="Plan this round as the round after a rollback (set by the rollback "
+            "branch; rarely set by hand).",
+        ),
+        "stages": Param(
+            [],
+            type="array",
+            items={"type": "string", "enum": stage_names},
+            title="Stages to run",
+            description=f"A subset of {', '.join(stage_names)}; empty runs every stage. "
+            "Skipped stages pass their starting checkpoint through.",
+        ),
+        "data_overrides": Param(
+            {},
+            type="object",
+            title="Data overrides",
+            description="Per stage, datasets replacing the campaign's for this round, e.g. "
+            '{"sft": {"train": "s3://bucket/new/train.jsonl"}}.',
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Plan, render and validate the round, then stop before any job is "
+            "submitted.",
+        ),
+        "reason": Param(
+            "",
+            type="string",
+            title="Why this round runs",
+            description="A note recorded in the ledger (the previous decision fills it).",
+        ),
+    }
+
+
+def _schedule(cf: CampaignFile) -> Any:
+    campaign = cf.campaign
+    if campaign.trigger_on_data:
+        from airflow.sdk import Asset
+
+        assets = [Asset(uri) for uri in campaign.trigger_on_data]
+        return assets if not campaign.schedule else _asset_or_time(campaign.schedule, assets)
+    return campaign.schedule
+
+
+def _asset_or_time(schedule: str, assets: list[Any]) -> Any:
+    from airflow.timetables.assets import AssetOrTimeSchedule
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    return AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(schedule, timezone="UTC"), assets=assets
+    )
+
+
+def build_dag(cf: CampaignFile) -> Any:
+    from airflow.sdk import DAG
+
+    campaign = cf.campaign
+    start = campaign.start_date or datetime(2026, 1, 1).date()
+    with DAG(
+        dag_id=campaign.dag_id,
+        description=(campaign.description or f"tuneloop campaign {campaign.name}")[:200],
+        schedule=_schedule(cf),
+        start_date=datetime(start.year, start.month, start.day, tzinfo=UTC),
+        catchup=False,
+        max_active_runs=1,
+        params=_params(cf),
+        tags=["tuneloop", f"campaign:{campaign.name}", *campaign.tags],
+        doc_md=_doc(cf),
+        render_template_as_native_obj=True,
+        default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    ) as dag:
+        _wire(cf)
+    return dag
+
+
+def _doc(cf: CampaignFile) -> str:
+    campaign = cf.campaign
+    stages = " -> ".join(f"{s.name} ({s.method.value})" for s in campaign.stages)
+    return (
+        f"**{campaign.name}**: {campaign.description}\n\n"
+        f"- campaign file: `{cf.path}`\n- model: `{campaign.model_type}` "
+        f"({campaign.technique.value}) on `{campaign.backend.type}`\n- stages: {stages}\n"
+        f"- gate: `{campaign.gate.primary_metric}`, at most {campaign.gate.max_rounds} rounds\n"
+    )
+
+
+def _wire(cf: CampaignFile) -> None:
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+    from airflow.sdk import task
+
+    from tuneloop.operators import EvaluationJobOperator, TrainingJobOperator
+    from tuneloop.round_steps import backend_config
+
+    campaign = cf.campaign
+    path = str(cf.path.resolve())
+    local = campaign.backend.type == "local"
+    poll = LOCAL_POLL_SECONDS if local else DEFAULT_POLL_SECONDS
+    job_args = {
+        "backend": backend_config(campaign),
+        "poll_interval": poll,
+        "execution_timeout": DEFAULT_EXECUTION_TIMEOUT,
+    }
+
+    @task(task_id="plan_round", retries=0, multiple_outputs=False)
+    def plan_round(**context: Any) -> list[dict[str, Any]]:
+        """Returns the datasets to validate (what validate_data maps over); the plan itself
+        goes to XCom keys ``round`` and ``first_job``."""
+        from tuneloop.round_tasks import plan_round_task
+
+        planned = plan_round_task(path, context)
+        context["ti"].xcom_push(key="round", value=planned)
+        context["ti"].xcom_push(key="first_job", value=planned["first_job"])
+        return planned["datasets"]
+
+    @task(
+        task_id="validate_data", retries=0, map_index_template="{{ item.stage }}/{{ item.channel }}"
+    )
+    def validate_data(item: dict[str, Any], **context: Any) -> dict[str, Any]:
+        from tuneloop.round_tasks import validate_task
+
+        return validate_task(path, item)
+
+    @task.short_circuit(task_id="proceed", ignore_downstream_trigger_rules=True)
+    def proceed(planned: dict[str, Any], validated: list[dict[str, Any]]) -> bool:
+        from tuneloop.round_tasks import proceed_task
+
+        return proceed_task(planned, validated)
+
+    datasets = plan_round()
+    planned = datasets["round"]
+    validated = validate_data.expand(item=datasets)
+    gate = proceed(planned, validated)
+
+    @task(task_id="evaluate_baseline_job", retries=0)
+    def baseline_spec(planned: dict[str, Any]) -> dict[str, Any]:
+        from tuneloop.round_tasks import baseline_spec_task
+
+        return baseline_spec_task(path, planned)
+
+    baseline_job = baseline_spec(planned)
+    gate >> baseline_job
+    baseline = EvaluationJobOperator(task_id="evaluate_baseline", job=baseline_job, **job_args)
+
+    previous: Any = planned
+    stage_outputs: dict[str, Any] = {}
+    checkpoints: dict[str, Any] = {}
+    next_job: Any = datasets["first_job"]
+    last: Any = gate
+    for index, stage in enumerate(campaign.stages):
+        train = TrainingJobOperator(task_id=f"train_{stage.name}", job=next_job, **job_args)
+        last >> train
+
+        @task(task_id=f"checkpoint_{stage.name}", trigger_rule="none_failed", retries=1)
+        def checkpoint(
+            planned: dict[str, Any], result: Any, previous: dict[str, Any], index: int = index
+        ) -> dict[str, Any]:
+            from tuneloop.round_tasks import checkpoint_task
+
+            return checkpoint_task(path, planned, index, result, previous)
+
+        point = checkpoint(planned, train.output, previous)
+        stage_outputs[stage.name] = train.output
+        checkpoints[stage.name] = point
+        next_job = point["next_job"]
+        previous = point
+        last = point
+
+    evaluate = EvaluationJobOperator(task_id="evaluate", job=next_job, **job_args)
+    last >> evaluate
+
+    @task.branch(task_id="decide", retries=1)
+    def decide(
+        planned: dict[str, Any],
+        validated: list[dict[str, Any]],
+        results: dict[str, Any],
+        points: dict[str, Any],
+        evaluation: dict[str, Any],
+        baseline: dict[str, Any],
+        **context: Any,
+    ) -> str:
+        from tuneloop.round_tasks import decide_task
+
+        return decide_task(path, planned, validated, results, points, evaluation, baseline, context)
+
+    branch = decide(
+        planned, validated, stage_outputs, checkpoints, evaluate.output, baseline.output
+    )
+
+    next_conf = "ti.xcom_pull(task_ids='decide', key='next_conf')"
+    conf = {
+        key: f"{{{{ {next_conf}['{key}'] }}}}"
+        for key in ("base_checkpoint", "rollback", "stages", "reason")
+    }
+    run_id = "{{ ti.xcom_pull(task_ids='decide', key='next_run_id') }}"
+    for task_id in ("next_round", "rollback"):
+        branch >> TriggerDagRunOperator(
+            task_id=task_id,
+            trigger_dag_id=campaign.dag_id,
+            trigger_run_id=run_id,
+            conf=conf,
+            skip_when_already_exists=True,
+            retries=1,
+        )
+
+    @task(task_id="finish")
+    def finish(**context: Any) -> dict[str, Any]:
+        from tuneloop.round_tasks import finish_task
+
+        return finish_task(path, context)
+
+    branch >> finish()
