@@ -65,6 +65,8 @@ LOCAL_ARTIFACTS = "artifacts"
 LOCAL_UI = "http://127.0.0.1:5000"
 """Where ``mlflow ui`` serves by default."""
 
+INVALID_HOST = "Invalid Host header"
+"""How an MLflow server refuses a Host it was not told to answer to (403)."""
 TAG_CAMPAIGN = "tuneloop.campaign"
 TAG_KIND = "tuneloop.kind"
 TAG_ROUND = "tuneloop.round"
@@ -611,14 +613,27 @@ class Tracker:
                         message=_redacted(
                             f"could not {action} at {self.store.uri}: {detail}", self.store.uri
                         ),
-                        fix="check that the tracking server is up and reachable from this worker "
-                        "(and its credentials); the round is safe in the ledger, and logging it "
-                        "again fills MLflow in",
+                        fix=self._fix_for(str(error)),
                     )
                 ]
             ) from error
         finally:
             self._calling = False
+
+    def _fix_for(self, error: str) -> str:
+        safe = "the round is safe in the ledger, and logging it again fills MLflow in"
+        if INVALID_HOST in error:
+            # MLflow's DNS-rebinding protection: a server answers only to the host names it
+            # was told, and a docker-compose service name (mlflow:5000) is not among them.
+            host = urlparse(self.store.uri).netloc.rpartition("@")[2]
+            return (
+                f"start the server with --allowed-hosts '{host},localhost:*,127.0.0.1:*' "
+                f"so that it answers to {host}; {safe}"
+            )
+        return (
+            "check that the tracking server is up and reachable from this worker "
+            f"(and its credentials); {safe}"
+        )
 
     # -- runs --------------------------------------------------------------------------------
 

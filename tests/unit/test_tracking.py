@@ -633,18 +633,22 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
             str(port),
             "--workers",
             "1",
+            # Answer to localhost only, so that another host name shows how a refusal reads.
+            "--allowed-hosts",
+            "localhost:*",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://localhost:{port}"
     deadline = time.monotonic() + 90
     try:
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                health = f"http://127.0.0.1:{port}/health"  # /health answers any host
+                with urllib.request.urlopen(health, timeout=2) as response:
                     if response.status == 200:
                         break
             except OSError:
@@ -706,3 +710,26 @@ def test_rounds_logged_to_a_tracking_server(
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["tuneloop.decision.action"] == "rollback"
     assert tags["tuneloop.champion_round"] == "1"
+
+
+@pytest.mark.slow
+def test_a_server_refusing_the_host_name_says_how_to_allow_it(mlflow_server: str) -> None:
+    other_name = mlflow_server.replace("localhost", "127.0.0.1")
+    tracker = Tracker(other_name, CAMPAIGN)
+    record = make_record(
+        1, action="continue", promoted=False, champion=None, exact_match=0.5,
+        checkpoint_root="s3://bucket/h",
+    )  # fmt: skip
+    host = other_name.removeprefix("http://")
+    with pytest.raises(TrackingError, match=f"--allowed-hosts '{host},localhost:\\*"):
+        tracker.log_round(record)
+
+
+def test_a_minimal_record_is_logged(campaign: dict[str, Any]) -> None:
+    """Optional fields missing: a round run with nothing but its decision-less self."""
+    tracker = Tracker(str(campaign["store"]), "minimal")
+    result = tracker.log_round({"campaign": "minimal", "round": 1})
+    run = tracker.client.get_run(result["round_run_id"])
+    assert run.data.tags["tuneloop.round"] == "1"
+    assert result["model_version"] == "" and result["champion_version"] == ""
+    assert tracker.champion() is None
