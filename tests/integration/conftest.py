@@ -107,9 +107,32 @@ class Airflow:
         return self.task_instance(dag.dag_id, run_id, task_id)
 
     def run_dag_in_subprocess(
-        self, dag_id: str, conf: dict[str, Any], logical_date: datetime, env: dict[str, str]
+        self,
+        dag_id: str,
+        conf: dict[str, Any],
+        logical_date: datetime,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """``dag.test()`` in a child process (which may die on purpose: see TUNELOOP_CRASH_AT)."""
+        """``dag.test()`` in a child process (which may die on purpose: TUNELOOP_CRASH_AT)."""
+        argv, child_env = self._child(dag_id, conf, logical_date, env)
+        return subprocess.run(argv, env=child_env, capture_output=True, text=True, timeout=180)
+
+    def start_dag_in_subprocess(
+        self, dag_id: str, conf: dict[str, Any], logical_date: datetime, log: Path
+    ) -> subprocess.Popen[bytes]:
+        """The same, not waited for, in its own process group (to be killed), output to ``log``."""
+        argv, child_env = self._child(dag_id, conf, logical_date, None)
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                argv, env=child_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    @staticmethod
+    def _child(
+        dag_id: str, conf: dict[str, Any], logical_date: datetime, env: dict[str, str] | None
+    ) -> tuple[list[str], dict[str, str]]:
+        import json
+
         code = (
             "import json, sys\n"
             "from datetime import datetime\n"
@@ -118,16 +141,9 @@ class Airflow:
             f"bag.dags[{dag_id!r}].test(run_conf=json.loads(sys.argv[1]),"
             f" logical_date=datetime.fromisoformat({logical_date.isoformat()!r}))\n"
         )
-        import json
-
         pythonpath = os.pathsep.join([str(REPO / "plugins"), str(TESTS)])
-        return subprocess.run(
-            [sys.executable, "-c", code, json.dumps(conf)],
-            env={**os.environ, **AIRFLOW_ENV, "PYTHONPATH": pythonpath, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        child_env = {**os.environ, **AIRFLOW_ENV, "PYTHONPATH": pythonpath, **(env or {})}
+        return [sys.executable, "-c", code, json.dumps(conf)], child_env
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         """An XCom value as stored in the metadata database."""
