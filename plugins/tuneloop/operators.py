@@ -223,7 +223,12 @@ class JobOperator(ResumableJobMixin, BaseOperator):
         mlflow_run_url: str = "",
         **kwargs: Any,
     ) -> None:
-        callbacks = kwargs.pop("on_failure_callback", None) or []
+        # The job is cancelled first, then the user's callbacks run (from the call or the DAG's
+        # default_args, which passing our own would otherwise replace).
+        defaults = kwargs.get("default_args") or {}
+        callbacks = (
+            kwargs.pop("on_failure_callback", None) or defaults.get("on_failure_callback") or []
+        )
         if not isinstance(callbacks, list):
             callbacks = [callbacks]
         super().__init__(on_failure_callback=[cancel_job_on_failure, *callbacks], **kwargs)

@@ -407,3 +407,25 @@ class _StateStore(defaultdict):
 
     def set(self, key: str, value: Any) -> None:
         self[key] = value
+
+
+def test_failure_callback_keeps_the_users_callbacks(airflow_db: Any) -> None:
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+
+    from tuneloop.operators import cancel_job_on_failure
+
+    def alert(context: Any) -> None:
+        """A user's own callback."""
+
+    with DAG(
+        "callbacks",
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        default_args={"on_failure_callback": alert},
+    ):
+        from_defaults = TrainingJobOperator(task_id="a", backend={}, job={})
+        given = TrainingJobOperator(task_id="b", backend={}, job={}, on_failure_callback=alert)
+    for operator in (from_defaults, given):
+        assert operator.on_failure_callback == [cancel_job_on_failure, alert]
