@@ -238,32 +238,39 @@ def build_and_record(
 
 
 def mirror(cf: CampaignFile, ledger: Any, record: Any) -> dict[str, Any]:
-    """MLflow runs and the round report for ``record``; failures are logged, never raised:
+    """The round report and the MLflow runs for ``record``; failures are logged, never raised:
     the ledger already holds the round."""
     out: dict[str, Any] = {}
+    files: list[str] = []
+    try:
+        files = write_round_report(cf, ledger)
+        out["report"] = files[0] if files else ""
+    except Exception as exc:  # the round stands without its report
+        log.warning("Could not write the round report: %s", exc)
     uri = tracking_uri(cf)
     if uri:
         try:
             from tuneloop.tracking import Tracker
 
-            out = Tracker(uri, cf.campaign.name).log_round(record.model_dump(mode="json"))
-            log.info("MLflow: %s", out.get("round_url") or out)
-        except Exception as exc:  # see the docstring
+            tracked = Tracker(uri, cf.campaign.name).log_round(
+                record.model_dump(mode="json"), report_files=files
+            )
+            out.update(tracked)
+            log.info("MLflow: %s", tracked.get("round_url") or tracked)
+            if tracked.get("open_with"):
+                log.info("Open the MLflow UI with: %s", tracked["open_with"])
+        except Exception as exc:  # the ledger holds the round; the next round mirrors again
             log.warning("MLflow tracking failed for round %d: %s", record.round, exc)
-    try:
-        report = write_round_report(cf, ledger)
-        out["report"] = report
-    except Exception as exc:  # see the docstring
-        log.warning("Could not write the round report: %s", exc)
     return out
 
 
-def write_round_report(cf: CampaignFile, ledger: Any) -> str:
+def write_round_report(cf: CampaignFile, ledger: Any) -> list[str]:
+    """The campaign's round report (Markdown and PNG) beside its ledger; [] on S3 roots."""
     from tuneloop.report import write_report
 
     root = campaign_root(cf.campaign)
     if storage.is_s3(root):
-        return ""
+        return []
     records = [r.model_dump(mode="json") for r in ledger.records()]
     folder = str(storage.local_path(storage.join(root, REPORT_FOLDER)))
     paths = write_report(
@@ -273,4 +280,4 @@ def write_round_report(cf: CampaignFile, ledger: Any) -> str:
         primary_metric=cf.campaign.gate.primary_metric,
         baseline=records[-1].get("baseline") if records else None,
     )
-    return str(paths.markdown)
+    return [str(paths.markdown), str(paths.png)]

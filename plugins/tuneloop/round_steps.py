@@ -328,12 +328,14 @@ def _job(
     """A JobSpec whose name digests the recipe and inputs (the run name is set after)."""
     recipe = copy.deepcopy(recipe)
     run = recipe.setdefault("run", {})
-    run["name"] = ""
+    # Names derived from the job name are left out of its digest (the planner fills them with
+    # the round's display name, which would make the baseline job differ every round).
+    named = [key for key in ("name", "mlflow_run_name") if key in run or key == "name"]
+    for key in named:
+        run[key] = ""
     name = job_name(campaign, round_number, stage, recipe, inputs)
-    run["name"] = name
-    for key in ("mlflow_run_name",):
-        if key in run:
-            run[key] = name
+    for key in named:
+        run[key] = name
     spec = JobSpec(
         name=name,
         kind=kind,

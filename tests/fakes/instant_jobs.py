@@ -100,6 +100,15 @@ def _selects(selector: str, labels: Mapping[str, str]) -> bool:
     return all(len(p) == 2 and labels.get(p[0].strip()) == p[1].strip() for p in pairs)
 
 
+def _lineage(base: Any, kind: str) -> list[Method]:
+    """The base checkpoint's lineage (as a real job reads it from the base's checkpoint.json)
+    followed by this job's method."""
+    from tuneloop.local.train import resolve_base
+
+    earlier = list(resolve_base(str(base)).lineage) if base else []
+    return [*earlier, Method(kind)] if kind in set(Method) else earlier
+
+
 def _write_checkpoint(output: Path, spec: Any, script: Mapping[str, Any]) -> dict[str, Any]:
     recipe = spec.recipe if isinstance(spec.recipe, Mapping) else {}
     checkpoint = output / outputs.CHECKPOINT_DIR
@@ -114,6 +123,6 @@ def _write_checkpoint(output: Path, spec: Any, script: Mapping[str, Any]) -> dic
         checkpoint_dir=checkpoint,
         model_type=str(script.get("model_type") or run_section.get("model_type") or "tiny-chat"),
         technique=Technique(technique),
-        lineage=[Method(spec.kind)] if spec.kind in set(Method) else [],
+        lineage=_lineage(run_section.get("model_name_or_path"), spec.kind),
     )
     return {"checkpoint": record.uri}

@@ -1,0 +1,284 @@
+"""The round DAG end to end with Airflow's dag.test(): every decision, the ledger, MLflow and the
+conf of the run each round triggers.
+
+Jobs run on the local backend as real job processes; the instant entry point
+(``fakes.instant_jobs``) writes what a training or evaluation job writes, with metrics scripted
+per round, so a round takes seconds. ``test_real_local_round`` runs one round with the real
+trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuneloop.local.demo_task import write_demo_data
+
+DAGS = Path(__file__).resolve().parent / "dags"
+TESTS = Path(__file__).resolve().parents[1]
+CAMPAIGNS = Path(os.environ.setdefault("TUNELOOP_TEST_CAMPAIGNS", tempfile.mkdtemp()))
+SIZES = {"train": 40, "validation": 8, "test": 8, "eval": 16, "rft": 16, "cpt": 8}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("round-data")
+    write_demo_data(folder, sizes=SIZES)
+    return folder
+
+
+def campaign_text(
+    name: str, root: Path, data: Path, gate: str, *, fake: bool = True, extra: str = ""
+) -> str:
+    entry = (
+        f"  entrypoint: fakes.instant_jobs:run\n  python_path: [{TESTS}]\n" if fake else ""
+    )
+    return f"""
+name: {name}
+backend:
+  type: local
+  output_root: {root}
+{entry}model_type: local.tiny-chat-v1
+technique: full
+stages:
+  - method: sft
+    recipe: local/sft-full.yaml
+    datasets: {{train: {data}/sft-train.jsonl}}
+{extra}  - method: rft
+    recipe: local/rft-full.yaml
+    datasets: {{train: {data}/rft-train.jsonl}}
+    reward_function: tuneloop.local.demo_task:reward
+evaluation:
+  recipe: local/eval-gen-qa.yaml
+  dataset: {data}/eval.jsonl
+  metrics: [exact_match]
+gate:
+  primary_metric: exact_match
+{gate}"""
+
+
+class Campaign:
+    """One campaign file, its DAG, and what its rounds leave behind."""
+
+    def __init__(self, name: str, root: Path, text: str, metrics: dict[str, float]) -> None:
+        self.name, self.root = name, root
+        (CAMPAIGNS / f"{name}.yaml").write_text(text, encoding="utf-8")
+        script: dict[str, Any] = {"*": {"metrics": {"exact_match": metrics.pop("base", 0.1)}}}
+        for number, value in metrics.items():
+            script[f"round={number},stage=eval"] = {"metrics": {"exact_match": value}}
+        self.script = root / "fake-jobs.json"
+        root.mkdir(parents=True, exist_ok=True)
+        self.script.write_text(json.dumps(script), encoding="utf-8")
+
+    @property
+    def dag_id(self) -> str:
+        return "tuneloop_" + self.name.replace("-", "_")
+
+    def dag(self) -> Any:
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=str(DAGS / "tuneloop_test_rounds.py"))
+        assert not bag.import_errors, bag.import_errors
+        return bag.dags[self.dag_id]
+
+    def run(self, conf: dict[str, Any] | None = None) -> Any:
+        os.environ["TUNELOOP_FAKE_JOBS"] = str(self.script)
+        return self.dag().test(run_conf=conf or {}, logical_date=None)
+
+    def ledger(self) -> Any:
+        from tuneloop.ledger import Ledger
+
+        return Ledger(str(self.root / self.name))
+
+    def triggered(self, run_id: str) -> dict[str, Any] | None:
+        """The conf of the run the round's next_round/rollback task triggered (None: none)."""
+        from airflow.models.dagrun import DagRun
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            run = session.query(DagRun).filter_by(dag_id=self.dag_id, run_id=run_id).one_or_none()
+            return None if run is None else dict(run.conf or {})
+
+    def task_states(self, run: Any) -> dict[str, str]:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            rows = session.query(TaskInstance).filter_by(dag_id=self.dag_id, run_id=run.run_id)
+            return {ti.task_id: str(ti.state) for ti in rows}
+
+    def mlflow_runs(self) -> list[Any]:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{self.root / self.name / 'mlflow.db'}")
+        return client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], max_results=100
+        )
+
+    def jobs(self) -> list[str]:
+        folder = self.root / self.name / "jobs"
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+GATE = """  targets: {exact_match: 0.9}
+  regression_tolerance: 0.02
+  max_rounds: 5
+"""
+
+
+def test_continue_then_rollback_then_finish(airflow_db: Path, tmp_path: Path, data: Path) -> None:
+    """Round 1 improves (continue), round 2 regresses (rollback to round 1 at half the learning
+    rate), round 3 meets the target (finish): each round is the run the previous one triggered."""
+    campaign = Campaign(
+        "cycle",
+        tmp_path,
+        campaign_text("cycle", tmp_path, data, GATE),
+        {1: 0.5, 2: 0.3, 3: 0.95},
+    )
+    first = campaign.run()
+    assert first.state == "success"
+    states = campaign.task_states(first)
+    assert states["next_round"] == "success" and states["finish"] == "skipped"
+    assert states["rollback"] == "skipped"
+    ledger = campaign.ledger()
+    one = ledger.read(1)
+    assert one.decision.action == "continue" and one.decision.promoted
+    assert one.metrics["exact_match"] == 0.5 and one.baseline["exact_match"] == 0.1
+    assert one.deltas["baseline"]["exact_match"] == pytest.approx(0.4)
+    assert [s.name for s in one.stages] == ["sft", "rft"]
+    assert {d.channel for d in one.datasets} == {"train", "eval"}
+    conf = campaign.triggered("round_0002__after_0001")
+    assert conf is not None
+    assert conf["base_checkpoint"] == one.stages[-1].output_uri
+    assert conf["rollback"] is False
+
+    second = campaign.run(conf)
+    assert second.state == "success"
+    two = ledger.read(2)
+    assert two.base_round == 1 and two.base == one.stages[-1].output_uri
+    assert two.decision.action == "rollback"
+    assert "regressed" in two.decision.reason
+    assert campaign.task_states(second)["rollback"] == "success"
+    conf = campaign.triggered("round_0003__after_0002")
+    assert conf is not None and conf["rollback"] is True
+    assert conf["base_checkpoint"] == one.stages[-1].output_uri
+
+    third = campaign.run(conf)
+    assert third.state == "success"
+    three = ledger.read(3)
+    assert three.rollback_of == 2 and three.base_round == 1
+    lr_one = one.stages[0].recipe["training_config"]["optim_config"]["lr"]
+    lr_three = three.stages[0].recipe["training_config"]["optim_config"]["lr"]
+    assert lr_three == pytest.approx(lr_one / 2)
+    assert three.decision.action == "finish" and three.decision.promoted
+    assert campaign.task_states(third)["finish"] == "success"
+    assert campaign.triggered("round_0004__after_0003") is None
+    assert ledger.champion().round == 3
+
+    # The base model was evaluated once for the whole campaign (its job is reused by name).
+    assert sum(name.startswith("cycle-r0-baseline") for name in campaign.jobs()) == 1
+    # MLflow mirrors the ledger: a campaign run, a run per round, nested stage runs.
+    runs = campaign.mlflow_runs()
+    kinds = [r.data.tags.get("tuneloop.kind") for r in runs]
+    assert kinds.count("campaign") == 1 and kinds.count("round") == 3
+    assert kinds.count("stage") == 6
+    report = tmp_path / "cycle" / "report"
+    assert (report / "report.md").is_file() and (report / "report.png").is_file()
+
+
+def test_stop_at_max_rounds(airflow_db: Path, tmp_path: Path, data: Path) -> None:
+    gate = "  targets: {exact_match: 0.9}\n  max_rounds: 1\n"
+    campaign = Campaign(
+        "stopper", tmp_path, campaign_text("stopper", tmp_path, data, gate), {1: 0.5}
+    )
+    run = campaign.run()
+    assert run.state == "success"
+    record = campaign.ledger().read(1)
+    assert record.decision.action == "stop"
+    assert "1" in record.decision.reason
+    states = campaign.task_states(run)
+    assert states["finish"] == "success" and states["next_round"] == "skipped"
+    assert campaign.triggered("round_0002__after_0001") is None
+
+
+def test_dry_run_submits_nothing(airflow_db: Path, tmp_path: Path, data: Path) -> None:
+    campaign = Campaign("dry", tmp_path, campaign_text("dry", tmp_path, data, GATE), {1: 0.5})
+    run = campaign.run({"dry_run": True})
+    states = campaign.task_states(run)
+    assert states["plan_round"] == "success" and states["proceed"] == "success"
+    assert states["train_sft"] == "skipped" and states["decide"] == "skipped"
+    assert campaign.jobs() == []
+    assert campaign.ledger().records() == []
+
+
+def test_invalid_data_fails_before_any_job(airflow_db: Path, tmp_path: Path, data: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": "not a list"}\n', encoding="utf-8")
+    text = campaign_text("baddata", tmp_path, data, GATE).replace(
+        f"{data}/sft-train.jsonl", str(bad)
+    )
+    campaign = Campaign("baddata", tmp_path, text, {1: 0.5})
+    run = campaign.run()
+    assert run.state == "failed"
+    states = campaign.task_states(run)
+    assert states["train_sft"] in ("upstream_failed", "skipped")
+    assert campaign.jobs() == []
+
+
+def test_broken_campaign_is_an_import_error_of_its_own_dag_only(
+    airflow_db: Path, tmp_path: Path, data: Path
+) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    good = tmp_path / "good.yaml"
+    good.write_text(campaign_text("good", tmp_path, data, GATE), encoding="utf-8")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        campaign_text("broken", tmp_path, data, GATE).replace("technique: full", "technique: x"),
+        encoding="utf-8",
+    )
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    for name, path in (("good", good), ("broken", broken)):
+        (folder / f"tuneloop_{name}.py").write_text(
+            "# Airflow DAG\nfrom tuneloop.rounds import campaign_dag\n\n"
+            f"dag = campaign_dag({str(path)!r})\n",
+            encoding="utf-8",
+        )
+    bag = DagBag(dag_folder=str(folder))
+    assert list(bag.dags) == ["tuneloop_good"]
+    assert len(bag.import_errors) == 1
+    (where, message), = bag.import_errors.items()
+    assert where.endswith("tuneloop_broken.py")
+    assert "broken.yaml" in message and "technique" in message
+
+
+def test_real_local_round(airflow_db: Path, tmp_path: Path, data: Path) -> None:
+    """One round with the embedded trainer (tiny model, a few steps): real checkpoints, real
+    evaluation, a decision."""
+    gate = "  targets: {exact_match: 0.99}\n  max_rounds: 3\n"
+    text = campaign_text("real", tmp_path, data, gate, fake=False)
+    text = text.replace(
+        "    datasets: {train: " + f"{data}/sft-train.jsonl}}\n",
+        "    datasets: {train: "
+        + f"{data}/sft-train.jsonl}}\n    overrides: {{training_config.max_steps: 8}}\n",
+    ).replace(
+        "    reward_function: tuneloop.local.demo_task:reward\n",
+        "    reward_function: tuneloop.local.demo_task:reward\n"
+        "    overrides: {training_config.trainer.max_steps: 5}\n",
+    )
+    campaign = Campaign("real", tmp_path, text, {})
+    run = campaign.run()
+    assert run.state == "success"
+    record = campaign.ledger().read(1)
+    assert [s.checkpoint.lineage for s in record.stages] == [("sft",), ("sft", "rft")]
+    assert "exact_match" in record.metrics and "exact_match" in record.baseline
+    assert record.decision.action in ("continue", "rollback", "stop")
+    assert record.timings["train sft"] > 0
