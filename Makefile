@@ -72,7 +72,7 @@ AIRFLOW_PORT ?= 8080
 airflow: $(STAMP)
 	@mkdir -p .tuneloop/airflow
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
-	TUNELOOP_HOME="$(CURDIR)" \
+	TUNELOOP_PROJECT_DIR="$(CURDIR)" \
 	AIRFLOW_HOME="$(CURDIR)/.tuneloop/airflow" \
 	AIRFLOW__CORE__DAGS_FOLDER="$(CURDIR)/dags" \
 	AIRFLOW__CORE__PLUGINS_FOLDER="$(CURDIR)/plugins" \

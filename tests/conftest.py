@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import airflow_env  # noqa: F401  (sets the Airflow environment before anything imports Airflow)
+
 
 @pytest.fixture
 def write_file(tmp_path: Path) -> Callable[[str, str], Path]:

@@ -30,7 +30,7 @@ def airflow_env(home: Path) -> dict[str, str]:
     """Airflow settings for a local, single-machine run on SQLite."""
     return {
         "AIRFLOW_HOME": str(home),
-        "TUNELOOP_HOME": str(REPO),
+        "TUNELOOP_PROJECT_DIR": str(REPO),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from airflow.dag_processing.dagbag import DagBag  # after the environment is set
 
-    bag = DagBag(dag_folder=str(REPO / "dags" / "tuneloop_demo.py"), include_examples=False)
+    bag = DagBag(dag_folder=str(REPO / "dags" / "tuneloop_demo.py"))
     if DAG_ID not in bag.dags:
         sys.stderr.write("\n".join(bag.import_errors.values()) + "\n")
         return 1
@@ -127,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the {decision.action.value} branch did not trigger run {next_run}")
             return 1
         conf = queued
-    summarize(ledger, campaign_dir, time.monotonic() - began)
+    from tuneloop.campaign_file import load_campaign
+
+    metrics = load_campaign(
+        REPO / "recipes" / "campaigns" / "demo.yaml"
+    ).campaign.evaluation.metrics
+    summarize(ledger, campaign_dir, time.monotonic() - began, metrics)
     return 0
 
 

@@ -22,10 +22,19 @@ def print_round(record: Any, seconds: float) -> None:
     print(f"   decision: {decision.action.value}. {decision.reason}")
 
 
-def summarize(ledger: Any, campaign_dir: Path, seconds: float) -> None:
+def summarize(
+    ledger: Any, campaign_dir: Path, seconds: float, metrics: list[str] | None = None
+) -> None:
     from tuneloop.report import format_table
 
-    records = [r.model_dump(mode="json") for r in ledger.records()]
+    shown = set(metrics or []) | {PRIMARY}
+    records = []
+    for record in ledger.records():
+        data = record.model_dump(mode="json")
+        # The campaign's own metrics only: the evaluation reports a dozen.
+        for key in ("metrics", "baseline"):
+            data[key] = {k: v for k, v in data[key].items() if k in shown}
+        records.append(data)
     if not records:
         print("no round was recorded")
         return
@@ -38,9 +47,8 @@ def summarize(ledger: Any, campaign_dir: Path, seconds: float) -> None:
     if champion is not None:
         last = champion.stages[-1] if champion.stages else None
         where = last.output_uri if last else champion.base
-        print(
-            f"Champion: round {champion.round} ({PRIMARY} {champion.metrics.get(PRIMARY):.3f}), {where}"
-        )
+        value = champion.metrics.get(PRIMARY)
+        print(f"Champion: round {champion.round} ({PRIMARY} {value:.3f}), {where}")
     print(f"Round report: {report} (the plot: {report.with_suffix('.png')})")
     print(f"Ledger:       {campaign_dir / 'rounds'}/")
     print(

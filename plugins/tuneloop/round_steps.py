@@ -35,7 +35,7 @@ from tuneloop.recipes.rules import PLACEHOLDER_PREFIX
 DATA_FORMATS = {Method.SFT: "sft", Method.CPT: "cpt", Method.RFT: "rft"}
 EVAL_DATA_FORMATS = {"gen_qa": "gen_qa", "llm_judge": "llm_judge", "rft_eval": "rft"}
 BASELINE_STAGE = "baseline"
-HOME_ENV = "TUNELOOP_HOME"
+PROJECT_DIR_ENV = "TUNELOOP_PROJECT_DIR"
 
 
 class RoundError(TuneloopError):
@@ -64,10 +64,10 @@ class RoundStart(BaseModel):
 # -- campaign, backend -------------------------------------------------------------------------
 
 
-def home() -> Path:
-    """What relative local paths in a campaign are relative to: $TUNELOOP_HOME, else the
+def project_dir() -> Path:
+    """What relative local paths in a campaign are relative to: $TUNELOOP_PROJECT_DIR, else the
     working directory (``make demo`` and ``make airflow`` set it to the repository)."""
-    return Path(os.environ.get(HOME_ENV) or Path.cwd())
+    return Path(os.environ.get(PROJECT_DIR_ENV) or Path.cwd())
 
 
 def load(path: str) -> CampaignFile:
@@ -117,7 +117,7 @@ def _absolute(uri: str) -> str:
     if not uri or storage.is_s3(uri) or ("://" in uri and not uri.startswith("file://")):
         return uri
     path = storage.local_path(uri)
-    return uri if path.is_absolute() else str(home() / path)
+    return uri if path.is_absolute() else str(project_dir() / path)
 
 
 # -- start ---------------------------------------------------------------------------------------

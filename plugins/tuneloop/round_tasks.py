@@ -91,7 +91,14 @@ def validate_task(path: str, item: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def proceed_task(planned: dict[str, Any], validated: list[dict[str, Any]]) -> bool:
+def materialized(items: Any) -> list[Any]:
+    """A mapped task's results as a list, fetched in one slice (iterating Airflow's lazy
+    sequence probes one index past the end, which logs a spurious "XCom not found" error)."""
+    return list(items[:])
+
+
+def proceed_task(planned: dict[str, Any], validated: Any) -> bool:
+    validated = materialized(validated)
     if planned["start"]["dry_run"]:
         log.info(
             "Dry run: round %d planned and %d dataset(s) valid; no job submitted.",
@@ -148,7 +155,7 @@ def decide_task(
         record = build_and_record(
             cf,
             planned=planned,
-            validated=validated,
+            validated=materialized(validated),
             results=results,
             points={k: v["checkpoint"] if v else None for k, v in points.items()},
             evaluation=evaluation,

@@ -1,7 +1,8 @@
-"""Airflow for the integration tests: a throwaway AIRFLOW_HOME on SQLite, our DAGs folder.
+"""Airflow for the integration tests: a migrated SQLite database and helpers to run DAGs.
 
-The environment is set when this file is imported, before anything imports Airflow (Airflow
-reads its configuration once, at import). The database is migrated once per session.
+The environment (a throwaway AIRFLOW_HOME, the test DAGs folder) is set by ``airflow_env``,
+imported from tests/conftest.py before anything imports Airflow. The database is migrated once
+per session.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -17,21 +17,12 @@ from typing import Any
 
 import pytest
 
+from airflow_env import AIRFLOW_ENV
+from airflow_env import AIRFLOW_HOME as _HOME
+
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 DAGS = Path(__file__).resolve().parent / "dags"
-
-_HOME = Path(tempfile.mkdtemp(prefix="tuneloop-airflow-"))
-AIRFLOW_ENV = {
-    "AIRFLOW_HOME": str(_HOME),
-    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME / 'airflow.db'}",
-    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-}
-os.environ.update(AIRFLOW_ENV)
 
 
 @pytest.fixture(scope="session")

@@ -37,9 +37,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def campaign_text(
     name: str, root: Path, data: Path, gate: str, *, fake: bool = True, extra: str = ""
 ) -> str:
-    entry = (
-        f"  entrypoint: fakes.instant_jobs:run\n  python_path: [{TESTS}]\n" if fake else ""
-    )
+    entry = f"  entrypoint: fakes.instant_jobs:run\n  python_path: [{TESTS}]\n" if fake else ""
     return f"""
 name: {name}
 backend:
@@ -255,7 +253,7 @@ def test_broken_campaign_is_an_import_error_of_its_own_dag_only(
     bag = DagBag(dag_folder=str(folder))
     assert list(bag.dags) == ["tuneloop_good"]
     assert len(bag.import_errors) == 1
-    (where, message), = bag.import_errors.items()
+    ((where, message),) = bag.import_errors.items()
     assert where.endswith("tuneloop_broken.py")
     assert "broken.yaml" in message and "technique" in message
 

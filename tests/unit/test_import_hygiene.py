@@ -24,7 +24,9 @@ HEAVY = [
     "peft",
     "trl",
     "sagemaker",
-    "airflow.providers.amazon",
+    # Not "airflow.providers.amazon": airflow.sdk itself loads that package's provider info
+    # (a small dict) through provider discovery. Its hooks and operators live under .aws.
+    "airflow.providers.amazon.aws",
 ]
 # Modules that only run inside a job process, never at DAG parse time.
 NOT_PARSE_TIME: set[str] = set()
