@@ -1,0 +1,77 @@
+"""What the Airflow dag-processor pays to parse each DAG file in dags/.
+
+Each measurement is a fresh interpreter that first imports what the dag-processor has already
+loaded (``airflow.sdk`` and the standard provider's operators), then executes one DAG file the
+way the processor does, twice: the first time includes importing tuneloop's modules (what a
+fresh parsing process pays), the second is a re-parse in a warm process. It also lists any heavy
+library the file pulled in (there must be none).
+
+    python benchmarks/dag_parse.py [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = ("boto3", "botocore", "mlflow", "kubernetes", "torch", "transformers", "sagemaker")
+
+CHILD = """
+import importlib.util, json, sys, time
+import airflow.sdk
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+times = []
+for attempt in range(2):
+    start = time.perf_counter()
+    spec = importlib.util.spec_from_file_location(f"dagfile{attempt}", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    times.append((time.perf_counter() - start) * 1000)
+heavy = sorted({m.split(".")[0] for m in sys.modules} & set(json.loads(sys.argv[2])))
+print(json.dumps({"first_ms": times[0], "again_ms": times[1], "heavy": heavy}))
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "plugins"),
+        "AIRFLOW_HOME": tempfile.mkdtemp(prefix="dag-parse-"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+    failed = False
+    print(f"{'DAG file':32} {'first parse ms':>15} {'re-parse ms':>12}  heavy modules")
+    for path in sorted((ROOT / "dags").glob("*.py")):
+        runs = []
+        for _ in range(args.repeat):
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(path), json.dumps(HEAVY)],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=ROOT,
+            )
+            if out.returncode != 0:
+                sys.stderr.write(out.stderr)
+                return 1
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        first = statistics.median(r["first_ms"] for r in runs)
+        again = statistics.median(r["again_ms"] for r in runs)
+        heavy = sorted({m for r in runs for m in r["heavy"]})
+        failed |= bool(heavy)
+        print(f"{path.name:32} {first:15.1f} {again:12.1f}  {', '.join(heavy) or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
