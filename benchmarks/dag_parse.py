@@ -26,6 +26,7 @@ HEAVY = ("boto3", "botocore", "mlflow", "kubernetes", "torch", "transformers", "
 CHILD = """
 import importlib.util, json, sys, time
 import airflow.sdk
+import airflow.sdk.execution_time.comms  # the processor talks to its supervisor with these
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 times = []
 for attempt in range(2):

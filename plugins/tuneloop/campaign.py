@@ -367,3 +367,41 @@ class Campaign(StrictModel):
     @property
     def dag_id(self) -> str:
         return f"tuneloop_{self.name.replace('-', '_')}"
+
+
+def job_backend_config(campaign: Campaign) -> dict[str, Any]:
+    """The settings of the job backend a campaign's jobs run on (``jobs.make_backend`` builds
+    it; triggers rebuild it from this in the triggerer)."""
+    from tuneloop import storage
+    from tuneloop.project import absolute
+
+    backend = campaign.backend
+    if isinstance(backend, LocalBackend):
+        config: dict[str, Any] = {
+            "type": "local",
+            "root": storage.join(absolute(backend.output_root), campaign.name, "jobs"),
+        }
+        if backend.device != "auto":
+            config["env"] = {"TUNELOOP_DEVICE": backend.device}
+        if backend.entrypoint:
+            config["entrypoint"] = backend.entrypoint
+            config["python_path"] = [absolute(p) for p in backend.python_path]
+        return config
+    common = {
+        "region": backend.region,
+        "aws_conn_id": backend.aws_conn_id,
+        "instance_type": backend.instance_type,
+    }
+    if isinstance(backend, HyperPodBackend):
+        return {
+            "type": "hyperpod",
+            "cluster": backend.cluster,
+            "namespace": backend.namespace,
+            **common,
+        }
+    return {
+        "type": "smtj",
+        "role_arn": backend.role_arn,
+        "max_runtime_seconds": backend.max_runtime_seconds,
+        **common,
+    }

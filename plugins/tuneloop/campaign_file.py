@@ -18,8 +18,7 @@ from tuneloop.campaign import Campaign
 from tuneloop.errors import CampaignError, ConfigError, ModelConfigNotFoundError, Problem
 from tuneloop.manifest import Checkpoint, read_checkpoint_record, read_checkpoint_uri
 from tuneloop.recipes import compat
-from tuneloop.recipes.catalog import MODELS, Platform
-from tuneloop.recipes.rules import PLACEHOLDER_PREFIX
+from tuneloop.recipes.catalog import MODELS, PLACEHOLDER_PREFIX, Platform
 from tuneloop.sources import Document, load_document, problems_from_validation_error
 
 RECIPES_DIR_ENV = "TUNELOOP_RECIPES_DIR"

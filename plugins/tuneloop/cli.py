@@ -182,13 +182,6 @@ def _parser() -> argparse.ArgumentParser:
         help="print only the summary, not the rendered recipes",
     )
     cvalidate.set_defaults(handler=_campaign_validate)
-    cdag = campaign_commands.add_parser(
-        "dag", help="write the Airflow DAG file of a campaign (dags/tuneloop_<name>.py)"
-    )
-    cdag.add_argument("file", metavar="FILE", help="campaign file (YAML)")
-    cdag.add_argument("--dags-folder", default="dags", help="where DAG files live (dags)")
-    cdag.add_argument("--force", action="store_true", help="replace an existing DAG file")
-    cdag.set_defaults(handler=_campaign_dag)
 
     from tuneloop.local.commands import add_local_commands
 
@@ -390,49 +383,6 @@ def _campaign_validate(args: argparse.Namespace) -> int:
 
 
 # --- local jobs --------------------------------------------------------------------------------
-
-DAG_FILE = """\"\"\"Airflow round DAG of the campaign {file}: DAG id {dag_id}.
-
-One small file per campaign, so a broken campaign file shows as an import error of its own DAG
-and of no other (written by `tuneloop campaign dag`).
-\"\"\"
-
-from tuneloop.rounds import campaign_dag
-
-dag = campaign_dag({reference!r})
-"""
-
-
-def _campaign_dag(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from tuneloop.campaign_file import load_campaign
-    from tuneloop.rounds import campaigns_folder
-
-    cf = load_campaign(args.file)  # a broken campaign is reported now, not at parse time
-    path = Path(args.file).resolve()
-    try:
-        reference = str(path.relative_to(campaigns_folder().resolve()))
-    except ValueError:
-        reference = str(path)
-    target = Path(args.dags_folder) / f"{cf.campaign.dag_id}.py"
-    if target.exists() and not args.force:
-        raise TuneloopError(
-            [
-                Problem(
-                    "--dags-folder",
-                    f"{target} exists",
-                    fix="pass --force to replace it, or remove it",
-                )
-            ]
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(
-        DAG_FILE.format(file=args.file, dag_id=cf.campaign.dag_id, reference=reference),
-        encoding="utf-8",
-    )
-    print(f"wrote {target} (DAG {cf.campaign.dag_id})")
-    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from airflow.dag_processing.dagbag import DagBag  # after the environment is set
 
-    bag = DagBag(dag_folder=str(REPO / "dags" / "tuneloop_demo.py"))
+    bag = DagBag(dag_folder=str(REPO / "dags" / "tuneloop_rounds.py"))
     if DAG_ID not in bag.dags:
         sys.stderr.write("\n".join(bag.import_errors.values()) + "\n")
         return 1

@@ -16,9 +16,7 @@ A round, as data::
 from __future__ import annotations
 
 import copy
-import os
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -29,13 +27,13 @@ from tuneloop.campaign_file import CampaignFile, load_campaign
 from tuneloop.errors import Problem, TuneloopError
 from tuneloop.jobs.base import JobKind, JobSpec, job_name
 from tuneloop.plan import RoundPlan, campaign_root
+from tuneloop.project import absolute as _absolute
 from tuneloop.recipes.catalog import Method, Platform
 from tuneloop.recipes.rules import PLACEHOLDER_PREFIX
 
 DATA_FORMATS = {Method.SFT: "sft", Method.CPT: "cpt", Method.RFT: "rft"}
 EVAL_DATA_FORMATS = {"gen_qa": "gen_qa", "llm_judge": "llm_judge", "rft_eval": "rft"}
 BASELINE_STAGE = "baseline"
-PROJECT_DIR_ENV = "TUNELOOP_PROJECT_DIR"
 
 
 class RoundError(TuneloopError):
@@ -64,12 +62,6 @@ class RoundStart(BaseModel):
 # -- campaign, backend -------------------------------------------------------------------------
 
 
-def project_dir() -> Path:
-    """What relative local paths in a campaign are relative to: $TUNELOOP_PROJECT_DIR, else the
-    working directory (``make demo`` and ``make airflow`` set it to the repository)."""
-    return Path(os.environ.get(PROJECT_DIR_ENV) or Path.cwd())
-
-
 def load(path: str) -> CampaignFile:
     """The campaign file, with local folders made absolute (job processes run elsewhere)."""
     cf = load_campaign(path)
@@ -77,47 +69,6 @@ def load(path: str) -> CampaignFile:
     if backend.platform is Platform.LOCAL:
         backend.output_root = _absolute(backend.output_root)
     return cf
-
-
-def backend_config(campaign: Campaign) -> dict[str, Any]:
-    """The job backend settings for a campaign (what ``jobs.make_backend`` builds)."""
-    backend = campaign.backend
-    if backend.platform is Platform.LOCAL:
-        config: dict[str, Any] = {
-            "type": "local",
-            "root": storage.join(campaign_root(campaign), "jobs"),
-        }
-        if backend.device != "auto":
-            config["env"] = {"TUNELOOP_DEVICE": backend.device}
-        if backend.entrypoint:
-            config["entrypoint"] = backend.entrypoint
-            config["python_path"] = [_absolute(p) for p in backend.python_path]
-        return config
-    common = {
-        "region": backend.region,
-        "aws_conn_id": backend.aws_conn_id,
-        "instance_type": backend.instance_type,
-    }
-    if backend.platform is Platform.HYPERPOD:
-        return {
-            "type": "hyperpod",
-            "cluster": backend.cluster,
-            "namespace": backend.namespace,
-            **common,
-        }
-    return {
-        "type": "smtj",
-        "role_arn": backend.role_arn,
-        "max_runtime_seconds": backend.max_runtime_seconds,
-        **common,
-    }
-
-
-def _absolute(uri: str) -> str:
-    if not uri or storage.is_s3(uri) or ("://" in uri and not uri.startswith("file://")):
-        return uri
-    path = storage.local_path(uri)
-    return uri if path.is_absolute() else str(project_dir() / path)
 
 
 # -- start ---------------------------------------------------------------------------------------

@@ -14,31 +14,91 @@ modules at module level; every task imports what it needs when it runs.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tuneloop.campaign_file import CampaignFile, load_campaign, recipes_root
+from tuneloop.errors import TuneloopError
 
 DEFAULT_EXECUTION_TIMEOUT = timedelta(days=3)
 DEFAULT_POLL_SECONDS = 30.0
 LOCAL_POLL_SECONDS = 2.0
 
 
+CAMPAIGNS_ENV = "TUNELOOP_CAMPAIGNS_DIR"
+BROKEN_DAG_ID = "tuneloop_broken_campaigns"
+
+
 def campaigns_folder() -> Path:
-    return recipes_root() / "campaigns"
+    """Where campaign files live: $TUNELOOP_CAMPAIGNS_DIR, else recipes/campaigns/."""
+    configured = os.environ.get(CAMPAIGNS_ENV, "").strip()
+    return Path(configured) if configured else recipes_root() / "campaigns"
 
 
 def campaign_dag(reference: str | Path) -> Any:
-    """The round DAG of one campaign file (a path, or a name in recipes/campaigns/).
+    """The round DAG of one campaign file (a path, or a name in the campaigns folder).
 
-    A broken campaign file raises here, so it shows as an import error of the DAG file that
-    asked for it and of no other.
+    A broken campaign file raises TuneloopError with every problem, located in the file.
     """
     path = Path(reference)
     if not path.is_absolute() and not path.exists():
         path = campaigns_folder() / path
     return build_dag(load_campaign(path))
+
+
+def campaign_dags(folder: str | Path | None = None) -> dict[str, Any]:
+    """``{dag_id: DAG}``: one round DAG per campaign file (``*.yaml``, ``*.yml``) in ``folder``.
+
+    A broken campaign file costs only its own DAG: the others are built, and the broken ones are
+    reported as this DAG file's import error (in the UI's import errors, with every problem as
+    ``file:line: field: message``). Airflow records that error when it validates a stand-in DAG
+    that carries the messages; the stand-in itself is never scheduled.
+    """
+    folder = Path(folder) if folder else campaigns_folder()
+    dags: dict[str, Any] = {}
+    sources: dict[str, Path] = {}
+    broken: list[str] = []
+    paths = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    for path in paths:
+        try:
+            dag = campaign_dag(path)
+        except TuneloopError as exc:
+            broken.append(str(exc))  # every line names the file, line and field
+            continue
+        if dag.dag_id in dags:
+            broken.append(
+                f"{path}: campaign name {dag.dag_id.removeprefix('tuneloop_')!r} is also used by "
+                f"{sources[dag.dag_id]}; fix: give each campaign file its own name"
+            )
+            continue
+        dags[dag.dag_id] = dag
+        sources[dag.dag_id] = path
+    if broken:
+        dags[BROKEN_DAG_ID] = _broken_campaigns(broken)
+    return dags
+
+
+class BrokenCampaignFiles(Exception):
+    """Campaign files that could not be loaded (shown as the DAG file's import error)."""
+
+
+def _broken_campaigns(messages: list[str]) -> Any:
+    from airflow.sdk import DAG
+
+    count = len(messages)
+    text = (
+        f"{count} campaign file{'s' if count > 1 else ''} could not be loaded; "
+        f"{'their DAGs are' if count > 1 else 'its DAG is'} missing until fixed:\n"
+        + "\n".join(messages)
+    )
+
+    class BrokenCampaigns(DAG):
+        def validate(self) -> None:  # Airflow calls this before accepting the DAG
+            raise BrokenCampaignFiles(text)
+
+    return BrokenCampaigns(dag_id=BROKEN_DAG_ID, schedule=None, description=text[:200])
 
 
 def _params(cf: CampaignFile) -> dict[str, Any]:
@@ -155,15 +215,15 @@ def _wire(cf: CampaignFile) -> None:
     from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
     from airflow.sdk import task
 
+    from tuneloop.campaign import job_backend_config
     from tuneloop.operators import EvaluationJobOperator, TrainingJobOperator
-    from tuneloop.round_steps import backend_config
 
     campaign = cf.campaign
     path = str(cf.path.resolve())
     local = campaign.backend.type == "local"
     poll = LOCAL_POLL_SECONDS if local else DEFAULT_POLL_SECONDS
     job_args = {
-        "backend": backend_config(campaign),
+        "backend": job_backend_config(campaign),
         "poll_interval": poll,
         "execution_timeout": DEFAULT_EXECUTION_TIMEOUT,
     }

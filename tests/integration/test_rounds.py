@@ -230,32 +230,47 @@ def test_invalid_data_fails_before_any_job(airflow_db: Path, tmp_path: Path, dat
     assert campaign.jobs() == []
 
 
-def test_broken_campaign_is_an_import_error_of_its_own_dag_only(
-    airflow_db: Path, tmp_path: Path, data: Path
+def test_broken_campaign_files_cost_only_their_own_dags(
+    airflow_db: Path, tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """dags/tuneloop_rounds.py builds one DAG per campaign file; a broken file (or a second
+    file reusing a campaign name) is an import error naming the file, line and field, and the
+    other campaigns' DAGs still load."""
     from airflow.dag_processing.dagbag import DagBag
 
-    good = tmp_path / "good.yaml"
-    good.write_text(campaign_text("good", tmp_path, data, GATE), encoding="utf-8")
-    broken = tmp_path / "broken.yaml"
-    broken.write_text(
-        campaign_text("broken", tmp_path, data, GATE).replace("technique: full", "technique: x"),
-        encoding="utf-8",
-    )
-    folder = tmp_path / "dags"
+    folder = tmp_path / "campaigns"
     folder.mkdir()
-    for name, path in (("good", good), ("broken", broken)):
-        (folder / f"tuneloop_{name}.py").write_text(
-            "# Airflow DAG\nfrom tuneloop.rounds import campaign_dag\n\n"
-            f"dag = campaign_dag({str(path)!r})\n",
-            encoding="utf-8",
-        )
-    bag = DagBag(dag_folder=str(folder))
+    (folder / "good.yaml").write_text(campaign_text("good", tmp_path, data, GATE))
+    broken = campaign_text("broken", tmp_path, data, GATE).replace(
+        "technique: full", "technique: x"
+    )
+    (folder / "broken.yaml").write_text(broken)
+    line = broken.splitlines().index("technique: x") + 1
+    (folder / "copy.yaml").write_text(campaign_text("good", tmp_path, data, GATE))
+    monkeypatch.setenv("TUNELOOP_CAMPAIGNS_DIR", str(folder))
+    bag = DagBag(dag_folder=str(DAGS.parents[2] / "dags" / "tuneloop_rounds.py"))
     assert list(bag.dags) == ["tuneloop_good"]
-    assert len(bag.import_errors) == 1
     ((where, message),) = bag.import_errors.items()
-    assert where.endswith("tuneloop_broken.py")
-    assert "broken.yaml" in message and "technique" in message
+    assert where.endswith("tuneloop_rounds.py")
+    assert "2 campaign files could not be loaded" in message
+    assert f"{folder / 'broken.yaml'}:{line}: technique: Input should be 'full' or 'lora'" in (
+        message
+    )
+    assert "campaign name 'good' is also used by" in message
+
+
+def test_the_repository_campaigns_load(airflow_db: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS.parents[2] / "dags"))
+    assert not bag.import_errors
+    assert "tuneloop_demo" in bag.dags
+    demo = bag.dags["tuneloop_demo"]
+    assert demo.max_active_runs == 1
+    assert {"plan_round", "validate_data", "train_sft", "checkpoint_rft", "decide"} <= set(
+        demo.task_dict
+    )
+    assert {"base_checkpoint", "start_from_round", "stages", "dry_run"} <= set(demo.params)
 
 
 def test_real_local_round(airflow_db: Path, tmp_path: Path, data: Path) -> None:

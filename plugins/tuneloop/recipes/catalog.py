@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+PLACEHOLDER_PREFIX = "@checkpoint:"
+"""model_name_or_path of a stage whose starting checkpoint is known only once the previous
+stage finishes: ``@checkpoint:<stage>``."""
+
 
 class Platform(StrEnum):
     """Where a job runs. Checkpoints only work on the platform that trained them."""

@@ -19,6 +19,7 @@ from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import (
     EVAL_TASKS,
     MODELS,
+    PLACEHOLDER_PREFIX,
     Method,
     Modality,
     ModelSpec,
@@ -42,7 +43,6 @@ NOVA_RFT_MAX_LENGTH = (4096, 32768)
 INSTANCE_TYPE: Loc = ("instance_type",)
 """Where instance-type problems are reported: the type comes from outside the recipe (the
 campaign's backend or --instance-type), so callers map this to where it was set."""
-PLACEHOLDER_PREFIX = "@checkpoint:"
 """model_name_or_path of a stage whose base is an earlier stage of the same round (plans only)."""
 
 
