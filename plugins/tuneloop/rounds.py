@@ -200,6 +200,33 @@ def build_dag(cf: CampaignFile) -> Any:
     return dag
 
 
+CHAINED_RUN_TYPES = frozenset({"manual", "operator_triggered"})
+"""Runs whose decision starts the next round at once. A scheduled, Asset-triggered or backfill
+round leaves the next round to the next interval (a backfill runs one round per interval, in
+order); the ledger still carries the decision (a rollback's base and adjustments) to it."""
+
+
+def _next_round_operator() -> type:
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    class NextRoundOperator(TriggerDagRunOperator):
+        """Triggers the next round of a manually started campaign; skips for runs a schedule,
+        an Asset or a backfill started."""
+
+        def execute(self, context: Any) -> Any:
+            run_type = str(getattr(context["dag_run"], "run_type", "manual")).lower()
+            run_type = run_type.rsplit(".", 1)[-1]
+            if run_type not in CHAINED_RUN_TYPES:
+                raise AirflowSkipException(
+                    f"this round is a {run_type} run: the next interval starts the next round, "
+                    "from what the ledger recorded"
+                )
+            return super().execute(context)
+
+    return NextRoundOperator
+
+
 def _doc(cf: CampaignFile) -> str:
     campaign = cf.campaign
     stages = " -> ".join(f"{s.name} ({s.method.value})" for s in campaign.stages)
@@ -212,7 +239,6 @@ def _doc(cf: CampaignFile) -> str:
 
 
 def _wire(cf: CampaignFile) -> None:
-    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
     from airflow.sdk import task
 
     from tuneloop.campaign import job_backend_config
@@ -320,7 +346,7 @@ def _wire(cf: CampaignFile) -> None:
     }
     run_id = "{{ ti.xcom_pull(task_ids='decide', key='next_run_id') }}"
     for task_id in ("next_round", "rollback"):
-        branch >> TriggerDagRunOperator(
+        branch >> _next_round_operator()(
             task_id=task_id,
             trigger_dag_id=campaign.dag_id,
             trigger_run_id=run_id,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,14 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("round-data")
     write_demo_data(folder, sizes=SIZES)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _own_campaign_files() -> Iterator[None]:
+    """Each test's campaign files are gone after it, so other tests parse only their own."""
+    yield
+    for path in CAMPAIGNS.glob("*.yaml"):
+        path.unlink()
 
 
 def campaign_text(
@@ -89,6 +98,10 @@ class Campaign:
     def run(self, conf: dict[str, Any] | None = None) -> Any:
         os.environ["TUNELOOP_FAKE_JOBS"] = str(self.script)
         return self.dag().test(run_conf=conf or {}, logical_date=None)
+
+    def run_on(self, logical_date: Any) -> Any:
+        os.environ["TUNELOOP_FAKE_JOBS"] = str(self.script)
+        return self.dag().test(run_conf={}, logical_date=logical_date)
 
     def ledger(self) -> Any:
         from tuneloop.ledger import Ledger
@@ -271,6 +284,57 @@ def test_the_repository_campaigns_load(airflow_db: Path) -> None:
         demo.task_dict
     )
     assert {"base_checkpoint", "start_from_round", "stages", "dry_run"} <= set(demo.params)
+
+
+def test_each_interval_trains_on_its_own_data(airflow_db: Path, tmp_path: Path, data: Path) -> None:
+    """What a backfill does: one round per logical date, in order, each rendering
+    ``{{ ds }}`` in its data URIs; round numbers come from the ledger."""
+    from datetime import UTC, datetime
+
+    for day in ("2026-11-01", "2026-11-02"):
+        folder = tmp_path / "landing" / day
+        folder.mkdir(parents=True)
+        (folder / "sft-train.jsonl").write_bytes((data / "sft-train.jsonl").read_bytes())
+    text = campaign_text("daily", tmp_path, data, GATE).replace(
+        f"{data}/sft-train.jsonl", f"'{tmp_path}/landing/{{{{ ds }}}}/sft-train.jsonl'"
+    )
+    campaign = Campaign("daily", tmp_path, text, {1: 0.5, 2: 0.6})
+    for day in (1, 2):
+        run = campaign.run_on(datetime(2026, 11, day, tzinfo=UTC))
+        assert run.state == "success"
+    records = campaign.ledger().records()
+    assert [r.round for r in records] == [1, 2]
+    trained_on = [next(d.uri for d in r.datasets if d.stage == "sft") for r in records]
+    assert trained_on == [
+        f"{tmp_path}/landing/2026-11-01/sft-train.jsonl",
+        f"{tmp_path}/landing/2026-11-02/sft-train.jsonl",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("run_type", "chained"),
+    [("manual", True), ("operator_triggered", True), ("backfill", False), ("scheduled", False)],
+)
+def test_only_manual_rounds_trigger_the_next_one_at_once(
+    airflow_db: Path, tmp_path: Path, data: Path, run_type: str, chained: bool
+) -> None:
+    """A backfill or a schedule already starts one round per interval: their rounds do not
+    also start the next round at once (the ledger carries the decision to the next interval)."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    campaign = Campaign("chain", tmp_path, campaign_text("chain", tmp_path, data, GATE), {})
+    operator = campaign.dag().task_dict["next_round"]
+    context = {"dag_run": SimpleNamespace(run_type=run_type)}
+    if chained:
+        # Past the check it needs a running task; reaching it is what this test asserts.
+        with pytest.raises(Exception) as raised:
+            operator.execute(context)
+        assert not isinstance(raised.value, AirflowSkipException)
+    else:
+        with pytest.raises(AirflowSkipException, match=f"{run_type} run"):
+            operator.execute(context)
 
 
 def test_real_local_round(airflow_db: Path, tmp_path: Path, data: Path) -> None:
