@@ -149,6 +149,9 @@ def build_and_record(
             run_id=run_id,
             evaluation={k: baseline.get(k) for k in ("name", "result_uri", "console_url")},
             metrics=base_metrics,
+            # rft_eval reports the share of positive rewards (the local evaluator does; a Nova
+            # reward Lambda may add it to its metrics_list).
+            positive_reward_fraction=base_metrics.get("positive_reward_fraction"),
         )
     )
     base_metrics = stored.metrics or base_metrics

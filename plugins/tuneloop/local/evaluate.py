@@ -56,6 +56,7 @@ BATCH_SIZE = 64
 INFERENCE_OUTPUT = "inference_output.jsonl"
 EVAL_LOG = "evaluation.log"
 REWARD_METRIC = "lambda_reward_score"
+POSITIVE_REWARDS_METRIC = "positive_reward_fraction"
 
 # -- metrics ------------------------------------------------------------------------------------
 
@@ -408,7 +409,12 @@ def evaluate(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> di
         for entry in scored:
             for metric in entry.metrics if entry is not None else ():
                 per_metric.setdefault(metric.name, []).append(metric.value)
-        metrics = {REWARD_METRIC: sum(values) / len(values)}
+        metrics = {
+            REWARD_METRIC: sum(values) / len(values),
+            # The gate reads this off the base model's evaluation: RFT learns little from a
+            # model that almost never earns a positive reward (SFT first).
+            POSITIVE_REWARDS_METRIC: sum(v > 0 for v in values) / len(values),
+        }
         for name, found in per_metric.items():
             metrics.setdefault(name, sum(found) / len(found))
         for record, answer, entry in zip(records, answers, scored, strict=True):

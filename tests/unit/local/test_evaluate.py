@@ -220,3 +220,5 @@ def test_rft_eval_scores_with_the_reward_function(
     assert first["reference_answer"] == first["metadata"]["reference_answer"]
     rows = (out / "eval-result" / "inference_output.jsonl").read_text().splitlines()
     assert len(rows) == 8 and "reward" in json.loads(rows[0])
+    rewards = [json.loads(row)["reward"] for row in rows]
+    assert metrics["positive_reward_fraction"] == sum(r > 0 for r in rewards) / len(rewards)
