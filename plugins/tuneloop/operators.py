@@ -52,7 +52,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from airflow.sdk import BaseOperator, BaseOperatorLink, ResumableJobMixin
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from pydantic import ValidationError
 
 from tuneloop.errors import Problem, TuneloopError
@@ -249,6 +249,9 @@ class JobOperator(ResumableJobMixin, BaseOperator):
     # -- entry points ----------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
+        if not self.job:
+            # The round DAG passes no job for a stage the run does not include.
+            raise AirflowSkipException("no job to run: this stage is not part of this run")
         timeout = self.execution_timeout
         self._deadline = time.time() + timeout.total_seconds() if timeout else None
         self._remember(context, TRY_KEY, {"deadline": self._deadline})

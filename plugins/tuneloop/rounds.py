@@ -295,7 +295,7 @@ def _wire(cf: CampaignFile) -> None:
     baseline = EvaluationJobOperator(task_id="evaluate_baseline", job=baseline_job, **job_args)
 
     previous: Any = planned
-    stage_outputs: dict[str, Any] = {}
+    stage_outputs: dict[str, str] = {}
     checkpoints: dict[str, Any] = {}
     next_job: Any = datasets["first_job"]
     last: Any = gate
@@ -303,16 +303,25 @@ def _wire(cf: CampaignFile) -> None:
         train = TrainingJobOperator(task_id=f"train_{stage.name}", job=next_job, **job_args)
         last >> train
 
+        # A stage left out of this run is skipped; its checkpoint task still runs (none_failed)
+        # and passes the previous checkpoint through. Job results are pulled, not passed as
+        # arguments: an argument from a skipped task would skip the consumer too.
         @task(task_id=f"checkpoint_{stage.name}", trigger_rule="none_failed", retries=1)
         def checkpoint(
-            planned: dict[str, Any], result: Any, previous: dict[str, Any], index: int = index
+            planned: dict[str, Any],
+            previous: dict[str, Any],
+            index: int = index,
+            train_id: str = train.task_id,
+            **context: Any,
         ) -> dict[str, Any]:
             from tuneloop.round_tasks import checkpoint_task
 
+            result = context["ti"].xcom_pull(task_ids=train_id)
             return checkpoint_task(path, planned, index, result, previous)
 
-        point = checkpoint(planned, train.output, previous)
-        stage_outputs[stage.name] = train.output
+        point = checkpoint(planned, previous)
+        train >> point
+        stage_outputs[stage.name] = train.task_id
         checkpoints[stage.name] = point
         next_job = point["next_job"]
         previous = point
@@ -321,11 +330,11 @@ def _wire(cf: CampaignFile) -> None:
     evaluate = EvaluationJobOperator(task_id="evaluate", job=next_job, **job_args)
     last >> evaluate
 
-    @task.branch(task_id="decide", retries=1)
+    @task.branch(task_id="decide", retries=1, trigger_rule="none_failed")
     def decide(
         planned: dict[str, Any],
         validated: list[dict[str, Any]],
-        results: dict[str, Any],
+        train_ids: dict[str, str],
         points: dict[str, Any],
         evaluation: dict[str, Any],
         baseline: dict[str, Any],
@@ -333,6 +342,8 @@ def _wire(cf: CampaignFile) -> None:
     ) -> str:
         from tuneloop.round_tasks import decide_task
 
+        ti = context["ti"]
+        results = {stage: ti.xcom_pull(task_ids=task_id) for stage, task_id in train_ids.items()}
         return decide_task(path, planned, validated, results, points, evaluation, baseline, context)
 
     branch = decide(

@@ -229,6 +229,23 @@ def test_dry_run_submits_nothing(airflow_db: Path, tmp_path: Path, data: Path) -
     assert campaign.ledger().records() == []
 
 
+def test_a_run_of_some_stages_passes_the_checkpoint_through(
+    airflow_db: Path, tmp_path: Path, data: Path
+) -> None:
+    campaign = Campaign("partial", tmp_path, campaign_text("partial", tmp_path, data, GATE), {})
+    run = campaign.run({"stages": ["sft"]})
+    assert run.state == "success"
+    states = campaign.task_states(run)
+    assert states["train_sft"] == "success" and states["train_rft"] == "skipped"
+    assert states["checkpoint_rft"] == "success" and states["decide"] == "success"
+    record = campaign.ledger().read(1)
+    assert [s.name for s in record.stages] == ["sft"]
+    evaluated = record.plan["evaluation"]["recipe"]["run"]["model_name_or_path"]
+    assert evaluated.startswith("@checkpoint:")  # the plan; the job got the SFT checkpoint:
+    assert record.evaluation["job_name"].startswith("partial-r1-eval-")
+    assert not any(name.startswith("partial-r1-rft") for name in campaign.jobs())
+
+
 def test_invalid_data_fails_before_any_job(airflow_db: Path, tmp_path: Path, data: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": "not a list"}\n', encoding="utf-8")
