@@ -8,7 +8,8 @@ ListTrainingJobs, Search (tag filters), AddTags and ListTags.
 
 A job walks through a script of (TrainingJobStatus, SecondaryStatus, FailureReason) steps, one
 step per DescribeTrainingJob, and stays on the last. Tests can queue service errors per
-operation and count the creates.
+operation, count the creates, and run a callback as a job completes (to write its outputs where
+the service would, at the moment it would).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tarfile
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -108,6 +110,8 @@ class FakeSageMaker:
             self._scripts: deque[list[Step]] = deque()
             self._failures: dict[str, deque[Failure]] = {}
             self._race_next_create = False
+            self._on_completed: list[Callable[[FakeJob], None]] = []
+            self._completed: set[str] = set()
 
     # -- what tests control --
 
@@ -127,6 +131,13 @@ class FakeSageMaker:
         """Another client creates the same job just before the next CreateTrainingJob lands:
         that one is stored (and counted) and ours is refused as a duplicate name."""
         self._race_next_create = True
+
+    def when_completed(self, callback: Callable[[FakeJob], None]) -> None:
+        """Call ``callback(job)`` once per job, just before the first answer that shows it
+        Completed: a test writes the job's output.tar.gz there, as the service does when a job
+        ends. It runs while the fake holds its lock, so it must not call the fake."""
+        with self._lock:
+            self._on_completed.append(callback)
 
     def arn(self, name: str) -> str:
         return f"arn:aws:sagemaker:{self.region}:{self.account}:training-job/{name}"
@@ -211,6 +222,10 @@ class FakeSageMaker:
 
     def _description(self, job: FakeJob) -> dict[str, Any]:
         status, secondary, reason = job.current
+        if status == "Completed" and job.name not in self._completed:
+            self._completed.add(job.name)
+            for callback in self._on_completed:
+                callback(job)
         answer: dict[str, Any] = {
             key: value for key, value in job.request.items() if key not in ("Tags",)
         }
