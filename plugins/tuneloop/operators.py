@@ -481,10 +481,14 @@ class JobOperator(ResumableJobMixin, BaseOperator):
     def _cancel(self, name: str, *, why: str) -> None:
         try:
             status = self.job_backend.status(name)
-            if status.final:
+            if status.state in (JobState.SUCCEEDED, JobState.STOPPED):
                 return
+            # A FAILED status may still hold nodes: HyperPod reports a crash-looping job FAILED
+            # from its pods while the PyTorchJob runs on. Every backend's cancel leaves a job
+            # that really ended as it is.
             status = self.job_backend.cancel(name)
-            self.log.warning("Cancelled job %s because %s: %s", name, why, status.state.value)
+            if status.state is JobState.STOPPED:
+                self.log.warning("Cancelled job %s because %s", name, why)
         except Exception as exc:
             self.log.error("Could not cancel job %s (%s): %s", name, why, exc)
 

@@ -293,11 +293,6 @@ def test_hyperpod_crash_loop_fails_the_task_with_the_pods_last_lines(
         assert printed(out, name, line) == 1, (line, out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JobOperator._cancel skips any job whose status is final, and the HyperPod backend "
-    "reports a crash-looping job FAILED while its PyTorchJob still holds the nodes",
-)
 def test_hyperpod_crash_loop_job_is_deleted_by_the_failure_path(
     hyperpod: FakeKube, crash_looped: tuple[Any, str, str]
 ) -> None:
