@@ -23,6 +23,7 @@ from tuneloop.data.formats import (
     TOOLS,
     VIDEO,
     FormatContext,
+    QuickPath,
     RecordFacts,
     Report,
     count_keys,
@@ -209,6 +210,13 @@ class ConverseFormat:
         if state is not None:
             kinds |= state.finish()
         return keys, chars, kinds
+
+    def quick_path(self, ctx: FormatContext) -> QuickPath:
+        """Text-only records in the documented key order, checked in one call (see
+        converse_quick); the model and platform change nothing for them."""
+        from tuneloop.data.converse_quick import quick_path
+
+        return quick_path()
 
     def texts(self, record: Any) -> Iterator[tuple[str, str]]:
         if record.system is not UNSET:

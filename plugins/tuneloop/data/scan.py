@@ -3,11 +3,19 @@
 Tokens are rare, so searching each 8 MB chunk once and checking only the lines with a hit costs
 far less than searching every text of every record. Hyperscan (x86-64) matches all tokens in one
 SIMD pass at several GB/s; elsewhere Python's `re` does the same job more slowly.
+
+With Hyperscan, `StreamScan` also runs in the thread that reads the file: a scan releases the
+GIL, so it costs the validating thread nothing, and a stream finds matches across chunk
+boundaries. It reports end offsets from the start of the stream; the validator maps them to
+lines.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 RESERVED_TOKENS = (
@@ -23,6 +31,7 @@ RESERVED_TOKENS = (
 )
 # Also the JSON escape of "<" that some serializers write ("\u003cimage\u003e").
 _PATTERNS = [re.escape(token).encode() for token in RESERVED_TOKENS] + [rb"\\u003[cC]"]
+_RESERVED_COUNT = len(_PATTERNS)
 
 
 class ReservedScanner:
@@ -66,3 +75,61 @@ class ReservedScanner:
             previous = offset
             lines.add(line)
         return lines
+
+
+_CLOSING = threading.Lock()
+
+
+@cache
+def _stream_database(extra: tuple[bytes, ...]) -> Any:
+    """The reserved-token patterns plus ``extra``, compiled once per process for streams."""
+    import hyperscan
+
+    patterns = [*_PATTERNS, *extra]
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_STREAM)
+    database.compile(expressions=patterns, ids=list(range(len(patterns))), flags=0)
+    return database
+
+
+class StreamScan:
+    """One Hyperscan stream over a file (or a byte range of one), fed chunk by chunk.
+
+    A hit is ``stop << 1 | reserved``: the end offset of a match, counted from the first byte
+    fed, and whether a reserved-token pattern matched (rather than one of ``extra``). Hits keep
+    the order of their offsets. Feed from one thread at a time.
+    """
+
+    def __init__(self, extra: Sequence[bytes] = ()) -> None:
+        import hyperscan
+
+        database = _stream_database(tuple(extra))
+        # Scratch space is per scan: another validation in this process may scan at the same time.
+        self._scratch = hyperscan.Scratch(database)
+        self._hits: list[int] = []
+        self._collect = self._on_match  # the stream keeps a borrowed reference: hold it here
+        self._stream = database.stream(match_event_handler=self._collect)
+        self._stream.__enter__()  # opens the stream; close() ends it
+
+    def _on_match(self, pattern: int, _start: int, stop: int, _flags: int, _ctx: Any) -> None:
+        self._hits.append(stop << 1 | (pattern < _RESERVED_COUNT))
+
+    def feed(self, chunk: bytes) -> list[int]:
+        """The hits of the matches that end in ``chunk``."""
+        self._stream.scan(chunk, scratch=self._scratch)
+        hits, self._hits = self._hits, []
+        return hits
+
+    def close(self) -> None:
+        # Closing uses the database's own scratch space (passing another one is broken in
+        # python-hyperscan 0.9), which streams of other validations share: one at a time.
+        with _CLOSING:
+            self._stream.close()
+
+
+def stream_scan_available() -> bool:
+    """Whether StreamScan works here (Hyperscan is installed)."""
+    try:
+        import hyperscan  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -11,6 +11,13 @@ Scans that would otherwise run once per line run once per 8 MB chunk instead:
   counts differ is examined line by line, and only a differing line is parsed again to find
   the repeated key.
 
+A format with a quick path (SFT: text-only records, see converse_quick) goes faster still
+(run_quick). The thread that reads the file also scans it with Hyperscan, which releases the
+GIL: reserved tokens, and every place where a record of the quick shape could hide a repeated
+key. The validating thread then runs one quick check per line, mapped in C, and keeps its books
+per chunk; a line the quick check does not vouch for, or that the scan matched, takes the full
+path above, and a repeated key there is looked for line by line. Reports are the same either way.
+
 Memory grows only with the duplicate index (one entry per record) and the length estimates.
 """
 
@@ -22,25 +29,36 @@ import itertools
 import json
 import time
 from array import array
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import accumulate
+from typing import Any, TypeVar
 
 import msgspec
 
 from tuneloop.data.formats import (
     IMAGE,
+    KIND_BITS,
+    KIND_MASK,
     KIND_NAMES,
+    NEEDS_FULL_CHECK,
     VIDEO,
     DatasetFormat,
     FormatContext,
+    QuickPath,
+    pack_facts,
     unknown_key_message,
 )
 from tuneloop.data.reader import read_chunks
 from tuneloop.data.report import DataIssue, DatasetReport, TokenStats
 from tuneloop.data.rules import RELAXABLE, RULES
-from tuneloop.data.scan import RESERVED_TOKENS, ReservedScanner
+from tuneloop.data.scan import (
+    RESERVED_TOKENS,
+    ReservedScanner,
+    StreamScan,
+    stream_scan_available,
+)
 from tuneloop.recipes.catalog import ModelSpec
 
 BOM = b"\xef\xbb\xbf"
@@ -48,6 +66,11 @@ MEDIA = IMAGE | VIDEO
 # A longer line is reported and skipped rather than held in memory: no model's context comes close.
 MAX_LINE_BYTES = 64 << 20
 CHARS_PER_TOKEN = 4
+_BLANK = -1
+"""What _Pass._full_line returns for a blank line (a decoded record has at least one key)."""
+_CHARS_OF: Callable[[int], int] = KIND_BITS.__rrshift__  # packed facts -> chars, in C
+_KINDS_OF: Callable[[int], int] = KIND_MASK.__and__  # packed facts -> kinds, in C
+T = TypeVar("T")
 
 
 @dataclass
@@ -96,7 +119,23 @@ class _Pass:
         """Record lines with at least one error (not relaxed)."""
         self.digest_of: Any = hash  # per-process; workers that do not fork use stable_digest
         self.context_chars = ctx.spec.context_length * CHARS_PER_TOKEN
-        self.scanner = ReservedScanner()
+        self._scanner: ReservedScanner | None = None
+        self._kinds: list[int] = []
+        """Kinds of the records checked the full way since the last flush into state.kinds."""
+        quick_path = getattr(fmt, "quick_path", None)
+        self.quick: QuickPath | None = None
+        """The format's quick path, when it has one and the raw bytes can be scanned alongside
+        (run_quick); otherwise run() takes every line the full way."""
+        if quick_path is not None and stream_scan_available():
+            self.quick = quick_path(ctx)
+        self.quick_limit = pack_facts(self.context_chars, KIND_MASK)
+        """Packed facts above this are longer than the context: the full path reports them."""
+
+    @property
+    def scanner(self) -> ReservedScanner:
+        if self._scanner is None:
+            self._scanner = ReservedScanner()
+        return self._scanner
 
     # -- reporting ---------------------------------------------------------------------------
 
@@ -113,10 +152,10 @@ class _Pass:
 
     # -- the pass ----------------------------------------------------------------------------
 
-    def run(self, chunks: Iterable[bytes], first_line: int = 1, first_chunk: bool = True) -> _State:
+    def run(self, chunks: Iterable[bytes], first_chunk: bool = True) -> _State:
         rest = b""
         skipping = False
-        line_no = first_line - 1
+        line_no = 0
         for chunk in chunks:
             if first_chunk:
                 first_chunk = False
@@ -146,6 +185,60 @@ class _Pass:
             self.state.lines = line_no
         return self.state
 
+    def run_quick(
+        self, items: Iterable[tuple[bytes, list[int]]], first_chunk: bool = True
+    ) -> _State:
+        """Like run(), for a pass with a quick path.
+
+        ``items`` pairs each chunk with the StreamScan hits that end in it. Lines are cut from
+        each chunk as it comes, without joining it to the carried-over partial line first.
+        """
+        pending: deque[int] = deque()
+        """StreamScan hits not yet given to a line, in the order of their offsets."""
+        rest, rest_at = b"", 0  # the partial last line and the offset of its first byte
+        at = 0  # the offset of the next chunk
+        skipping = False
+        line_no = 0
+        for chunk, hits in items:
+            pending.extend(hits)
+            chunk_at = at
+            at += len(chunk)
+            if first_chunk:
+                first_chunk = False
+                if chunk.startswith(BOM):
+                    self.line_no = 1
+                    self.report("bom", "$", "the file starts with a UTF-8 byte order mark")
+                    chunk, chunk_at = chunk[len(BOM) :], chunk_at + len(BOM)
+            if skipping:  # inside a line too long to hold in memory
+                newline = chunk.find(b"\n")
+                if newline == -1:
+                    continue
+                skipping = False
+                chunk, chunk_at = chunk[newline + 1 :], chunk_at + newline + 1
+            lines = chunk.split(b"\n")
+            tail = lines.pop()
+            if not lines:  # no newline: the partial line grows
+                if rest:
+                    rest += tail
+                else:
+                    rest, rest_at = tail, chunk_at
+                if len(rest) > MAX_LINE_BYTES:
+                    line_no += 1
+                    self._line_too_large(line_no)
+                    rest, skipping = b"", True
+                continue
+            start = chunk_at
+            if rest:
+                lines[0] = rest + lines[0]
+                start = rest_at
+            rest, rest_at = tail, at - len(tail)
+            line_no = self._quick_lines(lines, line_no, start, pending)
+        if rest:
+            self._quick_lines([rest], line_no, rest_at, pending)
+        elif skipping:
+            self.state.lines = line_no
+        return self.state
+
     def _line_too_large(self, line_no: int) -> None:
         """A line longer than MAX_LINE_BYTES: reported, then skipped without holding it."""
         self.line_no = line_no
@@ -156,64 +249,32 @@ class _Pass:
     def _lines(self, buffer: bytes, end: int, line_no: int) -> int:
         """Validate the complete lines in ``buffer[:end]``; return the last line number.
 
-        This is the hot loop: locals instead of attributes, and nothing per line that can be
-        done once per chunk.
+        Every line takes the full path; repeated keys are looked for line by line only when the
+        chunk's count of ``":`` differs from the keys decoded.
         """
         lines = buffer[: end - 1].split(b"\n")
         first_line = line_no + 1
         hits = self.scanner.lines_with_hits(buffer, end, first_line)
-        fmt, ctx, report, decode = self.fmt, self.ctx, self.report, self.decoder.decode
         state = self.state
-        lengths = state.lengths
-        kinds_seen: list[int] = []
-        kinds_append = kinds_seen.append
         digests, digest_lines = state.digests.append, state.digest_lines.append
         digest_of = self.digest_of
-        context_chars = self.context_chars
+        full_line = self._full_line
         keys_per_line: list[int] = []
         decoded_lines: list[int] = []
         records = 0
         for line in lines:
             line_no += 1
-            self.line_no = line_no
-            if not line or line.isspace():
-                report("blank-line", "$", "blank line")
+            keys = full_line(line, line_no, line_no in hits)
+            if keys == _BLANK:
                 continue  # not a record, so neither valid nor invalid
-            else:
-                records += 1
-                try:
-                    record = decode(line)
-                except (
-                    msgspec.ValidationError,
-                    msgspec.DecodeError,
-                    UnicodeDecodeError,
-                    RecursionError,  # nested deeper than the parser goes
-                ) as exc:
-                    record = self._decode_failed(line, exc)
-                if record is not None:
-                    keys, chars, kinds = fmt.check(record, ctx, report)
-                    keys_per_line.append(keys)
-                    decoded_lines.append(line_no)
-                    if hits and line_no in hits:
-                        self._check_reserved(record)
-                    lengths.append(chars)
-                    kinds_append(kinds)
-                    if kinds & MEDIA:
-                        if kinds & IMAGE and not state.first_image:
-                            state.first_image = line_no
-                        if kinds & VIDEO and not state.first_video:
-                            state.first_video = line_no
-                    if chars > context_chars:
-                        report(
-                            "too-long",
-                            "$",
-                            f"about {chars // CHARS_PER_TOKEN} tokens, more than "
-                            f"{ctx.spec.display_name}'s context of {ctx.spec.context_length}",
-                        )
-                digests(digest_of(line))
-                digest_lines(line_no)
+            records += 1
+            if keys is not None:
+                keys_per_line.append(keys)
+                decoded_lines.append(line_no)
+            digests(digest_of(line))
+            digest_lines(line_no)
         state.records += records
-        state.kinds.update(kinds_seen)  # counted in C, once per chunk
+        self._flush_kinds()
         if keys_per_line:
             # One scan of the chunk; line by line only when the totals disagree (a relaxed
             # duplicate-key or unknown-key is still found, as a warning).
@@ -222,6 +283,116 @@ class _Pass:
                 self._repeated_keys_by_line(lines, first_line, decoded_lines, keys_per_line)
         state.lines = line_no
         return line_no
+
+    def _quick_lines(
+        self, lines: list[bytes], line_no: int, start: int, pending: deque[int]
+    ) -> int:
+        """Validate complete lines, the first beginning at offset ``start``; return the last
+        line number.
+
+        The hot loop of run_quick: one quick check per line, mapped in C, and the bookkeeping
+        in bulk. Only a batch with a line the quick check did not vouch for, or a line the
+        scanner matched, goes through lines one by one (_mixed_lines).
+        """
+        results = list(map(self.quick.check, lines))  # type: ignore[union-attr]
+        matched = _matched_lines(lines, start, pending) if pending else {}
+        for index in matched:
+            results[index] = NEEDS_FULL_CHECK
+        if NEEDS_FULL_CHECK in results or max(results) > self.quick_limit:
+            return self._mixed_lines(lines, line_no, results, matched)
+        state = self.state
+        count = len(lines)
+        state.records += count
+        state.lengths.extend(map(_CHARS_OF, results))
+        state.kinds.update(map(_KINDS_OF, results))
+        state.digests.extend(map(self.digest_of, lines))
+        state.digest_lines.extend(range(line_no + 1, line_no + 1 + count))
+        state.lines = line_no + count
+        return state.lines
+
+    def _mixed_lines(
+        self, lines: list[bytes], line_no: int, results: list[int], matched: dict[int, bool]
+    ) -> int:
+        """Lines the quick check vouched for are counted as they are; the others take the full
+        path, and those that decoded are looked at for repeated keys one by one."""
+        state = self.state
+        first_line = line_no + 1
+        limit = self.quick_limit
+        digests, digest_lines = state.digests.append, state.digest_lines.append
+        digest_of = self.digest_of
+        full_line = self._full_line
+        lengths = state.lengths.append
+        kinds = self._kinds.append
+        keys_per_line: list[int] = []
+        decoded_lines: list[int] = []
+        records = 0
+        for index, (line, packed) in enumerate(zip(lines, results, strict=True)):
+            line_no += 1
+            if 0 <= packed <= limit:
+                lengths(packed >> KIND_BITS)
+                kinds(packed & KIND_MASK)
+            else:
+                keys = full_line(line, line_no, matched.get(index, False))
+                if keys == _BLANK:
+                    continue
+                if keys is not None:
+                    keys_per_line.append(keys)
+                    decoded_lines.append(line_no)
+            records += 1
+            digests(digest_of(line))
+            digest_lines(line_no)
+        state.records += records
+        self._flush_kinds()
+        if decoded_lines:
+            self._repeated_keys_by_line(lines, first_line, decoded_lines, keys_per_line)
+        state.lines = line_no
+        return line_no
+
+    def _full_line(self, line: bytes, line_no: int, hit: bool) -> int | None:
+        """Check one line the full way and report what is wrong with it.
+
+        Returns the number of keys decoded (for the repeated-key check), None when the line did
+        not decode, or _BLANK for a blank line (not a record). ``hit``: the scanner matched the
+        line, so its texts are searched for reserved tokens.
+        """
+        self.line_no = line_no
+        if not line or line.isspace():
+            self.report("blank-line", "$", "blank line")
+            return _BLANK
+        try:
+            record = self.decoder.decode(line)
+        except (
+            msgspec.ValidationError,
+            msgspec.DecodeError,
+            UnicodeDecodeError,
+            RecursionError,  # nested deeper than the parser goes
+        ) as exc:
+            record = self._decode_failed(line, exc)
+        if record is None:
+            return None
+        state = self.state
+        keys, chars, kinds = self.fmt.check(record, self.ctx, self.report)
+        if hit:
+            self._check_reserved(record)
+        state.lengths.append(chars)
+        self._kinds.append(kinds)
+        if kinds & MEDIA:
+            if kinds & IMAGE and not state.first_image:
+                state.first_image = line_no
+            if kinds & VIDEO and not state.first_video:
+                state.first_video = line_no
+        if chars > self.context_chars:
+            self.report(
+                "too-long",
+                "$",
+                f"about {chars // CHARS_PER_TOKEN} tokens, more than "
+                f"{self.ctx.spec.display_name}'s context of {self.ctx.spec.context_length}",
+            )
+        return keys
+
+    def _flush_kinds(self) -> None:
+        self.state.kinds.update(self._kinds)  # counted in C, once per chunk
+        self._kinds.clear()
 
     def _decode_failed(self, line: bytes, exc: Exception) -> Any:
         if isinstance(exc, msgspec.ValidationError):
@@ -371,6 +542,22 @@ def _keep(
         issues.sort(key=issue_order)
 
 
+def _matched_lines(lines: list[bytes], start: int, pending: deque[int]) -> dict[int, bool]:
+    """The lines (the first beginning at offset ``start``, each followed by a newline) in which
+    a pending StreamScan hit ends, by index, each with whether a reserved-token pattern matched
+    there. Those hits leave ``pending``."""
+    newlines = [start + index + length for index, length in enumerate(accumulate(map(len, lines)))]
+    matched: dict[int, bool] = {}
+    last = newlines[-1]
+    while pending and pending[0] >> 1 <= last:
+        hit = pending.popleft()
+        stop = hit >> 1
+        if stop > start:  # not in a skipped line or the byte order mark
+            index = bisect.bisect_left(newlines, stop)
+            matched[index] = matched.get(index, False) or bool(hit & 1)
+    return matched
+
+
 class _Object(dict):  # type: ignore[type-arg]
     """A parsed JSON object that remembers a key it saw twice."""
 
@@ -449,7 +636,7 @@ def validate_dataset(
     validation = _Pass(fmt, ctx, options)
     ranges = _ranges(uri, workers)
     if len(ranges) == 1:
-        state = validation.run(prefetched(read_chunks(uri), hashed))
+        state = _run(validation, read_chunks(uri), hashed, first_chunk=True)
     else:
         state = _run_parallel(uri, fmt, ctx, options, ranges, validation, hashed)
     _report_duplicates(validation, state)
@@ -500,8 +687,37 @@ def _validate_range(
     validation = _Pass(get_format(fmt_name), FormatContext(spec=spec, platform=platform), options)
     if stable_digests:
         validation.digest_of = stable_digest
-    state = validation.run(read_chunks(uri, start, end), first_chunk=start == 0)
+    state = _run(validation, read_chunks(uri, start, end), None, first_chunk=start == 0)
     return state, validation.bad, state.lines
+
+
+def _run(
+    validation: _Pass,
+    chunks: Iterable[bytes],
+    each: Callable[[bytes], None] | None,
+    *,
+    first_chunk: bool,
+) -> _State:
+    """Read ``chunks`` in a thread (calling ``each`` on every one there) and validate them.
+
+    With a quick path, the reading thread also scans each chunk with Hyperscan, which releases
+    the GIL: the scan overlaps with the validation instead of adding to it.
+    """
+    if validation.quick is None:
+        if each is not None:
+            chunks = prefetched(chunks, each)
+        return validation.run(chunks, first_chunk=first_chunk)
+    scan = StreamScan(validation.quick.suspicious)
+
+    def read(chunk: bytes) -> list[int]:
+        if each is not None:
+            each(chunk)
+        return scan.feed(chunk)
+
+    try:
+        return validation.run_quick(read_ahead(chunks, read), first_chunk=first_chunk)
+    finally:
+        scan.close()
 
 
 def _run_parallel(
@@ -578,11 +794,11 @@ def _report_duplicates(validation: _Pass, state: _State) -> None:
     Sorting the digests finds which repeat without a dict over every record; only repeated
     digests are then followed, in file order, to name the first occurrence.
     """
+    if len(set(state.digests)) == len(state.digests):
+        return  # the common case, found without sorting
     ordered = sorted(state.digests)
     repeated = {a for a, b in itertools.pairwise(ordered) if a == b}
     del ordered
-    if not repeated:
-        return
     first_seen: dict[int, int] = {}
     for digest, line in zip(state.digests, state.digest_lines, strict=True):
         if digest not in repeated:
@@ -595,12 +811,18 @@ def _report_duplicates(validation: _Pass, state: _State) -> None:
         validation.report("duplicate-record", "$", f"same as line {earlier}")
 
 
-def prefetched(chunks: Iterable[bytes], each: Any) -> Iterator[bytes]:
+def prefetched(chunks: Iterable[bytes], each: Callable[[bytes], Any]) -> Iterator[bytes]:
     """Read (and hash, with ``each``) the next chunks in a thread while this one is validated.
 
     File reads, S3 reads and SHA-256 release the GIL, so on two cores they overlap with the
     validation loop instead of adding to it.
     """
+    for chunk, _ in read_ahead(chunks, each):
+        yield chunk
+
+
+def read_ahead(chunks: Iterable[bytes], work: Callable[[bytes], T]) -> Iterator[tuple[bytes, T]]:
+    """Each chunk with ``work(chunk)``, both done in a thread up to two chunks ahead."""
     import queue
     import threading
 
@@ -611,10 +833,10 @@ def prefetched(chunks: Iterable[bytes], each: Any) -> Iterator[bytes]:
     def produce() -> None:
         try:
             for chunk in chunks:
-                each(chunk)
+                item = (chunk, work(chunk))
                 while not stop.is_set():
                     try:
-                        handoff.put(chunk, timeout=0.1)
+                        handoff.put(item, timeout=0.1)
                         break
                     except queue.Full:
                         continue
