@@ -641,3 +641,21 @@ def test_utf16_line_is_not_json(tmp_path: Path) -> None:
     report = validate(path)
     assert report.error_counts == {"invalid-json": 1}
     assert [(e.line, e.rule) for e in report.errors] == [(2, "invalid-json")]
+
+
+@pytest.mark.parametrize("limit", [0, 10_000])
+def test_duplicates_found_the_same_with_a_set_or_by_sorting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """Up to SET_DIGESTS records a set tells whether any repeats; beyond, sorting does."""
+    monkeypatch.setattr(validator, "SET_DIGESTS", limit)
+    unique = tmp_path / "unique.jsonl"
+    unique.write_text("".join(record(f"Question {i}") + "\n" for i in range(50)))
+    report = validate(unique)
+    assert report.duplicates == 0 and report.ok
+    repeated = tmp_path / "repeated.jsonl"
+    repeated.write_text("".join(record(f"Question {i % 20}") + "\n" for i in range(50)))
+    report = validate(repeated, max_errors=1000)
+    assert report.duplicates == 30
+    assert [e.message for e in report.errors[:2]] == ["same as line 1", "same as line 2"]
+    assert [e.line for e in report.errors[:2]] == [21, 22]
