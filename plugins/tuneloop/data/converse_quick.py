@@ -20,7 +20,7 @@ trace in the raw bytes, which SUSPICIOUS matches:
   or messages list; ``"messages":`` after ``]}]`` and a comma follows a messages list (whose last
   message ends with its content list), and an empty messages list is flagged on its own;
 - a key written with an escape (``"te\\u0078t"`` decodes to ``text``) would dodge all of the
-  above, so any key holding a backslash is flagged.
+  above, so any key holding a ``\\u`` escape is flagged (no other escape spells a letter).
 
 Records with keys in another order are valid and simply take the full path.
 """
@@ -43,9 +43,10 @@ SUSPICIOUS = (
     rb"\]" + _WS + rb"," + _WS + rb'"system"' + _WS + rb":",
     rb"\]" + _WS + rb"\}" + _WS + rb"\]" + _WS + rb"," + _WS + rb'"messages"' + _WS + rb":",
     rb'"messages"' + _WS + rb":" + _WS + rb"\[" + _WS + rb"\]",
-    # An escape, the rest of its string, then a colon: a key holding an escape. The escape
-    # itself is matched whole, so an escaped quote in a text (`say \"x\": y`) is no key end.
-    rb'\\[^\n](?:[^"\\\n]|\\[^\n])*"' + _WS + rb":",
+    # A \u escape, the rest of its string, then a colon: a key holding an escape. Only \u
+    # escapes can spell a letter of a key the quick check accepts; escapes after it are matched
+    # whole, so an escaped quote in a text (`\u00e9 \"x\": y`) is no key end.
+    rb'\\u(?:[^"\\\n]|\\[^\n])*"' + _WS + rb":",
 )
 
 _DECODE_FAILED = (

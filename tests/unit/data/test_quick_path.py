@@ -314,6 +314,7 @@ def test_each_pattern_is_needed(index: int) -> None:
         line(record("Hi", "ok")),
         json.dumps(record("a:b", 'say "x": y', system=[']}], "messages": ['])).encode(),
         json.dumps(record("Hi", "ok"), separators=(",", ":")).encode(),
+        json.dumps(record('\u00e9 "x": y', 'back\\slash "k": v')).encode(),  # ensure_ascii
         json.dumps(record("Hi", "ok"), indent=None, separators=(" , ", " : ")).encode(),
     ],
 )
