@@ -4,10 +4,10 @@ Tokens are rare, so searching each 8 MB chunk once and checking only the lines w
 far less than searching every text of every record. Hyperscan (x86-64) matches all tokens in one
 SIMD pass at several GB/s; elsewhere Python's `re` does the same job more slowly.
 
-With Hyperscan, `StreamScan` also runs in the thread that reads the file: a scan releases the
-GIL, so it costs the validating thread nothing, and a stream finds matches across chunk
-boundaries. It reports end offsets from the start of the stream; the validator maps them to
-lines.
+With Hyperscan, `StreamScan` also runs in the thread that reads the file, with more patterns
+(those of a format's quick path): a scan releases the GIL, so it costs the validating thread
+nothing, and a stream finds matches across chunk boundaries. It reports where each match ends,
+counted from the start of the stream; the validator maps those offsets to lines.
 """
 
 from __future__ import annotations
