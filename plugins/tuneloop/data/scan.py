@@ -6,14 +6,13 @@ SIMD pass at several GB/s; elsewhere Python's `re` does the same job more slowly
 
 With Hyperscan, `StreamScan` also runs in the thread that reads the file, with more patterns
 (those of a format's quick path): a scan releases the GIL, so it costs the validating thread
-nothing, and a stream finds matches across chunk boundaries. It reports where each match ends,
-counted from the start of the stream; the validator maps those offsets to lines.
+nothing. It reports where each match ends, counted from the first byte read; the validator maps
+those offsets to lines.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -77,53 +76,94 @@ class ReservedScanner:
         return lines
 
 
-_CLOSING = threading.Lock()
-
-
 @cache
-def _stream_database(extra: tuple[bytes, ...]) -> Any:
-    """The reserved-token patterns plus ``extra``, compiled once per process for streams."""
+def _line_database(extra: tuple[bytes, ...]) -> Any:
+    """The reserved-token patterns plus ``extra``, compiled once per process."""
     import hyperscan
 
     patterns = [*_PATTERNS, *extra]
-    database = hyperscan.Database(mode=hyperscan.HS_MODE_STREAM)
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     database.compile(expressions=patterns, ids=list(range(len(patterns))), flags=0)
     return database
 
 
 class StreamScan:
-    """One Hyperscan stream over a file (or a byte range of one), fed chunk by chunk.
+    """Scans a file (or a byte range of one) fed chunk by chunk, whole lines at a time.
 
-    A hit is ``stop << 1 | reserved``: the end offset of a match, counted from the first byte
-    fed, and whether a reserved-token pattern matched (rather than one of ``extra``). Hits keep
-    the order of their offsets. Feed from one thread at a time.
+    No pattern spans a newline, so scanning complete lines is exact. Each chunk is scanned in
+    two blocks: the line it completes (joined to the start carried over from earlier chunks:
+    one line, a small copy) and, in place, the lines after it up to its last newline.
+    (Hyperscan's streaming and vectored modes would save the join, but can miss a match when
+    the pieces are small.)
+
+    A hit is ``stop << 1 | reserved``: where a match ends, counted from the first byte fed, and
+    whether a reserved-token pattern matched (rather than one of ``extra``). Hits come in the
+    order of their lines. A line growing past ``max_line`` bytes before its newline is dropped
+    unscanned, as the validator skips it. Feed from one thread at a time; call finish() after
+    the last chunk for the line left without a newline.
     """
 
-    def __init__(self, extra: Sequence[bytes] = ()) -> None:
+    def __init__(self, extra: Sequence[bytes] = (), max_line: int = 1 << 62) -> None:
         import hyperscan
 
-        database = _stream_database(tuple(extra))
+        self._database = _line_database(tuple(extra))
         # Scratch space is per scan: another validation in this process may scan at the same time.
-        self._scratch = hyperscan.Scratch(database)
+        self._scratch = hyperscan.Scratch(self._database)
+        self._max_line = max_line
         self._hits: list[int] = []
-        self._collect = self._on_match  # the stream keeps a borrowed reference: hold it here
-        self._stream = database.stream(match_event_handler=self._collect)
-        self._stream.__enter__()  # opens the stream; close() ends it
+        self._base = 0  # the offset of the block being scanned
+        self._pieces: list[bytes] = []  # the line begun and not yet ended
+        self._size = 0  # bytes in the pieces
+        self._at = 0  # the offset of the next chunk
+        self._skipping = False
 
     def _on_match(self, pattern: int, _start: int, stop: int, _flags: int, _ctx: Any) -> None:
-        self._hits.append(stop << 1 | (pattern < _RESERVED_COUNT))
+        self._hits.append((self._base + stop) << 1 | (pattern < _RESERVED_COUNT))
+
+    def _scan(self, block: Any, base: int) -> None:
+        self._base = base
+        self._database.scan(block, match_event_handler=self._on_match, scratch=self._scratch)
 
     def feed(self, chunk: bytes) -> list[int]:
-        """The hits of the matches that end in ``chunk``."""
-        self._stream.scan(chunk, scratch=self._scratch)
+        """The hits in the lines that end in ``chunk``."""
+        chunk_at, self._at = self._at, self._at + len(chunk)
+        start = 0
+        if self._skipping:
+            start = chunk.find(b"\n") + 1
+            if start == 0:
+                return []
+            self._skipping = False
+        first = chunk.find(b"\n", start) + 1
+        if first == 0:
+            if not self._pieces:
+                self._base = chunk_at + start
+            self._pieces.append(chunk[start:])
+            self._size += len(chunk) - start
+            # The validator skips such a line too; a byte order mark it strips is counted here.
+            if self._size > self._max_line + 3:
+                self._pieces, self._size, self._skipping = [], 0, True
+            return []
+        if self._pieces:
+            base = self._base
+            self._scan(b"".join([*self._pieces, chunk[start:first]]), base)
+        else:
+            self._scan(memoryview(chunk)[start:first], chunk_at + start)
+        cut = chunk.rfind(b"\n") + 1
+        if cut > first:
+            self._scan(memoryview(chunk)[first:cut], chunk_at + first)
+        self._pieces = [chunk[cut:]] if cut < len(chunk) else []
+        self._size = len(chunk) - cut
+        self._base = chunk_at + cut
         hits, self._hits = self._hits, []
         return hits
 
-    def close(self) -> None:
-        # Closing uses the database's own scratch space (passing another one is broken in
-        # python-hyperscan 0.9), which streams of other validations share: one at a time.
-        with _CLOSING:
-            self._stream.close()
+    def finish(self) -> list[int]:
+        """The hits in the last line, when the data does not end with a newline."""
+        if self._pieces:
+            self._scan(b"".join(self._pieces), self._base)
+        self._pieces, self._size = [], 0
+        hits, self._hits = self._hits, []
+        return hits
 
 
 def stream_scan_available() -> bool:

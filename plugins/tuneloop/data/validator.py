@@ -72,6 +72,7 @@ _BLANK = -1
 """What _Pass._full_line returns for a blank line (a decoded record has at least one key)."""
 _CHARS_OF: Callable[[int], int] = KIND_BITS.__rrshift__  # packed facts -> chars, in C
 _KINDS_OF: Callable[[int], int] = KIND_MASK.__and__  # packed facts -> kinds, in C
+C = TypeVar("C")
 T = TypeVar("T")
 
 
@@ -188,12 +189,13 @@ class _Pass:
         return self.state
 
     def run_quick(
-        self, items: Iterable[tuple[bytes, list[int]]], first_chunk: bool = True
+        self, items: Iterable[tuple[bytes | None, list[int]]], first_chunk: bool = True
     ) -> _State:
         """Like run(), for a pass with a quick path.
 
-        ``items`` pairs each chunk with the StreamScan hits that end in it. Lines are cut from
-        each chunk as it comes, without joining it to the carried-over partial line first.
+        ``items`` pairs each chunk with the StreamScan hits in the lines it ends, and ends with
+        ``(None, hits)``: those of a last line without a newline. Lines are cut from each chunk
+        as it comes, without joining it to the carried-over partial line first.
         """
         pending: deque[int] = deque()
         """StreamScan hits not yet given to a line, in the order of their offsets."""
@@ -203,6 +205,8 @@ class _Pass:
         line_no = 0
         for chunk, hits in items:
             pending.extend(hits)
+            if chunk is None:
+                break
             chunk_at = at
             at += len(chunk)
             if first_chunk:
@@ -709,17 +713,17 @@ def _run(
         if each is not None:
             chunks = prefetched(chunks, each)
         return validation.run(chunks, first_chunk=first_chunk)
-    scan = StreamScan(validation.quick.suspicious)
+    scan = StreamScan(validation.quick.suspicious, MAX_LINE_BYTES)
 
-    def read(chunk: bytes) -> list[int]:
+    def read(chunk: bytes | None) -> list[int]:
+        if chunk is None:  # the end: the last line may have no newline
+            return scan.finish()
         if each is not None:
             each(chunk)
         return scan.feed(chunk)
 
-    try:
-        return validation.run_quick(read_ahead(chunks, read), first_chunk=first_chunk)
-    finally:
-        scan.close()
+    ended: Iterable[bytes | None] = itertools.chain(chunks, [None])
+    return validation.run_quick(read_ahead(ended, read), first_chunk=first_chunk)
 
 
 def _run_parallel(

@@ -227,12 +227,9 @@ def _positions(raw: bytes, needle: bytes) -> list[int]:
     return positions
 
 
-def _flagged(raw: bytes) -> bool:
-    scan = StreamScan(SUSPICIOUS)
-    try:
-        return bool(scan.feed(raw))
-    finally:
-        scan.close()
+def _flagged(raw: bytes, patterns: tuple[bytes, ...] = SUSPICIOUS) -> bool:
+    scan = StreamScan(patterns)
+    return bool(scan.feed(raw) + scan.finish())
 
 
 def _has_repeated_key(raw: bytes) -> bool:
@@ -299,12 +296,8 @@ def test_each_pattern_is_needed(index: int) -> None:
     raw = ONLY_ONE_PATTERN_FLAGS[index].encode()
     assert _has_repeated_key(raw)
     assert QUICK.check(raw) != NEEDS_FULL_CHECK
-    others = [pattern for i, pattern in enumerate(SUSPICIOUS) if i != index]
-    scan = StreamScan(others)
-    try:
-        assert not scan.feed(raw)
-    finally:
-        scan.close()
+    others = tuple(pattern for i, pattern in enumerate(SUSPICIOUS) if i != index)
+    assert not _flagged(raw, others)
     assert _flagged(raw)
 
 
@@ -330,25 +323,42 @@ def test_keys_in_another_order_take_the_full_path() -> None:
     assert QUICK.check(raw) != NEEDS_FULL_CHECK and _flagged(raw)
 
 
-# --- the streaming scan ----------------------------------------------------------------------
+# --- the scan in the reading thread ----------------------------------------------------------
 
 
-def test_stream_scan_finds_matches_across_chunks() -> None:
-    """Hits are end offsets from the first byte fed, shifted left, with the low bit set for a
-    reserved token."""
-    chunks = [b'{"text": "Us', b'er: hi", "te', b'xt": 1}']
-    data = b"".join(chunks)
+def test_scan_hits_count_from_the_first_byte_fed() -> None:
+    """A hit is where a match ends, shifted left, with the low bit set for a reserved token;
+    it comes with the chunk that ends its line, or from finish() for a last line."""
+    data = b'{"text": "User: hi", "text": 1}\n{"a": 1}\n{"text": 2, "text": 3}'
+    chunks = [data[i : i + 5] for i in range(0, len(data), 5)]
     token_end = data.index(b"User:") + len(b"User:")
-    key_end = data.rindex(b'"text":') + len(b'"text":')
+    keys_end = [at + len(b', "text":') for at in _positions(data, b', "text":')]
     scan = StreamScan([rb',[ \t]*"text"[ \t]*:'])
-    try:
-        assert [scan.feed(chunk) for chunk in chunks] == [
-            [],
-            [token_end << 1 | 1],
-            [key_end << 1],
-        ]
-    finally:
-        scan.close()
+    fed = [scan.feed(chunk) for chunk in chunks]
+    first_newline = data.index(b"\n")
+    assert fed[first_newline // 5] == [token_end << 1 | 1, keys_end[0] << 1]
+    assert [hit for hits in fed for hit in hits] == fed[first_newline // 5]
+    assert scan.finish() == [keys_end[1] << 1]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 10, 64, 4096])
+def test_scan_finds_the_same_whatever_the_chunk_size(size: int) -> None:
+    data = b"\n".join(line(record(f"User: {i}", "ok")) for i in range(30))
+    data = data.replace(b'"schemaVersion"', b'"schemaVersion": "x", "schemaVersion"', 3)
+    scan = StreamScan(SUSPICIOUS)
+    whole = scan.feed(data) + scan.finish()
+    assert len(whole) == 33  # 30 reserved tokens, 3 repeated keys
+    scan = StreamScan(SUSPICIOUS)
+    hits = [hit for at in range(0, len(data), size) for hit in scan.feed(data[at : at + size])]
+    assert hits + scan.finish() == whole
+
+
+def test_scan_drops_a_line_the_validator_skips() -> None:
+    scan = StreamScan(SUSPICIOUS, max_line=10)
+    chunks = [b'{"x": "User: ', b"0123456789", b'"}\n{"t": "Bot: x"}\n']
+    hits = [scan.feed(chunk) for chunk in chunks]
+    bot_end = len(b"".join(chunks)) - len(b' x"}\n')
+    assert hits == [[], [], [bot_end << 1 | 1]]
 
 
 # --- whole files: the same report with and without the quick path ----------------------------
