@@ -733,14 +733,3 @@ def test_a_minimal_record_is_logged(campaign: dict[str, Any]) -> None:
     assert run.data.tags["tuneloop.round"] == "1"
     assert result["model_version"] == "" and result["champion_version"] == ""
     assert tracker.champion() is None
-
-
-def test_sagemaker_arn_goes_to_the_plugins_store() -> None:
-    """With sagemaker-mlflow installed (requirements.txt), MLflow serves ``arn:`` tracking URIs
-    through the plugin and the tracker accepts SageMaker managed MLflow ARNs."""
-    pytest.importorskip("sagemaker_mlflow")
-    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-
-    arn = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/tuneloop"
-    assert resolve_store(arn).kind == "sagemaker"
-    assert "arn" in _tracking_store_registry._registry
