@@ -129,10 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         conf = queued
     from tuneloop.campaign_file import load_campaign
 
-    metrics = load_campaign(
-        REPO / "recipes" / "campaigns" / "demo.yaml"
-    ).campaign.evaluation.metrics
-    summarize(ledger, campaign_dir, time.monotonic() - began, metrics)
+    cf = load_campaign(REPO / "recipes" / "campaigns" / "demo.yaml")
+    summarize(ledger, campaign_dir, time.monotonic() - began, cf)
     return 0
 
 

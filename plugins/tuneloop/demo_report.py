@@ -22,19 +22,11 @@ def print_round(record: Any, seconds: float) -> None:
     print(f"   decision: {decision.action.value}. {decision.reason}")
 
 
-def summarize(
-    ledger: Any, campaign_dir: Path, seconds: float, metrics: list[str] | None = None
-) -> None:
+def summarize(ledger: Any, campaign_dir: Path, seconds: float, cf: Any) -> None:
     from tuneloop.report import format_table
+    from tuneloop.round_record import shown_metrics
 
-    shown = set(metrics or []) | {PRIMARY}
-    records = []
-    for record in ledger.records():
-        data = record.model_dump(mode="json")
-        # The campaign's own metrics only: the evaluation reports a dozen.
-        for key in ("metrics", "baseline"):
-            data[key] = {k: v for k, v in data[key].items() if k in shown}
-        records.append(data)
+    records = [shown_metrics(cf, r.model_dump(mode="json")) for r in ledger.records()]
     if not records:
         print("no round was recorded")
         return

@@ -274,7 +274,7 @@ def write_round_report(cf: CampaignFile, ledger: Any) -> list[str]:
     root = campaign_root(cf.campaign)
     if storage.is_s3(root):
         return []
-    records = [r.model_dump(mode="json") for r in ledger.records()]
+    records = [shown_metrics(cf, r.model_dump(mode="json")) for r in ledger.records()]
     folder = str(storage.local_path(storage.join(root, REPORT_FOLDER)))
     paths = write_report(
         records,
@@ -284,3 +284,15 @@ def write_round_report(cf: CampaignFile, ledger: Any) -> list[str]:
         baseline=records[-1].get("baseline") if records else None,
     )
     return [str(paths.markdown), str(paths.png)]
+
+
+def shown_metrics(cf: CampaignFile, record: dict[str, Any]) -> dict[str, Any]:
+    """The record with only the metrics the campaign asks to record (and the gate's), so the
+    report's table and plot are not drowned by every number an evaluation emits."""
+    campaign = cf.campaign
+    wanted = {*campaign.evaluation.metrics, campaign.gate.primary_metric, *campaign.gate.targets}
+    if not campaign.evaluation.metrics:
+        return record
+    for key in ("metrics", "baseline"):
+        record[key] = {k: v for k, v in (record.get(key) or {}).items() if k in wanted}
+    return record
