@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from tuneloop.recipes.catalog import MODELS, Method, Platform, Technique
-from tuneloop.recipes.common import StrictModel, matching
+from tuneloop.recipes.strict import StrictModel, matching
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")

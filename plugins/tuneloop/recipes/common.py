@@ -12,10 +12,7 @@ import re
 from typing import Annotated, Any
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     field_validator,
 )
@@ -23,29 +20,9 @@ from pydantic_core import PydanticCustomError
 
 from tuneloop.recipes.catalog import MODELS
 
-
-class StrictModel(BaseModel):
-    """Unknown keys are errors: a misspelt `warmup_step` must not fall back to a default."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-
-def matching(pattern: str, what: str, example: str) -> Any:
-    """A string type that must match ``pattern``; the error names what was expected and shows
-    an example instead of the regular expression."""
-    compiled = re.compile(pattern)
-
-    def check(value: str) -> str:
-        if not compiled.match(value):
-            raise PydanticCustomError(
-                "pattern_mismatch",
-                "'{value}' is not {what}",
-                {"value": value, "what": what, "allowed": f"e.g. {example}"},
-            )
-        return value
-
-    return Annotated[str, AfterValidator(check)]
-
+# Re-exported: the recipe models import them from here.
+from tuneloop.recipes.strict import StrictModel as StrictModel
+from tuneloop.recipes.strict import matching as matching
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
