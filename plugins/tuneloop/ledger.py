@@ -36,7 +36,7 @@ from tuneloop import storage
 from tuneloop.errors import Problem, StorageError, TuneloopError
 from tuneloop.gate import Action, Decision, RoundSummary
 from tuneloop.manifest import Checkpoint
-from tuneloop.recipes.catalog import Method, Technique
+from tuneloop.recipes.catalog import INSTANCE_RESOURCES, Method, Technique
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +45,6 @@ BASELINES = "baselines"
 RECORD_NAME = re.compile(r"^(\d{4,})\.json$")
 DIGEST = re.compile(r"^[0-9a-f]{8,64}$")
 _R = TypeVar("_R", bound=BaseModel)
-
-# GPUs per instance of the instance types Nova jobs run on. Billable seconds are
-# instance-seconds, so GPU-hours = billable seconds x GPUs per instance / 3600.
-GPUS_PER_INSTANCE: dict[str, int] = {
-    "ml.p5.48xlarge": 8,
-    "ml.p5en.48xlarge": 8,
-    "ml.p4d.24xlarge": 8,
-    "ml.g5.12xlarge": 4,
-    "ml.g5.24xlarge": 4,
-    "ml.g5.48xlarge": 8,
-    "ml.g6.12xlarge": 4,
-    "ml.g6.24xlarge": 4,
-    "ml.g6.48xlarge": 8,
-}
 
 
 class LedgerError(TuneloopError):
@@ -229,7 +215,8 @@ def gpu_hours(billable_seconds: float | None, instance_type: str | None = None) 
     """
     if not billable_seconds:
         return 0.0
-    return billable_seconds * GPUS_PER_INSTANCE.get(instance_type or "", 1) / 3600.0
+    resources = INSTANCE_RESOURCES.get(instance_type or "")
+    return billable_seconds * (resources.gpus if resources else 1) / 3600.0
 
 
 # Fields of a rendered evaluation recipe that change from one run to the next without changing

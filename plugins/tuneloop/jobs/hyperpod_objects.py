@@ -20,8 +20,10 @@ from typing import Any
 from tuneloop.jobs.base import JobSpec, UserJobError, job_error
 from tuneloop.recipes.catalog import (
     IMAGE_ACCOUNTS,
+    INSTANCE_RESOURCES,
     RFT_HYPERPOD_SIDECAR_IMAGES,
     CatalogError,
+    InstanceResources,
     Method,
     Platform,
     container_image,
@@ -62,29 +64,6 @@ _HOST_PATHS = {
     "local-nvme": "/opt/dlami/nvme",
 }
 
-
-@dataclass(frozen=True)
-class InstanceResources:
-    gpus: int
-    efa: int
-    """EFA interfaces the instance type exposes (0: no EFA, the request is left out)."""
-
-
-# Accelerators per instance type (EC2 instance type specifications). The recipes' allowed
-# instance types per model live in the catalog; this is only what one node of each offers.
-INSTANCE_RESOURCES: dict[str, InstanceResources] = {
-    "ml.p5.48xlarge": InstanceResources(8, 32),
-    "ml.p5e.48xlarge": InstanceResources(8, 32),
-    "ml.p5en.48xlarge": InstanceResources(8, 16),
-    "ml.p4d.24xlarge": InstanceResources(8, 4),
-    "ml.p4de.24xlarge": InstanceResources(8, 4),
-    "ml.g5.12xlarge": InstanceResources(4, 0),
-    "ml.g5.24xlarge": InstanceResources(4, 0),
-    "ml.g5.48xlarge": InstanceResources(8, 1),
-    "ml.g6.12xlarge": InstanceResources(4, 0),
-    "ml.g6.24xlarge": InstanceResources(4, 0),
-    "ml.g6.48xlarge": InstanceResources(8, 1),
-}
 
 # The RFT rollout hub is CPU-bound; the chart sizes it at 90 CPUs and 720 GiB.
 _HUB_RESOURCES = {"cpu": "90", "memory": "720Gi"}

@@ -544,3 +544,30 @@ def eval_metrics(task: str) -> tuple[str, ...] | None:
     if spec is None or task == "rft_eval":
         return None
     return (spec.metric,)
+
+
+# --- instance resources -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstanceResources:
+    gpus: int
+    efa: int
+    """EFA interfaces the instance type exposes (0: no EFA, the request is left out)."""
+
+
+# Accelerators per instance type (EC2 instance type specifications): what one node offers. The
+# HyperPod backend requests them per pod; the ledger counts GPU-hours with them.
+INSTANCE_RESOURCES: dict[str, InstanceResources] = {
+    "ml.p5.48xlarge": InstanceResources(8, 32),
+    "ml.p5e.48xlarge": InstanceResources(8, 32),
+    "ml.p5en.48xlarge": InstanceResources(8, 16),
+    "ml.p4d.24xlarge": InstanceResources(8, 4),
+    "ml.p4de.24xlarge": InstanceResources(8, 4),
+    "ml.g5.12xlarge": InstanceResources(4, 0),
+    "ml.g5.24xlarge": InstanceResources(4, 0),
+    "ml.g5.48xlarge": InstanceResources(8, 1),
+    "ml.g6.12xlarge": InstanceResources(4, 0),
+    "ml.g6.24xlarge": InstanceResources(4, 0),
+    "ml.g6.48xlarge": InstanceResources(8, 1),
+}
