@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         round_began = time.monotonic()
         number = ledger.next_round()
-        print(f"\n== round {number}" + (f" ({conf.get('reason')})" if conf.get("reason") else ""))
+        started_by = f"the DAG run round {number - 1}'s decision triggered" if conf else "manual"
+        print(f"\n== round {number} ({started_by})")
         run = dag.test(run_conf=conf, logical_date=None)
         record = ledger.latest()
         if record is None or record.round != number:
