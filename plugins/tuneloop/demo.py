@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-STATE = REPO / ".tuneloop"
 DAG_ID = "tuneloop_demo"
 
 
-def airflow_env(home: Path) -> dict[str, str]:
+def airflow_env(home: Path, project: Path) -> dict[str, str]:
     """Airflow settings for a local, single-machine run on SQLite."""
     return {
         "AIRFLOW_HOME": str(home),
-        "TUNELOOP_PROJECT_DIR": str(REPO),
+        "TUNELOOP_PROJECT_DIR": str(project),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -74,15 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="continue the previous demo campaign instead of a new one",
     )
+    parser.add_argument(
+        "--project-dir",
+        default=str(REPO),
+        help="folder whose .tuneloop/ holds the demo's data, jobs, ledger and Airflow home "
+        "(default: the repository)",
+    )
     args = parser.parse_args(argv)
 
-    home = STATE / "airflow"
-    campaign_dir = STATE / "demo"
+    project = Path(args.project_dir).absolute()
+    state = project / ".tuneloop"
+    home = state / "airflow"
+    campaign_dir = state / "demo"
     if not args.keep:
         shutil.rmtree(campaign_dir, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True, exist_ok=True)
-    env = airflow_env(home)
+    env = airflow_env(home, project)
     os.environ.update(env)
     os.chdir(REPO)
 
@@ -91,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from tuneloop.local.demo_task import write_demo_data
 
     write_demo_data(campaign_dir / "data")
-    print("  demo data written to", (campaign_dir / "data").relative_to(REPO))
+    print("  demo data written to", campaign_dir / "data")
     _migrate(env)
 
     from airflow.dag_processing.dagbag import DagBag  # after the environment is set
