@@ -6,8 +6,9 @@ everything here is idempotent and keyed on the ledger's identities, never on tim
 - the campaign run is found again by its tags (``tuneloop.kind=campaign``, ``tuneloop.campaign``)
   and never duplicated; a round run by ``tuneloop.round``; a stage run by ``tuneloop.stage``
   under its round run; the evaluation run likewise (``tuneloop.kind=evaluation``);
-- metric timestamps come from the record (a stage's start, a round's end), so logging a round
-  again writes rows MLflow already holds and drops them; params are logged only when missing;
+- metric timestamps come from the record (`tuneloop.tracking_records` turns a record into
+  params, metrics and tags, the same way on every call), so logging a round again writes rows
+  MLflow already holds and drops them; params are logged only when missing;
 - a round run holds the record's digest once it is complete: logging the same record again
   only re-checks the champion alias.
 
@@ -34,29 +35,44 @@ An unreachable server raises `TrackingError` (after MLflow's own HTTP retries, t
 ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT``); the caller decides
 whether a round may finish untracked. Logging it again later fills MLflow in.
 
-mlflow (and tensorboard) are imported inside functions: DAG files import this module at parse
-time.
+mlflow is imported inside functions: DAG files import this module at parse time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
-import math
-import re
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from tuneloop.errors import Problem, TuneloopError
+from tuneloop.tracking_records import (
+    MAX_TAG_VALUE,
+    METRICS_PER_BATCH,
+    PARAMS_PER_BATCH,
+    finite_number,
+    finite_scalars,
+    flatten,
+    metric_key,
+    millis,
+    param_value,
+    record_digest,
+    round_checkpoint,
+    round_metrics,
+    round_note,
+    round_params,
+    round_times,
+    stage_params,
+    tag_value,
+    training_curves,
+)
 
 MODEL_PREFIX = "tuneloop-"
 CHAMPION_ALIAS = "champion"
@@ -76,24 +92,12 @@ TAG_RECORD = "tuneloop.record_sha256"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"
 
-VOLATILE_KEYS = frozenset({"recorded_at"})
 CHECKPOINT_ARTIFACT = "checkpoint"
 REPORT_ARTIFACT = "report"
-TENSORBOARD_GLOB = "events.out.tfevents.*"
-
-# MLflow's limits (mlflow.utils.validation): longer values are cut here, the same way on every
-# call, so that logging a round again compares equal values.
-MAX_PARAM_VALUE = 6000
-MAX_TAG_VALUE = 8000
-MAX_KEY = 250
-PARAMS_PER_BATCH = 100
-METRICS_PER_BATCH = 1000
 
 # Loggers whose INFO lines are noise to an Airflow task log (database migrations on first use,
 # "waiting for model version creation"). Warnings and errors still come through.
 _NOISY_LOGGERS = ("mlflow", "alembic")
-_log = logging.getLogger(__name__)
-_UNSAFE_KEY_CHARS = re.compile(r"[^\w.\- :/]")
 
 StoreKind = Literal["local", "database", "server", "sagemaker"]
 Kind = Literal["campaign", "round", "stage", "evaluation"]
@@ -188,244 +192,8 @@ def _redacted(text: str, uri: str) -> str:
     return text.replace(f":{password}@", ":***@") if password else text
 
 
-# ---------------------------------------------------------------------------------------------
-# The record, as MLflow entities (pure)
-# ---------------------------------------------------------------------------------------------
-
-
-def record_digest(record: Mapping[str, Any]) -> str:
-    """sha256 of the record's canonical JSON, less when it was written: equal rounds, equal
-    digests (a record rebuilt on a task retry differs only in ``recorded_at``)."""
-    kept = {k: v for k, v in record.items() if k not in VOLATILE_KEYS}
-    text = json.dumps(kept, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def metric_key(name: str) -> str:
-    """A metric or param name MLflow accepts (letters, digits, ``_ - . / : space``)."""
-    return _UNSAFE_KEY_CHARS.sub("_", name)[:MAX_KEY]
-
-
-def param_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text[:MAX_PARAM_VALUE]
-
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists and empty mappings stay JSON, None goes."""
-    flat: dict[str, str] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{name}."))
-        elif value is not None:
-            flat[metric_key(name)] = param_value(value)
-    return flat
-
-
-def millis(when: Any) -> int | None:
-    """Epoch milliseconds of an ISO timestamp (naive means UTC), or None."""
-    if not when:
-        return None
-    try:
-        moment = datetime.fromisoformat(str(when))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
-def round_times(record: Mapping[str, Any]) -> tuple[int, int]:
-    """(start, end) of a round in epoch ms. Missing times fall back to when the record was
-    written, which the ledger keeps: metric timestamps must not change between two loggings."""
-    written = millis(record.get("recorded_at"))
-    start = millis(record.get("started_at")) or written or _now_ms()
-    end = millis(record.get("ended_at")) or written or start
-    return start, end
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _scalars(values: Mapping[str, Any] | None) -> dict[str, float]:
-    """The finite numbers of a {name: value} mapping, under MLflow-safe names."""
-    out: dict[str, float] = {}
-    for name, value in (values or {}).items():
-        number = _finite(value)
-        if number is not None:
-            out[metric_key(str(name))] = number
-    return out
-
-
-def round_params(record: Mapping[str, Any]) -> dict[str, str]:
-    """What a round was made of: its base, data digests, job names, checkpoints, hyperparameters.
-
-    Each stage's ``training_config`` is flattened under the stage's name (``sft.optim_config.lr``)
-    so that comparing round runs shows what changed between rounds (a rollback halves lr)."""
-    params: dict[str, str] = {}
-    for key in ("base", "base_round", "rollback_of"):
-        if record.get(key) not in (None, ""):
-            params[key] = param_value(record[key])
-    for data in record.get("datasets") or []:
-        where = metric_key(f"data.{data.get('stage', '')}.{data.get('channel', '')}")
-        for field in ("uri", "sha256", "records"):
-            if data.get(field) not in (None, ""):
-                params[f"{where}.{field}"] = param_value(data[field])
-    for stage in record.get("stages") or []:
-        name = str(stage.get("name", ""))
-        if stage.get("job_name"):
-            params[metric_key(f"job.{name}")] = param_value(stage["job_name"])
-        checkpoint = stage.get("checkpoint") or {}
-        if checkpoint.get("uri"):
-            params[metric_key(f"checkpoint.{name}")] = param_value(checkpoint["uri"])
-        training = (stage.get("recipe") or {}).get("training_config") or {}
-        params.update(flatten(training, f"{name}."))
-    evaluation = record.get("evaluation") or {}
-    if evaluation.get("job_name"):
-        params["job.evaluation"] = param_value(evaluation["job_name"])
-    return params
-
-
-def stage_params(stage: Mapping[str, Any]) -> dict[str, str]:
-    """A stage run's params: the whole rendered recipe flattened, plus how the stage ran."""
-    params = flatten(stage.get("recipe") or {})
-    for key in ("method", "technique", "job_name", "output_uri"):
-        if stage.get(key):
-            params[f"stage.{key}"] = param_value(stage[key])
-    checkpoint = stage.get("checkpoint") or {}
-    for key in ("uri", "model_type", "technique", "platform", "lineage"):
-        if checkpoint.get(key):
-            params[f"checkpoint.{key}"] = param_value(checkpoint[key])
-    return params
-
-
-def round_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """A round run's single values: eval metrics, baseline, deltas, timings, billable time, and
-    the gate's numeric signals (plateau count, GPU-hours so far...)."""
-    metrics = _scalars(record.get("metrics") or (record.get("evaluation") or {}).get("metrics"))
-    metrics.update({f"baseline.{k}": v for k, v in _scalars(record.get("baseline")).items()})
-    for against, deltas in (record.get("deltas") or {}).items():
-        prefix = metric_key(f"delta.{against}.")
-        metrics.update({f"{prefix}{k}": v for k, v in _scalars(deltas).items()})
-    metrics.update({f"seconds.{k}": v for k, v in _scalars(record.get("timings")).items()})
-    for key in ("billable_seconds", "gpu_hours"):
-        value = _finite(record.get(key))
-        if value is not None:
-            metrics[key] = value
-    signals = (record.get("decision") or {}).get("signals")
-    metrics.update({f"signal.{k}": v for k, v in _scalars(signals).items()})
-    return metrics
-
-
-Curve = list[tuple[int, float, int]]
-"""(step, value, timestamp ms) points of one metric."""
-
-
-def training_curves(stage: Mapping[str, Any], default_ms: int) -> dict[str, Curve]:
-    """A stage's training curves: the record's ``training_metrics``, and TensorBoard scalars of a
-    local output folder for the names the record does not hold (the record wins: it is the
-    ledger's copy)."""
-    start = millis(stage.get("started_at")) or default_ms
-    curves: dict[str, Curve] = {}
-    for name, points in (stage.get("training_metrics") or {}).items():
-        curve = []
-        for point in points or []:
-            if len(point) < 2:
-                continue
-            value = _finite(point[1])
-            if value is not None:
-                curve.append((int(point[0]), value, start))
-        if curve:
-            curves[metric_key(str(name))] = curve
-    folder = _local_folder(
-        stage.get("output_uri") or (stage.get("checkpoint") or {}).get("output_uri")
-    )
-    if folder is not None:
-        for name, curve in read_tensorboard_scalars(folder).items():
-            curves.setdefault(name, curve)
-    return curves
-
-
-def _local_folder(uri: Any) -> Path | None:
-    if not uri:
-        return None
-    parsed = urlparse(str(uri))
-    if parsed.scheme not in ("", "file"):
-        return None  # TensorBoard events on S3 are read by the job's monitoring, not here
-    folder = Path(parsed.path if parsed.scheme == "file" else str(uri))
-    return folder if folder.is_dir() else None
-
-
-def read_tensorboard_scalars(folder: Path) -> dict[str, Curve]:
-    """Scalars of every TensorBoard events file under ``folder``: name -> points by step.
-
-    Empty when the ``tensorboard`` package is not importable. A step logged twice (a job that
-    restarted) keeps its last value."""
-    try:
-        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-        from tensorboard.util import tensor_util
-    except ImportError:
-        return {}
-    by_name: dict[str, dict[int, tuple[float, int]]] = {}
-    for path in sorted(folder.rglob(TENSORBOARD_GLOB)):
-        try:
-            events = list(EventFileLoader(str(path)).Load())
-        except Exception as error:  # best effort: the record holds the curves the gate used
-            _log.warning("Skipping unreadable TensorBoard events %s: %s", path, error)
-            continue
-        for event in events:
-            if not event.HasField("summary"):
-                continue
-            for value in event.summary.value:
-                kind = value.WhichOneof("value")
-                if kind == "simple_value":
-                    number = _finite(value.simple_value)
-                elif kind == "tensor":
-                    array = tensor_util.make_ndarray(value.tensor)
-                    number = _finite(array.item()) if array.size == 1 else None
-                else:
-                    number = None
-                if number is not None:
-                    wall = int(event.wall_time * 1000)
-                    by_name.setdefault(metric_key(value.tag), {})[int(event.step)] = (number, wall)
-    return {
-        name: [(step, value, wall) for step, (value, wall) in sorted(points.items())]
-        for name, points in sorted(by_name.items())
-    }
-
-
-def round_checkpoint(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The checkpoint a round produced: its last stage's."""
-    for stage in reversed(record.get("stages") or []):
-        if (stage.get("checkpoint") or {}).get("uri"):
-            return stage["checkpoint"]
-    return None
-
-
 def _is_remote(uri: str) -> bool:
     return urlparse(uri).scheme not in ("", "file")
-
-
-def _note(record: Mapping[str, Any]) -> str:
-    decision = record.get("decision") or {}
-    lines = [f"**Round {record.get('round')}**: {decision.get('action', 'no decision')}"]
-    if decision.get("reason"):
-        lines.append("")
-        lines.append(str(decision["reason"]))
-    if decision.get("recommendation"):
-        lines.append("")
-        lines.append(f"Recommendation: {decision['recommendation']}")
-    return "\n".join(lines)[:MAX_TAG_VALUE]
-
-
-def _tag(value: Any) -> str:
-    return ("" if value is None else str(value))[:MAX_TAG_VALUE]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -780,15 +548,15 @@ class Tracker:
             )
         round_id = round_run.info.run_id
         tags = {
-            "tuneloop.decision.action": _tag(decision.get("action")),
-            "tuneloop.decision.reason": _tag(decision.get("reason")),
-            "tuneloop.promoted": _tag(bool(decision.get("promoted"))).lower(),
-            "tuneloop.champion_round": _tag(decision.get("champion_round")),
-            "tuneloop.airflow_run_id": _tag(record.get("run_id")),
-            TAG_NOTE: _note(record),
+            "tuneloop.decision.action": tag_value(decision.get("action")),
+            "tuneloop.decision.reason": tag_value(decision.get("reason")),
+            "tuneloop.promoted": tag_value(bool(decision.get("promoted"))).lower(),
+            "tuneloop.champion_round": tag_value(decision.get("champion_round")),
+            "tuneloop.airflow_run_id": tag_value(record.get("run_id")),
+            TAG_NOTE: round_note(record),
         }
         if decision.get("recommendation"):
-            tags["tuneloop.decision.recommendation"] = _tag(decision["recommendation"])
+            tags["tuneloop.decision.recommendation"] = tag_value(decision["recommendation"])
         metrics = [(k, v, number, end) for k, v in round_metrics(record).items()]
         self._log(round_run, round_params(record), metrics, tags)
         with tempfile.TemporaryDirectory(prefix="tuneloop-mlflow-") as scratch:
@@ -845,17 +613,17 @@ class Tracker:
             parent=round_id,
             start_ms=start,
             stage=name,
-            tags={"tuneloop.method": _tag(stage.get("method"))},
+            tags={"tuneloop.method": tag_value(stage.get("method"))},
         )
         metrics = [
             (key, value, step, stamp)
             for key, curve in training_curves(stage, start).items()
             for step, value, stamp in curve
         ]
-        billable = _finite(stage.get("billable_seconds"))
+        billable = finite_number(stage.get("billable_seconds"))
         if billable is not None:
             metrics.append(("billable_seconds", billable, 0, end))
-        tags = {"tuneloop.job_name": _tag(stage.get("job_name"))}
+        tags = {"tuneloop.job_name": tag_value(stage.get("job_name"))}
         self._log(run, stage_params(stage), metrics, tags)
         if stage.get("recipe"):
             with tempfile.TemporaryDirectory(prefix="tuneloop-mlflow-") as scratch:
@@ -889,9 +657,11 @@ class Tracker:
         params.update(flatten(plan_eval.get("recipe") or {}))
         metrics = [
             (k, v, number, end)
-            for k, v in _scalars(evaluation.get("metrics") or record.get("metrics")).items()
+            for k, v in finite_scalars(evaluation.get("metrics") or record.get("metrics")).items()
         ]
-        self._log(run, params, metrics, {"tuneloop.job_name": _tag(evaluation.get("job_name"))})
+        self._log(
+            run, params, metrics, {"tuneloop.job_name": tag_value(evaluation.get("job_name"))}
+        )
         if plan_eval.get("recipe"):
             with tempfile.TemporaryDirectory(prefix="tuneloop-mlflow-") as scratch:
                 path = Path(scratch) / "recipe.yaml"
@@ -912,12 +682,12 @@ class Tracker:
         end = round_times(record)[1]
         metrics = [
             (k, v, number, end)
-            for k, v in _scalars(
+            for k, v in finite_scalars(
                 record.get("metrics") or (record.get("evaluation") or {}).get("metrics")
             ).items()
         ]
         first = campaign_run.info.start_time
-        metrics += [(k, v, 0, first) for k, v in _scalars(record.get("baseline")).items()]
+        metrics += [(k, v, 0, first) for k, v in finite_scalars(record.get("baseline")).items()]
         tags: dict[str, str] = {}
         for path in report_files:
             self.client.log_artifact(campaign_run.info.run_id, str(path), REPORT_ARTIFACT)
@@ -935,8 +705,8 @@ class Tracker:
         run_id = campaign_run.info.run_id
         tags = {
             "tuneloop.last_round": str(int(record["round"])),
-            "tuneloop.decision.action": _tag(decision.get("action")),
-            "tuneloop.decision.reason": _tag(decision.get("reason")),
+            "tuneloop.decision.action": tag_value(decision.get("action")),
+            "tuneloop.decision.reason": tag_value(decision.get("reason")),
         }
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
@@ -1052,11 +822,11 @@ class Tracker:
         tags = {
             TAG_CAMPAIGN: self.campaign,
             TAG_ROUND: str(number),
-            "tuneloop.checkpoint_uri": _tag(uri),
+            "tuneloop.checkpoint_uri": tag_value(uri),
         }
         for key in ("model_type", "technique", "platform"):
             if checkpoint.get(key):
-                tags[f"tuneloop.{key}"] = _tag(checkpoint[key])
+                tags[f"tuneloop.{key}"] = tag_value(checkpoint[key])
         created = self.client.create_model_version(
             self.model_name,
             source=source,
@@ -1096,13 +866,9 @@ class Tracker:
             version, round_number = target
             self.client.set_registered_model_alias(self.model_name, CHAMPION_ALIAS, version)
             tags = {
-                "tuneloop.champion_round": _tag(round_number),
+                "tuneloop.champion_round": tag_value(round_number),
                 "tuneloop.champion_version": version,
             }
         if campaign_run_id:
             for key, value in tags.items():
                 self.client.set_tag(campaign_run_id, key, value)
-
-
-def _now_ms() -> int:
-    return int(datetime.now(UTC).timestamp() * 1000)

@@ -19,14 +19,8 @@ from typing import Any
 import pytest
 
 from tuneloop.report import write_report
-from tuneloop.tracking import (
-    CHAMPION_ALIAS,
-    Tracker,
-    TrackingError,
-    flatten,
-    read_tensorboard_scalars,
-    resolve_store,
-)
+from tuneloop.tracking import CHAMPION_ALIAS, Tracker, TrackingError, resolve_store
+from tuneloop.tracking_records import flatten, read_tensorboard_scalars
 
 CAMPAIGN = "support-bot"
 MODEL = f"tuneloop-{CAMPAIGN}"
