@@ -16,7 +16,6 @@ A round, as data::
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -29,7 +28,6 @@ from tuneloop.jobs.base import JobKind, JobSpec, job_name
 from tuneloop.plan import RoundPlan, campaign_root
 from tuneloop.project import absolute as _absolute
 from tuneloop.recipes.catalog import Method, Platform
-from tuneloop.recipes.rules import PLACEHOLDER_PREFIX
 
 DATA_FORMATS = {Method.SFT: "sft", Method.CPT: "cpt", Method.RFT: "rft"}
 EVAL_DATA_FORMATS = {"gen_qa": "gen_qa", "llm_judge": "llm_judge", "rft_eval": "rft"}
@@ -364,10 +362,6 @@ def baseline_job(cf: CampaignFile, round_plan: RoundPlan) -> dict[str, Any]:
     )
 
 
-def first_base(round_plan: RoundPlan) -> str:
-    return round_plan.base_model
-
-
 def checkpoint(
     cf: CampaignFile, round_plan: RoundPlan, index: int, result: dict[str, Any] | None, base: str
 ) -> dict[str, Any]:
@@ -393,11 +387,3 @@ def checkpoint(
     data["output_uri"] = data.get("output_uri") or output
     data["stage"] = planned.name
     return data
-
-
-def is_placeholder(uri: str) -> bool:
-    return uri.startswith(PLACEHOLDER_PREFIX)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
