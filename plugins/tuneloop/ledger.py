@@ -341,16 +341,12 @@ class Ledger:
         ``rollback_of`` (a rollback decided by hand, for instance) loses its title, and the
         promoted round before it is champion again. None: the base model is still the best.
         """
-        records = self.records()
-        eligible = _champion_eligible(records)
-        return next((r for r in reversed(records) if r.round in eligible), None)
+        return champion_of(self.records())
 
     def history(self) -> list[RoundSummary]:
         """What the gate reads about every recorded round, with ``promoted`` cleared for the
         rounds that were rolled back, so the gate and `champion` agree."""
-        records = self.records()
-        eligible = _champion_eligible(records)
-        return [r.summary().model_copy(update={"promoted": r.round in eligible}) for r in records]
+        return history_of(self.records())
 
     # --- the baseline -----------------------------------------------------------------------
 
@@ -414,6 +410,18 @@ class Ledger:
             elif not name.startswith("."):  # dot files are writes in progress
                 log.warning("ignoring %s: not a round record (rounds/NNNN.json)", name)
         return sorted(found)
+
+
+def champion_of(records: list[RoundRecord]) -> RoundRecord | None:
+    """``Ledger.champion`` of records already read (in round order)."""
+    eligible = _champion_eligible(records)
+    return next((r for r in reversed(records) if r.round in eligible), None)
+
+
+def history_of(records: list[RoundRecord]) -> list[RoundSummary]:
+    """``Ledger.history`` of records already read (in round order)."""
+    eligible = _champion_eligible(records)
+    return [r.summary().model_copy(update={"promoted": r.round in eligible}) for r in records]
 
 
 def _champion_eligible(records: list[RoundRecord]) -> set[int]:

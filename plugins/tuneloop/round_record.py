@@ -64,7 +64,7 @@ def build_and_record(
     baseline: dict[str, Any],
     run_id: str,
 ) -> Any:
-    from tuneloop.gate import decide
+    from tuneloop.gate import RoundSummary, decide
     from tuneloop.ledger import (
         BaselineRecord,
         DatasetRecord,
@@ -72,8 +72,10 @@ def build_and_record(
         RoundRecord,
         StageRecord,
         baseline_digest,
+        champion_of,
         deltas,
         gpu_hours,
+        history_of,
     )
     from tuneloop.manifest import Checkpoint
 
@@ -81,14 +83,13 @@ def build_and_record(
     ledger = Ledger(campaign_root(campaign))
     start = RoundStart.model_validate(planned["start"])
     plan = RoundPlan.model_validate(planned["plan"])
-    try:
-        existing = ledger.read(start.round)
-    except Exception:  # RoundNotFoundError: not recorded yet
-        existing = None
+    # Read once: the retry check, the history, the deltas and the report all come from it.
+    records = ledger.records()
+    existing = next((r for r in records if r.round == start.round), None)
     if existing is not None:
         if existing.run_id == run_id:
             log.info("Round %d was already recorded by this run; reusing it", start.round)
-            mirror(cf, ledger, existing)
+            mirror(cf, records, existing)
             return existing
         raise RoundError(
             [
@@ -156,12 +157,10 @@ def build_and_record(
     )
     base_metrics = stored.metrics or base_metrics
 
-    history = ledger.history()
-    previous = ledger.latest()
-    champion = ledger.champion()
+    history = history_of(records)
+    previous = records[-1] if records else None
+    champion = champion_of(records)
     summary_stages = [s.name for s in stages]
-    from tuneloop.gate import RoundSummary
-
     last_checkpoint = (
         stages[-1].output_uri if stages else (start.base_output_uri or plan.base_model)
     )
@@ -236,17 +235,17 @@ def build_and_record(
         gpu_hours=hours,
     )
     record = ledger.write(record)
-    mirror(cf, ledger, record)
+    mirror(cf, [*records, record], record)
     return record
 
 
-def mirror(cf: CampaignFile, ledger: Any, record: Any) -> dict[str, Any]:
-    """The round report and the MLflow runs for ``record``; failures are logged, never raised:
-    the ledger already holds the round."""
+def mirror(cf: CampaignFile, records: list[Any], record: Any) -> dict[str, Any]:
+    """The round report (of ``records``, every recorded round) and the MLflow runs for
+    ``record``; failures are logged, never raised: the ledger already holds the round."""
     out: dict[str, Any] = {}
     files: list[str] = []
     try:
-        files = write_round_report(cf, ledger)
+        files = write_round_report(cf, records)
         out["report"] = files[0] if files else ""
     except Exception as exc:  # the round stands without its report
         log.warning("Could not write the round report: %s", exc)
@@ -267,21 +266,21 @@ def mirror(cf: CampaignFile, ledger: Any, record: Any) -> dict[str, Any]:
     return out
 
 
-def write_round_report(cf: CampaignFile, ledger: Any) -> list[str]:
+def write_round_report(cf: CampaignFile, records: list[Any]) -> list[str]:
     """The campaign's round report (Markdown and PNG) beside its ledger; [] on S3 roots."""
     from tuneloop.report import write_report
 
     root = campaign_root(cf.campaign)
     if storage.is_s3(root):
         return []
-    records = [shown_metrics(cf, r.model_dump(mode="json")) for r in ledger.records()]
+    shown = [shown_metrics(cf, r.model_dump(mode="json")) for r in records]
     folder = str(storage.local_path(storage.join(root, REPORT_FOLDER)))
     paths = write_report(
-        records,
+        shown,
         folder,
         campaign=cf.campaign.name,
         primary_metric=cf.campaign.gate.primary_metric,
-        baseline=records[-1].get("baseline") if records else None,
+        baseline=shown[-1].get("baseline") if shown else None,
     )
     return [str(paths.markdown), str(paths.png)]
 

@@ -80,15 +80,15 @@ def start_round(cf: CampaignFile, conf: dict[str, Any]) -> RoundStart:
     the rollback adjustments when the latest round was rolled back. A manual trigger may name a
     base checkpoint folder or a round to restart from (a manual rollback).
     """
-    from tuneloop.ledger import Ledger
+    from tuneloop.ledger import Ledger, champion_of
 
     campaign = cf.campaign
     ledger = Ledger(campaign_root(campaign))
-    number = ledger.next_round()
-    latest = ledger.latest()
+    records = ledger.records()  # read once: number, latest decision, champion, known outputs
+    latest = records[-1] if records else None
     start = RoundStart(
         campaign=campaign.name,
-        round=number,
+        round=latest.round + 1 if latest else 1,
         dry_run=bool(conf.get("dry_run", False)),
         stages=list(conf.get("stages") or []),
         data_overrides=dict(conf.get("data_overrides") or {}),
@@ -108,7 +108,7 @@ def start_round(cf: CampaignFile, conf: dict[str, Any]) -> RoundStart:
     if latest is not None:
         # What the latest decision said; the conf the decide task triggered with says the same.
         decision = latest.decision
-        champion = ledger.champion()
+        champion = champion_of(records)
         if decision.action.value in ("continue", "rollback"):
             start.base_output_uri = decision.next_base or ""
             start.base_round = decision.next_base_round
@@ -131,7 +131,7 @@ def start_round(cf: CampaignFile, conf: dict[str, Any]) -> RoundStart:
         start.reason = str(conf.get("reason") or f"manual restart from round {record.round}")
     elif base_checkpoint and base_checkpoint != start.base_output_uri:
         start.base_output_uri = base_checkpoint
-        start.base_round = _round_of_output(ledger, base_checkpoint)
+        start.base_round = _round_of_output(records, base_checkpoint)
         start.rollback = bool(conf.get("rollback", False))
         start.rollback_of = None
     elif "rollback" in conf and conf["rollback"] not in (None, ""):
@@ -139,9 +139,9 @@ def start_round(cf: CampaignFile, conf: dict[str, Any]) -> RoundStart:
     return start
 
 
-def _round_of_output(ledger: Any, output_uri: str) -> int | None:
+def _round_of_output(records: list[Any], output_uri: str) -> int | None:
     """The recorded round whose checkpoint lives in ``output_uri``, if any."""
-    for record in ledger.records():
+    for record in records:
         if any(s.output_uri.rstrip("/") == output_uri.rstrip("/") for s in record.stages):
             return record.round
     return None

@@ -184,12 +184,12 @@ def decide_task(
 
 
 def finish_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
-    from tuneloop.ledger import Ledger
+    from tuneloop.ledger import Ledger, champion_of
 
     cf = round_steps.load(path)
-    ledger = Ledger(campaign_root(cf.campaign))
-    champion = ledger.champion()
-    latest = ledger.latest()
+    records = Ledger(campaign_root(cf.campaign)).records()
+    champion = champion_of(records)
+    latest = records[-1] if records else None
     summary = {
         "rounds": latest.round if latest else 0,
         "champion_round": champion.round if champion else None,
