@@ -264,7 +264,7 @@ def _labels(campaign: str, round_number: int, stage: str) -> dict[str, str]:
     return {"campaign": campaign, "round": str(round_number), "stage": stage}
 
 
-def _job(
+def job_spec(
     campaign: str,
     round_number: int,
     stage: str,
@@ -274,7 +274,8 @@ def _job(
     inputs: dict[str, str],
     output_uri: str,
 ) -> dict[str, Any]:
-    """A JobSpec whose name digests the recipe and inputs (the run name is set after)."""
+    """A JobSpec (as JSON) of one round's job: labels campaign/round/stage, and a name that
+    digests the recipe and inputs (the run name is set after)."""
     recipe = copy.deepcopy(recipe)
     run = recipe.setdefault("run", {})
     # Names derived from the job name are left out of its digest (the planner fills them with
@@ -310,7 +311,7 @@ def stage_job(
     reward = recipe["run"].get("reward_lambda_arn")
     if reward:
         inputs["reward_function"] = reward
-    return _job(
+    return job_spec(
         round_plan.campaign,
         round_plan.round,
         planned.name,
@@ -332,7 +333,7 @@ def evaluation_job(round_plan: RoundPlan, model_uri: str) -> dict[str, Any]:
     recipe = copy.deepcopy(evaluation.recipe)
     recipe["run"]["model_name_or_path"] = model_uri
     inputs = {"eval": evaluation.dataset} if evaluation.dataset else {}
-    return _job(
+    return job_spec(
         round_plan.campaign,
         round_plan.round,
         "eval",
@@ -357,7 +358,7 @@ def baseline_job(cf: CampaignFile, round_plan: RoundPlan) -> dict[str, Any]:
     run["model_name_or_path"] = base_uri
     run["output_s3_path"] = folder + "/"
     inputs = {"eval": evaluation.dataset} if evaluation.dataset else {}
-    return _job(
+    return job_spec(
         round_plan.campaign, 0, BASELINE_STAGE, JobKind.EVAL, "eval", recipe, inputs, folder
     )
 

@@ -55,29 +55,19 @@ def nova_job(
 ) -> dict[str, Any]:
     """A JobSpec (as JSON) for round 1 of ``campaign``: the template rendered for ``platform``
     with ``overrides``; its name digests the recipe (run.name left out) and the inputs."""
-    from tuneloop.jobs.base import JobKind, JobSpec, job_name
+    from tuneloop.jobs.base import JobKind
     from tuneloop.recipes.catalog import Platform
     from tuneloop.recipes.render import render_recipe
     from tuneloop.recipes.rules import RecipeContext
+    from tuneloop.round_steps import job_spec
 
     context = RecipeContext(platform=Platform(platform))
-    # run.name must be a valid name to render; it is left out of the digest (it becomes the
-    # job's name), as the round planner does.
+    # run.name must be a valid name to render; job_spec replaces it with the job's name.
     placeholder = {**overrides, "run.name": f"{campaign}-{stage}"}
     recipe = render_recipe(RECIPES / template, placeholder, context=context).data
-    recipe["run"]["name"] = ""
-    name = job_name(campaign, 1, stage, recipe, inputs)
-    recipe["run"]["name"] = name
     kind = JobKind.EVAL if stage == "eval" else JobKind.TRAIN
-    return JobSpec(
-        name=name,
-        kind=kind,
-        method="eval" if kind is JobKind.EVAL else stage,
-        recipe=recipe,
-        inputs=inputs,
-        output_uri=output_uri,
-        labels={"campaign": campaign, "round": "1", "stage": stage},
-    ).model_dump(mode="json")
+    method = "eval" if kind is JobKind.EVAL else stage
+    return job_spec(campaign, 1, stage, kind, method, recipe, inputs, output_uri)
 
 
 @task
