@@ -14,6 +14,7 @@ modules at module level; every task imports what it needs when it runs.
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -206,6 +207,7 @@ round leaves the next round to the next interval (a backfill runs one round per 
 order); the ledger still carries the decision (a rollback's base and adjustments) to it."""
 
 
+@functools.cache
 def _next_round_operator() -> type:
     from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
     from airflow.sdk.exceptions import AirflowSkipException
