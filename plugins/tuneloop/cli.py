@@ -342,7 +342,7 @@ def _data_validate(args: argparse.Namespace) -> int:
         workers=workers,
     )
     if args.json:
-        print(report.model_dump_json(indent=2))
+        print(report.to_json(indent=2))
     else:
         sys.stdout.write(report.to_text())
     return EXIT_OK if report.ok else EXIT_INVALID

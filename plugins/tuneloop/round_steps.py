@@ -246,7 +246,7 @@ def validate(campaign: Campaign, item: dict[str, Any]) -> dict[str, Any]:
         "records": report.records,
         "ok": report.ok,
         "errors": report.invalid_records,
-        "report": report.model_dump(mode="json"),
+        "report": report.to_dict(),
     }
     if not report.ok:
         raise DataInvalidError(report.to_text())

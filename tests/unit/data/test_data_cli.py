@@ -29,7 +29,7 @@ def validate(capsys, file: str, *flags: str, model: str = "lite") -> tuple[int, 
 
 
 def as_report(out: str) -> DatasetReport:
-    return DatasetReport.model_validate_json(out)
+    return DatasetReport.from_json(out)
 
 
 def test_valid_file_exits_0(capsys) -> None:
@@ -116,7 +116,7 @@ def test_workers_flag_gives_the_same_report(capsys, workers: str) -> None:
     _, one, _ = validate(capsys, mixed, "--json")
     code, many, _ = validate(capsys, mixed, "--json", "--workers", workers)
     assert code == 1
-    assert as_report(many).model_dump(exclude={"seconds"}) == as_report(one).model_dump(
+    assert as_report(many).to_dict(exclude={"seconds"}) == as_report(one).to_dict(
         exclude={"seconds"}
     )
 
@@ -175,9 +175,7 @@ def test_s3_object(capsys, s3_server: str) -> None:
     assert code == 1
     _, local, _ = validate(capsys, INVALID, "--json")
     exclude = {"seconds", "uri"}
-    assert as_report(out).model_dump(exclude=exclude) == as_report(local).model_dump(
-        exclude=exclude
-    )
+    assert as_report(out).to_dict(exclude=exclude) == as_report(local).to_dict(exclude=exclude)
 
 
 @pytest.mark.parametrize("flag", ["--max-errors", "--workers"])
@@ -190,6 +188,25 @@ def test_several_problems_are_all_listed(capsys) -> None:
     code, out, err = validate(capsys, VALID, "--allow", "schema", "--max-errors", "-2", model="x")
     _usage_error(code, out, err, "--model", "--allow", "--max-errors")
     assert len(err.strip().splitlines()) == 3
+
+
+def test_validate_starts_without_heavy_imports() -> None:
+    """Every round starts with this command: it loads neither pydantic (tens of milliseconds a
+    run) nor anything of Airflow, boto3 or the training stack for a local file."""
+    import subprocess
+    import sys
+
+    heavy = ["pydantic", "airflow", "boto3", "botocore", "mlflow", "torch", "yaml"]
+    script = (
+        "import sys; from tuneloop.cli import main; code = main(sys.argv[1:]); "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)"
+    )
+    args = ["data", "validate", VALID, "--format", "sft", "--model", "lite"]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
 
 
 def test_argparse_rejects_a_bad_platform(capsys) -> None:
