@@ -52,7 +52,7 @@ def record(question: str, answer: str = "Sure.", **extra) -> str:
 def same(a: DatasetReport, b: DatasetReport, *, uri: bool = True) -> None:
     """Equal in everything but the timing (and the URI when ``uri`` is False)."""
     skip = {"seconds"} | (set() if uri else {"uri"})
-    assert a.model_dump(exclude=skip) == b.model_dump(exclude=skip)
+    assert a.to_dict(exclude=skip) == b.to_dict(exclude=skip)
 
 
 # --- relaxing rules --------------------------------------------------------------------------
@@ -296,9 +296,9 @@ def test_max_errors_keeps_the_earliest_lines_whatever_order_they_are_found(
 
 def test_report_json_round_trip() -> None:
     report = validate(CORPUS / "sft/mixed_modality.jsonl", max_length=10)
-    again = DatasetReport.model_validate_json(report.model_dump_json())
+    again = DatasetReport.from_json(report.to_json())
     assert again == report
-    data = json.loads(report.model_dump_json())
+    data = json.loads(report.to_json())
     assert data["errors"][0]["rule"] == "mixed-modality"
     assert data["tokens"]["max_length"] == 10
 
@@ -494,8 +494,9 @@ def test_workers_give_the_same_report(
 def test_workers_fork_or_spawn_give_the_same_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
 ) -> None:
-    """A process with other threads (an Airflow task) spawns its workers, which use a digest
-    that is the same in every process; a single-threaded one forks them."""
+    """A process with other threads (an Airflow task) spawns its workers; a single-threaded one
+    forks them. Record digests are the same in every process, so duplicates across ranges are
+    found either way."""
     import threading
 
     monkeypatch.setattr(threading, "active_count", lambda: threads)
@@ -518,6 +519,41 @@ def test_workers_with_a_bom_media_and_no_final_newline(
     one = validate(path, max_errors=1000)
     assert one.error_counts["mixed-modality"] == 1
     same(validate(path, workers=3, max_errors=1000), one)
+
+
+def test_read_ahead_shortens_the_switch_interval_only_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reading thread gets the GIL back within 1 ms while chunks are read ahead; the
+    process's own switch interval is back afterwards, also when reading stops early, when two
+    reads overlap, and when reading fails."""
+    import sys
+
+    monkeypatch.setattr(reader, "CHUNK", 4096)
+    path = _spread_file(tmp_path / "spread.jsonl")
+    original = sys.getswitchinterval()
+    seen: list[float] = []
+
+    def note(chunk: bytes) -> int:
+        seen.append(sys.getswitchinterval())
+        return len(chunk)
+
+    assert sum(size for _, size in reader.read_ahead(reader.read_chunks(str(path)), note)) > 0
+    assert max(seen) <= 0.001 and sys.getswitchinterval() == original
+
+    first = reader.read_ahead(reader.read_chunks(str(path)), len)
+    second = reader.read_ahead(reader.read_chunks(str(path)), len)
+    next(first), next(second)
+    first.close()
+    assert sys.getswitchinterval() <= 0.001  # the second read is still going
+    second.close()
+    assert sys.getswitchinterval() == original
+
+    with pytest.raises(StorageError):
+        list(reader.read_ahead(reader.read_chunks(str(tmp_path / "missing.jsonl")), len))
+    assert sys.getswitchinterval() == original
+    same(validate(path), validate(path, workers=2))
+    assert sys.getswitchinterval() == original
 
 
 def test_small_file_is_one_range(tmp_path: Path) -> None:
