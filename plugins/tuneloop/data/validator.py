@@ -815,6 +815,37 @@ def _report_duplicates(validation: _Pass, state: _State) -> None:
         validation.report("duplicate-record", "$", f"same as line {earlier}")
 
 
+def _token_stats(lengths: array, max_length: int | None, context_length: int) -> TokenStats:
+    """p50, p95 and max of the records' characters, in tokens, and how many exceed max_length.
+
+    Lengths repeat a lot (a file of N bytes has fewer than sqrt(2N) distinct ones), so counting
+    them and sorting the distinct values is several times faster than sorting every record.
+    """
+    tokens = TokenStats(max_length=max_length, context_length=context_length)
+    if not lengths:
+        return tokens
+    counts = Counter(lengths)
+    values = sorted(counts)
+    total = len(lengths)
+    wanted = [total // 2, min(total - 1, int(total * 0.95))]  # positions in the sorted lengths
+    found: list[int] = []
+    seen = 0
+    for value in values:
+        seen += counts[value]
+        while wanted and wanted[0] < seen:
+            found.append(value)
+            wanted.pop(0)
+        if not wanted:
+            break
+    tokens.p50, tokens.p95 = (value // CHARS_PER_TOKEN for value in found)
+    tokens.max = values[-1] // CHARS_PER_TOKEN
+    if max_length:
+        limit = max_length * CHARS_PER_TOKEN
+        over = values[bisect.bisect_right(values, limit) :]
+        tokens.over_max_length = sum(counts[value] for value in over)
+    return tokens
+
+
 def _finish(
     uri: str,
     fmt: DatasetFormat,
@@ -856,15 +887,7 @@ def _finish(
         validation.report(
             "not-supported", "$", "Nova 2 Lite SFT on Bedrock does not accept a validation dataset"
         )
-    lengths = sorted(state.lengths)
-    tokens = TokenStats(max_length=options.max_length, context_length=ctx.spec.context_length)
-    if lengths:
-        tokens.p50 = lengths[len(lengths) // 2] // CHARS_PER_TOKEN
-        tokens.p95 = lengths[min(len(lengths) - 1, int(len(lengths) * 0.95))] // CHARS_PER_TOKEN
-        tokens.max = lengths[-1] // CHARS_PER_TOKEN
-        if options.max_length:
-            limit = options.max_length * CHARS_PER_TOKEN
-            tokens.over_max_length = len(lengths) - bisect.bisect_right(lengths, limit)
+    tokens = _token_stats(state.lengths, options.max_length, ctx.spec.context_length)
     if tokens.over_max_length:
         state.warning_counts["truncated"] += tokens.over_max_length
         state.warnings.append(

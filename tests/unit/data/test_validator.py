@@ -6,9 +6,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from array import array
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tuneloop.data import reader, validator
 from tuneloop.data.registry import get_format
@@ -199,6 +202,23 @@ def test_token_estimate_and_max_length(tmp_path: Path) -> None:
     without = validate(path)
     assert without.tokens.over_max_length == 0 and without.warnings == []
     assert validate(path, max_length=1000).tokens.over_max_length == 0
+
+
+@given(
+    lengths=st.lists(st.integers(0, 5000) | st.sampled_from([0, 3, 4, 5, 400]), min_size=1),
+    max_length=st.none() | st.integers(1, 1300),
+)
+def test_token_stats_are_those_of_the_sorted_lengths(
+    lengths: list[int], max_length: int | None
+) -> None:
+    """Counting distinct lengths gives what indexing every sorted record length would."""
+    ordered = sorted(lengths)
+    tokens = validator._token_stats(array("I", lengths), max_length, 300_000)
+    assert tokens.p50 == ordered[len(ordered) // 2] // 4
+    assert tokens.p95 == ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] // 4
+    assert tokens.max == ordered[-1] // 4
+    limit = (max_length or 0) * 4
+    assert tokens.over_max_length == (sum(n > limit for n in ordered) if max_length else 0)
 
 
 def test_token_estimate_counts_system_and_reasoning_text() -> None:
