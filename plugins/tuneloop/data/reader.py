@@ -20,6 +20,9 @@ from tuneloop import storage
 from tuneloop.errors import Problem, StorageError
 
 CHUNK = 8 << 20
+FIRST_CHUNK = 1 << 20
+"""A small first read: the validating thread waits for the first chunk (read, hashed and
+scanned) and starts sooner on 1 MB than on 8 MB."""
 T = TypeVar("T")
 
 
@@ -47,8 +50,10 @@ def read_chunks(uri: str, start: int = 0, end: int | None = None) -> Iterator[by
     try:
         handle.seek(start)
         remaining = None if end is None else end - start
+        size = min(FIRST_CHUNK, CHUNK)
         while remaining is None or remaining > 0:
-            chunk = handle.read(CHUNK if remaining is None else min(CHUNK, remaining))
+            chunk = handle.read(size if remaining is None else min(size, remaining))
+            size = CHUNK
             if not chunk:
                 return
             if remaining is not None:

@@ -353,14 +353,17 @@ def _mixed_file(path: Path, repeat: int = 1) -> Path:
     return path
 
 
-@pytest.mark.parametrize("chunk", [3, 7, 64, 1000, 4096])
+@pytest.mark.parametrize(("first", "chunk"), [(3, 3), (7, 7), (5, 64), (64, 1000), (4096, 4096)])
 def test_chunk_size_does_not_change_the_report(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: int, chunk: int
 ) -> None:
     path = _mixed_file(tmp_path / "mixed.jsonl")
     expected = validate(path, max_errors=1000)
     assert expected.error_counts["duplicate-record"] > 0 and expected.errors[0].rule == "bom"
+    monkeypatch.setattr(reader, "FIRST_CHUNK", first)
     monkeypatch.setattr(reader, "CHUNK", chunk)
+    sizes = [len(c) for c in reader.read_chunks(str(path))]
+    assert sizes[0] == first and set(sizes[1:-1]) <= {chunk}
     same(validate(path, max_errors=1000), expected)
     relaxed = frozenset({"bom", "duplicate-key", "reserved-token", "unknown-key"})
     got = validate(path, allow=relaxed)
