@@ -372,6 +372,9 @@ class _Pass:
             RecursionError,  # nested deeper than the parser goes
         ) as exc:
             record = self._decode_failed(line, exc)
+        else:
+            if self.decoder is self.lenient and not self._skipped_bytes_are_utf8(line):
+                return None
         if record is None:
             return None
         state = self.state
@@ -404,9 +407,11 @@ class _Pass:
             if unknown_key and self.decoder is self.strict:
                 # Reported once; read the record leniently so its other problems show too
                 # (the rest of the line may also be malformed, hold NaN or invalid UTF-8).
+                if not self._skipped_bytes_are_utf8(line):
+                    return None
                 self.decoder = self.lenient
                 try:
-                    return self._decode(line)
+                    return self._decode(line.decode("utf-8", "replace").encode())
                 finally:
                     self.decoder = self.strict
             return None
@@ -416,6 +421,21 @@ class _Pass:
                 return None
             return self._decode(line.decode("utf-8", "replace").encode())
         return self._malformed(line)
+
+    def _skipped_bytes_are_utf8(self, line: bytes) -> bool:
+        """Report invalid UTF-8 that lenient decoding would not see; False to stop there.
+
+        The lenient decoder skips the values of unknown keys without decoding them, so a line
+        with an unknown key is checked here: invalid UTF-8 is an error wherever it is.
+        """
+        if line.isascii():
+            return True
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.report("non-utf8", "$", f"invalid UTF-8 at byte {exc.start} of the line")
+            return "non-utf8" in self.allow
+        return True
 
     def _decode(self, line: bytes) -> Any:
         """Decode a line outside the hot loop (a retry), with the same failure handling."""

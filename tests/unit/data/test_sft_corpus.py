@@ -80,6 +80,7 @@ INVALID = [
     Case("file/invalid_json.jsonl", "lite", SM, "invalid-json", 3),
     Case("file/invalid_json_single_quotes.jsonl", "lite", SM, "invalid-json", 2),
     Case("file/non_utf8.jsonl", "lite", SM, "non-utf8", 2),
+    Case("file/non_utf8_unknown_key.jsonl", "lite", SM, "non-utf8", 2, frozenset({"unknown-key"})),
     Case("file/bom.jsonl", "lite", SM, "bom", 1),
     Case("file/blank_line.jsonl", "lite", SM, "blank-line", 2),
     Case("file/whitespace_line.jsonl", "lite", SM, "blank-line", 3),

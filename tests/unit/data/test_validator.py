@@ -146,6 +146,20 @@ def test_relaxed_rules_only_hide_themselves(tmp_path: Path) -> None:
     assert report.errors[0].line == 3
 
 
+def test_invalid_utf8_in_an_unknown_keys_value_is_found_when_unknown_keys_are_relaxed() -> None:
+    """A relaxed unknown key is skipped, not decoded; its bytes must still be UTF-8."""
+    path = CORPUS / "file/non_utf8_unknown_key.jsonl"
+    strict = validate(path)
+    assert strict.error_counts == {"non-utf8": 1, "unknown-key": 1}
+    relaxed = validate(path, allow=frozenset({"unknown-key"}))
+    assert relaxed.error_counts == {"non-utf8": 1}
+    assert [(e.line, e.rule) for e in relaxed.errors] == [(2, "non-utf8")]
+    assert "at byte 61 " in relaxed.errors[0].message and not relaxed.ok
+    both = validate(path, allow=frozenset({"unknown-key", "non-utf8"}))
+    assert both.ok and both.warning_counts == {"non-utf8": 1, "unknown-key": 1}
+    same(validate(path, allow=frozenset({"unknown-key"}), workers=2), relaxed)
+
+
 def test_relaxing_several_rules_at_once(tmp_path: Path) -> None:
     lines = [
         record("First"),
