@@ -7,10 +7,12 @@ time (kubernetes and boto3 load inside the backend modules' functions).
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import Problem, TuneloopError
-from tuneloop.jobs.base import JobBackend
+
+if TYPE_CHECKING:  # the package itself stays light: the local runner imports jobs.state
+    from tuneloop.jobs.base import JobBackend
 
 BACKENDS = {
     "local": "tuneloop.jobs.local:LocalJobBackend",

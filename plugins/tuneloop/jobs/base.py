@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.errors import Problem, TuneloopError
+from tuneloop.jobs.state import JobState
 
 # Kubernetes object names (and so HyperPod job names) are DNS labels of at most 63 characters;
 # the training operator derives pod and service names such as "<job>-worker-15" and RFT adds
@@ -29,18 +30,6 @@ from tuneloop.errors import Problem, TuneloopError
 MAX_JOB_NAME = 48
 DIGEST_CHARS = 10
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-
-
-class JobState(enum.StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    STOPPED = "STOPPED"
-
-    @property
-    def final(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED)
 
 
 class JobKind(enum.StrEnum):

@@ -128,12 +128,12 @@ class LocalJobBackend:
 
     def _status(self, found: local.JobStatus) -> JobStatus:
         spec = self.runner.spec(found.name)
-        failed = found.state is local.JobState.FAILED
+        failed = found.state is JobState.FAILED
         started, ended = _time(found.started_at), _time(found.ended_at)
         message = found.message.splitlines()[0] if found.message else found.summary()
         return JobStatus(
             name=found.name,
-            state=JobState(found.state.value),
+            state=found.state,
             message=message,
             failure_reason=_failure_reason(found) if failed else "",
             retryable=failed and found.reason in _RETRYABLE_REASONS,

@@ -222,7 +222,7 @@ def _follow_progress(runner: Any, name: str) -> Any:
 
 
 def _local_outcome(runner: Any, status: Any) -> int:
-    from tuneloop.local.runner import JobState
+    from tuneloop.jobs.state import JobState
 
     if status.state is JobState.SUCCEEDED:
         return EXIT_OK
@@ -240,7 +240,8 @@ def _progress_bar(fraction: float, width: int = 24) -> str:
 
 
 def _local_status_line(status: Any, bar: bool = False) -> str:
-    from tuneloop.local.runner import JobState, format_duration
+    from tuneloop.jobs.state import JobState
+    from tuneloop.local.runner import format_duration
 
     parts = [f"{status.name}: {status.state.value}"]
     progress = status.progress

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import enum
 import fcntl
 import json
 import os
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tuneloop.errors import Problem, TuneloopError
+from tuneloop.jobs.state import JobState
 
 DEFAULT_ROOT = ".tuneloop/jobs"
 ROOT_ENV = "TUNELOOP_LOCAL_ROOT"
@@ -78,18 +78,6 @@ REASON_NOT_STARTED = "not_started"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PLUGINS_DIR = str(Path(__file__).resolve().parents[2])
 _TAIL_LINES = 20
-
-
-class JobState(enum.StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    STOPPED = "STOPPED"
-
-    @property
-    def final(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED)
 
 
 class JobNotFound(TuneloopError):
