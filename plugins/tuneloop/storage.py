@@ -67,22 +67,24 @@ def read_text(uri: str) -> str:
         bucket, key = split_s3(uri)
         try:
             body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}:
-                raise FileNotFoundError(uri) from None
-            raise StorageError(
-                [Problem("", f"cannot read {uri}: {code or exc}", fix=_ACCESS_FIX)]
-            ) from None
-        except BotoCoreError as exc:  # no credentials, no network, bad endpoint
-            raise StorageError(
-                [Problem("", f"cannot read {uri}: {exc}", fix=_ACCESS_FIX)]
-            ) from None
+        except (ClientError, BotoCoreError) as exc:
+            raise _read_error(uri, exc) from None
         return body.decode("utf-8")
     path = local_path(uri)
     if not path.is_file():
         raise FileNotFoundError(uri)
     return path.read_text(encoding="utf-8")
+
+
+def _read_error(uri: str, exc: Exception) -> Exception:
+    """What a failed S3 read means to the caller: a missing object or bucket is
+    FileNotFoundError; anything else (access denied, no credentials, no network, a bad
+    endpoint) a StorageError that says what to check."""
+    response = getattr(exc, "response", None)  # a ClientError's; BotoCoreError has none
+    code = response.get("Error", {}).get("Code", "") if response else ""
+    if code in {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}:
+        return FileNotFoundError(uri)
+    return StorageError([Problem("", f"cannot read {uri}: {code or exc}", fix=_ACCESS_FIX)])
 
 
 def exists(uri: str) -> bool:
@@ -127,15 +129,8 @@ def open_binary(uri: str) -> Iterator[BinaryIO]:
     bucket, key = split_s3(uri)
     try:
         body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}:
-            raise FileNotFoundError(uri) from None
-        raise StorageError(
-            [Problem("", f"cannot read {uri}: {code or exc}", fix=_ACCESS_FIX)]
-        ) from None
-    except BotoCoreError as exc:
-        raise StorageError([Problem("", f"cannot read {uri}: {exc}", fix=_ACCESS_FIX)]) from None
+    except (ClientError, BotoCoreError) as exc:
+        raise _read_error(uri, exc) from None
     try:
         yield body
     finally:
