@@ -600,8 +600,6 @@ class Tracker:
         stage: Mapping[str, Any],
         round_start: int,
     ) -> None:
-        import yaml
-
         name = str(stage.get("name") or stage.get("method") or "stage")
         start = millis(stage.get("started_at")) or round_start
         end = millis(stage.get("ended_at")) or start
@@ -626,17 +624,12 @@ class Tracker:
         tags = {"tuneloop.job_name": tag_value(stage.get("job_name"))}
         self._log(run, stage_params(stage), metrics, tags)
         if stage.get("recipe"):
-            with tempfile.TemporaryDirectory(prefix="tuneloop-mlflow-") as scratch:
-                path = Path(scratch) / "recipe.yaml"
-                path.write_text(yaml.safe_dump(dict(stage["recipe"]), sort_keys=False))
-                self.client.log_artifact(run.info.run_id, str(path))
+            self._log_recipe(run.info.run_id, stage["recipe"])
         self._terminate(run.info.run_id, end)
 
     def _log_evaluation(
         self, runs: list[Any], round_id: str, record: Mapping[str, Any], end: int
     ) -> None:
-        import yaml
-
         evaluation = record.get("evaluation") or {}
         number = int(record["round"])
         run = self._child(
@@ -663,11 +656,17 @@ class Tracker:
             run, params, metrics, {"tuneloop.job_name": tag_value(evaluation.get("job_name"))}
         )
         if plan_eval.get("recipe"):
-            with tempfile.TemporaryDirectory(prefix="tuneloop-mlflow-") as scratch:
-                path = Path(scratch) / "recipe.yaml"
-                path.write_text(yaml.safe_dump(dict(plan_eval["recipe"]), sort_keys=False))
-                self.client.log_artifact(run.info.run_id, str(path))
+            self._log_recipe(run.info.run_id, plan_eval["recipe"])
         self._terminate(run.info.run_id, end)
+
+    def _log_recipe(self, run_id: str, recipe: Mapping[str, Any]) -> None:
+        """The job's rendered recipe as the run's ``recipe.yaml``, keys in the recipe's order."""
+        import yaml
+
+        with tempfile.TemporaryDirectory(prefix="tuneloop-mlflow-") as scratch:
+            path = Path(scratch) / "recipe.yaml"
+            path.write_text(yaml.safe_dump(dict(recipe), sort_keys=False))
+            self.client.log_artifact(run_id, str(path))
 
     def _log_campaign_progress(
         self,
