@@ -152,6 +152,16 @@ class JobBackend(Protocol):
         ...
 
 
+def constructor_config(backend: Any) -> dict[str, Any]:
+    """A backend's ``config()``: its type and every constructor argument, read back from the
+    attribute of the same name, so that ``make_backend`` rebuilds an equal backend and a new
+    argument cannot be left out."""
+    import inspect
+
+    arguments = list(inspect.signature(type(backend).__init__).parameters)[1:]  # not self
+    return {"type": backend.type, **{name: getattr(backend, name) for name in arguments}}
+
+
 async def astatus(backend: JobBackend, name: str) -> JobStatus:
     """``backend.status`` without blocking the event loop (native async when it has one)."""
     native = getattr(backend, "astatus", None)

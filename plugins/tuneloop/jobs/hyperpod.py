@@ -47,6 +47,7 @@ from tuneloop.jobs.base import (
     LogChunk,
     TransientJobError,
     UserJobError,
+    constructor_config,
     job_error,
     validate_job_name,
 )
@@ -131,18 +132,7 @@ class HyperPodJobBackend:
         self._client_lock = threading.Lock()
 
     def config(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "cluster": self.cluster,
-            "region": self.region,
-            "namespace": self.namespace,
-            "aws_conn_id": self.aws_conn_id,
-            "kubeconfig": self.kubeconfig,
-            "context": self.context,
-            "instance_type": self.instance_type,
-            "max_restarts": self.max_restarts,
-            "log_lines": self.log_lines,
-        }
+        return constructor_config(self)
 
     @property
     def console_url(self) -> str:

@@ -30,6 +30,7 @@ from tuneloop.jobs.base import (
     LogChunk,
     TransientJobError,
     UserJobError,
+    constructor_config,
     job_error,
 )
 from tuneloop.local import runner as local
@@ -65,14 +66,7 @@ class LocalJobBackend:
         self.runner = local.LocalRunner(storage.local_path(self.root), env=self.env, grace=grace)
 
     def config(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "root": self.root,
-            "entrypoint": self.entrypoint,
-            "python_path": self.python_path,
-            "env": self.env,
-            "grace": self.grace,
-        }
+        return constructor_config(self)
 
     # -- the protocol --
 

@@ -42,6 +42,7 @@ from tuneloop.jobs.base import (
     LogChunk,
     TransientJobError,
     UserJobError,
+    constructor_config,
     job_error,
     validate_job_name,
 )
@@ -507,17 +508,7 @@ class TrainingJobsBackend:
         self._lock = threading.Lock()
 
     def config(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "region": self.region,
-            "role_arn": self.role_arn,
-            "instance_type": self.instance_type,
-            "aws_conn_id": self.aws_conn_id,
-            "max_runtime_seconds": self.max_runtime_seconds,
-            "endpoint_url": self.endpoint_url,
-            "verify": self.verify,
-            "botocore_config": self.botocore_config,
-        }
+        return constructor_config(self)
 
     # -- clients --
 
