@@ -30,7 +30,18 @@ class _Loader(yaml.SafeLoader):
 
     PyYAML follows YAML 1.1, where a float needs a dot: every Nova recipe writes ``lr: 1e-5``,
     which PyYAML would otherwise load as the string "1e-5".
+
+    A value PyYAML's constructors reject with a plain Python error (an impossible date such as
+    ``2026-13-45`` raises ValueError) becomes a YAML error at that value's line.
     """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.value!r}: {exc}", node.start_mark
+            ) from None
 
 
 _Loader.add_implicit_resolver(
@@ -99,50 +110,114 @@ def load_document(path: str | Path, text: str | None = None) -> Document:
     return parse_document(text, source)
 
 
+MAX_NODES = 200_000
+"""Values a document may hold once aliases are expanded (``&a`` / ``*a`` can nest into billions)."""
+
+
 def parse_document(text: str, source: str) -> Document:
+    loader = _Loader(text)
     try:
-        root = yaml.compose(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(
-            [Problem("", f"not valid YAML: {reason}", source=source, line=line)]
-        ) from None
-    if root is None:
-        raise ConfigError([Problem("", "the file is empty", source=source, line=1)])
-    if not isinstance(root, yaml.MappingNode):
-        raise ConfigError(
-            [
-                Problem(
-                    "",
-                    "the top level must be a mapping of keys to values",
-                    source=source,
-                    line=root.start_mark.line + 1,
-                )
-            ]
-        )
-    lines: dict[Loc, int] = {(): root.start_mark.line + 1}
-    duplicates: list[Problem] = []
-    _index_lines(root, (), lines, duplicates, source)
-    if duplicates:
-        raise ConfigError(duplicates)
-    data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
+        try:
+            root = loader.get_single_node()
+        except yaml.YAMLError as exc:
+            raise _yaml_problem(exc, source) from None
+        if root is None:
+            raise ConfigError([Problem("", "the file is empty", source=source, line=1)])
+        if not isinstance(root, yaml.MappingNode):
+            raise ConfigError(
+                [
+                    Problem(
+                        "",
+                        "the top level must be a mapping of keys to values",
+                        source=source,
+                        line=root.start_mark.line + 1,
+                    )
+                ]
+            )
+        lines: dict[Loc, int] = {(): root.start_mark.line + 1}
+        problems: list[Problem] = []
+        _index_lines(root, (), lines, problems, source, _Walk())
+        if problems:
+            raise ConfigError(problems)
+        try:
+            data = loader.construct_document(root)  # a SafeLoader subclass: safe
+        except yaml.YAMLError as exc:
+            raise _yaml_problem(exc, source) from None
+    finally:
+        loader.dispose()
     return Document(data=data, source=source, lines=lines)
 
 
+def _yaml_problem(exc: yaml.YAMLError, source: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    reason = getattr(exc, "problem", None) or str(exc)
+    return ConfigError([Problem("", f"not valid YAML: {reason}", source=source, line=line)])
+
+
+class _Walk:
+    """What `_index_lines` has seen: the nodes on the current path (an alias that contains
+    itself) and how many values there are in all (aliases that expand without end)."""
+
+    def __init__(self) -> None:
+        self.path: set[int] = set()
+        self.count = 0
+
+
 def _index_lines(
-    node: yaml.Node, loc: Loc, lines: dict[Loc, int], duplicates: list[Problem], source: str
+    node: yaml.Node,
+    loc: Loc,
+    lines: dict[Loc, int],
+    problems: list[Problem],
+    source: str,
+    walk: _Walk,
 ) -> None:
+    walk.count += 1
+    if walk.count > MAX_NODES:
+        if walk.count == MAX_NODES + 1:
+            problems.append(
+                Problem(
+                    format_loc(loc),
+                    f"more than {MAX_NODES:,} values once aliases (*name) are expanded",
+                    source=source,
+                    line=node.start_mark.line + 1,
+                    fix="write the values out instead of nesting aliases",
+                )
+            )
+        return
+    if id(node) in walk.path:
+        problems.append(
+            Problem(
+                format_loc(loc),
+                "a recursive alias: this value contains itself",
+                source=source,
+                line=node.start_mark.line + 1,
+                fix="remove the alias (*name) that points back to its own anchor (&name)",
+            )
+        )
+        return
+    if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        return
+    walk.path.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
-            key = key_node.value
             line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems.append(
+                    Problem(
+                        format_loc(loc),
+                        "a key must be a plain name, not a list or mapping",
+                        source=source,
+                        line=line,
+                    )
+                )
+                continue
+            key = key_node.value
             if key in seen:
                 # PyYAML keeps the last value silently; a hand-edited recipe with two `lr:` keys
                 # is almost always a mistake, and the first one is the one the user is reading.
-                duplicates.append(
+                problems.append(
                     Problem(
                         format_loc((*loc, key)),
                         f"duplicate key (first set on line {seen[key]})",
@@ -153,11 +228,12 @@ def _index_lines(
                 )
             seen[key] = line
             lines[(*loc, key)] = line
-            _index_lines(value_node, (*loc, key), lines, duplicates, source)
-    elif isinstance(node, yaml.SequenceNode):
+            _index_lines(value_node, (*loc, key), lines, problems, source, walk)
+    else:
         for index, item in enumerate(node.value):
             lines[(*loc, index)] = item.start_mark.line + 1
-            _index_lines(item, (*loc, index), lines, duplicates, source)
+            _index_lines(item, (*loc, index), lines, problems, source, walk)
+    walk.path.discard(id(node))
 
 
 def format_loc(loc: Sequence[str | int]) -> str:
@@ -191,7 +267,11 @@ def problems_from_validation_error(
     """Translate a pydantic ValidationError into one Problem per error, with allowed values."""
     problems = []
     for item in error.errors(include_url=False):
-        loc: Loc = tuple(part for part in item["loc"] if not _is_union_tag(part))
+        loc: Loc = tuple(part for part in item["loc"][:-1] if not _is_union_tag(part))
+        if item["loc"] and (
+            item["type"] == "extra_forbidden" or not _is_union_tag(item["loc"][-1])
+        ):
+            loc = (*loc, item["loc"][-1])  # an unknown key is the user's, even one named "int"
         message, allowed = _describe(item, model, loc)
         full = (*prefix, *_without_discriminators(model, loc))
         if document is not None:
