@@ -599,6 +599,37 @@ class _Judgement:
         }
 
 
+def campaign_over(
+    gate: Gate, history: Sequence[RoundSummary], latest: Decision | None
+) -> str | None:
+    """Why the campaign runs no further round, judged by the gate as it is now; None: it goes on.
+
+    Only a campaign whose latest decision was finish or stop can be over. It is judged again
+    with today's settings, so raising ``max_rounds`` or a target reopens it: it stays over while
+    the rounds recorded reach ``max_rounds``, while the champion meets every target, or when it
+    stopped for a reason settings do not undo (a plateau, the budget).
+    """
+    if latest is None or latest.action not in (Action.FINISH, Action.STOP) or not history:
+        return None
+    last = history[-1].round
+    if last >= gate.max_rounds:
+        return f"round {last} reached max_rounds {gate.max_rounds}"
+    targets = gate.target_bounds()
+    champion = next((s for s in reversed(history) if s.promoted), None)
+    if champion is not None and targets:
+        met = [
+            n
+            for n, b in targets.items()
+            if n in champion.metrics and _meets(champion.metrics[n], b)
+        ]
+        if len(met) == len(targets):
+            values = ", ".join(f"{n} {_num(champion.metrics[n])}" for n in met)
+            return f"round {champion.round} met every target ({values})"
+    if latest.action is Action.STOP and last < int(latest.signals.get("max_rounds") or 0):
+        return latest.reason  # a plateau or the budget: not undone by new settings
+    return None
+
+
 # --- helpers ------------------------------------------------------------------------------------
 
 

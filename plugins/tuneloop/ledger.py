@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 
 ROUNDS = "rounds"
 BASELINES = "baselines"
+CLAIMS = "claims"
 RECORD_NAME = re.compile(r"^(\d{4,})\.json$")
+CLAIM_NAME = re.compile(r"^(\d{4,})-(\d+)\.json$")
 DIGEST = re.compile(r"^[0-9a-f]{8,64}$")
 _R = TypeVar("_R", bound=BaseModel)
 
@@ -57,6 +59,10 @@ class RoundAlreadyRecordedError(LedgerError):
 
 class RoundNotFoundError(LedgerError):
     """No record exists for the round asked for."""
+
+
+class RoundClaimedError(LedgerError):
+    """Another run that is still active claimed this round first."""
 
 
 # --- records -------------------------------------------------------------------------------------
@@ -162,6 +168,24 @@ class RoundRecord(_Record):
             action=self.decision.action,
             gpu_hours=self.gpu_hours,
         )
+
+
+class RoundClaim(_Record):
+    """A run's claim on a round, written once before anything is spent on it.
+
+    Round n's claims are ``claims/<n>-<attempt>.json``: the first run to plan round n writes
+    attempt 1; a later run may take the round over (attempt 2, ...) only when the claimant ended
+    without recording the round (it failed, or was marked failed)."""
+
+    version: Literal[1] = 1
+    campaign: str
+    round: int = Field(ge=1)
+    attempt: int = Field(default=1, ge=1)
+    run_id: str = Field(min_length=1)
+    """The Airflow run that claimed the round."""
+    dag_id: str = ""
+    logical_date: datetime | None = None
+    claimed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class BaselineRecord(_Record):
@@ -348,6 +372,68 @@ class Ledger:
         rounds that were rolled back, so the gate and `champion` agree."""
         return history_of(self.records())
 
+    # --- claims -----------------------------------------------------------------------------
+
+    def claim_uri(self, number: int, attempt: int) -> str:
+        return storage.join(self.root, CLAIMS, f"{number:04d}-{attempt}.json")
+
+    def claims(self, number: int | None = None) -> list[RoundClaim]:
+        """Every claim (or round ``number``'s), in round and attempt order."""
+        folder = storage.join(self.root, CLAIMS)
+        found = []
+        for name in _list_names(folder, self._s3):
+            match = CLAIM_NAME.match(name)
+            if match and (number is None or int(match.group(1)) == number):
+                found.append((int(match.group(1)), int(match.group(2)), name))
+        return [self._load_claim(storage.join(folder, name)) for *_, name in sorted(found)]
+
+    def claim(
+        self,
+        claim: RoundClaim,
+        *,
+        is_active: Callable[[str], bool],
+    ) -> RoundClaim:
+        """Claim ``claim.round`` for ``claim.run_id``, once. Returns the claim that holds.
+
+        A retry of the claiming run gets its own claim back. While another run's claim holds
+        and ``is_active(its run_id)`` says that run is still queued or running, this raises
+        RoundClaimedError naming it; a claim whose run has ended without recording the round is
+        taken over with the next attempt number. A recorded round cannot be claimed again.
+        """
+        number = claim.round
+        if _read(self.round_uri(number), self._s3) is not None:
+            recorded = self.read(number)
+            raise RoundAlreadyRecordedError(
+                [
+                    Problem(
+                        f"round {number}",
+                        f"already recorded by run {recorded.run_id!r}; run {claim.run_id!r} "
+                        "cannot run it again",
+                        source=self.round_uri(number),
+                        fix=f"the next round to run is {self.next_round()}",
+                    )
+                ]
+            )
+        while True:
+            held = self.claims(number)
+            latest = held[-1] if held else None
+            if latest is not None and latest.run_id == claim.run_id:
+                return latest
+            if latest is not None and is_active(latest.run_id):
+                raise RoundClaimedError(_claimed_problems(latest, claim, self))
+            attempt = latest.attempt + 1 if latest is not None else 1
+            mine = claim.model_copy(update={"attempt": attempt})
+            uri = self.claim_uri(number, attempt)
+            if _publish_once(uri, mine.model_dump_json(indent=2), self._s3):
+                return mine
+            # Another run wrote this attempt first: look again (it is theirs unless it is ours).
+
+    def _load_claim(self, uri: str) -> RoundClaim:
+        text = _read(uri, self._s3)
+        if text is None:
+            raise LedgerError([Problem("", "the claim disappeared while it was read", source=uri)])
+        return _parse(RoundClaim, uri, text)
+
     # --- the baseline -----------------------------------------------------------------------
 
     def read_baseline(self, digest: str) -> BaselineRecord | None:
@@ -410,6 +496,20 @@ class Ledger:
             elif not name.startswith("."):  # dot files are writes in progress
                 log.warning("ignoring %s: not a round record (rounds/NNNN.json)", name)
         return sorted(found)
+
+
+def _claimed_problems(held: RoundClaim, wanted: RoundClaim, ledger: Ledger) -> list[Problem]:
+    return [
+        Problem(
+            f"round {held.round}",
+            f"is being run by run {held.run_id!r} (claimed at "
+            f"{held.claimed_at.isoformat(timespec='seconds')}); run {wanted.run_id!r} stops here, "
+            "before any job",
+            source=ledger.claim_uri(held.round, held.attempt),
+            fix="wait for that run: the next round continues from what it records; to take the "
+            "round over, stop that run (mark it failed) and trigger again",
+        )
+    ]
 
 
 def champion_of(records: list[RoundRecord]) -> RoundRecord | None:

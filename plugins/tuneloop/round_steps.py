@@ -16,9 +16,10 @@ A round, as data::
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneloop import storage
 from tuneloop.campaign import Campaign
@@ -36,6 +37,75 @@ BASELINE_STAGE = "baseline"
 
 class RoundError(TuneloopError):
     """A round cannot go on: bad conf, a missing checkpoint, a ledger conflict."""
+
+
+class RoundConf(BaseModel):
+    """What a person (or the previous round) may say in a run's conf: the round DAG's Params.
+
+    Every field is optional: an empty conf continues the campaign as the ledger says. Unknown
+    keys and values of the wrong type are refused by `parse_conf`, naming the Param and what it
+    accepts, before anything is planned."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    base_checkpoint: str | None = None
+    """A job output folder (holding manifest.json) to start from instead of the ledger's."""
+    start_from_round: int | None = Field(default=None, ge=1)
+    """Restart from round k's checkpoint with the rollback adjustments (a manual rollback)."""
+    rollback: bool | None = None
+    """Plan the round as the round after a rollback; None: as the ledger's latest decision says."""
+    stages: list[str] | None = None
+    """Stage names to run; None or empty: every stage."""
+    data_overrides: dict[str, dict[str, str]] | None = None
+    """stage -> {train|validation: uri} replacing the campaign's data for this round."""
+    dry_run: bool = False
+    """Plan, render and validate, then stop before any job."""
+    reason: str | None = None
+    """Why this round runs (recorded in the ledger)."""
+    after_finish: bool = False
+    """Run a round although the campaign has finished (target met, max_rounds, stop)."""
+
+
+CONF_ACCEPTS = {
+    "base_checkpoint": "null or a string: a job output folder holding manifest.json",
+    "start_from_round": "null or an integer >= 1: a recorded round",
+    "rollback": "null, true or false",
+    "stages": "null or a list of stage names",
+    "data_overrides": 'null or an object {stage: {"train"|"validation": uri}}',
+    "dry_run": "true or false",
+    "reason": "null or a string",
+    "after_finish": "true or false",
+}
+"""What each Param accepts, in the words the refusal uses."""
+
+
+def parse_conf(conf: Mapping[str, Any] | None) -> RoundConf:
+    """The run's conf as a `RoundConf`; every unknown key and wrong value is one problem."""
+    try:
+        return RoundConf.model_validate(dict(conf or {}))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            where = ".".join(str(part) for part in error["loc"])
+            if error["type"] == "extra_forbidden":
+                problems.append(
+                    Problem(
+                        f"conf.{where}",
+                        "is not a parameter of this DAG",
+                        allowed=", ".join(RoundConf.model_fields),
+                        fix="remove it, or check its spelling",
+                    )
+                )
+            else:
+                problems.append(
+                    Problem(
+                        f"conf.{where}",
+                        f"{error['input']!r} is not accepted ({error['msg'].lower()})",
+                        allowed=CONF_ACCEPTS.get(name),
+                    )
+                )
+        raise RoundError(problems) from None
 
 
 class RoundStart(BaseModel):
@@ -72,16 +142,20 @@ def load(path: str) -> CampaignFile:
 # -- start ---------------------------------------------------------------------------------------
 
 
-def start_round(cf: CampaignFile, conf: dict[str, Any]) -> RoundStart:
+def start_round(cf: CampaignFile, conf: RoundConf | Mapping[str, Any] | None = None) -> RoundStart:
     """Round number and starting point: the ledger decides, the run's conf may override.
 
     Without conf (a schedule, an Asset, a plain UI trigger) the round continues from what the
     latest recorded decision said: its next base, or the champion after a finish or stop, and
     the rollback adjustments when the latest round was rolled back. A manual trigger may name a
-    base checkpoint folder or a round to restart from (a manual rollback).
+    base checkpoint folder or a round to restart from (a manual rollback). A campaign that is
+    over (see `gate.campaign_over`) refuses the round unless the conf says ``after_finish``.
+    Reads the ledger only; nothing is written.
     """
-    from tuneloop.ledger import Ledger, champion_of
+    from tuneloop.gate import campaign_over
+    from tuneloop.ledger import Ledger, champion_of, history_of
 
+    conf = conf if isinstance(conf, RoundConf) else parse_conf(conf)
     campaign = cf.campaign
     ledger = Ledger(campaign_root(campaign))
     records = ledger.records()  # read once: number, latest decision, champion, known outputs
@@ -89,23 +163,16 @@ def start_round(cf: CampaignFile, conf: dict[str, Any]) -> RoundStart:
     start = RoundStart(
         campaign=campaign.name,
         round=latest.round + 1 if latest else 1,
-        dry_run=bool(conf.get("dry_run", False)),
-        stages=list(conf.get("stages") or []),
-        data_overrides=dict(conf.get("data_overrides") or {}),
-        reason=str(conf.get("reason") or ""),
+        dry_run=conf.dry_run,
+        stages=list(conf.stages or []),
+        data_overrides=dict(conf.data_overrides or {}),
+        reason=conf.reason or "",
     )
-    unknown = [s for s in start.stages if s not in {st.name for st in campaign.stages}]
-    if unknown:
-        raise RoundError(
-            [
-                Problem(
-                    "conf.stages",
-                    f"unknown stage {', '.join(map(repr, unknown))}",
-                    allowed=", ".join(s.name for s in campaign.stages),
-                )
-            ]
-        )
+    _check_stage_names(campaign, start)
     if latest is not None:
+        over = campaign_over(campaign.gate, history_of(records), latest.decision)
+        if over and not conf.after_finish:
+            raise CampaignOverError(_over_problems(cf, start.round, over))
         # What the latest decision said; the conf the decide task triggered with says the same.
         decision = latest.decision
         champion = champion_of(records)
@@ -119,24 +186,82 @@ def start_round(cf: CampaignFile, conf: dict[str, Any]) -> RoundStart:
         start.rollback_of = latest.round if decision.action.value == "rollback" else None
         if decision.next_stages and not start.stages:
             start.stages = list(decision.next_stages)
-        start.reason = start.reason or decision.reason
-    base_checkpoint = _absolute(str(conf.get("base_checkpoint") or ""))
-    from_round = conf.get("start_from_round")
-    if from_round not in (None, "", 0):
-        record = ledger.read(int(from_round))
+        start.reason = start.reason or (
+            f"after the campaign finished ({over})" if over else decision.reason
+        )
+    base_checkpoint = _absolute(conf.base_checkpoint or "")
+    if conf.start_from_round is not None:
+        record = ledger.read(conf.start_from_round)
         start.base_output_uri = _round_checkpoint(record)
         start.base_round = record.round
-        start.rollback = bool(conf.get("rollback", True))
+        start.rollback = True if conf.rollback is None else conf.rollback
         start.rollback_of = None
-        start.reason = str(conf.get("reason") or f"manual restart from round {record.round}")
+        start.reason = conf.reason or f"manual restart from round {record.round}"
     elif base_checkpoint and base_checkpoint != start.base_output_uri:
         start.base_output_uri = base_checkpoint
         start.base_round = _round_of_output(records, base_checkpoint)
-        start.rollback = bool(conf.get("rollback", False))
+        start.rollback = bool(conf.rollback)
         start.rollback_of = None
-    elif "rollback" in conf and conf["rollback"] not in (None, ""):
-        start.rollback = bool(conf["rollback"])
+    elif conf.rollback is not None:
+        start.rollback = conf.rollback
     return start
+
+
+class CampaignOverError(RoundError):
+    """The campaign finished; a further round runs only when asked for explicitly."""
+
+
+def _over_problems(cf: CampaignFile, number: int, why: str) -> list[Problem]:
+    gate = cf.campaign.gate
+    return [
+        Problem(
+            "",
+            f"campaign {cf.campaign.name!r} is over: {why}; round {number} is not planned and "
+            "no job is started",
+            source=str(cf.path),
+            fix=f"to go on, raise gate.max_rounds (now {gate.max_rounds}) or change "
+            "gate.targets in the campaign file, or trigger the round with the Param "
+            'after_finish: true (conf {"after_finish": true})',
+        )
+    ]
+
+
+def _check_stage_names(campaign: Campaign, start: RoundStart) -> None:
+    names = [s.name for s in campaign.stages]
+    unknown = [s for s in start.stages if s not in names]
+    if unknown:
+        raise RoundError(
+            [
+                Problem(
+                    "conf.stages",
+                    f"unknown stage {', '.join(map(repr, unknown))}",
+                    allowed=", ".join(names),
+                )
+            ]
+        )
+    unknown = [s for s in start.data_overrides if s not in names]
+    if unknown:
+        raise RoundError(
+            [
+                Problem(
+                    "conf.data_overrides",
+                    f"unknown stage {', '.join(map(repr, unknown))}",
+                    allowed=", ".join(names),
+                )
+            ]
+        )
+    for stage, channels in start.data_overrides.items():
+        wrong = [c for c in channels if c not in ("train", "validation")]
+        if wrong:
+            raise RoundError(
+                [
+                    Problem(
+                        f"conf.data_overrides.{stage}",
+                        f"unknown dataset {', '.join(map(repr, wrong))}",
+                        allowed="train, validation",
+                    )
+                ]
+            )
 
 
 def _round_of_output(records: list[Any], output_uri: str) -> int | None:

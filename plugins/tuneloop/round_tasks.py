@@ -50,12 +50,16 @@ def _template_context(context: dict[str, Any]) -> dict[str, Any]:
 
 def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
+    dag_run = context["dag_run"]
     with user_errors():
+        conf = round_steps.parse_conf(getattr(dag_run, "conf", None))
         cf = round_steps.load(path)
-        start = round_steps.start_round(cf, dict(context.get("params") or {}))
+        start = round_steps.start_round(cf, conf)
         plan = round_steps.plan(cf, start, _template_context(context))
         datasets = round_steps.datasets_to_validate(cf, plan)
         first_job = round_steps.stage_job(plan, 0, plan.base_model, start.stages)
+        if not start.dry_run:
+            _claim(cf, start.round, context)
     log.info(
         "Round %d of %s starts from %s%s%s",
         start.round,
@@ -72,6 +76,43 @@ def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
         "started_at": datetime.now(UTC).isoformat(),
         "seconds": time.monotonic() - started,
     }
+
+
+ACTIVE_RUN_STATES = frozenset({"queued", "running"})
+
+
+def _claim(cf: round_steps.CampaignFile, number: int, context: dict[str, Any]) -> None:
+    """Claim the round in the ledger for this run before anything is spent on it."""
+    from tuneloop.ledger import Ledger, RoundClaim
+
+    dag_run = context["dag_run"]
+    dag_id = str(getattr(dag_run, "dag_id", "") or context["dag"].dag_id)
+    ti = context["ti"]
+
+    def is_active(run_id: str) -> bool:
+        from airflow.sdk.exceptions import AirflowRuntimeError
+
+        try:
+            return str(ti.get_dagrun_state(dag_id, run_id)).lower() in ACTIVE_RUN_STATES
+        except AirflowRuntimeError as exc:
+            detail = exc.error.detail if isinstance(exc.error.detail, dict) else {}
+            if detail.get("status_code") != 404:
+                raise
+            # The run was deleted: it holds nothing any more.
+            log.warning("Run %s of %s no longer exists; its claim is taken over", run_id, dag_id)
+            return False
+
+    claim = Ledger(campaign_root(cf.campaign)).claim(
+        RoundClaim(
+            campaign=cf.campaign.name,
+            round=number,
+            run_id=str(context["run_id"]),
+            dag_id=dag_id,
+            logical_date=getattr(dag_run, "logical_date", None),
+        ),
+        is_active=is_active,
+    )
+    log.info("Round %d claimed by run %s (attempt %d)", number, claim.run_id, claim.attempt)
 
 
 def validate_task(path: str, item: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +211,7 @@ def decide_task(
         ti.xcom_push(
             key="next_conf",
             value={
-                "base_checkpoint": decision.next_base or "",
+                "base_checkpoint": decision.next_base,
                 "rollback": bool(decision.rollback),
                 "stages": list(decision.next_stages or []),
                 "reason": decision.reason,

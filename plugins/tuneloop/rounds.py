@@ -1,6 +1,7 @@
 """The round DAG: one DAG per campaign, one run per round.
 
-    plan_round -> validate_data (one mapped task per dataset) -> proceed (stops a dry run)
+    wait_for_earlier_rounds -> plan_round (claims the round in the ledger)
+      -> validate_data (one mapped task per dataset) -> proceed (stops a dry run)
       -> train_<stage> -> checkpoint_<stage> -> ... -> evaluate  (+ evaluate_baseline, once)
       -> decide (branch) -> next_round | rollback | finish
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ LOCAL_POLL_SECONDS = 2.0
 
 
 CAMPAIGNS_ENV = "TUNELOOP_CAMPAIGNS_DIR"
-BROKEN_DAG_ID = "tuneloop_broken_campaigns"
+BROKEN_DAG_PREFIX = "tuneloop_broken__"
 
 
 def campaigns_folder() -> Path:
@@ -52,65 +54,104 @@ def campaign_dag(reference: str | Path) -> Any:
 def campaign_dags(folder: str | Path | None = None) -> dict[str, Any]:
     """``{dag_id: DAG}``: one round DAG per campaign file (``*.yaml``, ``*.yml``) in ``folder``.
 
-    A broken campaign file costs only its own DAG: the others are built, and the broken ones are
-    reported as this DAG file's import error (in the UI's import errors, with every problem as
-    ``file:line: field: message``). Airflow records that error when it validates a stand-in DAG
-    that carries the messages; the stand-in itself is never scheduled.
+    A broken campaign file costs only its own DAG. Any exception while loading it, tuneloop's
+    or not, becomes a stand-in (`BrokenCampaign`) that Airflow's dag-processor records as an
+    import error of the campaign file itself, every problem as ``file:line: field: message``;
+    the DAG file's own DAGs are untouched, so the good campaigns keep scheduling and their
+    running rounds go on.
     """
     folder = Path(folder) if folder else campaigns_folder()
     dags: dict[str, Any] = {}
     sources: dict[str, Path] = {}
-    broken: list[str] = []
     paths = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
     for path in paths:
         try:
             dag = campaign_dag(path)
         except TuneloopError as exc:
-            broken.append(str(exc))  # every line names the file, line and field
+            _add_broken(dags, path, str(exc))  # every line names the file, line and field
+            continue
+        except Exception as exc:  # a broken file must not take the other campaigns with it
+            _add_broken(dags, path, f"{path}: cannot be loaded: {type(exc).__name__}: {exc}")
             continue
         if dag.dag_id in dags:
-            broken.append(
-                f"{path}: campaign name {dag.dag_id.removeprefix('tuneloop_')!r} is also used by "
-                f"{sources[dag.dag_id]}; fix: give each campaign file its own name"
+            _add_broken(
+                dags,
+                path,
+                f"{path}: name: campaign name {dag.dag_id.removeprefix('tuneloop_')!r} is also "
+                f"used by {sources[dag.dag_id]}; fix: give each campaign file its own name",
             )
             continue
         dags[dag.dag_id] = dag
         sources[dag.dag_id] = path
-    if broken:
-        dags[BROKEN_DAG_ID] = _broken_campaigns(broken)
     return dags
 
 
-class BrokenCampaignFiles(Exception):
-    """Campaign files that could not be loaded (shown as the DAG file's import error)."""
-
-
-def _broken_campaigns(messages: list[str]) -> Any:
-    from airflow.sdk import DAG
-
-    count = len(messages)
-    text = (
-        f"{count} campaign file{'s' if count > 1 else ''} could not be loaded; "
-        f"{'their DAGs are' if count > 1 else 'its DAG is'} missing until fixed:\n"
-        + "\n".join(messages)
+def _add_broken(dags: dict[str, Any], path: Path, message: str) -> None:
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)
+    dag_id = f"{BROKEN_DAG_PREFIX}{stem}"
+    dags[dag_id] = _broken_campaign_class()(
+        dag_id=dag_id,
+        schedule=None,
+        description=message[:200],
+        campaign_path=str(path),
+        problems=message,
     )
 
-    class BrokenCampaigns(DAG):
-        def validate(self) -> None:  # Airflow calls this before accepting the DAG
-            raise BrokenCampaignFiles(text)
 
-    return BrokenCampaigns(dag_id=BROKEN_DAG_ID, schedule=None, description=text[:200])
+@functools.cache
+def _broken_campaign_class() -> type:
+    from airflow.exceptions import SerializationError
+    from airflow.sdk import DAG
+
+    class BrokenCampaign(DAG):
+        """Stands in for a campaign file that could not be loaded.
+
+        Airflow's dag-processor files an import error under the ``relative_fileloc`` of a DAG
+        it cannot serialize, and marks stale only the DAGs of that file. So this DAG names the
+        campaign file as its file and refuses to be serialized with the problems: the error is
+        the campaign file's, and the DAG file's other DAGs stay. It is never scheduled.
+        """
+
+        def __init__(self, *args: Any, campaign_path: str, problems: str, **kwargs: Any) -> None:
+            self._campaign_path = campaign_path
+            self.problems = problems
+            super().__init__(*args, **kwargs)
+
+        @property
+        def relative_fileloc(self) -> str:  # type: ignore[override]
+            return self._campaign_path
+
+        @relative_fileloc.setter
+        def relative_fileloc(self, value: str | None) -> None:
+            pass  # the importer sets the DAG file's path; this DAG is about the campaign file
+
+        @property
+        def edge_info(self) -> Any:  # type: ignore[override]
+            # Read only by the serializer, after validate() and bagging have passed.
+            raise SerializationError(
+                f"campaign file {self._campaign_path} could not be loaded; its DAG is missing "
+                f"until it is fixed:\n{self.problems}"
+            )
+
+        @edge_info.setter
+        def edge_info(self, value: Any) -> None:
+            pass
+
+    return BrokenCampaign
 
 
 def _params(cf: CampaignFile) -> dict[str, Any]:
+    """The trigger form. Every Param is optional (nullable or with a default), so the form opens
+    with no error and "continue the campaign" is one click; `round_steps.RoundConf` is the same
+    list as a model, and `plan_round` refuses conf it does not accept."""
     from airflow.sdk import Param
 
     stage_names = [s.name for s in cf.campaign.stages]
     return {
         "base_checkpoint": Param(
-            "",
-            type="string",
-            title="Base checkpoint (optional)",
+            None,
+            type=["null", "string"],
+            title="Base checkpoint",
             description="Start this round from this job output folder (the one holding "
             "manifest.json) instead of what the ledger says. Empty: continue the campaign.",
         ),
@@ -123,26 +164,26 @@ def _params(cf: CampaignFile) -> dict[str, Any]:
             "adjustments (e.g. half the learning rate). Empty: continue the campaign.",
         ),
         "rollback": Param(
-            False,
-            type="boolean",
+            None,
+            type=["null", "boolean"],
             title="Apply rollback adjustments",
             description="Plan this round as the round after a rollback (set by the rollback "
-            "branch; rarely set by hand).",
+            "branch). Empty: as the ledger's latest decision says.",
         ),
         "stages": Param(
-            [],
-            type="array",
+            None,
+            type=["null", "array"],
             items={"type": "string", "enum": stage_names},
             title="Stages to run",
-            description=f"A subset of {', '.join(stage_names)}; empty runs every stage. "
+            description=f"A subset of {', '.join(stage_names)}. Empty: every stage. "
             "Skipped stages pass their starting checkpoint through.",
         ),
         "data_overrides": Param(
-            {},
-            type="object",
+            None,
+            type=["null", "object"],
             title="Data overrides",
             description="Per stage, datasets replacing the campaign's for this round, e.g. "
-            '{"sft": {"train": "s3://bucket/new/train.jsonl"}}.',
+            '{"sft": {"train": "s3://bucket/new/train.jsonl"}}. Empty: the campaign\'s data.',
         ),
         "dry_run": Param(
             False,
@@ -152,10 +193,17 @@ def _params(cf: CampaignFile) -> dict[str, Any]:
             "submitted.",
         ),
         "reason": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Why this round runs",
             description="A note recorded in the ledger (the previous decision fills it).",
+        ),
+        "after_finish": Param(
+            False,
+            type="boolean",
+            title="Run after the campaign finished",
+            description="A campaign whose target is met, or that reached max_rounds or "
+            "stopped, refuses further rounds; set this to run one anyway.",
         ),
     }
 
@@ -229,6 +277,44 @@ def _next_round_operator() -> type:
     return NextRoundOperator
 
 
+EARLIER_RUN_STATES = frozenset({"queued", "running"})
+
+
+@functools.cache
+def _earlier_rounds_sensor() -> type:
+    from airflow.sdk import BaseSensorOperator
+
+    class WaitForEarlierRounds(BaseSensorOperator):
+        """Waits, without holding a worker slot, while the run before this one (by logical
+        date) is still queued or running.
+
+        Airflow runs a backfill's intervals up to its own ``max_active_runs`` at a time (10 by
+        default), not the DAG's 1; rounds must run one after another, each from the ledger its
+        predecessor wrote, so every run waits for the one before it. Runs without a logical date
+        (manual triggers) and runs whose predecessor ended pass at once."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("mode", "reschedule")
+            kwargs.setdefault("timeout", DEFAULT_EXECUTION_TIMEOUT.total_seconds())
+            super().__init__(**kwargs)
+
+        def poke(self, context: Any) -> bool:
+            previous = context["ti"].get_previous_dagrun()
+            if previous is None:
+                return True
+            state = str(getattr(previous, "state", "")).lower().rsplit(".", 1)[-1]
+            if state in EARLIER_RUN_STATES:
+                self.log.info(
+                    "Waiting for run %s (%s) to finish: rounds run one at a time, in order",
+                    previous.run_id,
+                    state,
+                )
+                return False
+            return True
+
+    return WaitForEarlierRounds
+
+
 def _doc(cf: CampaignFile) -> str:
     campaign = cf.campaign
     stages = " -> ".join(f"{s.name} ({s.method.value})" for s in campaign.stages)
@@ -282,6 +368,7 @@ def _wire(cf: CampaignFile) -> None:
         return proceed_task(planned, validated)
 
     datasets = plan_round()
+    _earlier_rounds_sensor()(task_id="wait_for_earlier_rounds", poke_interval=poll) >> datasets
     planned = datasets["round"]
     validated = validate_data.expand(item=datasets)
     gate = proceed(planned, validated)

@@ -260,33 +260,60 @@ def test_invalid_data_fails_before_any_job(airflow_db: Path, tmp_path: Path, dat
     assert campaign.jobs() == []
 
 
+BROKEN_CAMPAIGNS = {
+    # file -> (what replaces "technique: full" in a good campaign, the line the error names (its
+    # start), what the error says there)
+    "typo.yaml": ("technique: x", "technique", "technique: Input should be 'full' or 'lora'"),
+    "date.yaml": (
+        "technique: full\nstart_date: 2026-13-45",
+        "start_date",
+        "not valid YAML: cannot read",
+    ),
+    "alias.yaml": ("technique: full\ntags: &t [a, *t]", "tags", "tags[1]: a recursive alias"),
+    "pytag.yaml": (
+        "technique: !!python/object/apply:os.system ['true']",
+        "technique",
+        "not valid YAML: could not determine a constructor",
+    ),
+    "intkey.yaml": ("technique: full\nint: 3", "int", "int: unknown field"),
+}
+
+
 def test_broken_campaign_files_cost_only_their_own_dags(
     airflow_db: Path, tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """dags/tuneloop_rounds.py builds one DAG per campaign file; a broken file (or a second
-    file reusing a campaign name) is an import error naming the file, line and field, and the
-    other campaigns' DAGs still load."""
+    """dags/tuneloop_rounds.py builds one DAG per campaign file. Parsed and serialized the way
+    the dag-processor does it, every broken file (any kind of error, or a second file reusing a
+    campaign name) is an import error of that campaign file, naming its line and field; the DAG
+    file itself has none, so the good campaign's DAG is serialized and stays active."""
+    import structlog
     from airflow.dag_processing.dagbag import DagBag
+    from airflow.dag_processing.processor import _serialize_dags
 
     folder = tmp_path / "campaigns"
     folder.mkdir()
     (folder / "good.yaml").write_text(campaign_text("good", tmp_path, data, GATE))
-    broken = campaign_text("broken", tmp_path, data, GATE).replace(
-        "technique: full", "technique: x"
-    )
-    (folder / "broken.yaml").write_text(broken)
-    line = broken.splitlines().index("technique: x") + 1
-    (folder / "copy.yaml").write_text(campaign_text("good", tmp_path, data, GATE))
+    lines = {}
+    for name, (replacement, starts, _) in BROKEN_CAMPAIGNS.items():
+        text = campaign_text(name.removesuffix(".yaml"), tmp_path, data, GATE)
+        text = text.replace("technique: full", replacement)
+        (folder / name).write_text(text)
+        lines[name] = next(
+            n for n, line in enumerate(text.splitlines(), 1) if line.startswith(starts + ":")
+        )
+    (folder / "zcopy.yaml").write_text(campaign_text("good", tmp_path, data, GATE))
     monkeypatch.setenv("TUNELOOP_CAMPAIGNS_DIR", str(folder))
-    bag = DagBag(dag_folder=str(DAGS.parents[2] / "dags" / "tuneloop_rounds.py"))
-    assert list(bag.dags) == ["tuneloop_good"]
-    ((where, message),) = bag.import_errors.items()
-    assert where.endswith("tuneloop_rounds.py")
-    assert "2 campaign files could not be loaded" in message
-    assert f"{folder / 'broken.yaml'}:{line}: technique: Input should be 'full' or 'lora'" in (
-        message
-    )
-    assert "campaign name 'good' is also used by" in message
+
+    dag_file = DAGS.parents[2] / "dags" / "tuneloop_rounds.py"
+    bag = DagBag(dag_folder=str(dag_file))
+    assert bag.import_errors == {}
+    serialized, errors = _serialize_dags(bag, structlog.get_logger())
+    assert [dag.dag_id for dag in serialized] == ["tuneloop_good"]
+    assert set(errors) == {str(folder / name) for name in [*BROKEN_CAMPAIGNS, "zcopy.yaml"]}
+    for name, (*_, expected) in BROKEN_CAMPAIGNS.items():
+        message = errors[str(folder / name)]
+        assert f"{folder / name}:{lines[name]}: {expected}" in message, message
+    assert "campaign name 'good' is also used by" in errors[str(folder / "zcopy.yaml")]
 
 
 def test_the_repository_campaigns_load(airflow_db: Path) -> None:
@@ -300,7 +327,17 @@ def test_the_repository_campaigns_load(airflow_db: Path) -> None:
     assert {"plan_round", "validate_data", "train_sft", "checkpoint_rft", "decide"} <= set(
         demo.task_dict
     )
-    assert {"base_checkpoint", "start_from_round", "stages", "dry_run"} <= set(demo.params)
+    # The trigger form: every Param is optional (null allowed, or a non-null default), so the
+    # form opens without errors; the Params are exactly what plan_round accepts.
+    from tuneloop.round_steps import RoundConf
+
+    assert list(demo.params) == list(RoundConf.model_fields)
+    for name in demo.params:
+        param = demo.params.get_param(name)
+        types = param.schema.get("type")
+        assert param.value is not None or "null" in types, name
+    demo.params.validate()  # the defaults pass Airflow's own JSON-schema check
+    assert demo.task_dict["wait_for_earlier_rounds"].downstream_task_ids == {"plan_round"}
 
 
 def test_each_interval_trains_on_its_own_data(airflow_db: Path, tmp_path: Path, data: Path) -> None:

@@ -20,6 +20,8 @@ from tuneloop.ledger import (
     Ledger,
     LedgerError,
     RoundAlreadyRecordedError,
+    RoundClaim,
+    RoundClaimedError,
     RoundNotFoundError,
     RoundRecord,
     StageRecord,
@@ -565,3 +567,82 @@ def test_deltas_per_reference() -> None:
 )
 def test_gpu_hours(seconds: float | None, instance: str | None, expected: float) -> None:
     assert gpu_hours(seconds, instance) == expected
+
+
+# --- claims: a round is claimed write-once before anything is spent on it ---------------------
+
+
+def claim(n: int, run_id: str) -> RoundClaim:
+    return RoundClaim(campaign="demo", round=n, run_id=run_id, dag_id="tuneloop_demo")
+
+
+def always(active: bool):
+    return lambda run_id: active
+
+
+def test_the_first_run_claims_the_round_and_a_retry_gets_its_claim_back(ledger: Ledger) -> None:
+    first = ledger.claim(claim(1, "manual__a"), is_active=always(True))
+    assert (first.round, first.attempt, first.run_id) == (1, 1, "manual__a")
+    again = ledger.claim(claim(1, "manual__a"), is_active=always(True))
+    assert again == first
+    assert ledger.claims() == [first]
+
+
+def test_a_second_run_is_refused_naming_the_first_while_it_is_active(ledger: Ledger) -> None:
+    ledger.claim(claim(1, "manual__a"), is_active=always(True))
+    asked: list[str] = []
+
+    def active(run_id: str) -> bool:
+        asked.append(run_id)
+        return True
+
+    with pytest.raises(RoundClaimedError) as refused:
+        ledger.claim(claim(1, "backfill__b"), is_active=active)
+    text = str(refused.value)
+    assert "round 1: is being run by run 'manual__a'" in text
+    assert "run 'backfill__b' stops here, before any job" in text
+    assert "claims/0001-1.json" in text
+    assert asked == ["manual__a"]
+    assert [c.run_id for c in ledger.claims(1)] == ["manual__a"]
+
+
+def test_a_claim_whose_run_ended_is_taken_over_with_the_next_attempt(ledger: Ledger) -> None:
+    ledger.claim(claim(1, "manual__failed"), is_active=always(True))
+    taken = ledger.claim(claim(1, "manual__b"), is_active=always(False))
+    assert (taken.attempt, taken.run_id) == (2, "manual__b")
+    assert [(c.attempt, c.run_id) for c in ledger.claims(1)] == [
+        (1, "manual__failed"),
+        (2, "manual__b"),
+    ]
+    # Claims of other rounds are their own.
+    assert ledger.claim(claim(2, "manual__c"), is_active=always(True)).attempt == 1
+    assert [c.round for c in ledger.claims()] == [1, 1, 2]
+
+
+def test_a_recorded_round_cannot_be_claimed(ledger: Ledger) -> None:
+    ledger.write(record(1, {"exact_match": 0.5}, run_id="manual__a"))
+    with pytest.raises(RoundAlreadyRecordedError, match="already recorded by run 'manual__a'"):
+        ledger.claim(claim(1, "manual__b"), is_active=always(False))
+
+
+def test_concurrent_claims_exactly_one_wins(ledger: Ledger) -> None:
+    runs = 6
+    barrier = threading.Barrier(runs)
+    outcomes = [""] * runs
+
+    def take(index: int) -> None:
+        barrier.wait()
+        try:
+            ledger.claim(claim(3, f"run-{index}"), is_active=always(True))
+            outcomes[index] = "won"
+        except RoundClaimedError:
+            outcomes[index] = "refused"
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(runs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["refused"] * (runs - 1) + ["won"]
+    (held,) = ledger.claims(3)
+    assert held.run_id == f"run-{outcomes.index('won')}"

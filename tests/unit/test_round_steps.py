@@ -8,6 +8,7 @@ import pytest
 
 from tuneloop import round_steps
 from tuneloop.campaign import job_backend_config
+from tuneloop.gate import Action, Decision
 from tuneloop.jobs.base import JobSpec
 from tuneloop.plan import plan_round
 from tuneloop.round_record import shown_metrics
@@ -59,3 +60,117 @@ def test_the_report_shows_the_campaigns_metrics(demo) -> None:
 def test_an_unknown_stage_in_the_conf_is_refused(demo, tmp_path: Path) -> None:
     with pytest.raises(round_steps.RoundError, match=r"unknown stage 'dpo'.*allowed: sft, rft"):
         round_steps.start_round(demo, {"stages": ["dpo"]})
+
+
+# --- the run's conf -------------------------------------------------------------------------
+
+
+def test_an_empty_conf_and_the_trigger_forms_defaults_are_accepted() -> None:
+    assert round_steps.parse_conf(None) == round_steps.RoundConf()
+    form = {
+        "base_checkpoint": None,
+        "start_from_round": None,
+        "rollback": None,
+        "stages": None,
+        "data_overrides": None,
+        "dry_run": False,
+        "reason": None,
+        "after_finish": False,
+    }
+    assert round_steps.parse_conf(form) == round_steps.RoundConf()
+
+
+def test_unknown_conf_keys_and_wrong_types_are_refused_naming_the_param() -> None:
+    with pytest.raises(round_steps.RoundError) as refused:
+        round_steps.parse_conf({"dry_rn": True, "dry_run": "yes", "start_from_round": 0})
+    lines = str(refused.value).splitlines()
+    assert len(lines) == 3
+    assert any(
+        "conf.dry_rn: is not a parameter of this DAG (allowed: base_checkpoint, "
+        "start_from_round, rollback, stages, data_overrides, dry_run, reason, after_finish)" in line
+        for line in lines
+    )
+    assert any(
+        "conf.dry_run: 'yes' is not accepted" in line and "(allowed: true or false)" in line
+        for line in lines
+    )
+    assert any(
+        "conf.start_from_round: 0 is not accepted" in line and "integer >= 1" in line
+        for line in lines
+    )
+
+
+def test_data_overrides_name_stages_and_datasets_of_the_campaign(demo) -> None:
+    with pytest.raises(round_steps.RoundError, match=r"conf.data_overrides: unknown stage 'dpo'"):
+        round_steps.start_round(demo, {"data_overrides": {"dpo": {"train": "x.jsonl"}}})
+    with pytest.raises(
+        round_steps.RoundError,
+        match=r"conf.data_overrides.sft: unknown dataset 'eval' \(allowed: train, validation\)",
+    ):
+        round_steps.start_round(demo, {"data_overrides": {"sft": {"eval": "x.jsonl"}}})
+
+
+# --- a campaign that is over -----------------------------------------------------------------
+
+
+def _record_rounds(cf, rounds: list[tuple[float, Action]]) -> None:
+    from test_ledger import record
+
+    from tuneloop.ledger import Ledger
+    from tuneloop.plan import campaign_root
+
+    root = campaign_root(cf.campaign)
+    ledger = Ledger(root)
+    for n, (value, action) in enumerate(rounds, 1):
+        decision = Decision(
+            round=n,
+            action=action,
+            reason=f"Round {n}: {action.value}.",
+            promoted=True,
+            champion_round=n,
+            next_round=n + 1 if action is Action.CONTINUE else None,
+            next_base=f"{root}/rounds/{n:04d}/demo-r{n:04d}-sft"
+            if action is Action.CONTINUE
+            else None,
+            next_stages=["sft", "rft"] if action is Action.CONTINUE else None,
+            signals={"max_rounds": cf.campaign.gate.max_rounds},
+        )
+        ledger.write(record(n, {"exact_match": value}, decision=decision, root=root))
+
+
+def test_a_finished_campaign_refuses_another_round_saying_how_to_go_on(demo) -> None:
+    _record_rounds(demo, [(0.5, Action.CONTINUE), (0.97, Action.FINISH)])
+    with pytest.raises(round_steps.CampaignOverError) as refused:
+        round_steps.start_round(demo, {})
+    text = str(refused.value)
+    assert f"{demo.path}: campaign 'demo' is over: round 2 met every target (exact_match 0.97)" in (
+        text
+    )
+    assert "round 3 is not planned and no job is started" in text
+    assert "raise gate.max_rounds (now 3) or change gate.targets" in text
+    assert "after_finish: true" in text
+    # Asked for explicitly, the round runs, from the champion.
+    start = round_steps.start_round(demo, {"after_finish": True})
+    assert start.round == 3 and start.base_round == 2
+    assert "after the campaign finished (round 2 met every target" in start.reason
+
+
+def test_a_higher_target_reopens_a_finished_campaign(demo) -> None:
+    _record_rounds(demo, [(0.5, Action.CONTINUE), (0.97, Action.FINISH)])
+    demo.campaign.gate.targets = {"exact_match": 0.99}
+    start = round_steps.start_round(demo, {})
+    assert (start.round, start.base_round) == (3, 2)
+
+
+def test_max_rounds_ends_the_campaign_until_it_is_raised(demo) -> None:
+    _record_rounds(demo, [(0.3, Action.CONTINUE), (0.5, Action.CONTINUE), (0.6, Action.STOP)])
+    with pytest.raises(round_steps.CampaignOverError, match="round 3 reached max_rounds 3"):
+        round_steps.start_round(demo, {})
+    demo.campaign.gate.max_rounds = 5
+    assert round_steps.start_round(demo, {}).round == 4
+
+
+def test_a_campaign_stopped_on_a_plateau_stays_over(demo) -> None:
+    _record_rounds(demo, [(0.5, Action.CONTINUE), (0.501, Action.STOP)])
+    with pytest.raises(round_steps.CampaignOverError, match=r"is over: Round 2: stop\."):
+        round_steps.start_round(demo, {})
