@@ -182,6 +182,21 @@ def _parser() -> argparse.ArgumentParser:
         help="print only the summary, not the rendered recipes",
     )
     cvalidate.set_defaults(handler=_campaign_validate)
+    cstatus = campaign_commands.add_parser(
+        "status",
+        help="print a campaign's ledger: rounds, champion, state and the next round",
+        description="Print the rounds a campaign recorded (metrics, deltas, decisions with "
+        "their reasons, costs), its champion, whether it is running or finished, and what the "
+        "next round would be. Reads the ledger only.",
+    )
+    cstatus.add_argument(
+        "campaign",
+        metavar="CAMPAIGN",
+        help="campaign file, or a campaign name in $TUNELOOP_CAMPAIGNS_DIR (else "
+        "recipes/campaigns/)",
+    )
+    cstatus.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    cstatus.set_defaults(handler=_campaign_status)
 
     from tuneloop.local.commands import add_local_commands
 
@@ -379,6 +394,17 @@ def _campaign_validate(args: argparse.Namespace) -> int:
         from tuneloop.plan_text import format_plan
 
         sys.stdout.write(format_plan(campaign_file.campaign, plan, recipes=not args.quiet))
+    return EXIT_OK
+
+
+def _campaign_status(args: argparse.Namespace) -> int:
+    from tuneloop.campaign_status import campaign_status, format_status, load
+
+    status = campaign_status(load(args.campaign))
+    if args.json:
+        print(status.model_dump_json(indent=2))
+    else:
+        sys.stdout.write(format_status(status))
     return EXIT_OK
 
 
