@@ -63,6 +63,11 @@ class LocalBackend(StrictModel):
     progress)``; empty: tuneloop's embedded trainer."""
     python_path: list[str] = []
     """Folders put in front of sys.path in job processes, to import ``entrypoint`` from."""
+    jobs_root: str = ""
+    """Folder where job processes keep their status, log and outputs; empty:
+    ``<output_root>/<campaign>/jobs``. With several Airflow workers it must be storage every
+    worker sees (NFS, EFS): a retry on another worker adopts a running job only if it can see
+    it, and fails rather than start a second one."""
 
     @property
     def platform(self) -> Platform:
@@ -379,7 +384,9 @@ def job_backend_config(campaign: Campaign) -> dict[str, Any]:
     if isinstance(backend, LocalBackend):
         config: dict[str, Any] = {
             "type": "local",
-            "root": storage.join(absolute(backend.output_root), campaign.name, "jobs"),
+            "root": absolute(backend.jobs_root)
+            if backend.jobs_root
+            else storage.join(absolute(backend.output_root), campaign.name, "jobs"),
         }
         if backend.device != "auto":
             config["env"] = {"TUNELOOP_DEVICE": backend.device}

@@ -45,6 +45,7 @@ fault-injection tests use it; nothing sets it otherwise.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -88,6 +89,7 @@ CURSOR_KEY = "tuneloop_log_cursor"
 REPORTED_KEY = "tuneloop_reported_failure"
 TRY_KEY = "tuneloop_try"
 WAIT_KEY = "tuneloop_wait"
+SUBMITTED_KEY = "tuneloop_submitted"
 CONSOLE_URL_KEY = "job_console_url"
 MLFLOW_URL_KEY = "mlflow_run_url"
 
@@ -310,6 +312,9 @@ class JobOperator(ResumableJobMixin, BaseOperator):
             name = attempt_name(spec.name, attempt)
             status = self._lookup(name)
             if status is None:
+                if stored is not None and name == stored.name:
+                    # An earlier try submitted it: starting it again would run it twice.
+                    raise AirflowFailException(self._lost_message(context, name))
                 if wait_reason and self._ready != name:
                     raise _Backoff(wait_reason, attempt - 1, ready=name)
                 return self._create(context, spec, name, attempt).to_json()
@@ -427,12 +432,30 @@ class JobOperator(ResumableJobMixin, BaseOperator):
     def _create(self, context: Context, spec: JobSpec, name: str, attempt: int) -> Handle:
         attempt_spec = spec if name == spec.name else spec.model_copy(update={"name": name})
         self.log.info("Submitting job %s (attempt %d) to the %s backend", name, attempt, self._kind)
+        self._remember(context, SUBMITTED_KEY, {"name": name, "host": socket.gethostname()})
         status = self._call(self.job_backend.submit, attempt_spec)
         crash_point("after_submit")
         self._started = name
         self._seen[name] = status
         self._push_console_url(context, status)
         return Handle(spec.name, name, attempt)
+
+    def _lost_message(self, context: Context, name: str) -> str:
+        store = context.get("task_state_store")
+        submitted = (store.get(SUBMITTED_KEY) if store is not None else None) or {}
+        by = submitted.get("host") if submitted.get("name") == name else None
+        text = (
+            f"job {name} was submitted by an earlier try of this task"
+            f"{f' on {by}' if by else ''}, but the {self._kind} backend cannot find it from "
+            f"this worker ({socket.gethostname()}); no second job is started"
+        )
+        if self._kind == "local":
+            root = dict(self.backend).get("root", "")
+            text += (
+                f". Local jobs live under the jobs root {root}: every worker must see the same "
+                "folder (shared storage; backend.jobs_root in the campaign file)"
+            )
+        return text + ". Clear the task to start the job anew once that is fixed"
 
     def _adopted(self, context: Context, name: str, status: JobStatus) -> None:
         self._started = name

@@ -216,6 +216,35 @@ def test_user_error_fails_at_once_with_the_reason_and_a_clear_reruns(
     assert job_dirs(backend) == sorted([job["name"], attempt_name(job["name"], 2)])
 
 
+@pytest.mark.slow
+def test_a_worker_that_cannot_see_the_job_fails_instead_of_starting_a_second(
+    airflow: Any,
+    dags: dict,
+    local_backend: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A retry on a worker whose jobs root does not hold the job an earlier try started (the
+    root is not shared storage) must not submit it again: it fails, saying why."""
+    import shutil
+
+    job = make_job(tmp_path)
+    dag = dags["tuneloop_train"]
+    run = airflow.run_dag(dag, {"backend": local_backend, "job": job})
+    assert run.state == "success"
+    root = Path(local_backend["root"])
+    shutil.move(root, tmp_path / "elsewhere")  # what another worker's own jobs root looks like
+    capsys.readouterr()
+
+    ti = airflow.rerun_task(dag, run.run_id, "train")
+    assert ti.state == "failed"
+    assert not root.exists() or job_dirs(local_backend) == []  # nothing was submitted again
+    out = capsys.readouterr().out
+    assert f"job {job['name']} was submitted by an earlier try of this task on " in out
+    assert "no second job is started" in out
+    assert f"Local jobs live under the jobs root {root}: every worker must see" in out
+
+
 def test_failure_callback_cancels_the_job_at_the_deadline(
     airflow: Any, dags: dict, local_backend: dict, tmp_path: Path
 ) -> None:
