@@ -72,6 +72,7 @@ from tuneloop.jobs.base import (
     validate_job_name,
 )
 from tuneloop.triggers import DEADLINE, SUCCESS, JobTrigger
+from tuneloop.web.urls import is_http, mlflow_link_url
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -157,22 +158,38 @@ class _Backoff(Exception):
         self.ready = ready
 
 
+# Airflow 3 resolves a link where the task runs: the worker calls ``get_link`` whenever a try
+# ends or defers and stores the URL as XCom ``_link_<class>``, which the API server shows. The UI
+# shows http(s) links only, so both links are absolute http(s) URLs or empty.
+
+
 class JobConsoleLink(BaseOperatorLink):
-    """The backend's page for the job (SageMaker console, cluster dashboard, job folder)."""
+    """The backend's page for the job: the SageMaker console (training job, HyperPod cluster),
+    or for a local job its page on the Airflow API server (``tuneloop.web``); empty until a job
+    exists."""
 
     name = "Job console"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        return _xcom_text(ti_key, CONSOLE_URL_KEY)
+        url = _xcom_text(ti_key, CONSOLE_URL_KEY)
+        return url if is_http(url) else ""
 
 
 class MlflowRunLink(BaseOperatorLink):
-    """The MLflow run of this stage, when a task pushed its URL as XCom ``mlflow_run_url``."""
+    """The MLflow run of this task: the URL a task pushed as XCom ``mlflow_run_url``, else the
+    API server's page that finds the task's run when it is opened (``/tuneloop/mlflow``): the
+    round's runs are created later, when ``decide`` mirrors the round."""
 
     name = "MLflow run"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        return _xcom_text(ti_key, MLFLOW_URL_KEY)
+        url = _xcom_text(ti_key, MLFLOW_URL_KEY)
+        if is_http(url):
+            return url
+        map_index = getattr(ti_key, "map_index", -1)
+        return mlflow_link_url(
+            ti_key.dag_id, ti_key.run_id, ti_key.task_id, -1 if map_index is None else map_index
+        )
 
 
 def _xcom_text(ti_key: TaskInstanceKey, key: str) -> str:

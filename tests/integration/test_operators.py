@@ -34,6 +34,7 @@ from tuneloop.operators import (
     TrainingJobOperator,
     attempt_name,
 )
+from tuneloop.web.urls import mlflow_link_url
 
 
 class ScriptedBackend:
@@ -159,7 +160,7 @@ def test_training_job_runs_once_and_returns_its_status(
 
     # Extra links, as the worker stored them for the API server.
     console = airflow.xcom("tuneloop_train", run.run_id, "train", "_link_JobConsoleLink")
-    assert console == result["console_url"] and console.startswith("file://")
+    assert console == result["console_url"] and console.startswith("http")  # the job's page
     assert airflow.xcom("tuneloop_train", run.run_id, "train", "_link_MlflowRunLink") == url
 
     # A second run of the same job (same name) adopts the finished job: still one job.
@@ -168,7 +169,10 @@ def test_training_job_runs_once_and_returns_its_status(
     assert again.state == "success"
     assert airflow.xcom("tuneloop_train", again.run_id, "train")["name"] == job["name"]
     assert job_dirs(local_backend) == [job["name"]]
-    assert airflow.xcom("tuneloop_train", again.run_id, "train", "_link_MlflowRunLink") == ""
+    # No URL given: the link is the API server's page that finds the task's MLflow run.
+    assert airflow.xcom("tuneloop_train", again.run_id, "train", "_link_MlflowRunLink") == (
+        mlflow_link_url("tuneloop_train", again.run_id, "train")
+    )
 
 
 def test_evaluation_operator_returns_metrics(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any, ClassVar
 
 from tuneloop import storage
@@ -34,6 +33,7 @@ from tuneloop.jobs.base import (
     job_error,
 )
 from tuneloop.local import runner as local
+from tuneloop.web.urls import job_page_url
 
 # A launcher that could not start the process (fork failed, the machine was busy) may well
 # succeed on a second try; every other local failure repeats itself.
@@ -136,7 +136,9 @@ class LocalJobBackend:
             # One machine, so instance-seconds are wall seconds.
             billable_seconds=(ended - started).total_seconds() if started and ended else None,
             result_uri=spec.output,
-            console_url=Path(self.runner.directory(found.name)).as_uri(),
+            # The job's page on the Airflow API server (tuneloop.web): the UI shows only http(s)
+            # links, and a browser may not open a folder on the worker.
+            console_url=job_page_url(str(self.runner.root), found.name),
             labels=dict(spec.labels),
         )
 

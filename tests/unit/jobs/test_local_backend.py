@@ -74,7 +74,10 @@ def test_training_job_writes_a_manifest_in_its_output_folder(
     assert status.result_uri == f"{tmp_path / 'out'}/{spec.name}"
     assert status.labels == spec.labels
     assert status.started_at and status.ended_at and status.billable_seconds is not None
-    assert status.console_url.startswith("file://")
+    # The job's page on the Airflow API server ([api] base_url, else localhost:8080).
+    assert status.console_url.startswith("http") and f"/tuneloop/jobs/{spec.name}?root=" in (
+        status.console_url
+    )
     checkpoint = read_checkpoint(status.result_uri)
     assert checkpoint is not None and Path(checkpoint.uri).is_dir()
     assert [m.value for m in checkpoint.lineage] == ["sft"]
