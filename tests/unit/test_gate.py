@@ -12,6 +12,7 @@ from tuneloop.gate import (
     Decision,
     GateError,
     RoundSummary,
+    campaign_over,
     decide,
     rft_readiness,
 )
@@ -465,3 +466,44 @@ def test_stages_default_to_the_whole_campaign() -> None:
     candidate = RoundSummary(round=1, metrics={"exact_match": 0.5}, checkpoint="out/1")
     d = judge(gate(), candidate, stages=(SFT, RFT))
     assert d.next_stages == ["sft", "rft"]
+
+
+# --- is the campaign over? ------------------------------------------------------------------
+
+
+def ended(n: int, action: Action, max_rounds: int, reason: str = "") -> Decision:
+    return Decision(
+        round=n,
+        action=action,
+        reason=reason or f"Round {n}: {action.value}.",
+        promoted=True,
+        champion_round=n,
+        signals={"max_rounds": max_rounds},
+    )
+
+
+def test_a_campaign_goes_on_after_continue_and_rollback() -> None:
+    history = [summary(1, 0.5, promoted=True)]
+    for action in (Action.CONTINUE, Action.ROLLBACK):
+        assert campaign_over(gate(max_rounds=1), history, ended(1, action, 1)) is None
+    assert campaign_over(gate(), [], None) is None
+
+
+def test_finish_holds_while_the_champion_meets_todays_targets() -> None:
+    history = [summary(1, 0.5, promoted=True), summary(2, 0.93, promoted=True)]
+    latest = ended(2, Action.FINISH, 5)
+    assert campaign_over(gate(targets={"exact_match": 0.9}), history, latest) == (
+        "round 2 met every target (exact_match 0.93)"
+    )
+    assert campaign_over(gate(targets={"exact_match": 0.95}), history, latest) is None
+    lower = {"exact_match": Target(at_most=0.95)}
+    assert campaign_over(gate(targets=lower), history, latest) is not None
+
+
+def test_max_rounds_holds_until_it_is_raised_and_other_stops_hold() -> None:
+    history = [summary(1, 0.5, promoted=True), summary(2, 0.6, promoted=True)]
+    at_max = ended(2, Action.STOP, 2)
+    assert campaign_over(gate(max_rounds=2), history, at_max) == "round 2 reached max_rounds 2"
+    assert campaign_over(gate(max_rounds=4), history, at_max) is None
+    plateau = ended(2, Action.STOP, 5, reason="The campaign stops: a plateau.")
+    assert campaign_over(gate(max_rounds=9), history, plateau) == "The campaign stops: a plateau."
