@@ -338,8 +338,9 @@ def test_campaign_folders_are_local_roots(
 
     monkeypatch.setenv("AIRFLOW__TUNELOOP__LOCAL_ROOTS", "")
     output_root = tmp_path / "campaign-out"
-    write_campaign(env["campaigns"], output_root, mlflow_uri="")
-    assert local_roots() == [(output_root / CAMPAIGN).resolve()]
+    shared = tmp_path / "shared-jobs"
+    write_campaign(env["campaigns"], output_root, mlflow_uri="", jobs_root=str(shared))
+    assert local_roots() == [(output_root / CAMPAIGN).resolve(), shared.resolve()]
     monkeypatch.setenv("TUNELOOP_LOCAL_ROOT", str(tmp_path / "runner"))
     assert (tmp_path / "runner").resolve() in local_roots()
 
@@ -347,13 +348,15 @@ def test_campaign_folders_are_local_roots(
 # -- MLflow ---------------------------------------------------------------------------------------
 
 
-def write_campaign(folder: Path, output_root: Path, mlflow_uri: str) -> Path:
+def write_campaign(folder: Path, output_root: Path, mlflow_uri: str, jobs_root: str = "") -> Path:
     """A local campaign named like test_tracking's records, from the demo campaign."""
     demo = yaml.safe_load((REPO / "recipes" / "campaigns" / "demo.yaml").read_text())
     demo["name"] = CAMPAIGN
     demo["backend"] = {"type": "local", "output_root": str(output_root)}
     if mlflow_uri:
         demo["backend"]["mlflow_uri"] = mlflow_uri
+    if jobs_root:
+        demo["backend"]["jobs_root"] = jobs_root
     path = folder / f"{CAMPAIGN}.yaml"
     path.write_text(yaml.safe_dump(demo, sort_keys=False))
     return path

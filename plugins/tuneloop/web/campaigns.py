@@ -43,13 +43,20 @@ class CampaignInfo:
     """The campaign's folder (``<output_root>/<name>``): its jobs, rounds and ledger."""
     tracking_uri: str
     """The MLflow store its rounds are mirrored to ('' when MLflow is off)."""
+    jobs_root: str = ""
+    """Where a local campaign's job processes keep their folders (``backend.jobs_root``, by
+    default ``<root>/jobs``); '' for other backends."""
 
     @property
-    def local_root(self) -> Path | None:
-        """The campaign folder on this machine, for a local campaign."""
-        if self.backend != "local" or storage.is_s3(self.root):
-            return None
-        return storage.local_path(self.root)
+    def local_roots(self) -> list[Path]:
+        """The campaign's folders on this machine (its folder and its jobs root), when local."""
+        if self.backend != "local":
+            return []
+        return [storage.local_path(p) for p in (self.root, self.jobs_root) if _is_local(p)]
+
+
+def _is_local(uri: str) -> bool:
+    return bool(uri) and ("://" not in uri or uri.startswith("file://"))
 
 
 _lock = threading.Lock()
@@ -74,6 +81,7 @@ def load_info(path: Path) -> CampaignInfo | None:
 
 
 def _read(path: Path) -> CampaignInfo | None:
+    from tuneloop.campaign import job_backend_config
     from tuneloop.plan import campaign_root
     from tuneloop.round_record import tracking_uri
     from tuneloop.round_steps import load
@@ -92,6 +100,9 @@ def _read(path: Path) -> CampaignInfo | None:
         backend=campaign.backend.type,
         root=campaign_root(campaign),
         tracking_uri=tracking_uri(cf),
+        jobs_root=str(job_backend_config(campaign).get("root") or "")
+        if campaign.backend.type == "local"
+        else "",
     )
 
 

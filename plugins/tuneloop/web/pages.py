@@ -23,7 +23,9 @@ td,th{border:1px solid #d0d7de;padding:.25rem .6rem;text-align:left;vertical-ali
 font-size:.9rem}
 th{background:#eef1f4;font-weight:600}
 pre{background:#0d1117;color:#e6edf3;padding:.8rem;overflow:auto;max-height:36rem;
-font-size:.8rem;line-height:1.35;white-space:pre-wrap;word-break:break-all}
+font-size:.8rem;line-height:1.35;white-space:pre-wrap;word-break:break-all;margin:0}
+.log{display:flex;flex-direction:column-reverse;overflow:auto;max-height:36rem}
+.log pre{max-height:none;overflow:visible}
 code{font-size:.85rem}
 .state{display:inline-block;padding:.1rem .55rem;border-radius:1rem;color:#fff;
 font-weight:600;font-size:.85rem}
@@ -124,7 +126,7 @@ def job_page(view: Mapping[str, Any], *, refresh_url: str, home: str) -> str:
             progress_html += f", about {text(progress['eta_text'])} left"
     labels = ", ".join(f"{k}={v}" for k, v in sorted(view["labels"].items()))
     rows = [
-        ("state", view["summary"]),
+        ("state", str(view["summary"]).removeprefix(f"{name}: ")),
         ("kind", view["kind"]),
         ("labels", labels),
         ("created", view["created_at"]),
@@ -149,7 +151,8 @@ def job_page(view: Mapping[str, Any], *, refresh_url: str, home: str) -> str:
         f"<h2>Log</h2><p class=muted>The last {len(log['lines'])} lines of job.log "
         f"({text(log['size'])} bytes; {refresh}{link(refresh_url, 'refresh')})</p>"
     )
-    parts.append(f"<pre>{text(chr(10).join(log['lines']))}</pre>" if log["lines"] else "")
+    if log["lines"]:  # the newest line in view: the box is scrolled from its bottom
+        parts.append(f"<div class=log><pre>{text(chr(10).join(log['lines']))}</pre></div>")
 
     outputs = view["outputs"]
     parts.append(f"<h2>Outputs</h2><p>Folder: <code>{text(outputs['uri'])}</code></p>")

@@ -7,8 +7,8 @@ inside one of the **local roots**:
 - ``[tuneloop] local_roots`` in Airflow's configuration (``AIRFLOW__TUNELOOP__LOCAL_ROOTS``):
   folders separated by commas or the path separator, e.g. a shared jobs volume;
 - ``$TUNELOOP_LOCAL_ROOT``, the local runner's default jobs folder, when it is set;
-- the folder of every local campaign in the campaigns folder (``<output_root>/<campaign>``:
-  its jobs, round outputs and ledger).
+- the folders of every local campaign in the campaigns folder: ``<output_root>/<campaign>``
+  (its jobs, round outputs and ledger) and its ``jobs_root`` when it has one.
 
 A name with ``..``, a relative or absolute path where a name belongs, or a symlink that leads
 out of the roots is refused with ``AccessRefused``, and nothing of the target is read.
@@ -53,7 +53,7 @@ def local_roots() -> list[Path]:
     from tuneloop.web.campaigns import folder_campaigns
 
     candidates: list[Path] = [Path(root) for root in configured_roots()]
-    candidates += [p for info in folder_campaigns() if (p := info.local_root) is not None]
+    candidates += [path for info in folder_campaigns() for path in info.local_roots]
     roots: list[Path] = []
     for candidate in candidates:
         if not candidate.is_absolute():
