@@ -463,6 +463,7 @@ def test_mlflow_link_before_the_round_is_decided(
     listing = client.get(experiment)
     assert listing.status_code == 200
     assert "round-1" in listing.text and "round-2" in listing.text and "finish" in listing.text
+    assert f'{client.base_url}/dags/{DAG_ID}/runs/round_0002"' in listing.text  # the DAG run
     rounds = client.get(with_query(experiment, format="json")).json()["rounds"]
     assert [r["round"] for r in rounds] == ["2", "1"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -245,7 +245,9 @@ async def mlflow_link(
         "off": "MLflow is off",
         "error": "MLflow could not be read",
     }
-    task_page = f"{home}dags/{dag_id}/runs/{run_id}" + (f"/tasks/{task_id}" if task_id else "")
+    task_page = f"{home}dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}" + (
+        f"/tasks/{quote(task_id, safe='')}" if task_id else ""
+    )
     links = [
         (found["experiment_url"], "The campaign's experiment"),
         (task_page, "Back to the task in Airflow"),
@@ -275,8 +277,13 @@ async def _experiment(request: Request, dag_id: str, as_json: bool) -> Response:
         return JSONResponse(view)
     if view["server_url"] and view["experiment_id"]:
         return RedirectResponse(view["server_url"], status_code=307)
-    body = pages.experiment_body(view, run_url=_run_url(request, dag_id))
-    return HTMLResponse(pages.page("MLflow experiment", body, home=_airflow_home(request)))
+    home = _airflow_home(request)
+
+    def dag_run_url(run_id: str) -> str:
+        return f"{home}dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+    body = pages.experiment_body(view, run_url=_run_url(request, dag_id), dag_run_url=dag_run_url)
+    return HTMLResponse(pages.page("MLflow experiment", body, home=home))
 
 
 @app.get("/mlflow/runs/{run_id}", name="mlflow_run", response_model=None)

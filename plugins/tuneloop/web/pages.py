@@ -227,7 +227,7 @@ def message_body(title: str, message: str, links: Iterable[tuple[str, str]] = ()
     )
 
 
-def experiment_body(view: Mapping[str, Any], *, run_url: Any) -> str:
+def experiment_body(view: Mapping[str, Any], *, run_url: Any, dag_run_url: Any) -> str:
     parts = [
         f"<h1>MLflow experiment {text(view['experiment'])}</h1>",
         f"<p class=muted>Campaign {text(view['campaign'])}, store {text(view['store'])}</p>",
@@ -239,7 +239,9 @@ def experiment_body(view: Mapping[str, Any], *, run_url: Any) -> str:
             link(run_url(r["run_id"]), r["name"] or r["run_id"]),
             text(r["decision"]),
             text(r["reason"]),
-            text(r["airflow_run_id"]),
+            link(dag_run_url(r["airflow_run_id"]), r["airflow_run_id"])
+            if r["airflow_run_id"]
+            else "",
             ", ".join(f"{text(k)}={number(v)}" for k, v in r["metrics"].items()),
         ]
         for r in view["rounds"]
