@@ -14,12 +14,13 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install test lint format bench demo airflow clean
+.PHONY: help install system-packages test lint format bench demo airflow clean
 
 help:
 	@echo "tuneloop make targets:"
 	@echo "  make install   create .venv and install requirements + tuneloop (editable)"
-	@echo "  make test      ruff check, then pytest (pass extra args with PYTEST_ARGS=...)"
+	@echo "  make test      ruff check, then pytest (pass extra args with PYTEST_ARGS=...);"
+	@echo "                 installs Debian's postgresql, redis-server and chromium when missing"
 	@echo "  make lint      ruff check and ruff format --check"
 	@echo "  make format    ruff format and ruff check --fix"
 	@echo "  make bench     run every benchmarks/*.py"
@@ -42,7 +43,25 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-local.txt pyproject
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Debian packages the end-to-end tests (tests/e2e/) run: PostgreSQL's server, Redis and Chromium.
+# Installed only when a binary is missing (one apt-get update first); without root, the target
+# stops with the command to run.
+PG_SERVER := /usr/lib/postgresql/*/bin/postgres
+system-packages:
+	@missing=""; \
+	ls $(PG_SERVER) >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	test -x /usr/bin/redis-server || command -v redis-server >/dev/null 2>&1 \
+	  || missing="$$missing redis-server"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make test: the end-to-end tests need Debian packages that are missing; install them with: sudo apt-get update && sudo apt-get install -y$$missing" >&2; \
+	  exit 1; \
+	fi; \
+	echo "installing Debian packages:$$missing"; \
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y$$missing
+
+test: system-packages $(STAMP)
 	$(RUFF) check .
 	$(VPY) -m pytest $(PYTEST_ARGS)
 

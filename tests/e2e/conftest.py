@@ -1,0 +1,417 @@
+"""A real Airflow for the end-to-end tests, started once per test session.
+
+The stack, everything on 127.0.0.1 with free ports and state in temporary folders:
+
+- PostgreSQL (Debian's server; a cluster made with initdb) holding Airflow's metadata database
+  and Celery's results;
+- Redis, Celery's broker;
+- an MLflow tracking server the test campaigns report to;
+- Airflow 3.3.2's own processes (``tuneloop.embedded_airflow``): api-server, scheduler,
+  dag-processor, triggerer and two Celery workers (``worker-1``, ``worker-2``, two slots each)
+  with the CeleryExecutor. DAGS_FOLDER is the repository's dags/ (the product's DAG file), so
+  every campaign file a test writes into ``stack.campaigns_dir`` becomes a DAG within seconds.
+
+Tests drive it as users do: the REST API (``stack.client``), the ``airflow`` CLI
+(``stack.airflow.cli``) and a browser (``browser_page``). Components can be killed and restarted
+one at a time (``stack.airflow.kill("worker-1")``, ``stack.airflow.restart("scheduler")``); the
+log of every process is in ``stack.log_dir``. Everything stops at the end of the session, also
+when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e import services
+from e2e.campaigns import DATA_SIZES, Campaign, FakeJobs, campaign_text, write_atomically
+
+REPO = Path(__file__).resolve().parents[2]
+WORKERS = ("worker-1", "worker-2")
+WORKER_SLOTS = 2
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+STARTUP_TIMEOUT = 300.0
+"""Seconds the whole stack may take to become healthy (about a minute on 2 idle cores)."""
+
+
+@dataclass
+class Stack:
+    """The running services and what tests need to use them."""
+
+    root: Path
+    log_dir: Path
+    campaigns_dir: Path
+    project_dir: Path
+    data_dir: Path
+    fake_jobs: FakeJobs
+    postgres: services.PostgresServer
+    redis: services.RedisServer
+    mlflow: services.MlflowServer
+    airflow: Any  # tuneloop.embedded_airflow.AirflowProcesses
+    timings: dict[str, float] = field(default_factory=dict)
+    _client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The REST API as admin (tuneloop.embedded_airflow.AirflowClient)."""
+        if self._client is None:
+            self._client = self.airflow.client()
+        return self._client
+
+    @property
+    def api_url(self) -> str:
+        return str(self.airflow.api_url)
+
+    def log(self, name: str) -> str:
+        """The log of one process so far: an Airflow component ("scheduler", "worker-1", ...)
+        or a service ("postgres", "redis", "mlflow")."""
+        path = self.log_dir / f"{name}.log"
+        if name in self.airflow.components:
+            path = self.airflow.log_path(name)
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    # -- campaigns --
+
+    def write_campaign(self, name: str, text: str | None = None, **options: Any) -> Campaign:
+        """Write campaign file ``<name>.yaml`` (``text``, else ``campaign_text`` with
+        ``options``) into the campaigns folder; its outputs go under the project folder."""
+        output_root = self.project_dir / "outputs"
+        if text is None:
+            text = campaign_text(
+                name,
+                output_root=output_root,
+                data=self.data_dir,
+                mlflow_uri=self.mlflow.url,
+                **options,
+            )
+        path = self.campaigns_dir / f"{name}.yaml"
+        write_atomically(path, text)
+        return Campaign(name, path, output_root)
+
+    def remove_campaign(self, campaign: Campaign) -> None:
+        campaign.path.unlink(missing_ok=True)
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        """The DAG as the API shows it, once the dag-processor has parsed it (and it is not
+        paused)."""
+
+        def parsed() -> dict[str, Any] | None:
+            dag = self.client.dag(dag_id)
+            ready = dag and not dag.get("is_paused") and dag.get("is_stale") is not True
+            return dag if ready else None
+
+        return self.client.wait_for(
+            parsed, timeout=timeout, what=f"DAG {dag_id} parsed by the dag-processor", interval=1.0
+        )
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        """task_id -> state (a mapped task: the states of its instances joined with ',')."""
+        states: dict[str, list[str]] = {}
+        for ti in self.client.task_instances(dag_id, run_id):
+            states.setdefault(ti["task_id"], []).append(str(ti.get("state")))
+        return {task: ",".join(sorted(set(values))) for task, values in states.items()}
+
+    def wait_for_run(
+        self, dag_id: str, run_id: str, *, timeout: float = 240.0, state: str = "success"
+    ) -> dict[str, Any]:
+        """Wait until the run has finished (success or failed) and assert it ended in ``state``;
+        a run that ends otherwise, or not in time, fails with what its tasks did."""
+        try:
+            run = self.client.wait_for_run(dag_id, run_id, timeout=timeout)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{self.run_report(dag_id, run_id)}") from None
+        if run["state"] != state:
+            raise AssertionError(
+                f"run {run_id} of {dag_id} ended {run['state']}, not {state}:\n"
+                + self.run_report(dag_id, run_id)
+            )
+        return run
+
+    def run_report(self, dag_id: str, run_id: str) -> str:
+        """Each task's state, and the error of every failed try, as the API shows them."""
+        lines = []
+        try:
+            instances = self.client.task_instances(dag_id, run_id)
+        except Exception as exc:  # the report must not hide the failure it explains
+            return f"(no task instances: {exc})"
+        for ti in sorted(instances, key=lambda t: (t.get("start_date") or "~", t["task_id"])):
+            index = "" if ti.get("map_index", -1) < 0 else f"[{ti['map_index']}]"
+            state, attempt = ti.get("state"), ti.get("try_number")
+            lines.append(f"  {ti['task_id']}{index}: {state} (try {attempt})")
+            if ti.get("state") in ("failed", "up_for_retry"):
+                lines.extend(f"      {e}" for e in self.task_errors(dag_id, run_id, ti))
+        return "\n".join(lines)
+
+    def task_errors(self, dag_id: str, run_id: str, ti: dict[str, Any]) -> list[str]:
+        """The error lines (with the exception's message) of a task try's log."""
+        from urllib.parse import quote
+
+        path = (
+            f"dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
+            f"{quote(ti['task_id'], safe='')}/logs/{max(int(ti.get('try_number') or 1), 1)}"
+        )
+        try:
+            answer = self.client.request(
+                "GET",
+                path,
+                params={"map_index": ti.get("map_index", -1), "full_content": "true"},
+                headers={"Accept": "application/json"},
+            )
+        except Exception as exc:
+            return [f"(log not readable: {exc})"]
+        errors = []
+        for item in (answer or {}).get("content") or []:
+            level = str(item.get("level", "")).lower() if isinstance(item, dict) else ""
+            if level in ("error", "critical"):
+                details = [d.get("exc_value", "") for d in item.get("error_detail") or []]
+                errors.append(" ".join([str(item.get("event", "")), *map(str, details)])[:2000])
+        return errors
+
+    def workers_ready(self) -> list[str]:
+        """The Celery workers whose log says they are ready to take tasks."""
+        return [name for name in WORKERS if self._worker_ready(name, 0)]
+
+    def _worker_ready(self, name: str, offset: int) -> bool:
+        return " ready." in self.log(name)[offset:]
+
+    def start_worker(self, name: str, timeout: float = 180.0) -> None:
+        """Start a Celery worker again (after ``airflow.kill(name)``) and wait until it takes
+        tasks (Airflow's health endpoint does not list workers)."""
+        offset = len(self.log(name))
+        self.airflow.start_component(name, wait=False)
+        services.wait_until(
+            lambda: self._worker_ready(name, offset),
+            timeout=timeout,
+            what=f"Celery {name} ready again (log {self.airflow.log_path(name)})",
+            interval=0.5,
+        )
+
+
+def _worker(name: str) -> Any:
+    from tuneloop.embedded_airflow import Component, free_port
+
+    return Component(
+        name,
+        ["celery", "worker", "-H", f"{name}@%h", "-c", str(WORKER_SLOTS)],
+        env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())},
+    )
+
+
+def _airflow_settings(
+    *, redis: services.RedisServer, postgres: services.PostgresServer, database: str
+) -> dict[str, str]:
+    """CeleryExecutor on Redis and PostgreSQL, sized for a 2-core machine."""
+    return {
+        "AIRFLOW__CELERY__BROKER_URL": redis.url,
+        # psycopg 3 for the sync and the async engine (Airflow would pick asyncpg otherwise).
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": postgres.url(database),
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + postgres.url(database),
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_SLOTS),
+        "AIRFLOW__CORE__PARALLELISM": "8",
+        "AIRFLOW__API__WORKERS": "2",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        # A task whose process died (a killed worker) is seen within a minute, not five.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """PostgreSQL, Redis, MLflow and Airflow (CeleryExecutor, two workers), started once."""
+    from tuneloop.embedded_airflow import AirflowProcesses, airflow_env, default_components
+    from tuneloop.local.demo_task import write_demo_data
+
+    started = time.monotonic()
+    root = tmp_path_factory.mktemp("e2e")
+    log_dir = root / "logs"
+    campaigns_dir = root / "campaigns"
+    project_dir = root / "project"
+    data_dir = project_dir / "data"
+    for folder in (log_dir, campaigns_dir, project_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    write_demo_data(data_dir, sizes=DATA_SIZES)
+    fake_jobs = FakeJobs(root / "fake-jobs.json")
+
+    postgres = services.PostgresServer(log_dir)
+    redis = services.RedisServer(root / "redis", log_dir)
+    mlflow = services.MlflowServer(root / "mlflow", log_dir)
+    airflow: Any = None
+    timings: dict[str, float] = {}
+    try:
+        postgres.start()
+        database = "airflow"
+        postgres.create_database(database)
+        redis.start()
+        mlflow.start()  # takes a few seconds; Airflow migrates meanwhile
+        timings["postgres+redis"] = time.monotonic() - started
+
+        port = services.free_port()
+        env = airflow_env(
+            root / "airflow",
+            port=port,
+            dags_folder=REPO / "dags",
+            plugins_folder=REPO / "plugins",
+            sql_alchemy_conn=postgres.url(database),
+            executor="CeleryExecutor",
+            extra={
+                **_airflow_settings(redis=redis, postgres=postgres, database=database),
+                "TUNELOOP_CAMPAIGNS_DIR": str(campaigns_dir),
+                "TUNELOOP_PROJECT_DIR": str(project_dir),
+                "TUNELOOP_FAKE_JOBS": str(fake_jobs.path),
+                "TUNELOOP_HOME": str(project_dir / "home"),
+                # Not inherited from the test process: no crash points, no test DAG folders.
+                "TUNELOOP_CRASH_AT": "",
+                "TUNELOOP_TEST_CAMPAIGNS": "",
+            },
+        )
+        airflow = AirflowProcesses(
+            env, [*default_components(), *(_worker(n) for n in WORKERS)], log_dir=log_dir
+        )
+        mark = time.monotonic()
+        airflow.migrate()
+        timings["airflow db migrate"] = time.monotonic() - mark
+        mark = time.monotonic()
+        airflow.start(timeout=STARTUP_TIMEOUT)
+        result = Stack(
+            root=root,
+            log_dir=log_dir,
+            campaigns_dir=campaigns_dir,
+            project_dir=project_dir,
+            data_dir=data_dir,
+            fake_jobs=fake_jobs,
+            postgres=postgres,
+            redis=redis,
+            mlflow=mlflow,
+            airflow=airflow,
+            timings=timings,
+        )
+        services.wait_until(
+            lambda: len(result.workers_ready()) == len(WORKERS),
+            timeout=STARTUP_TIMEOUT,
+            what=f"Celery workers {', '.join(WORKERS)} ready (logs in {log_dir})",
+            interval=0.5,
+        )
+        timings["airflow components healthy"] = time.monotonic() - mark
+        mlflow.wait_healthy()
+        timings["total"] = time.monotonic() - started
+        _report(f"e2e stack up in {timings['total']:.1f} s ({_format(timings)}); logs: {log_dir}")
+        yield result
+    finally:
+        mark = time.monotonic()
+        stops = {"mlflow": mlflow.stop, "redis": redis.stop}
+        if airflow is not None:
+            stops["airflow"] = airflow.stop
+        # Side by side (each waits for its processes' grace period); PostgreSQL last, once no
+        # Airflow process holds a connection.
+        with ThreadPoolExecutor(len(stops)) as pool:
+            futures = {name: pool.submit(_timed, stop) for name, stop in stops.items()}
+        stopped = {name: future.result() for name, future in futures.items()}
+        stopped["postgres"] = _timed(postgres.stop)
+        _report(f"e2e stack stopped in {time.monotonic() - mark:.1f} s ({_format(stopped)})")
+        # Job processes the fake trainer started live in the project folder's job roots; none
+        # may outlive the session.
+        _kill_leftover_jobs(project_dir)
+
+
+def _timed(stop: Any) -> float:
+    """Run ``stop``; how long it took (a failure to stop is reported, not raised, so every
+    other service still stops)."""
+    mark = time.monotonic()
+    try:
+        stop()
+    except Exception as exc:
+        _report(f"e2e stack: {stop!r} failed: {exc}")
+    return time.monotonic() - mark
+
+
+def _format(timings: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f} s" for k, v in timings.items() if k != "total")
+
+
+_REPORT: list[str] = []
+
+
+def _report(line: str) -> None:
+    """A line for the end of pytest's output (start and stop times of the stack)."""
+    _REPORT.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _REPORT:
+        terminalreporter.section("end-to-end stack")
+        for line in _REPORT:
+            terminalreporter.write_line(line)
+
+
+def _kill_leftover_jobs(project_dir: Path) -> None:
+    """SIGKILL the process group of any local job still running under ``project_dir``."""
+    import psutil
+
+    for process in psutil.process_iter(["pid", "cwd", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if str(project_dir) in cmdline and "tuneloop.local" in cmdline:
+                os.killpg(os.getpgid(process.info["pid"]), signal.SIGKILL)
+
+
+# -- browser -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright (its own driver; no browser download)."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def browser_page(browser: Any, stack: Stack) -> Iterator[Any]:
+    """A fresh browser context logged in to the Airflow UI as admin."""
+    context = browser.new_context(base_url=stack.api_url, viewport={"width": 1400, "height": 900})
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    try:
+        login(page, stack.airflow.password("admin"))
+        yield page
+    finally:
+        context.close()
+
+
+def login(page: Any, password: str, username: str = "admin") -> None:
+    """Log in at /auth/login (SimpleAuthManager's form) and wait for the UI's home page."""
+    page.goto("/auth/login")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(lambda url: "/auth/login" not in url)
