@@ -368,11 +368,14 @@ def _kill_leftover_jobs(project_dir: Path) -> None:
     """SIGKILL the process group of any local job still running under ``project_dir``."""
     import psutil
 
-    for process in psutil.process_iter(["pid", "cwd", "cmdline"]):
-        with contextlib.suppress(psutil.Error):
+    own_group = os.getpgid(0)
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error, OSError):
             cmdline = " ".join(process.info["cmdline"] or [])
             if str(project_dir) in cmdline and "tuneloop.local" in cmdline:
-                os.killpg(os.getpgid(process.info["pid"]), signal.SIGKILL)
+                group = os.getpgid(process.info["pid"])
+                if group != own_group:
+                    os.killpg(group, signal.SIGKILL)
 
 
 # -- browser -------------------------------------------------------------------------------------
