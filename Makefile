@@ -78,21 +78,26 @@ bench: $(STAMP)
 	if [ $${#files[@]} -eq 0 ]; then echo "no benchmarks yet"; exit 0; fi; \
 	for f in "$${files[@]}"; do echo "== $$f"; $(VPY) "$$f" || exit $$?; done
 
-# The demo campaign (recipes/campaigns/demo.yaml) through Airflow on the local backend: up to
-# 3 rounds, each triggered by the previous round's decision. State lives in .tuneloop/.
+# The demo campaign (recipes/campaigns/demo.yaml) through Airflow's own scheduler on this machine
+# (api-server, scheduler, dag-processor, triggerer; SQLite, LocalExecutor): up to 3 rounds, each
+# triggered by the previous round's decision. State lives in .tuneloop/ (demo/ and airflow/); a
+# second run continues the campaign. DEMO_ARGS: --fresh (start over), --rounds N,
+# --keep-running (leave Airflow up; --stop stops it), --project-dir DIR.
 demo: $(STAMP)
 	$(VPY) -m tuneloop.demo $(DEMO_ARGS)
 
 # Airflow standalone (scheduler, triggerer, dag-processor, API server and UI on
-# http://localhost:$(AIRFLOW_PORT)) on this repo's dags/ and plugins/, state in .tuneloop/airflow.
-# The login is admin; the password is printed at start-up and kept in
-# .tuneloop/airflow/simple_auth_manager_passwords.json.generated.
+# http://localhost:$(AIRFLOW_PORT)) on this repo's dags/ and plugins/, with the demo's Airflow home
+# and SQLite database ($(PROJECT_DIR)/.tuneloop/airflow), so the demo's runs are there. The login
+# is admin; the password is kept in .tuneloop/airflow/simple_auth_manager_passwords.json.generated.
 AIRFLOW_PORT ?= 8080
+PROJECT_DIR ?= $(CURDIR)
 airflow: $(STAMP)
-	@mkdir -p .tuneloop/airflow
+	@$(VPY) -m tuneloop.demo --check-stopped --project-dir "$(PROJECT_DIR)"
+	@mkdir -p "$(PROJECT_DIR)/.tuneloop/airflow"
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" \
-	TUNELOOP_PROJECT_DIR="$(CURDIR)" \
-	AIRFLOW_HOME="$(CURDIR)/.tuneloop/airflow" \
+	TUNELOOP_PROJECT_DIR="$(PROJECT_DIR)" \
+	AIRFLOW_HOME="$(PROJECT_DIR)/.tuneloop/airflow" \
 	AIRFLOW__CORE__DAGS_FOLDER="$(CURDIR)/dags" \
 	AIRFLOW__CORE__PLUGINS_FOLDER="$(CURDIR)/plugins" \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False \

@@ -1,12 +1,65 @@
-"""What ``make demo`` prints: a line per round as it ends, then the table and where to look."""
+"""What ``make demo`` prints: progress while a round runs, a summary per round as it ends, then
+the table and where to look."""
 
 from __future__ import annotations
 
 import shlex
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 PRIMARY = "exact_match"
+REPO = Path(__file__).resolve().parents[2]
+AIRFLOW_UI_PORT = 8080
+"""Where ``make airflow`` serves the UI (its AIRFLOW_PORT)."""
+
+
+class ProgressLine:
+    """Progress while a round runs: one line rewritten in place on a terminal; elsewhere (a log,
+    a pipe) a new line when ``key`` changes (another task or job) and otherwise at most one
+    every ``interval`` seconds while the text changes (steps, ETA)."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        tty: bool | None = None,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.interval = interval
+        self.clock = clock
+        self._text: str | None = None
+        self._key: str | None = None
+        self._printed = float("-inf")
+        self._open = False  # a rewritten line is on the terminal
+
+    def show(self, text: str, key: str) -> None:
+        now = self.clock()
+        if self.tty:
+            if text != self._text:
+                width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
+                self.stream.write("\r" + text[:width] + "\x1b[K")
+                self.stream.flush()
+                self._open = True
+        elif key != self._key or (text != self._text and now - self._printed >= self.interval):
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self._printed = now
+        self._text, self._key = text, key
+
+    def done(self) -> None:
+        """The round ended: clear the rewritten line; the next round starts afresh."""
+        if self.tty and self._open:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+        self._open = False
+        self._text = self._key = None
+        self._printed = float("-inf")
 
 
 def print_round(record: Any, seconds: float) -> None:
@@ -22,7 +75,9 @@ def print_round(record: Any, seconds: float) -> None:
     print(f"   decision: {decision.action.value}. {decision.reason}")
 
 
-def summarize(ledger: Any, campaign_dir: Path, seconds: float, cf: Any) -> None:
+def summarize(ledger: Any, campaign_dir: Path, seconds: float | None, cf: Any) -> None:
+    """The rounds table and where the report, ledger and MLflow store are; ``seconds`` None:
+    no time line (nothing ran now)."""
     from tuneloop.report import format_table
     from tuneloop.round_record import shown_metrics
 
@@ -34,7 +89,8 @@ def summarize(ledger: Any, campaign_dir: Path, seconds: float, cf: Any) -> None:
     print(format_table(records, primary_metric=PRIMARY, baseline=records[-1].get("baseline")))
     report = campaign_dir / "report" / "report.md"
     store = campaign_dir / "mlflow.db"
-    print(f"\n{len(records)} round(s) in {seconds / 60:.1f} min.")
+    if seconds is not None:
+        print(f"\n{len(records)} round(s) recorded; this demo took {seconds / 60:.1f} min.")
     champion = ledger.champion()
     if champion is not None:
         last = champion.stages[-1] if champion.stages else None
@@ -48,6 +104,18 @@ def summarize(ledger: Any, campaign_dir: Path, seconds: float, cf: Any) -> None:
         + shlex.quote(f"sqlite:///{store}")
         + " --port 5000   (then open http://127.0.0.1:5000)"
     )
-    print(
-        "Airflow UI:   make airflow   (the tuneloop_demo DAG holds these runs; trigger more there)"
+
+
+def ui_hint(home: Path, running_url: str | None) -> str:
+    """How to open Airflow's UI on the demo's runs (``home`` is the demo's AIRFLOW_HOME)."""
+    passwords = home / "simple_auth_manager_passwords.json.generated"
+    project = home.parent.parent
+    if running_url:
+        where = f"open {running_url}"
+    else:
+        make = "make airflow" if project == REPO else f"make airflow PROJECT_DIR={project}"
+        where = f"{make}, then open http://localhost:{AIRFLOW_UI_PORT}"
+    return (
+        f"Airflow UI on these runs: {where} (DAG tuneloop_demo; user admin, password in "
+        f"{passwords})"
     )

@@ -598,6 +598,9 @@ class AirflowClient:
     def unpause(self, dag_id: str) -> None:
         self.request("PATCH", f"dags/{quote(dag_id, safe='')}", json={"is_paused": False})
 
+    def pause(self, dag_id: str) -> None:
+        self.request("PATCH", f"dags/{quote(dag_id, safe='')}", json={"is_paused": True})
+
     def import_errors(self) -> list[dict[str, Any]]:
         return self._pages("importErrors", "import_errors")
 
