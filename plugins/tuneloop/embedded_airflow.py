@@ -65,6 +65,8 @@ HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "trig
 """The first argv word of a component -> its entry in /api/v2/monitor/health."""
 
 _TAIL_CHARS = 4000
+CHILDREN_KILLED_AFTER = 5.0
+"""Seconds after SIGTERM after which ``stop`` kills the children of a component still running."""
 
 
 class AirflowStartError(RuntimeError):
@@ -335,7 +337,8 @@ class AirflowProcesses:
 
     def stop(self, grace: float = 20.0) -> None:
         """Stop every component: SIGTERM to its main process (which shuts its own children down
-        in order, as under a process supervisor), then, after ``grace`` seconds, SIGKILL to its
+        in order, as under a process supervisor; children still there after 5 s are killed so
+        that it can finish), then, after ``grace`` seconds, SIGKILL to its
         whole process group and to every process it started (task processes run in groups of
         their own). Returns when all of them are gone. Idempotent."""
         self._stop_names(list(self._processes), grace)
@@ -465,9 +468,18 @@ class AirflowProcesses:
             if process.poll() is None:
                 family.update(_descendants(process.pid))
                 _signal_pid(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
+        began = time.monotonic()
+        children_deadline: float | None = began + min(CHILDREN_KILLED_AFTER, grace / 2)
+        while time.monotonic() < began + grace:
             alive = [p for p in processes.values() if p.poll() is None]
+            if children_deadline is not None and time.monotonic() >= children_deadline:
+                # A main process still waiting on its children (the scheduler's LocalExecutor
+                # can wait forever on a worker that never took its stop message, and its workers
+                # ignore SIGTERM): the children go, so the main process can finish its shutdown.
+                for process in alive:
+                    for member in _descendants(process.pid).values():
+                        _kill(member)
+                children_deadline = None
             for process in alive:  # children started while stopping count too
                 family.update(_descendants(process.pid))
             if not alive and not any(_alive(member) for member in family.values()):
