@@ -115,7 +115,10 @@ MAX_NODES = 200_000
 
 
 def parse_document(text: str, source: str) -> Document:
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader refuses control characters at once
+    except yaml.YAMLError as exc:
+        raise _yaml_problem(exc, source, text) from None
     try:
         try:
             root = loader.get_single_node()
@@ -148,10 +151,15 @@ def parse_document(text: str, source: str) -> Document:
     return Document(data=data, source=source, lines=lines)
 
 
-def _yaml_problem(exc: yaml.YAMLError, source: str) -> ConfigError:
+def _yaml_problem(exc: yaml.YAMLError, source: str, text: str = "") -> ConfigError:
     mark = getattr(exc, "problem_mark", None)
     line = mark.line + 1 if mark is not None else None
-    reason = getattr(exc, "problem", None) or str(exc)
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+        line = text.count("\n", 0, exc.position) + 1
+        character = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        reason = f"character {character!r} is not allowed in YAML ({exc.reason})"
+    else:
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     return ConfigError([Problem("", f"not valid YAML: {reason}", source=source, line=line)])
 
 

@@ -249,3 +249,12 @@ def test_validate_locates_problems_in_document():
     [problem] = info.value.problems
     assert problem.format() == "cfg.yaml:3: inner.alpha: 48 is not allowed (allowed: 16, 32, 64)"
     assert validate(Outer, Document({"steps": 3}, "ok.yaml")).steps == 3
+
+
+def test_a_control_character_is_one_located_problem() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_document("name: demo\ndescription: a\x1fb\n", "c.yaml")
+    assert str(refused.value) == (
+        "c.yaml:2: not valid YAML: character '\\x1f' is not allowed in YAML (special characters "
+        "are not allowed)"
+    )
