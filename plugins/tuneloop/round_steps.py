@@ -227,41 +227,25 @@ def _over_problems(cf: CampaignFile, number: int, why: str) -> list[Problem]:
 
 
 def _check_stage_names(campaign: Campaign, start: RoundStart) -> None:
+    """The stages and datasets the conf names must be the campaign's; every one that is not is
+    a problem."""
     names = [s.name for s in campaign.stages]
-    unknown = [s for s in start.stages if s not in names]
-    if unknown:
-        raise RoundError(
-            [
-                Problem(
-                    "conf.stages",
-                    f"unknown stage {', '.join(map(repr, unknown))}",
-                    allowed=", ".join(names),
-                )
-            ]
-        )
-    unknown = [s for s in start.data_overrides if s not in names]
-    if unknown:
-        raise RoundError(
-            [
-                Problem(
-                    "conf.data_overrides",
-                    f"unknown stage {', '.join(map(repr, unknown))}",
-                    allowed=", ".join(names),
-                )
-            ]
-        )
-    for stage, channels in start.data_overrides.items():
-        wrong = [c for c in channels if c not in ("train", "validation")]
-        if wrong:
-            raise RoundError(
-                [
-                    Problem(
-                        f"conf.data_overrides.{stage}",
-                        f"unknown dataset {', '.join(map(repr, wrong))}",
-                        allowed="train, validation",
-                    )
-                ]
-            )
+    datasets = ["train", "validation"]
+    named = [
+        ("conf.stages", "stage", start.stages, names),
+        ("conf.data_overrides", "stage", list(start.data_overrides), names),
+        *(
+            (f"conf.data_overrides.{stage}", "dataset", list(channels), datasets)
+            for stage, channels in start.data_overrides.items()
+        ),
+    ]
+    problems = [
+        Problem(path, f"unknown {what} {', '.join(map(repr, wrong))}", allowed=", ".join(known))
+        for path, what, given, known in named
+        if (wrong := [g for g in given if g not in known])
+    ]
+    if problems:
+        raise RoundError(problems)
 
 
 def _round_of_output(records: list[Any], output_uri: str) -> int | None:
