@@ -533,7 +533,8 @@ class Demo:
                 )
             except AirflowApiError as exc:
                 text = f"(log not available: {exc})"
-            lines = text.splitlines()[-40:]
+            lines = [line for line in text.splitlines() if "::group::" not in line]
+            lines = [line for line in lines if "::endgroup::" not in line][-40:]
             print("\n".join("    " + line for line in lines), file=sys.stderr)
         if not failed:
             states = sorted({str(ti.get("state")) for ti in tis})

@@ -479,6 +479,7 @@ class AirflowProcesses:
                 for process in alive:
                     for member in _descendants(process.pid).values():
                         _kill(member)
+                    _signal_pid(process.pid, signal.SIGTERM)  # "signal again to not wait"
                 children_deadline = None
             for process in alive:  # children started while stopping count too
                 family.update(_descendants(process.pid))
@@ -664,7 +665,8 @@ class AirflowClient:
     def task_log(
         self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1
     ) -> str:
-        """The log of one try as text, one line per record."""
+        """The log of one try as text: a line per record, and an exception's type and message
+        after the record that carries it."""
         path = (
             f"{self._run_path(dag_id, run_id)}/taskInstances/{quote(task_id, safe='')}"
             f"/logs/{try_number}"
@@ -685,6 +687,10 @@ class AirflowClient:
                 level = str(item.get("level") or "").upper()
                 text = " ".join(p for p in (when, level, str(item.get("event", ""))) if p)
                 lines.append(text)
+                for error in item.get("error_detail") or []:  # an exception: type and message
+                    if isinstance(error, dict):
+                        value = str(error.get("exc_value", "")).rstrip()
+                        lines.append(f"{error.get('exc_type', 'Exception')}: {value}")
             else:
                 lines.append(str(item))
         return "\n".join(lines)

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 import pytest
@@ -20,19 +21,29 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-def test_demo_runs_a_round_under_the_scheduler(tmp_path: Path) -> None:
+class DemoRun(NamedTuple):
+    returncode: int
+    lines: list[str]
+    started: dict[str, dict]
+    """The processes the demo started (from the file it keeps while they run)."""
+
+    @property
+    def out(self) -> str:
+        return "".join(self.lines)
+
+
+def run_demo(project: Path, *args: str, timeout: float = 900) -> DemoRun:
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("AIRFLOW", "TUNELOOP_")) or k == "TUNELOOP_HOME"
     }
     env["PYTHONPATH"] = str(REPO / "plugins")
-    home = tmp_path / ".tuneloop" / "airflow"
+    state = project / ".tuneloop" / "airflow" / "demo-processes.json"
     demo = subprocess.Popen(
-        [sys.executable, "-m", "tuneloop.demo", "--rounds", "1", "--project-dir", str(tmp_path)],
+        [sys.executable, "-m", "tuneloop.demo", *args, "--project-dir", str(project)],
         env=env,
-        cwd=tmp_path,
+        cwd=project,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -40,21 +51,46 @@ def test_demo_runs_a_round_under_the_scheduler(tmp_path: Path) -> None:
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(demo.stdout), daemon=True)
     reader.start()
-    # The processes the demo started, from the file it keeps while they run.
     started: dict[str, dict] = {}
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + timeout
     while demo.poll() is None and time.monotonic() < deadline:
-        state = home / "demo-processes.json"
         if not started and state.exists():
-            with_contents = state.read_text()
-            if with_contents.strip():
-                started = json.loads(with_contents)["processes"]
+            text = state.read_text()
+            if text.strip():
+                started = json.loads(text)["processes"]
         time.sleep(0.2)
     if demo.poll() is None:
         demo.kill()
-        pytest.fail("the demo did not end within 15 minutes:\n" + "".join(lines[-50:]))
+        pytest.fail(f"the demo did not end within {timeout:.0f}s:\n" + "".join(lines[-50:]))
     reader.join(timeout=30)
-    out = "".join(lines)
+    return DemoRun(demo.returncode, lines, started)
+
+
+def assert_no_airflow_left(project: Path, started: dict[str, dict]) -> None:
+    """Not the processes it started, nor anything in their groups, nor anything else running
+    with its Airflow home."""
+    home = project / ".tuneloop" / "airflow"
+    assert set(started) == {"api-server", "scheduler", "dag-processor", "triggerer"}
+    assert not (home / "demo-processes.json").exists()
+    groups = {entry["pid"] for entry in started.values()}
+    left = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            ours = process.pid in groups or os.getpgid(process.pid) in groups
+            if ours or process.environ().get("AIRFLOW_HOME") == str(home):
+                left.append((process.pid, process.name()))
+        except (psutil.Error, OSError):
+            continue
+    assert left == []
+
+
+@pytest.mark.slow
+def test_demo_runs_a_round_under_the_scheduler(tmp_path: Path) -> None:
+    home = tmp_path / ".tuneloop" / "airflow"
+    demo = run_demo(tmp_path, "--rounds", "1")
+    out, lines = demo.out, demo.lines
     assert demo.returncode == 0, out[-6000:]
 
     # The scheduler ran round 1; the run it triggered is in the history, queued, not deleted.
@@ -100,19 +136,22 @@ def test_demo_runs_a_round_under_the_scheduler(tmp_path: Path) -> None:
     assert "password in " + str(home / "simple_auth_manager_passwords.json.generated") in out
     assert not (REPO / "models").exists()
 
-    # No Airflow process is left: not the ones it started, nor anything in their groups, nor
-    # anything else running with its Airflow home.
-    assert set(started) == {"api-server", "scheduler", "dag-processor", "triggerer"}
-    assert not (home / "demo-processes.json").exists()
-    groups = {entry["pid"] for entry in started.values()}
-    left = []
-    for process in psutil.process_iter():
-        try:
-            if process.status() == psutil.STATUS_ZOMBIE:
-                continue
-            ours = process.pid in groups or os.getpgid(process.pid) in groups
-            if ours or process.environ().get("AIRFLOW_HOME") == str(home):
-                left.append((process.pid, process.name()))
-        except (psutil.Error, OSError):
-            continue
-    assert left == []
+    assert_no_airflow_left(tmp_path, demo.started)
+
+
+@pytest.mark.slow
+def test_a_failing_round_names_the_task_and_shows_the_end_of_its_log(tmp_path: Path) -> None:
+    from tuneloop.local.demo_task import FILES, write_demo_data
+
+    data = tmp_path / ".tuneloop" / "demo" / "data"
+    write_demo_data(data)
+    train = data / FILES["train"]
+    train.write_text("this line is not JSON\n" + train.read_text())
+    demo = run_demo(tmp_path, "--rounds", "1", timeout=600)
+    out = demo.out
+    assert demo.returncode == 1, out[-6000:]
+    assert "demo data: " in out and "(kept)" in out  # the broken file was not overwritten
+    assert re.search(r"task validate_data\[\d\] failed \(try 1\); the end of its log:", out), out
+    assert "sft-train.jsonl:1" in out, out[-6000:]  # the validator's problem, from the task log
+    assert re.search(r"round 1 failed \(run manual__\S+ failed\)", out), out[-3000:]
+    assert_no_airflow_left(tmp_path, demo.started)

@@ -144,6 +144,19 @@ DAGS = {
             wait = TimeDeltaSensor(task_id="wait", delta=timedelta(seconds=1), deferrable=True)
             answer() >> wait
         """,
+    "embedded_failing.py": """
+        from datetime import datetime
+
+        from airflow.sdk import DAG, task
+
+        with DAG("embedded_failing", schedule=None, start_date=datetime(2026, 1, 1)):
+
+            @task(retries=0)
+            def fail():
+                raise ValueError("the detail a user needs")
+
+            fail()
+        """,
     "embedded_sleeper.py": """
         import time
         from datetime import datetime
@@ -205,6 +218,19 @@ def test_a_triggered_run_succeeds_with_a_deferred_task(airflow: AirflowProcesses
         client.dag_run("embedded_basic", "no-such-run")
     assert missing.value.status == 404
     assert client.dag("no_such_dag") is None
+
+
+@pytest.mark.slow
+def test_a_failed_task_log_carries_the_exception(airflow: AirflowProcesses) -> None:
+    client = airflow.client()
+    _parsed(client, "embedded_failing")
+    run = client.trigger("embedded_failing")
+    done = client.wait_for_run("embedded_failing", run["dag_run_id"], timeout=240)
+    assert done["state"] == "failed"
+    [ti] = client.task_instances(*_key(done))
+    assert (ti["task_id"], ti["state"], ti["try_number"]) == ("fail", "failed", 1)
+    log = client.task_log(*_key(done), "fail", 1)
+    assert "ValueError: the detail a user needs" in log
 
 
 @pytest.mark.slow
