@@ -81,19 +81,22 @@ def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
 ACTIVE_RUN_STATES = frozenset({"queued", "running"})
 
 
-def _claim(cf: round_steps.CampaignFile, number: int, context: dict[str, Any]) -> None:
-    """Claim the round in the ledger for this run before anything is spent on it."""
-    from tuneloop.ledger import Ledger, RoundClaim
+def run_state(state: Any) -> str:
+    """A DAG run state as its plain name: the Task SDK hands back an enum whose ``str()`` is
+    ``DagRunState.RUNNING``, the REST API a string."""
+    return str(getattr(state, "value", state)).lower().rsplit(".", 1)[-1]
 
-    dag_run = context["dag_run"]
-    dag_id = str(getattr(dag_run, "dag_id", "") or context["dag"].dag_id)
+
+def _run_is_active(context: dict[str, Any]) -> Any:
+    """``is_active(run_id)``: whether that run of this task's DAG is queued or running."""
+    dag_id = _dag_id(context)
     ti = context["ti"]
 
     def is_active(run_id: str) -> bool:
         from airflow.sdk.exceptions import AirflowRuntimeError
 
         try:
-            return str(ti.get_dagrun_state(dag_id, run_id)).lower() in ACTIVE_RUN_STATES
+            return run_state(ti.get_dagrun_state(dag_id, run_id)) in ACTIVE_RUN_STATES
         except AirflowRuntimeError as exc:
             detail = exc.error.detail if isinstance(exc.error.detail, dict) else {}
             if detail.get("status_code") != 404:
@@ -102,17 +105,45 @@ def _claim(cf: round_steps.CampaignFile, number: int, context: dict[str, Any]) -
             log.warning("Run %s of %s no longer exists; its claim is taken over", run_id, dag_id)
             return False
 
+    return is_active
+
+
+def _dag_id(context: dict[str, Any]) -> str:
+    return str(getattr(context["dag_run"], "dag_id", "") or context["dag"].dag_id)
+
+
+def _claim(cf: round_steps.CampaignFile, number: int, context: dict[str, Any]) -> None:
+    """Claim the round in the ledger for this run before anything is spent on it."""
+    from tuneloop.ledger import Ledger, RoundClaim
+
     claim = Ledger(campaign_root(cf.campaign)).claim(
         RoundClaim(
             campaign=cf.campaign.name,
             round=number,
             run_id=str(context["run_id"]),
-            dag_id=dag_id,
-            logical_date=getattr(dag_run, "logical_date", None),
+            dag_id=_dag_id(context),
+            logical_date=getattr(context["dag_run"], "logical_date", None),
         ),
-        is_active=is_active,
+        is_active=_run_is_active(context),
     )
     log.info("Round %d claimed by run %s (attempt %d)", number, claim.run_id, claim.attempt)
+
+
+def round_in_progress(path: str, context: dict[str, Any]) -> str | None:
+    """The run of another round still in progress, if any: the latest claim's run, when its
+    round is not recorded yet and that run is still queued or running. A run waits for it
+    rather than plan the same round and be refused."""
+    from tuneloop.ledger import Ledger
+
+    cf = round_steps.load(path)
+    ledger = Ledger(campaign_root(cf.campaign))
+    claims = ledger.claims()
+    if not claims:
+        return None
+    latest = claims[-1]
+    if latest.run_id == str(context["run_id"]) or latest.round < ledger.next_round():
+        return None
+    return latest.run_id if _run_is_active(context)(latest.run_id) else None
 
 
 def validate_task(path: str, item: dict[str, Any]) -> dict[str, Any]:

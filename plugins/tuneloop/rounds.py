@@ -277,38 +277,40 @@ def _next_round_operator() -> type:
     return NextRoundOperator
 
 
-EARLIER_RUN_STATES = frozenset({"queued", "running"})
-
-
 @functools.cache
 def _earlier_rounds_sensor() -> type:
     from airflow.sdk import BaseSensorOperator
 
     class WaitForEarlierRounds(BaseSensorOperator):
-        """Waits, without holding a worker slot, while the run before this one (by logical
-        date) is still queued or running.
+        """Waits, without holding a worker slot, until no earlier round is in progress: the run
+        before this one (by logical date) is not queued or running, and no other run holds the
+        claim on a round it has not recorded yet.
 
         Airflow runs a backfill's intervals up to its own ``max_active_runs`` at a time (10 by
-        default), not the DAG's 1; rounds must run one after another, each from the ledger its
-        predecessor wrote, so every run waits for the one before it. Runs without a logical date
-        (manual triggers) and runs whose predecessor ended pass at once."""
+        default), not the DAG's 1, and does not count them against a scheduled or manual run
+        in progress; rounds must run one after another, each from the ledger its predecessor
+        wrote. Runs whose predecessors ended pass at once."""
 
-        def __init__(self, **kwargs: Any) -> None:
+        def __init__(self, *, campaign_path: str, **kwargs: Any) -> None:
             kwargs.setdefault("mode", "reschedule")
             kwargs.setdefault("timeout", DEFAULT_EXECUTION_TIMEOUT.total_seconds())
             super().__init__(**kwargs)
+            self.campaign_path = campaign_path
 
         def poke(self, context: Any) -> bool:
+            from tuneloop.round_tasks import ACTIVE_RUN_STATES, round_in_progress, run_state
+
             previous = context["ti"].get_previous_dagrun()
-            if previous is None:
-                return True
-            state = str(getattr(previous, "state", "")).lower().rsplit(".", 1)[-1]
-            if state in EARLIER_RUN_STATES:
+            if previous is not None and run_state(previous.state) in ACTIVE_RUN_STATES:
                 self.log.info(
                     "Waiting for run %s (%s) to finish: rounds run one at a time, in order",
                     previous.run_id,
-                    state,
+                    run_state(previous.state),
                 )
+                return False
+            holder = round_in_progress(self.campaign_path, context)
+            if holder is not None:
+                self.log.info("Waiting for run %s to record the round it claimed", holder)
                 return False
             return True
 
@@ -368,7 +370,10 @@ def _wire(cf: CampaignFile) -> None:
         return proceed_task(planned, validated)
 
     datasets = plan_round()
-    _earlier_rounds_sensor()(task_id="wait_for_earlier_rounds", poke_interval=poll) >> datasets
+    wait = _earlier_rounds_sensor()(
+        task_id="wait_for_earlier_rounds", poke_interval=poll, campaign_path=path
+    )
+    wait >> datasets
     planned = datasets["round"]
     validated = validate_data.expand(item=datasets)
     gate = proceed(planned, validated)

@@ -38,10 +38,20 @@ class _Loader(yaml.SafeLoader):
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep)
+        except _ValueError:
+            raise
+        except yaml.constructor.ConstructorError as exc:
+            raise _ValueError(str(exc.problem), node) from None
         except (ValueError, TypeError, OverflowError) as exc:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read {node.value!r}: {exc}", node.start_mark
-            ) from None
+            raise _ValueError(f"cannot read {node.value!r}: {exc}", node) from None
+
+
+class _ValueError(yaml.constructor.ConstructorError):
+    """A value that cannot be constructed, with its node (so the problem names its field)."""
+
+    def __init__(self, problem: str, node: yaml.Node) -> None:
+        super().__init__(None, None, problem, node.start_mark)
+        self.node = node
 
 
 _Loader.add_implicit_resolver(
@@ -139,19 +149,21 @@ def parse_document(text: str, source: str) -> Document:
             )
         lines: dict[Loc, int] = {(): root.start_mark.line + 1}
         problems: list[Problem] = []
-        _index_lines(root, (), lines, problems, source, _Walk())
+        walk = _Walk()
+        _index_lines(root, (), lines, problems, source, walk)
         if problems:
             raise ConfigError(problems)
         try:
             data = loader.construct_document(root)  # a SafeLoader subclass: safe
         except yaml.YAMLError as exc:
-            raise _yaml_problem(exc, source) from None
+            node = getattr(exc, "node", None)
+            raise _yaml_problem(exc, source, loc=walk.locs.get(id(node), ())) from None
     finally:
         loader.dispose()
     return Document(data=data, source=source, lines=lines)
 
 
-def _yaml_problem(exc: yaml.YAMLError, source: str, text: str = "") -> ConfigError:
+def _yaml_problem(exc: yaml.YAMLError, source: str, text: str = "", loc: Loc = ()) -> ConfigError:
     mark = getattr(exc, "problem_mark", None)
     line = mark.line + 1 if mark is not None else None
     if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
@@ -160,7 +172,9 @@ def _yaml_problem(exc: yaml.YAMLError, source: str, text: str = "") -> ConfigErr
         reason = f"character {character!r} is not allowed in YAML ({exc.reason})"
     else:
         reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return ConfigError([Problem("", f"not valid YAML: {reason}", source=source, line=line)])
+    return ConfigError(
+        [Problem(format_loc(loc), f"not valid YAML: {reason}", source=source, line=line)]
+    )
 
 
 class _Walk:
@@ -170,6 +184,8 @@ class _Walk:
     def __init__(self) -> None:
         self.path: set[int] = set()
         self.count = 0
+        self.locs: dict[int, Loc] = {}
+        """Where each node was first met, to name the field of a value that cannot be read."""
 
 
 def _index_lines(
@@ -181,6 +197,7 @@ def _index_lines(
     walk: _Walk,
 ) -> None:
     walk.count += 1
+    walk.locs.setdefault(id(node), loc)
     if walk.count > MAX_NODES:
         if walk.count == MAX_NODES + 1:
             problems.append(

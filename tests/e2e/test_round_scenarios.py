@@ -202,9 +202,10 @@ def test_finished_campaign_refuses_another_round_before_any_job(stack: Stack) ->
 
 def test_second_run_planning_the_same_round_is_refused(stack: Stack, gates: Gates) -> None:
     """A scheduled round and a backfilled interval before it overlap (a backfill's runs do not
-    count against the DAG's max_active_runs, and the earlier interval has no earlier run to
-    wait for): the backfill run's plan_round fails at once, naming the scheduled run that
-    claimed the round, and only the scheduled run's jobs exist."""
+    count against the DAG's max_active_runs). The backfill run waits in wait_for_earlier_rounds
+    while the scheduled run holds its claim; an operator who marks that wait done anyway gets a
+    plan_round that fails at once, naming the run that claimed the round, and only the
+    scheduled run's jobs exist."""
     document = campaign_document(stack, "e2e-claimed")
     document["schedule"] = "@daily"
     document["start_date"] = (datetime.now(UTC).date() - timedelta(days=7)).isoformat()
@@ -230,6 +231,18 @@ def test_second_run_planning_the_same_round_is_refused(stack: Stack, gates: Gate
     )
     assert len(backfilled) == 1
     refused_id = backfilled[0]["dag_run_id"]
+    # It waits for the round in progress instead of planning it a second time.
+    wait_task(stack, dag_id, refused_id, "wait_for_earlier_rounds", {"up_for_reschedule"})
+    waited = task_log(stack, dag_id, refused_id, "wait_for_earlier_rounds", 1)
+    assert f"Waiting for run {scheduled_id} to record the round it claimed" in waited, waited
+    assert stack.task_states(dag_id, refused_id)["plan_round"] in ("None", "none")
+
+    # An impatient operator marks the wait done: plan_round refuses the round all the same.
+    stack.client.request(
+        "PATCH",
+        f"/api/v2/dags/{dag_id}/dagRuns/{refused_id}/taskInstances/wait_for_earlier_rounds",
+        json={"new_state": "success"},
+    )
     planned = wait_task(stack, dag_id, refused_id, "plan_round", {"success", "failed"})
     log = task_log(stack, dag_id, refused_id, "plan_round", 1)
     assert planned["state"] == "failed", (claims(campaign, 1), log)

@@ -267,13 +267,13 @@ BROKEN_CAMPAIGNS = {
     "date.yaml": (
         "technique: full\nstart_date: 2026-13-45",
         "start_date",
-        "not valid YAML: cannot read",
+        "start_date: not valid YAML: cannot read '2026-13-45'",
     ),
     "alias.yaml": ("technique: full\ntags: &t [a, *t]", "tags", "tags[1]: a recursive alias"),
     "pytag.yaml": (
         "technique: !!python/object/apply:os.system ['true']",
         "technique",
-        "not valid YAML: could not determine a constructor",
+        "technique: not valid YAML: could not determine a constructor",
     ),
     "intkey.yaml": ("technique: full\nint: 3", "int", "int: unknown field"),
 }
