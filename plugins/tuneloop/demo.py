@@ -53,6 +53,8 @@ STATE_FILE = "demo-processes.json"
 """In the Airflow home: the processes a ``--keep-running`` demo left up (for ``--stop``)."""
 
 POLL_SECONDS = 1.0
+JOB_POLL_SECONDS = 5.0
+"""How often the REST API is asked while a job runs (its progress is read every second)."""
 PARSE_TIMEOUT = 180.0
 ROUND_TIMEOUT = 1800.0
 ACTIVE_STATES = ("queued", "running")
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if left_up:
         print(
-            f"Airflow of an earlier `make demo --keep-running` is still running on {home} "
+            f"Airflow of an earlier demo with --keep-running is still running on {home} "
             f"({left_up.get('api_url', '?')}); stop it first: "
             f"python -m tuneloop.demo --stop --project-dir {project}",
             file=sys.stderr,
@@ -187,6 +189,8 @@ class Demo:
             return 0
         except DemoFailed as exc:
             print(f"\n{exc}", file=sys.stderr)
+            # Left up on request, to look at the failure in the UI (unless Airflow itself failed).
+            keep_running = args.keep_running and self.client is not None
             return 1
         except (KeyboardInterrupt, Interrupted):
             print("\ninterrupted: stopping Airflow", file=sys.stderr)
@@ -461,34 +465,50 @@ class Demo:
     ) -> dict[str, Any]:
         """Poll the run until it ends, printing what runs; the final run.
 
+        The jobs' progress is read from their status files every second; the REST API is asked
+        every second too, except while a job runs and no job starts or ends (then every
+        ``JOB_POLL_SECONDS``), so that following a round costs the API server little CPU.
+
         In the ``last`` round followed, the DAG is paused once the round's next_round/rollback
         task is under way (past scheduling), so the run it triggers stays queued instead of
         starting while Airflow is being stopped; the next demo unpauses it."""
         client = self._client()
         jobs = JobWatcher(self._jobs_root())
         deadline = time.monotonic() + ROUND_TIMEOUT
+        run: dict[str, Any] = {}
+        tis: list[dict[str, Any]] = []
+        asked = float("-inf")
+        seen_jobs: list[str] = []
         while True:
             self._check_processes()
             interval = POLL_SECONDS
-            try:
-                run = client.dag_run(DAG_ID, run_id)
-                if run["state"] not in ACTIVE_STATES:
-                    progress.done()
-                    return run
-                tis = client.task_instances(DAG_ID, run_id)
-            except (AirflowApiError, httpx.HTTPError) as exc:
-                progress.show(f"round {number}  (Airflow API: {str(exc)[:80]})", key="api-error")
-                tis = None
-            if tis is not None:
-                text, key = _describe(number, run, tis, jobs.active(round_number=number))
-                progress.show(text, key=key)
-                if last and not self.paused:
-                    states = {ti["task_id"]: ti.get("state") for ti in tis}
-                    if any(states.get(t) in UNDER_WAY for t in ("next_round", "rollback")):
-                        client.pause(DAG_ID)
-                        self.paused = True
-                    elif states.get("decide") in ("running", "success"):
-                        interval = POLL_SECONDS / 5  # the branch is near: look closely
+            active = jobs.active(round_number=number)
+            names = [job["name"] + job["state"] for job in active]
+            wait = JOB_POLL_SECONDS if active else POLL_SECONDS
+            if names != seen_jobs or time.monotonic() - asked >= wait - 0.05:
+                seen_jobs = names
+                asked = time.monotonic()
+                try:
+                    run = client.dag_run(DAG_ID, run_id)
+                    if run["state"] not in ACTIVE_STATES:
+                        progress.done()
+                        return run
+                    tis = client.task_instances(DAG_ID, run_id)
+                except (AirflowApiError, httpx.HTTPError) as exc:
+                    text = f"round {number}  (Airflow API: {str(exc)[:80]})"
+                    progress.show(text, key="api-error")
+                    time.sleep(interval)
+                    continue
+            text, key = _describe(number, run, tis, active)
+            progress.show(text, key=key)
+            if last and not self.paused:
+                states = {ti["task_id"]: ti.get("state") for ti in tis}
+                if any(states.get(t) in UNDER_WAY for t in ("next_round", "rollback")):
+                    client.pause(DAG_ID)
+                    self.paused = True
+                elif states.get("decide") in ("running", "success"):
+                    interval = POLL_SECONDS / 5  # the branch is near: look closely
+                    asked = float("-inf")
             if time.monotonic() > deadline:
                 raise DemoFailed(
                     f"round {number} (run {run_id}) did not end within {ROUND_TIMEOUT:.0f}s"
@@ -571,7 +591,8 @@ class JobWatcher:
         self._final: set[str] = set()
 
     def active(self, round_number: int) -> list[dict[str, Any]]:
-        """Jobs of this round that are pending or running: labels, kind and progress."""
+        """Jobs of this round (and the base model's evaluation) that are pending or running:
+        labels, kind and progress."""
         from tuneloop.local.runner import SPEC_FILE, STATUS_FILE, format_duration
 
         found = []
@@ -598,7 +619,7 @@ class JobWatcher:
                 self._final.add(name)
                 continue
             labels = self._labels[name]
-            if labels.get("round") not in (None, str(round_number)):
+            if labels.get("round") not in (None, "0", str(round_number)):  # 0: the base model
                 continue
             job: dict[str, Any] = {"name": name, "state": state.lower(), **labels}
             progress = status.get("progress") or {}
