@@ -10,6 +10,13 @@ import pytest
 import airflow_env  # noqa: F401  (sets the Airflow environment before anything imports Airflow)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end tests run last: they share one real Airflow stack, started by the first
+    of them and stopped when the session ends, which the other tests need not wait for."""
+    e2e = Path(__file__).parent / "e2e"
+    items.sort(key=lambda item: e2e in Path(str(item.fspath)).parents)
+
+
 @pytest.fixture
 def write_file(tmp_path: Path) -> Callable[[str, str], Path]:
     """Write ``text`` to ``tmp_path/name`` (creating folders) and return the path."""

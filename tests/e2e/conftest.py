@@ -381,9 +381,12 @@ def _kill_leftover_jobs(project_dir: Path) -> None:
 # -- browser -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright (its own driver; no browser download)."""
+    """Debian's Chromium, headless, driven by Playwright (its own driver; no browser download).
+
+    Per module: Playwright's sync API keeps an event loop in this thread while it is open, and
+    code that runs its own loop afterwards (``dag.test()``'s inline triggers) must not meet it."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
