@@ -63,8 +63,8 @@ UNDER_WAY = ("queued", "running", "success")
 TASK_WAITING = ("scheduled", "queued", "up_for_retry", "up_for_reschedule", "restarting")
 
 # Settings of the demo's Airflow (on top of embedded_airflow.airflow_env). Chosen for a laptop:
-# a few task processes at a time, and the scheduler and triggerer looking again every half
-# second, so a round does not wait on Airflow between its tasks.
+# a few task processes at a time, the scheduler looking again every half second when idle (so a
+# round does not wait on it between tasks), the DAG file re-parsed every 30 s (Airflow's default).
 DEMO_SETTINGS = {
     "AIRFLOW__CORE__PARALLELISM": "4",
     "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
@@ -325,7 +325,7 @@ class Demo:
 
     def airflow_started_at(self) -> datetime:
         assert self.airflow is not None
-        return min(self.airflow._started_at.values())
+        return min(self.airflow.started_at.values())
 
     def _client(self) -> AirflowClient:
         assert self.client is not None

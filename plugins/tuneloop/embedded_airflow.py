@@ -365,6 +365,11 @@ class AirflowProcesses:
         """Process id (= process group id) of every component started and still running."""
         return {n: p.pid for n, p in self._processes.items() if p.poll() is None}
 
+    @property
+    def started_at(self) -> dict[str, datetime]:
+        """When each component was last started (UTC)."""
+        return dict(self._started_at)
+
     def returncode(self, name: str) -> int | None:
         process = self._processes.get(name)
         return None if process is None else process.poll()
