@@ -472,6 +472,9 @@ def test_cli_ctrl_c_detaches_and_the_job_keeps_running(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As in a terminal: a shell running the suite in the background ignores SIGINT, and a
+        # child would inherit that (Python then installs no Ctrl-C handler).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert attached.stdout is not None
