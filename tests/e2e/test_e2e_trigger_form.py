@@ -46,7 +46,8 @@ def test_trigger_form_starts_a_dry_run(stack: Stack, browser_page: Any) -> None:
     assert dry_run.is_checked()
     before = {r["dag_run_id"] for r in stack.client.dag_runs(dag_id)}
     trigger.click()
-    page.get_by_text("Dag Run Triggered").wait_for()
+    # The toast may be rendered twice while it animates in: either one is the confirmation.
+    page.get_by_text("Dag Run Triggered").first.wait_for()
 
     def new_run() -> dict[str, Any] | None:
         runs = [r for r in stack.client.dag_runs(dag_id) if r["dag_run_id"] not in before]
