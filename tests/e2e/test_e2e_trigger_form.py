@@ -21,7 +21,7 @@ def open_trigger_form(page: Any, dag_id: str) -> Any:
     page.goto(f"/dags/{dag_id}")
     page.get_by_role("button", name="Trigger").first.click()
     dialog = page.get_by_role("dialog")
-    dialog.get_by_text("Run Parameters").wait_for()
+    dialog.get_by_text("Run Parameters").first.wait_for()
     dialog.get_by_role("checkbox", name="Dry run").wait_for(state="attached")
     return dialog
 
