@@ -401,8 +401,11 @@ class Ledger:
         taken over with the next attempt number. A recorded round cannot be claimed again.
         """
         number = claim.round
-        if _read(self.round_uri(number), self._s3) is not None:
-            recorded = self.read(number)
+        try:
+            recorded: RoundRecord | None = self.read(number)
+        except RoundNotFoundError:
+            recorded = None
+        if recorded is not None:
             raise RoundAlreadyRecordedError(
                 [
                     Problem(
