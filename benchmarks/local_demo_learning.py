@@ -9,10 +9,10 @@ each stage starting from the checkpoint named by the previous stage's ``manifest
     base -> CPT -> round 1: SFT (full-rank) -> RFT (full-rank)
                 -> round 2: SFT -> RFT
 
-Every model is scored on the held-out test set (``eval-gen-qa.yaml``, exact match read back
-with ``tuneloop.evaluation.read_eval_metrics``). The table shows, per stage, the exact match,
-wall seconds, optimizer steps per second and the peak RSS of this process so far (one process
-runs every stage, so the column never goes down).
+Every model is scored on the held-out test set (``eval-gen-qa.yaml``, exact match read
+back with ``tuneloop.artifacts.evaluation.read_eval_metrics``). The table shows, per stage,
+the exact match, wall seconds, optimizer steps per second and the peak RSS of this process so
+far (one process runs every stage, so the column never goes down).
 
 Right after the round-1 SFT stage, its training speed is compared with a plain TRL script on
 the same configuration (the CPT checkpoint, the same converted records, batch size, learning
@@ -102,7 +102,7 @@ class Campaign:
 
     def train(self, stage: str, kind: str, template: str, data: Path, start: str) -> str:
         """Run a training stage from ``start``; return the checkpoint its manifest names."""
-        from tuneloop.manifest import read_checkpoint_uri
+        from tuneloop.artifacts.manifest import read_checkpoint_uri
 
         overrides: dict[str, Any] = {
             "run.data_s3_path": str(data),
@@ -128,7 +128,7 @@ class Campaign:
 
     def evaluate(self, stage: str, model: str) -> float:
         """Exact match of ``model`` on the held-out test set."""
-        from tuneloop.evaluation import read_eval_metrics
+        from tuneloop.artifacts.evaluation import read_eval_metrics
 
         started = time.monotonic()
         output, _ = self.run(

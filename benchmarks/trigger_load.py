@@ -78,7 +78,7 @@ def rss_mb() -> float:
 
 
 async def main(triggers: int, seconds: float, poll_interval: float) -> int:
-    from tuneloop.triggers import SUCCESS, JobTrigger
+    from tuneloop.pipeline.triggers import SUCCESS, JobTrigger
 
     config = FakeBackend(time.time() + 1.0, seconds, triggers).config()
     before = rss_mb()

@@ -274,7 +274,7 @@ def tuneloop_command(path: Path, workers: int) -> list[str]:
     return [
         sys.executable,
         "-c",
-        "import sys; from tuneloop.cli import main; sys.exit(main())",
+        "import sys; from tuneloop.cli.main import main; sys.exit(main())",
         "data",
         "validate",
         str(path),

@@ -2,6 +2,6 @@
 (or $TUNELOOP_CAMPAIGNS_DIR). A broken campaign file is reported as an import error naming the
 file, line and field, and costs only its own DAG."""
 
-from tuneloop.rounds import campaign_dags
+from tuneloop.pipeline.dag import campaign_dags
 
 globals().update(campaign_dags())

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from tuneloop.operators import JobConsoleLink, MlflowRunLink
+from tuneloop.links import URL_PREFIX
+from tuneloop.pipeline.operators import JobConsoleLink, MlflowRunLink
 from tuneloop.web.app import app as web_app
-from tuneloop.web.urls import URL_PREFIX
 
 
 class TuneloopPlugin(AirflowPlugin):

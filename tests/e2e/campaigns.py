@@ -144,15 +144,15 @@ class Campaign:
 
     def record(self, number: int) -> Any:
         """Round ``number``'s ledger record."""
-        from tuneloop.ledger import Ledger
+        from tuneloop.rounds.ledger import Ledger
 
         return Ledger(str(self.root)).read(number)
 
     def backend(self) -> Any:
         """The job backend the campaign's jobs run on, built from the campaign file as the round
         tasks build it."""
-        from tuneloop.campaign import job_backend_config
-        from tuneloop.campaign_file import load_campaign
+        from tuneloop.config.campaign import job_backend_config
+        from tuneloop.config.file import load_campaign
         from tuneloop.jobs import make_backend
 
         return make_backend(job_backend_config(load_campaign(self.path).campaign))

@@ -6,7 +6,7 @@ The stack, everything on 127.0.0.1 with free ports and state in temporary folder
   and Celery's results;
 - Redis, Celery's broker;
 - an MLflow tracking server the test campaigns report to;
-- Airflow 3.3.2's own processes (``tuneloop.embedded_airflow``): api-server, scheduler,
+- Airflow 3.3.2's own processes (``tuneloop.demo.embedded_airflow``): api-server, scheduler,
   dag-processor, triggerer and two Celery workers (``worker-1``, ``worker-2``, two slots each)
   with the CeleryExecutor. DAGS_FOLDER is the repository's dags/ (the product's DAG file), so
   every campaign file a test writes into ``stack.campaigns_dir`` becomes a DAG within seconds.
@@ -67,13 +67,13 @@ class Stack:
     postgres: services.PostgresServer
     redis: services.RedisServer
     mlflow: services.MlflowServer
-    airflow: Any  # tuneloop.embedded_airflow.AirflowProcesses
+    airflow: Any  # tuneloop.demo.embedded_airflow.AirflowProcesses
     timings: dict[str, float] = field(default_factory=dict)
     _client: Any = None
 
     @property
     def client(self) -> Any:
-        """The REST API as admin (tuneloop.embedded_airflow.AirflowClient)."""
+        """The REST API as admin (tuneloop.demo.embedded_airflow.AirflowClient)."""
         if self._client is None:
             self._client = self.airflow.client()
         return self._client
@@ -208,7 +208,7 @@ class Stack:
 
 
 def _worker(name: str) -> Any:
-    from tuneloop.embedded_airflow import Component, free_port
+    from tuneloop.demo.embedded_airflow import Component, free_port
 
     return Component(
         name,
@@ -239,7 +239,7 @@ def _airflow_settings(
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """PostgreSQL, Redis, MLflow and Airflow (CeleryExecutor, two workers), started once."""
-    from tuneloop.embedded_airflow import AirflowProcesses, airflow_env, default_components
+    from tuneloop.demo.embedded_airflow import AirflowProcesses, airflow_env, default_components
     from tuneloop.local.demo_task import write_demo_data
 
     started = time.monotonic()

@@ -108,7 +108,7 @@ def test_dry_run_plans_and_validates_without_a_job(stack: Stack) -> None:
 
     assert campaign.jobs() == []
     assert not campaign.record_path(1).exists()
-    from tuneloop.ledger import Ledger
+    from tuneloop.rounds.ledger import Ledger
 
     ledger = Ledger(str(campaign.root))
     assert ledger.records() == [] and ledger.claims() == []

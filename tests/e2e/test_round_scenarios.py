@@ -350,7 +350,7 @@ def test_backfill_runs_one_round_per_interval_in_order(stack: Stack) -> None:
 def sensor_log(stack: Stack, dag_id: str, run_id: str) -> str:
     """Every try's log of the run's wait_for_earlier_rounds (a rescheduled sensor's pokes may
     count as tries; a try whose log Airflow did not keep is left out)."""
-    from tuneloop.embedded_airflow import AirflowApiError
+    from tuneloop.demo.embedded_airflow import AirflowApiError
 
     task = "wait_for_earlier_rounds"
     ti = stack.client.request(

@@ -18,7 +18,7 @@ import pytest
 
 from tuneloop.jobs.base import JobSpec, JobState, job_name
 from tuneloop.jobs.local import LocalJobBackend
-from tuneloop.operators import CRASH_ENV, CRASH_EXIT_CODE, HANDLE_KEY
+from tuneloop.pipeline.operators import CRASH_ENV, CRASH_EXIT_CODE, HANDLE_KEY
 
 pytestmark = pytest.mark.slow  # each case starts Airflow in a child process
 

@@ -25,7 +25,7 @@ import pytest
 
 from airflow_env import AIRFLOW_ENV
 from tuneloop.jobs.local import LocalJobBackend
-from tuneloop.web.urls import mlflow_link_url
+from tuneloop.links import mlflow_link_url
 
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
@@ -55,13 +55,13 @@ def test_airflow_lists_the_plugin_with_its_pages() -> None:
         {"app": "fastapi.applications.FastAPI", "url_prefix": "/tuneloop", "name": "tuneloop pages"}
     ]
     assert plugin["operator_extra_links"] == [
-        "<tuneloop.operators.JobConsoleLink object>",
-        "<tuneloop.operators.MlflowRunLink object>",
+        "<tuneloop.pipeline.operators.JobConsoleLink object>",
+        "<tuneloop.pipeline.operators.MlflowRunLink object>",
     ]
 
 
 def test_every_job_task_of_a_round_dag_has_both_links() -> None:
-    from tuneloop.rounds import campaign_dag
+    from tuneloop.pipeline.dag import campaign_dag
 
     dag = campaign_dag(REPO / "recipes" / "campaigns" / "demo.yaml")
     job_tasks = {"train_sft", "train_rft", "evaluate", "evaluate_baseline"}

@@ -25,7 +25,8 @@ from tuneloop.jobs.base import (
     job_name,
 )
 from tuneloop.jobs.local import LocalJobBackend
-from tuneloop.operators import (
+from tuneloop.links import mlflow_link_url
+from tuneloop.pipeline.operators import (
     CONSOLE_URL_KEY,
     EvaluationJobOperator,
     JobConsoleLink,
@@ -34,7 +35,6 @@ from tuneloop.operators import (
     TrainingJobOperator,
     attempt_name,
 )
-from tuneloop.web.urls import mlflow_link_url
 
 
 class ScriptedBackend:
@@ -447,7 +447,7 @@ def test_failure_callback_keeps_the_users_callbacks(airflow_db: Any) -> None:
 
     from airflow.sdk import DAG
 
-    from tuneloop.operators import cancel_job_on_failure
+    from tuneloop.pipeline.operators import cancel_job_on_failure
 
     def alert(context: Any) -> None:
         """A user's own callback."""

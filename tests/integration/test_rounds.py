@@ -104,7 +104,7 @@ class Campaign:
         return self.dag().test(run_conf={}, logical_date=logical_date)
 
     def ledger(self) -> Any:
-        from tuneloop.ledger import Ledger
+        from tuneloop.rounds.ledger import Ledger
 
         return Ledger(str(self.root / self.name))
 
@@ -329,7 +329,7 @@ def test_the_repository_campaigns_load(airflow_db: Path) -> None:
     )
     # The trigger form: every Param is optional (null allowed, or a non-null default), so the
     # form opens without errors; the Params are exactly what plan_round accepts.
-    from tuneloop.round_steps import RoundConf
+    from tuneloop.rounds.steps import RoundConf
 
     assert list(demo.params) == list(RoundConf.model_fields)
     for name in demo.params:

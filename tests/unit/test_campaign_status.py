@@ -19,12 +19,14 @@ from typing import Any
 
 import pytest
 
-from tuneloop import round_steps
-from tuneloop.campaign_file import CampaignFile
-from tuneloop.campaign_status import OVERRIDE_PARAM
-from tuneloop.cli import main
-from tuneloop.gate import RoundSummary, decide
-from tuneloop.ledger import (
+from tuneloop.artifacts.manifest import Checkpoint
+from tuneloop.cli.main import main
+from tuneloop.cli.status import OVERRIDE_PARAM
+from tuneloop.config.file import CampaignFile
+from tuneloop.recipes.catalog import MODELS, Platform
+from tuneloop.rounds import steps as round_steps
+from tuneloop.rounds.gate import RoundSummary, decide
+from tuneloop.rounds.ledger import (
     Ledger,
     RoundClaim,
     RoundRecord,
@@ -34,9 +36,7 @@ from tuneloop.ledger import (
     gpu_hours,
     history_of,
 )
-from tuneloop.manifest import Checkpoint
-from tuneloop.plan import campaign_root, round_root
-from tuneloop.recipes.catalog import MODELS, Platform
+from tuneloop.rounds.plan import campaign_root, round_root
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = {"exact_match": 0.5, "f1_score": 0.55}
@@ -425,7 +425,7 @@ def test_a_subprocess_run_loads_no_airflow_mlflow_or_torch(campaign_file) -> Non
     play_all(path, [0.6, 0.5])
     code = (
         "import json, sys\n"
-        "from tuneloop.cli import main\n"
+        "from tuneloop.cli.main import main\n"
         f"rc = main(['campaign', 'status', {str(path)!r}])\n"
         "heavy = ('airflow', 'mlflow', 'torch', 'transformers', 'boto3', 'matplotlib')\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"

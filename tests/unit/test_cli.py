@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneloop.cli import main
+from tuneloop.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 SFT_LORA = REPO / "recipes" / "nova" / "nova-2-lite" / "sft-lora.yaml"

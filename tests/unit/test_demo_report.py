@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop import demo
-from tuneloop.demo_report import ProgressLine, ui_hint
+from tuneloop.demo import run as demo
+from tuneloop.demo.report import ProgressLine, ui_hint
 
 
 class Clock:

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tuneloop.embedded_airflow import (
+from tuneloop.demo.embedded_airflow import (
     AirflowApiError,
     AirflowClient,
     AirflowProcesses,

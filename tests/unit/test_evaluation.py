@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from fakes.sagemaker import output_tarball
-from tuneloop.errors import StorageError, TuneloopError
-from tuneloop.evaluation import (
+from tuneloop.artifacts.evaluation import (
     EvalResultsError,
     find_results,
     read_eval_metrics,
     read_tarball_metrics,
 )
+from tuneloop.errors import StorageError, TuneloopError
 from tuneloop.local.outputs import write_eval_results
 
 # The shape the Nova evaluation container writes for gen_qa (lighteval-style).

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from tuneloop.campaign import Gate, Rollback, Stage, Target
-from tuneloop.gate import (
+from tuneloop.config.campaign import Gate, Rollback, Stage, Target
+from tuneloop.recipes.catalog import Method, Technique
+from tuneloop.rounds.gate import (
     Action,
     Decision,
     GateError,
@@ -16,7 +17,6 @@ from tuneloop.gate import (
     decide,
     rft_readiness,
 )
-from tuneloop.recipes.catalog import Method, Technique
 
 SFT = Stage(method="sft", recipe="sft.yaml", datasets={"train": "s3://data/sft.jsonl"})
 RFT = Stage(

@@ -36,6 +36,8 @@ def package_modules() -> list[str]:
     plugins = REPO / "plugins"
     names = []
     for path in sorted((plugins / "tuneloop").rglob("*.py")):
+        if path.stem == "__main__":  # runs a command when imported
+            continue
         name = ".".join(path.relative_to(plugins).with_suffix("").parts).removesuffix(".__init__")
         if not any(name == m or name.startswith(m + ".") for m in NOT_PARSE_TIME):
             names.append(name)
@@ -44,7 +46,7 @@ def package_modules() -> list[str]:
 
 def test_package_modules_load_no_heavy_library() -> None:
     modules = package_modules()
-    assert "tuneloop.plan" in modules and "tuneloop.recipes.render" in modules
+    assert "tuneloop.rounds.plan" in modules and "tuneloop.recipes.render" in modules
     code = (
         "import importlib, json, sys\n"
         f"for name in {modules!r}:\n"

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.campaign import Campaign, Gate, Stage
+from tuneloop.artifacts.manifest import Checkpoint
+from tuneloop.config.campaign import Campaign, Gate, Stage
 from tuneloop.errors import StorageError
-from tuneloop.gate import Action, Decision, decide
-from tuneloop.ledger import (
+from tuneloop.recipes.catalog import Method, Platform, Technique
+from tuneloop.rounds.gate import Action, Decision, decide
+from tuneloop.rounds.ledger import (
     BaselineRecord,
     DatasetRecord,
     Ledger,
@@ -29,8 +31,6 @@ from tuneloop.ledger import (
     deltas,
     gpu_hours,
 )
-from tuneloop.manifest import Checkpoint
-from tuneloop.recipes.catalog import Method, Platform, Technique
 
 SFT = Stage(method="sft", recipe="sft.yaml", datasets={"train": "data/sft.jsonl"})
 GATE = Gate(primary_metric="exact_match", targets={"exact_match": 0.9}, regression_tolerance=0.02)
@@ -385,7 +385,7 @@ def test_foreign_files_are_skipped_with_a_warning(
     local_ledger.write(record(1, {"exact_match": 0.5}))
     put_raw(local_ledger, "notes.txt", "hello")
     put_raw(local_ledger, ".0002.json.x1.tmp", "half a rec")
-    with caplog.at_level(logging.WARNING, logger="tuneloop.ledger"):
+    with caplog.at_level(logging.WARNING, logger="tuneloop.rounds.ledger"):
         assert [r.round for r in local_ledger.records()] == [1]
     assert [r.getMessage() for r in caplog.records] == [
         "ignoring notes.txt: not a round record (rounds/NNNN.json)"

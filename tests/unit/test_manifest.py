@@ -9,8 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from fakes.sagemaker import output_tarball
-from tuneloop.errors import ModelConfigNotFoundError, StorageError
-from tuneloop.manifest import (
+from tuneloop.artifacts.manifest import (
     CHECKPOINT_RECORD,
     MANIFEST,
     OUTPUT_TARBALL,
@@ -19,6 +18,7 @@ from tuneloop.manifest import (
     read_checkpoint_record,
     read_checkpoint_uri,
 )
+from tuneloop.errors import ModelConfigNotFoundError, StorageError
 from tuneloop.recipes.catalog import Method, Platform, Technique
 
 ESCROW_URI = "s3://customer-escrow-123456789012-hp-abc123/my-sft-run-x1y2z/step100"

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneloop.campaign_file import load_campaign
+from tuneloop.config.file import load_campaign
+from tuneloop.config.templating import sample_template_context
 from tuneloop.errors import CampaignError
-from tuneloop.plan import plan_round, validate_campaign
 from tuneloop.recipes.catalog import Method, Platform, Technique
-from tuneloop.templating import sample_template_context
+from tuneloop.rounds.plan import plan_round, validate_campaign
 
 REPO = Path(__file__).resolve().parents[2]
 CAMPAIGNS = REPO / "recipes" / "campaigns"

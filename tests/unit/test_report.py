@@ -7,7 +7,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from tuneloop.report import (
+from tuneloop.tracking.report import (
     MARKDOWN_NAME,
     PNG_NAME,
     build_rows,

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop import round_steps
-from tuneloop.campaign import job_backend_config
-from tuneloop.gate import Action, Decision
+from tuneloop.config.campaign import job_backend_config
 from tuneloop.jobs.base import JobSpec
-from tuneloop.plan import plan_round
-from tuneloop.round_record import shown_metrics
+from tuneloop.rounds import steps as round_steps
+from tuneloop.rounds.gate import Action, Decision
+from tuneloop.rounds.plan import plan_round
+from tuneloop.rounds.record import shown_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "recipes" / "campaigns" / "demo.yaml"
@@ -116,8 +116,8 @@ def test_data_overrides_name_stages_and_datasets_of_the_campaign(demo) -> None:
 def _record_rounds(cf, rounds: list[tuple[float, Action]]) -> None:
     from test_ledger import record
 
-    from tuneloop.ledger import Ledger
-    from tuneloop.plan import campaign_root
+    from tuneloop.rounds.ledger import Ledger
+    from tuneloop.rounds.plan import campaign_root
 
     root = campaign_root(cf.campaign)
     ledger = Ledger(root)

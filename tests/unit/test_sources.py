@@ -7,8 +7,7 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tuneloop.errors import ConfigError, Problem
-from tuneloop.sources import (
+from tuneloop.documents import (
     Document,
     dump_yaml,
     format_loc,
@@ -19,6 +18,7 @@ from tuneloop.sources import (
     range_text,
     validate,
 )
+from tuneloop.errors import ConfigError, Problem
 
 TEXT = """\
 run:

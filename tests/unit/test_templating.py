@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from tuneloop.templating import render_template, sample_template_context
+from tuneloop.config.templating import render_template, sample_template_context
 
 CONTEXT = sample_template_context(date(2026, 3, 9))
 

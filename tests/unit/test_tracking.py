@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tuneloop.report import write_report
-from tuneloop.tracking import CHAMPION_ALIAS, Tracker, TrackingError, resolve_store
-from tuneloop.tracking_records import flatten, read_tensorboard_scalars
+from tuneloop.artifacts.training_metrics import flatten, read_tensorboard_scalars
+from tuneloop.tracking.mirror import CHAMPION_ALIAS, Tracker, TrackingError, resolve_store
+from tuneloop.tracking.report import write_report
 
 CAMPAIGN = "support-bot"
 MODEL = f"tuneloop-{CAMPAIGN}"

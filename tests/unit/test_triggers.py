@@ -19,7 +19,7 @@ from tuneloop.jobs.base import (
     LogChunk,
     TransientJobError,
 )
-from tuneloop.triggers import DEADLINE, FAILURE, SUCCESS, JobTrigger, shared_backend
+from tuneloop.pipeline.triggers import DEADLINE, FAILURE, SUCCESS, JobTrigger, shared_backend
 
 
 class StepBackend:

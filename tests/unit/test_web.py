@@ -23,10 +23,10 @@ import pytest
 import yaml
 from test_tracking import CAMPAIGN, make_record, mlflow_server  # noqa: F401  (a fixture)
 
+from tuneloop import links as urls
 from tuneloop.jobs.base import JobSpec, JobState, job_name
 from tuneloop.jobs.local import LocalJobBackend
-from tuneloop.tracking import Tracker
-from tuneloop.web import urls
+from tuneloop.tracking.mirror import Tracker
 from tuneloop.web.app import Access, access, campaign_dag_id
 from tuneloop.web.app import app as web_app
 
@@ -173,7 +173,7 @@ def test_urls_are_absolute_http_from_the_api_base_url(monkeypatch: pytest.Monkey
 
 
 def test_campaign_dag_id_matches_the_campaign_model() -> None:
-    from tuneloop.campaign_file import load_campaign
+    from tuneloop.config.file import load_campaign
 
     demo = load_campaign(REPO / "recipes" / "campaigns" / "demo.yaml").campaign
     assert campaign_dag_id(demo.name) == demo.dag_id
@@ -389,7 +389,7 @@ def link(task_id: str, run_id: str = "round_0001", **extra: str) -> dict[str, st
 
 @pytest.fixture(scope="module")
 def local_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Rounds 1 and 2 mirrored by tuneloop.tracking into a local folder store."""
+    """Rounds 1 and 2 mirrored by tuneloop.tracking.mirror into a local folder store."""
     root = tmp_path_factory.mktemp("web-mlflow")
     tracker = Tracker(str(root / "mlflow"), CAMPAIGN)
     logged = [tracker.log_round(record) for record in records(root / "jobs")]

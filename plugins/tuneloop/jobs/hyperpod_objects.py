@@ -17,6 +17,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneloop.documents import dump_yaml
 from tuneloop.jobs.base import JobSpec, UserJobError, job_error
 from tuneloop.recipes.catalog import (
     IMAGE_ACCOUNTS,
@@ -28,7 +29,6 @@ from tuneloop.recipes.catalog import (
     Platform,
     container_image,
 )
-from tuneloop.sources import dump_yaml
 
 KUBEFLOW_GROUP = "kubeflow.org"
 KUBEFLOW_VERSION = "v1"

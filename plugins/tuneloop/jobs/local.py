@@ -32,8 +32,8 @@ from tuneloop.jobs.base import (
     constructor_config,
     job_error,
 )
+from tuneloop.links import job_page_url
 from tuneloop.local import runner as local
-from tuneloop.web.urls import job_page_url
 
 # A launcher that could not start the process (fork failed, the machine was busy) may well
 # succeed on a second try; every other local failure repeats itself.

@@ -11,9 +11,9 @@ Submission is describe-before-create on a deterministic name: a job that exists 
 (running or finished), never started twice. SageMaker rejects a second job of the same name, so
 two workers that race both end up holding the one job.
 
-Outputs land in ``<output_uri>/<job>/output/output.tar.gz``; ``tuneloop.manifest`` and
-``tuneloop.evaluation`` read the manifest and results from it. Logs are the job's CloudWatch
-streams, ``/aws/sagemaker/TrainingJobs`` ``<job>/algo-<n>-<epoch>``.
+Outputs land in ``<output_uri>/<job>/output/output.tar.gz``; ``tuneloop.artifacts.manifest``
+and ``tuneloop.artifacts.evaluation`` read the manifest and results from it. Logs are the job's
+CloudWatch streams, ``/aws/sagemaker/TrainingJobs`` ``<job>/algo-<n>-<epoch>``.
 
 boto3 and the Amazon provider's hooks are imported inside methods (DAG parse-time hygiene).
 """

@@ -28,10 +28,10 @@ the output folder of a local training job):
 Generation is batched with left padding, greedy when ``inference.temperature`` is 0 and sampled
 (with ``top_k`` and ``top_p``) otherwise, up to ``inference.max_new_tokens`` tokens.
 
-The output folder gets ``eval-result/results_<timestamp>.json`` (metrics under ``results.all``,
-which ``tuneloop.evaluation.read_eval_metrics`` reads) and ``eval-result/inference_output.jsonl``
-with one ``{"prompt", "inference", "gold", "metadata"}`` per sample (``reward`` too for
-rft_eval).
+The output folder gets ``eval-result/results_<timestamp>.json`` (metrics under
+``results.all``, which ``tuneloop.artifacts.evaluation.read_eval_metrics`` reads) and
+``eval-result/inference_output.jsonl`` with one ``{"prompt", "inference", "gold", "metadata"}``
+per sample (``reward`` too for rft_eval).
 
 The metric functions need neither torch nor any download.
 """

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloop.manifest import CHECKPOINT_RECORD, MANIFEST, Checkpoint
+from tuneloop.artifacts.manifest import CHECKPOINT_RECORD, MANIFEST, Checkpoint
 from tuneloop.recipes.catalog import Method, Platform, Technique
 
 CHECKPOINT_DIR = "checkpoint"

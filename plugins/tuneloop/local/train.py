@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import storage
+from tuneloop.artifacts.manifest import MANIFEST, Checkpoint, read_checkpoint, read_checkpoint_uri
+from tuneloop.documents import Document, load_document
 from tuneloop.errors import ConfigError, ModelTypeMismatchError, PlatformMismatchError, Problem
 from tuneloop.local import outputs
-from tuneloop.manifest import MANIFEST, Checkpoint, read_checkpoint, read_checkpoint_uri
 from tuneloop.recipes.catalog import Method, Platform
 from tuneloop.recipes.render import RenderedRecipe, render_recipe
 from tuneloop.recipes.rules import RecipeContext
-from tuneloop.sources import Document, load_document
 
 Progress = Callable[[int, int | None], None]
 

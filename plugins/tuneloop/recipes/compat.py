@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from tuneloop.artifacts.manifest import Checkpoint
 from tuneloop.errors import (
     DataLocationError,
     IncompatibleTechniqueError,
@@ -28,7 +29,6 @@ from tuneloop.errors import (
     PlatformMismatchError,
     RewardFunctionError,
 )
-from tuneloop.manifest import Checkpoint
 from tuneloop.recipes.catalog import Method, Platform, Technique
 
 ALLOWED_AFTER: dict[Method, frozenset[Method]] = {

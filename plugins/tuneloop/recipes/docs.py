@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from tuneloop.sources import allowed_text, flatten_annotation
+from tuneloop.documents import allowed_text, flatten_annotation
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:

@@ -22,14 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tuneloop.errors import ConfigError, Problem, RecipeError
-from tuneloop.recipes.catalog import Method, ModelSpec, Platform, Technique, model_spec
-from tuneloop.recipes.cpt import Nova1CptRecipe, Nova2CptRecipe
-from tuneloop.recipes.evaluation import EvalRecipe
-from tuneloop.recipes.rft import RftRecipe
-from tuneloop.recipes.rules import RecipeContext, check_recipe, technique_of
-from tuneloop.recipes.sft import Nova1SftRecipe, Nova2SftRecipe
-from tuneloop.sources import (
+from tuneloop.documents import (
     Document,
     Loc,
     dump_yaml,
@@ -39,6 +32,13 @@ from tuneloop.sources import (
     parse_scalar,
     problems_from_validation_error,
 )
+from tuneloop.errors import ConfigError, Problem, RecipeError
+from tuneloop.recipes.catalog import Method, ModelSpec, Platform, Technique, model_spec
+from tuneloop.recipes.cpt import Nova1CptRecipe, Nova2CptRecipe
+from tuneloop.recipes.evaluation import EvalRecipe
+from tuneloop.recipes.rft import RftRecipe
+from tuneloop.recipes.rules import RecipeContext, check_recipe, technique_of
+from tuneloop.recipes.sft import Nova1SftRecipe, Nova2SftRecipe
 
 RECIPE_MODELS: dict[tuple[Method | None, str], type[BaseModel]] = {
     (Method.SFT, "nova-1"): Nova1SftRecipe,

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from tuneloop.documents import Loc, range_text
 from tuneloop.errors import CompatibilityError
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import (
@@ -34,7 +35,6 @@ from tuneloop.recipes.cpt import Nova1CptRecipe, Nova2CptRecipe
 from tuneloop.recipes.evaluation import EvalRecipe
 from tuneloop.recipes.rft import RftRecipe
 from tuneloop.recipes.sft import Nova1SftRecipe, Nova2SftRecipe
-from tuneloop.sources import Loc, range_text
 
 # Nova's recommended learning-rate band for SFT and CPT; outside it training still runs.
 RECOMMENDED_LR = (1e-6, 1e-4)

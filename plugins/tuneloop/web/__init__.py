@@ -7,7 +7,7 @@ Airflow's API server, so the pages share its host, port, login and permissions:
   task on the local backend): state, progress, times, the tail of its log (refreshed while the
   job runs) and its outputs (manifest, checkpoint record, evaluation results);
 - ``/tuneloop/mlflow?dag_id=&run_id=&task_id=``: the "MLflow run" link of every job task: the
-  task's MLflow run (stage, evaluation or round run), found by the tags ``tuneloop.tracking``
+  task's MLflow run (stage, evaluation or round run), found by the tags ``tuneloop.tracking.mirror``
   gives its runs; a redirect to the MLflow server's UI, or the run rendered here when the store
   is a local SQLite file or a database; before ``decide`` has mirrored the round, a page that
   says so, with a link to the campaign's experiment;
@@ -19,6 +19,6 @@ Rules: only files inside the configured local roots are read (``tuneloop.web.roo
 ``..``, no absolute path, no symlink out of them); a job's environment is never shown; every
 page needs an Airflow login with read access to the DAG the job or run belongs to.
 
-``tuneloop.web.urls`` (standard library only) builds the links; everything else here is
+``tuneloop.links`` (standard library only) builds the links; everything else here is
 imported by the API server only.
 """

@@ -5,7 +5,7 @@ A round DAG is built from a campaign file; the API server finds that file
 1. in the campaigns folder (``$TUNELOOP_CAMPAIGNS_DIR``, else the repository's
    recipes/campaigns/), the folder ``dags/tuneloop_rounds.py`` builds its DAGs from;
 2. else through the DAG itself: the round DAG's description (``doc_md``, written by
-   ``tuneloop.rounds``) names its campaign file, and the API server reads it from the
+   ``tuneloop.pipeline.dag``) names its campaign file, and the API server reads it from the
    serialized DAG in Airflow's database.
 
 Files are loaded again only when they change (modification time and size). Relative local
@@ -27,7 +27,7 @@ from tuneloop.errors import TuneloopError
 log = logging.getLogger(__name__)
 
 CAMPAIGN_FILE_LINE = re.compile(r"^- campaign file: `([^`\n]+)`", re.MULTILINE)
-"""How ``tuneloop.rounds`` names a round DAG's campaign file in its ``doc_md``."""
+"""How ``tuneloop.pipeline.dag`` names a round DAG's campaign file in its ``doc_md``."""
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,10 @@ def load_info(path: Path) -> CampaignInfo | None:
 
 
 def _read(path: Path) -> CampaignInfo | None:
-    from tuneloop.campaign import job_backend_config
-    from tuneloop.plan import campaign_root
-    from tuneloop.round_record import tracking_uri
-    from tuneloop.round_steps import load
+    from tuneloop.config.campaign import job_backend_config
+    from tuneloop.rounds.plan import campaign_root
+    from tuneloop.rounds.record import tracking_uri
+    from tuneloop.rounds.steps import load
 
     try:
         cf = load(str(path))
@@ -108,7 +108,7 @@ def _read(path: Path) -> CampaignInfo | None:
 
 def folder_campaigns() -> list[CampaignInfo]:
     """The campaigns of the campaigns folder (the files that load)."""
-    from tuneloop.rounds import campaigns_folder
+    from tuneloop.pipeline.dag import campaigns_folder
 
     folder = campaigns_folder()
     try:

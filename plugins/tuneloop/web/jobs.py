@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import storage
+from tuneloop.artifacts.manifest import CHECKPOINT_RECORD, MANIFEST
 from tuneloop.errors import TuneloopError
 from tuneloop.local import runner as local
-from tuneloop.manifest import CHECKPOINT_RECORD, MANIFEST
 from tuneloop.web.roots import AccessRefused, Roots
 
 EVAL_DIR = "eval-result"

@@ -1,6 +1,6 @@
 """Find the MLflow run of a task instance of a round DAG, and read runs of a campaign's store.
 
-``tuneloop.tracking`` mirrors a round when ``decide`` records it: a campaign run, a round run
+``tuneloop.tracking.mirror`` mirrors a round when ``decide`` records it: a campaign run, a round run
 tagged ``tuneloop.round`` and ``tuneloop.airflow_run_id`` (the DAG run that trained the round),
 and under it a run per stage (``tuneloop.kind=stage``, ``tuneloop.stage=<name>``) and the
 evaluation run (``tuneloop.kind=evaluation``). A task maps onto them by its id:
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from tuneloop.tracking import (
+from tuneloop.tracking.mirror import (
     MODEL_PREFIX,
     TAG_CAMPAIGN,
     TAG_KIND,

@@ -24,7 +24,7 @@ from typing import Any
 
 from airflow.sdk import DAG, task
 
-from tuneloop.operators import EvaluationJobOperator, TrainingJobOperator
+from tuneloop.pipeline.operators import EvaluationJobOperator, TrainingJobOperator
 
 BUCKET = os.environ.get("TUNELOOP_TEST_BUCKET", "")
 KUBECONFIG = os.environ.get("TUNELOOP_TEST_KUBECONFIG", "")
@@ -59,7 +59,7 @@ def nova_job(
     from tuneloop.recipes.catalog import Platform
     from tuneloop.recipes.render import render_recipe
     from tuneloop.recipes.rules import RecipeContext
-    from tuneloop.round_steps import job_spec
+    from tuneloop.rounds.steps import job_spec
 
     context = RecipeContext(platform=Platform(platform))
     # run.name must be a valid name to render; job_spec replaces it with the job's name.
@@ -73,7 +73,7 @@ def nova_job(
 @task
 def checkpoint(result: dict[str, Any]) -> str:
     """The next stage's base: the manifest's checkpoint_s3_bucket, read where the job wrote it."""
-    from tuneloop.manifest import read_checkpoint_uri
+    from tuneloop.artifacts.manifest import read_checkpoint_uri
 
     return read_checkpoint_uri(result["result_uri"])
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, task
 
-from tuneloop.operators import EvaluationJobOperator, TrainingJobOperator
+from tuneloop.pipeline.operators import EvaluationJobOperator, TrainingJobOperator
 
 PARAMS = {
     "backend": Param({}, type="object"),

@@ -2,7 +2,7 @@
 
 import os
 
-from tuneloop.rounds import campaign_dags
+from tuneloop.pipeline.dag import campaign_dags
 
 _folder = os.environ.get("TUNELOOP_TEST_CAMPAIGNS", "")
 if _folder:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.cli import main
+from tuneloop.cli.main import main
 from tuneloop.data.report import DatasetReport
 from tuneloop.data.rules import RELAXABLE, RULES
 
@@ -198,7 +198,7 @@ def test_validate_starts_without_heavy_imports() -> None:
 
     heavy = ["pydantic", "airflow", "boto3", "botocore", "mlflow", "torch", "yaml"]
     script = (
-        "import sys; from tuneloop.cli import main; code = main(sys.argv[1:]); "
+        "import sys; from tuneloop.cli.main import main; code = main(sys.argv[1:]); "
         f"print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)"
     )
     args = ["data", "validate", VALID, "--format", "sft", "--model", "lite"]

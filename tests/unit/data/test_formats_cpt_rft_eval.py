@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import msgspec
 import pytest
 
-from tuneloop.cli import main
+from tuneloop.cli.main import main
 from tuneloop.data.formats import IMAGE, SYSTEM, TEXT, TOOLS, FormatContext
 from tuneloop.data.registry import FAMILIES, FORMATS, get_format, supports
 from tuneloop.data.report import DatasetReport

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import msgspec
 import pytest
 
-from tuneloop.cli import MODEL_ALIASES, main
+from tuneloop.cli.main import MODEL_ALIASES, main
 from tuneloop.data.formats import SYSTEM, TEXT, FormatContext
 from tuneloop.data.registry import get_format, supports
 from tuneloop.data.report import DatasetReport

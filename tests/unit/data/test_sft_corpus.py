@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tuneloop.cli import MODEL_ALIASES
+from tuneloop.cli.main import MODEL_ALIASES
 from tuneloop.data.registry import get_format
 from tuneloop.data.report import DatasetReport
 from tuneloop.data.rules import RULES

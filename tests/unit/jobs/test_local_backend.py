@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.evaluation import read_eval_metrics
+from tuneloop.artifacts.evaluation import read_eval_metrics
+from tuneloop.artifacts.manifest import read_checkpoint
 from tuneloop.jobs import make_backend
 from tuneloop.jobs.base import (
     JobBackend,
@@ -19,7 +20,6 @@ from tuneloop.jobs.base import (
     job_name,
 )
 from tuneloop.jobs.local import LocalJobBackend
-from tuneloop.manifest import read_checkpoint
 
 TESTS = Path(__file__).resolve().parents[2]
 

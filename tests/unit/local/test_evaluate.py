@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tuneloop.artifacts.evaluation import read_eval_metrics
 from tuneloop.errors import ConfigError
-from tuneloop.evaluation import read_eval_metrics
 from tuneloop.local import evaluate as E
 from tuneloop.local.runner import JobSpec
 from tuneloop.recipes.catalog import EVAL_METRICS, Platform

@@ -6,8 +6,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tuneloop.artifacts.manifest import read_checkpoint, read_checkpoint_uri
 from tuneloop.local import outputs
-from tuneloop.manifest import read_checkpoint, read_checkpoint_uri
 from tuneloop.recipes.catalog import Method, Platform, Technique
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tuneloop.artifacts.manifest import read_checkpoint
 from tuneloop.errors import ConfigError
 from tuneloop.local import outputs
 from tuneloop.local.rewards import RewardFunction
@@ -19,7 +20,6 @@ from tuneloop.local.rft import (
 )
 from tuneloop.local.runner import JobSpec
 from tuneloop.local.train import BaseCheckpoint, job_output_dir, resolve_base
-from tuneloop.manifest import read_checkpoint
 from tuneloop.recipes.catalog import Method, Platform, Technique
 from tuneloop.recipes.render import render_recipe
 from tuneloop.recipes.rules import RecipeContext

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tuneloop.cli import main
+from tuneloop.cli.main import main
 from tuneloop.errors import TuneloopError
 from tuneloop.local import runner as runner_module
 from tuneloop.local.runner import (
@@ -391,7 +391,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     monkeypatch.chdir(HERE)
     monkeypatch.setenv(PROGRESS_INTERVAL_ENV, "0.05")
     monkeypatch.setenv("TUNELOOP_LOCAL_ROOT", str(tmp_path / "jobs"))
-    monkeypatch.setattr("tuneloop.local.commands._POLL_SECONDS", 0.05)
+    monkeypatch.setattr("tuneloop.cli.local._POLL_SECONDS", 0.05)
 
     def run(*argv: str) -> tuple[int, str, str]:
         code = main(["local", *argv])

@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("trl")
 
+from tuneloop.artifacts.manifest import read_checkpoint  # noqa: E402
 from tuneloop.errors import ConfigError  # noqa: E402
 from tuneloop.local import model as M  # noqa: E402
 from tuneloop.local.device import THREADS_ENV  # noqa: E402
@@ -23,7 +24,6 @@ from tuneloop.local.recipe_map import map_recipe  # noqa: E402
 from tuneloop.local.runner import JobSpec, JobState, LocalRunner  # noqa: E402
 from tuneloop.local.sft import apply_dropouts, train_cpt, train_sft  # noqa: E402
 from tuneloop.local.train import load_recipe, resolve_base, run_recipe  # noqa: E402
-from tuneloop.manifest import read_checkpoint  # noqa: E402
 from tuneloop.recipes.catalog import Method, Platform, Technique  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes" / "local"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tuneloop.artifacts.manifest import Checkpoint
 from tuneloop.errors import (
     CompatibilityError,
     ConfigError,
@@ -13,7 +14,6 @@ from tuneloop.errors import (
     PlatformMismatchError,
     RewardFunctionError,
 )
-from tuneloop.manifest import Checkpoint
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import Method, Platform, Technique
 

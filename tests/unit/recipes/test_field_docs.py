@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from tuneloop.campaign import Campaign
+from tuneloop.config.campaign import Campaign
+from tuneloop.documents import flatten_annotation
 from tuneloop.recipes.docs import describe_fields
 from tuneloop.recipes.render import RECIPE_MODELS
-from tuneloop.sources import flatten_annotation
 
 
 def nested_models(model: type[BaseModel], seen: set[type[BaseModel]]) -> set[type[BaseModel]]:

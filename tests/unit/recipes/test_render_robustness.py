@@ -13,11 +13,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tuneloop.documents import parse_document
 from tuneloop.errors import RecipeError
 from tuneloop.recipes.catalog import Platform
 from tuneloop.recipes.render import render_recipe
 from tuneloop.recipes.rules import RecipeContext
-from tuneloop.sources import parse_document
 
 REPO = Path(__file__).resolve().parents[3]
 TEMPLATES = [

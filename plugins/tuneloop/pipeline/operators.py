@@ -71,8 +71,8 @@ from tuneloop.jobs.base import (
     TransientJobError,
     validate_job_name,
 )
-from tuneloop.triggers import DEADLINE, SUCCESS, JobTrigger
-from tuneloop.web.urls import is_http, mlflow_link_url
+from tuneloop.links import is_http, mlflow_link_url
+from tuneloop.pipeline.triggers import DEADLINE, SUCCESS, JobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -669,7 +669,7 @@ class EvaluationJobOperator(JobOperator):
     ui_color = "#ceead6"
 
     def job_result(self, status: JobStatus) -> dict[str, Any]:
-        from tuneloop.evaluation import read_eval_metrics
+        from tuneloop.artifacts.evaluation import read_eval_metrics
 
         result = super().job_result(status)
         try:

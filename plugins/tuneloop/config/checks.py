@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneloop.campaign_file import CampaignFile, find_template
+from tuneloop.config.file import CampaignFile, find_template
+from tuneloop.documents import load_document
 from tuneloop.errors import ConfigError, Problem
 from tuneloop.recipes.catalog import MODELS, CatalogError, container_image, eval_metrics
-from tuneloop.sources import load_document
 
 
 def check_images(cf: CampaignFile, problems: list[Problem]) -> None:

@@ -34,8 +34,7 @@ from typing import Any
 
 import httpx
 
-from tuneloop.demo_report import ProgressLine, print_round, summarize, ui_hint
-from tuneloop.embedded_airflow import (
+from tuneloop.demo.embedded_airflow import (
     AirflowApiError,
     AirflowClient,
     AirflowProcesses,
@@ -45,8 +44,9 @@ from tuneloop.embedded_airflow import (
     free_port,
     passwords_file,
 )
+from tuneloop.demo.report import ProgressLine, print_round, summarize, ui_hint
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DAG_ID = "tuneloop_demo"
 CAMPAIGN_FILE = REPO / "recipes" / "campaigns" / "demo.yaml"
 STATE_FILE = "demo-processes.json"
@@ -161,7 +161,7 @@ class Demo:
         self.airflow: AirflowProcesses | None = None
         self.client: AirflowClient | None = None
         self.paused = False
-        from tuneloop.ledger import Ledger
+        from tuneloop.rounds.ledger import Ledger
 
         self.ledger = Ledger(str(campaign_dir))
 
@@ -525,7 +525,7 @@ class Demo:
                 )
 
     def _jobs_root(self) -> Path:
-        from tuneloop.campaign import job_backend_config
+        from tuneloop.config.campaign import job_backend_config
 
         return Path(job_backend_config(_load_campaign().campaign)["root"])
 
@@ -700,7 +700,7 @@ def _after(text: str | None, moment: datetime) -> bool:
 
 
 def _load_campaign() -> Any:
-    from tuneloop.campaign_file import load_campaign
+    from tuneloop.config.file import load_campaign
 
     return load_campaign(CAMPAIGN_FILE)
 
@@ -782,7 +782,3 @@ def _signals_ignored() -> Iterator[None]:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

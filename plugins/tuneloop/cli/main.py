@@ -198,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     cstatus.add_argument("--json", action="store_true", help="print the status as one JSON object")
     cstatus.set_defaults(handler=_campaign_status)
 
-    from tuneloop.local.commands import add_local_commands
+    from tuneloop.cli.local import add_local_commands
 
     add_local_commands(commands)
     return parser
@@ -230,10 +230,10 @@ def _add_recipe_context(parser: argparse.ArgumentParser) -> None:
 
 
 def _render(path: str, overrides: dict[str, Any], args: argparse.Namespace) -> Any:
+    from tuneloop.documents import load_document
     from tuneloop.recipes.catalog import Method, Platform
     from tuneloop.recipes.render import Origin, render_recipe
     from tuneloop.recipes.rules import RecipeContext
-    from tuneloop.sources import load_document
 
     document = load_document(path)
     platform = args.platform
@@ -373,9 +373,9 @@ def _data_rules(args: argparse.Namespace) -> int:
 
 
 def _campaign_validate(args: argparse.Namespace) -> int:
-    from tuneloop.campaign_file import load_campaign
-    from tuneloop.plan import validate_campaign
-    from tuneloop.templating import sample_template_context
+    from tuneloop.config.file import load_campaign
+    from tuneloop.config.templating import sample_template_context
+    from tuneloop.rounds.plan import validate_campaign
 
     if args.round < 1:
         raise TuneloopError(
@@ -391,14 +391,14 @@ def _campaign_validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan.model_dump(mode="json"), indent=2))
     else:
-        from tuneloop.plan_text import format_plan
+        from tuneloop.cli.plan_text import format_plan
 
         sys.stdout.write(format_plan(campaign_file.campaign, plan, recipes=not args.quiet))
     return EXIT_OK
 
 
 def _campaign_status(args: argparse.Namespace) -> int:
-    from tuneloop.campaign_status import campaign_status, format_status, load
+    from tuneloop.cli.status import campaign_status, format_status, load
 
     status = campaign_status(load(args.campaign))
     if args.json:
@@ -410,6 +410,3 @@ def _campaign_status(args: argparse.Namespace) -> int:
 
 # --- local jobs --------------------------------------------------------------------------------
 
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -22,13 +22,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneloop import storage
-from tuneloop.campaign import Campaign
-from tuneloop.campaign_file import CampaignFile, load_campaign
+from tuneloop.config.campaign import Campaign
+from tuneloop.config.file import CampaignFile, load_campaign
+from tuneloop.config.paths import absolute as _absolute
 from tuneloop.errors import Problem, TuneloopError
 from tuneloop.jobs.base import JobKind, JobSpec, job_name
-from tuneloop.plan import RoundPlan, campaign_root
-from tuneloop.project import absolute as _absolute
 from tuneloop.recipes.catalog import Method, Platform
+from tuneloop.rounds.plan import RoundPlan, campaign_root
 
 DATA_FORMATS = {Method.SFT: "sft", Method.CPT: "cpt", Method.RFT: "rft"}
 EVAL_DATA_FORMATS = {"gen_qa": "gen_qa", "llm_judge": "llm_judge", "rft_eval": "rft"}
@@ -152,8 +152,8 @@ def start_round(cf: CampaignFile, conf: RoundConf | Mapping[str, Any] | None = N
     over (see `gate.campaign_over`) refuses the round unless the conf says ``after_finish``.
     Reads the ledger only; nothing is written.
     """
-    from tuneloop.gate import campaign_over
-    from tuneloop.ledger import Ledger, champion_of, history_of
+    from tuneloop.rounds.gate import campaign_over
+    from tuneloop.rounds.ledger import Ledger, champion_of, history_of
 
     conf = conf if isinstance(conf, RoundConf) else parse_conf(conf)
     campaign = cf.campaign
@@ -270,8 +270,8 @@ def _round_checkpoint(record: Any) -> str:
 
 def plan(cf: CampaignFile, start: RoundStart, template_context: dict[str, Any]) -> RoundPlan:
     """Render and check every recipe of the round (fail before spending)."""
-    from tuneloop.manifest import read_checkpoint, read_checkpoint_uri
-    from tuneloop.plan import plan_round
+    from tuneloop.artifacts.manifest import read_checkpoint, read_checkpoint_uri
+    from tuneloop.rounds.plan import plan_round
 
     base_uri = base = None
     if start.base_output_uri:
@@ -457,7 +457,7 @@ def evaluation_job(round_plan: RoundPlan, model_uri: str) -> dict[str, Any]:
 def baseline_job(cf: CampaignFile, round_plan: RoundPlan) -> dict[str, Any]:
     """The evaluation of the campaign's base model: its name depends only on the recipe and
     data, so every round finds the same finished job instead of paying for it again."""
-    from tuneloop.campaign_file import resolve_base
+    from tuneloop.config.file import resolve_base
 
     base_uri, _ = resolve_base(cf, offline=False)
     evaluation = round_plan.evaluation
@@ -476,7 +476,7 @@ def checkpoint(
     cf: CampaignFile, round_plan: RoundPlan, index: int, result: dict[str, Any] | None, base: str
 ) -> dict[str, Any]:
     """What stage ``index`` produced (or, when it was skipped, what it passed through)."""
-    from tuneloop.manifest import Checkpoint, read_checkpoint, read_checkpoint_uri
+    from tuneloop.artifacts.manifest import Checkpoint, read_checkpoint, read_checkpoint_uri
 
     planned = round_plan.stages[index]
     if not result:

@@ -14,12 +14,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from tuneloop import storage
-from tuneloop.campaign import Campaign
+from tuneloop.artifacts.manifest import Checkpoint, read_checkpoint_record, read_checkpoint_uri
+from tuneloop.config.campaign import Campaign
+from tuneloop.documents import Document, load_document, problems_from_validation_error
 from tuneloop.errors import CampaignError, ConfigError, ModelConfigNotFoundError, Problem
-from tuneloop.manifest import Checkpoint, read_checkpoint_record, read_checkpoint_uri
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import MODELS, PLACEHOLDER_PREFIX, Platform
-from tuneloop.sources import Document, load_document, problems_from_validation_error
 
 RECIPES_DIR_ENV = "TUNELOOP_RECIPES_DIR"
 
@@ -29,7 +29,7 @@ def recipes_root() -> Path:
     configured = os.environ.get(RECIPES_DIR_ENV)
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[2] / "recipes"
+    return Path(__file__).resolve().parents[3] / "recipes"
 
 
 @dataclass

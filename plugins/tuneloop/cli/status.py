@@ -30,12 +30,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from tuneloop.campaign import flatten_overrides
-from tuneloop.campaign_file import CampaignFile
+from tuneloop.config.campaign import flatten_overrides
+from tuneloop.config.file import CampaignFile
 from tuneloop.errors import CampaignError, Problem, TuneloopError
-from tuneloop.gate import campaign_over
-from tuneloop.ledger import Ledger, LedgerError, RoundRecord, champion_of, history_of
-from tuneloop.plan import campaign_root
+from tuneloop.rounds.gate import campaign_over
+from tuneloop.rounds.ledger import Ledger, LedgerError, RoundRecord, champion_of, history_of
+from tuneloop.rounds.plan import campaign_root
 
 State = Literal["new", "running", "ready", "finished"]
 FinishedBecause = Literal["target_met", "max_rounds", "plateau", "budget", "stopped"]
@@ -160,7 +160,7 @@ class CampaignStatus(BaseModel):
 
 def resolve_campaign(reference: str) -> Path:
     """The campaign file ``reference`` names: a path, or a campaign in the campaigns folder."""
-    from tuneloop.rounds import campaigns_folder
+    from tuneloop.pipeline.dag import campaigns_folder
 
     path = Path(reference)
     if path.is_file():
@@ -211,7 +211,7 @@ def _declared_name(path: Path) -> str | None:
 
 def load(reference: str) -> CampaignFile:
     """The campaign file, loaded as the round DAG loads it (local folders made absolute)."""
-    from tuneloop import round_steps
+    from tuneloop.rounds import steps as round_steps
 
     path = resolve_campaign(reference)
     try:
@@ -287,13 +287,13 @@ def campaign_status(cf: CampaignFile) -> CampaignStatus:
 
 
 def _shown(cf: CampaignFile, metrics: dict[str, float]) -> dict[str, float]:
-    from tuneloop.round_record import shown_metrics
+    from tuneloop.rounds.record import shown_metrics
 
     return dict(shown_metrics(cf, {"metrics": dict(metrics)})["metrics"])
 
 
 def _round_line(cf: CampaignFile, record: RoundRecord) -> RoundLine:
-    from tuneloop.report import _base_label
+    from tuneloop.tracking.report import _base_label
 
     primary = cf.campaign.gate.primary_metric
     shown = _shown(cf, record.metrics)
@@ -417,7 +417,7 @@ def _next_round(
     cf: CampaignFile, ledger: Ledger, records: Sequence[RoundRecord], claim: Claim | None
 ) -> NextRound:
     """What `round_steps.start_round` decides for a run triggered now with an empty conf."""
-    from tuneloop import round_steps
+    from tuneloop.rounds import steps as round_steps
 
     try:
         start = _readable(ledger, lambda: round_steps.start_round(cf, {}))
@@ -491,7 +491,7 @@ def _starts_from(cf: CampaignFile, base_uri: str, base_round: int | None) -> str
 
 
 def _base_model(cf: CampaignFile) -> str:
-    from tuneloop.campaign import BaseCheckpoint
+    from tuneloop.config.campaign import BaseCheckpoint
     from tuneloop.recipes.catalog import MODELS
 
     base = cf.campaign.base_model
@@ -537,7 +537,7 @@ def _signed(value: float | None) -> str:
 
 def format_status(status: CampaignStatus) -> str:
     """The status as text for a terminal."""
-    from tuneloop.report import format_table
+    from tuneloop.tracking.report import format_table
 
     primary = status.primary_metric
     lines = [f"Campaign {status.campaign}  ({status.file})", f"Ledger:   {status.ledger}"]

@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tuneloop import storage
-from tuneloop.campaign import BaseCheckpoint
-from tuneloop.campaign_file import CampaignFile
+from tuneloop.config.campaign import BaseCheckpoint
+from tuneloop.config.file import CampaignFile
 from tuneloop.errors import Problem
-from tuneloop.plan import RoundPlan, campaign_root
-from tuneloop.round_steps import RoundError, RoundStart
+from tuneloop.rounds.plan import RoundPlan, campaign_root
+from tuneloop.rounds.steps import RoundError, RoundStart
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ def build_and_record(
     baseline: dict[str, Any],
     run_id: str,
 ) -> Any:
-    from tuneloop.gate import RoundSummary, decide
-    from tuneloop.ledger import (
+    from tuneloop.artifacts.manifest import Checkpoint
+    from tuneloop.rounds.gate import RoundSummary, decide
+    from tuneloop.rounds.ledger import (
         BaselineRecord,
         DatasetRecord,
         Ledger,
@@ -77,7 +78,6 @@ def build_and_record(
         gpu_hours,
         history_of,
     )
-    from tuneloop.manifest import Checkpoint
 
     campaign = cf.campaign
     ledger = Ledger(campaign_root(campaign))
@@ -252,7 +252,7 @@ def mirror(cf: CampaignFile, records: list[Any], record: Any) -> dict[str, Any]:
     uri = tracking_uri(cf)
     if uri:
         try:
-            from tuneloop.tracking import Tracker
+            from tuneloop.tracking.mirror import Tracker
 
             tracked = Tracker(uri, cf.campaign.name).log_round(
                 record.model_dump(mode="json"), report_files=files
@@ -268,7 +268,7 @@ def mirror(cf: CampaignFile, records: list[Any], record: Any) -> dict[str, Any]:
 
 def write_round_report(cf: CampaignFile, records: list[Any]) -> list[str]:
     """The campaign's round report (Markdown and PNG) beside its ledger; [] on S3 roots."""
-    from tuneloop.report import write_report
+    from tuneloop.tracking.report import write_report
 
     root = campaign_root(cf.campaign)
     if storage.is_s3(root):

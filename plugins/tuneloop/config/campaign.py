@@ -378,7 +378,7 @@ def job_backend_config(campaign: Campaign) -> dict[str, Any]:
     """The settings of the job backend a campaign's jobs run on (``jobs.make_backend`` builds
     it; triggers rebuild it from this in the triggerer)."""
     from tuneloop import storage
-    from tuneloop.project import absolute
+    from tuneloop.config.paths import absolute
 
     backend = campaign.backend
     if isinstance(backend, LocalBackend):

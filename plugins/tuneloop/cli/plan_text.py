@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from tuneloop.campaign import Campaign, HyperPodBackend, LocalBackend, TrainingJobsBackend
-from tuneloop.plan import RoundPlan
+from tuneloop.config.campaign import Campaign, HyperPodBackend, LocalBackend, TrainingJobsBackend
+from tuneloop.documents import dump_yaml
 from tuneloop.recipes.catalog import MODELS, Technique
 from tuneloop.recipes.rules import PLACEHOLDER_PREFIX
-from tuneloop.sources import dump_yaml
+from tuneloop.rounds.plan import RoundPlan
 
 
 def _backend_line(campaign: Campaign) -> str:

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from tuneloop import round_steps
 from tuneloop.errors import TuneloopError
-from tuneloop.plan import RoundPlan, campaign_root
+from tuneloop.rounds import steps as round_steps
+from tuneloop.rounds.plan import RoundPlan, campaign_root
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def user_errors() -> Any:
 def _template_context(context: dict[str, Any]) -> dict[str, Any]:
     """The Airflow variables data URIs may use; a run without a logical date (a manual
     trigger) uses the day it runs."""
-    from tuneloop.templating import sample_template_context
+    from tuneloop.config.templating import sample_template_context
 
     logical = context.get("logical_date") or context.get("dag_run").run_after  # type: ignore[union-attr]
     values = sample_template_context(logical.date())
@@ -114,7 +114,7 @@ def _dag_id(context: dict[str, Any]) -> str:
 
 def _claim(cf: round_steps.CampaignFile, number: int, context: dict[str, Any]) -> None:
     """Claim the round in the ledger for this run before anything is spent on it."""
-    from tuneloop.ledger import Ledger, RoundClaim
+    from tuneloop.rounds.ledger import Ledger, RoundClaim
 
     claim = Ledger(campaign_root(cf.campaign)).claim(
         RoundClaim(
@@ -133,7 +133,7 @@ def round_in_progress(path: str, context: dict[str, Any]) -> str | None:
     """The run of another round still in progress, if any: the latest claim's run, when its
     round is not recorded yet and that run is still queued or running. A run waits for it
     rather than plan the same round and be refused."""
-    from tuneloop.ledger import Ledger
+    from tuneloop.rounds.ledger import Ledger
 
     cf = round_steps.load(path)
     ledger = Ledger(campaign_root(cf.campaign))
@@ -220,7 +220,7 @@ def decide_task(
     context: dict[str, Any],
 ) -> str:
     """Gate the round, write its ledger record once, mirror it to MLflow; pick the branch."""
-    from tuneloop.round_record import build_and_record
+    from tuneloop.rounds.record import build_and_record
 
     with user_errors():
         cf = round_steps.load(path)
@@ -256,7 +256,7 @@ def decide_task(
 
 
 def finish_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
-    from tuneloop.ledger import Ledger, champion_of
+    from tuneloop.rounds.ledger import Ledger, champion_of
 
     cf = round_steps.load(path)
     records = Ledger(campaign_root(cf.campaign)).records()

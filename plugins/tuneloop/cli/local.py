@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from tuneloop.cli import EXIT_INVALID, EXIT_OK
+from tuneloop.cli.main import EXIT_INVALID, EXIT_OK
 from tuneloop.errors import Problem, TuneloopError
 
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tuneloop.campaign_file import CampaignFile, load_campaign, recipes_root
+from tuneloop.config.file import CampaignFile, load_campaign, recipes_root
 from tuneloop.errors import TuneloopError
 
 DEFAULT_EXECUTION_TIMEOUT = timedelta(days=3)
@@ -298,7 +298,7 @@ def _earlier_rounds_sensor() -> type:
             self.campaign_path = campaign_path
 
         def poke(self, context: Any) -> bool:
-            from tuneloop.round_tasks import ACTIVE_RUN_STATES, round_in_progress, run_state
+            from tuneloop.pipeline.tasks import ACTIVE_RUN_STATES, round_in_progress, run_state
 
             previous = context["ti"].get_previous_dagrun()
             if previous is not None and run_state(previous.state) in ACTIVE_RUN_STATES:
@@ -331,8 +331,8 @@ def _doc(cf: CampaignFile) -> str:
 def _wire(cf: CampaignFile) -> None:
     from airflow.sdk import task
 
-    from tuneloop.campaign import job_backend_config
-    from tuneloop.operators import EvaluationJobOperator, TrainingJobOperator
+    from tuneloop.config.campaign import job_backend_config
+    from tuneloop.pipeline.operators import EvaluationJobOperator, TrainingJobOperator
 
     campaign = cf.campaign
     path = str(cf.path.resolve())
@@ -348,7 +348,7 @@ def _wire(cf: CampaignFile) -> None:
     def plan_round(**context: Any) -> list[dict[str, Any]]:
         """Returns the datasets to validate (what validate_data maps over); the plan itself
         goes to XCom keys ``round`` and ``first_job``."""
-        from tuneloop.round_tasks import plan_round_task
+        from tuneloop.pipeline.tasks import plan_round_task
 
         planned = plan_round_task(path, context)
         context["ti"].xcom_push(key="round", value=planned)
@@ -359,13 +359,13 @@ def _wire(cf: CampaignFile) -> None:
         task_id="validate_data", retries=0, map_index_template="{{ item.stage }}/{{ item.channel }}"
     )
     def validate_data(item: dict[str, Any], **context: Any) -> dict[str, Any]:
-        from tuneloop.round_tasks import validate_task
+        from tuneloop.pipeline.tasks import validate_task
 
         return validate_task(path, item)
 
     @task.short_circuit(task_id="proceed", ignore_downstream_trigger_rules=True)
     def proceed(planned: dict[str, Any], validated: list[dict[str, Any]]) -> bool:
-        from tuneloop.round_tasks import proceed_task
+        from tuneloop.pipeline.tasks import proceed_task
 
         return proceed_task(planned, validated)
 
@@ -380,7 +380,7 @@ def _wire(cf: CampaignFile) -> None:
 
     @task(task_id="evaluate_baseline_job", retries=0)
     def baseline_spec(planned: dict[str, Any]) -> dict[str, Any]:
-        from tuneloop.round_tasks import baseline_spec_task
+        from tuneloop.pipeline.tasks import baseline_spec_task
 
         return baseline_spec_task(path, planned)
 
@@ -408,7 +408,7 @@ def _wire(cf: CampaignFile) -> None:
             train_id: str = train.task_id,
             **context: Any,
         ) -> dict[str, Any]:
-            from tuneloop.round_tasks import checkpoint_task
+            from tuneloop.pipeline.tasks import checkpoint_task
 
             result = context["ti"].xcom_pull(task_ids=train_id)
             return checkpoint_task(path, planned, index, result, previous)
@@ -434,7 +434,7 @@ def _wire(cf: CampaignFile) -> None:
         baseline: dict[str, Any],
         **context: Any,
     ) -> str:
-        from tuneloop.round_tasks import decide_task
+        from tuneloop.pipeline.tasks import decide_task
 
         ti = context["ti"]
         results = {stage: ti.xcom_pull(task_ids=task_id) for stage, task_id in train_ids.items()}
@@ -462,7 +462,7 @@ def _wire(cf: CampaignFile) -> None:
 
     @task(task_id="finish")
     def finish(**context: Any) -> dict[str, Any]:
-        from tuneloop.round_tasks import finish_task
+        from tuneloop.pipeline.tasks import finish_task
 
         return finish_task(path, context)
 

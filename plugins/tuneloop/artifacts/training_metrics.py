@@ -1,6 +1,6 @@
 """A ledger record (a plain dict) as what MLflow receives: params, metrics, curves, tags.
 
-Pure functions, no MLflow client: `tuneloop.tracking` logs what they return. What they return
+Pure functions, no MLflow client: `tuneloop.tracking.mirror` logs what they return. What they return
 depends on the record alone, never on when it is logged, so that logging a round again writes
 values MLflow already holds:
 

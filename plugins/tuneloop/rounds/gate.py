@@ -30,9 +30,9 @@ from itertools import pairwise
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuneloop.campaign import Gate, Stage, Target
+from tuneloop.artifacts.manifest import Checkpoint
+from tuneloop.config.campaign import Gate, Stage, Target
 from tuneloop.errors import CompatibilityError, Problem, TuneloopError
-from tuneloop.manifest import Checkpoint
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import Method, Platform, Technique
 

@@ -33,10 +33,10 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuneloop import storage
+from tuneloop.artifacts.manifest import Checkpoint
 from tuneloop.errors import Problem, StorageError, TuneloopError
-from tuneloop.gate import Action, Decision, RoundSummary
-from tuneloop.manifest import Checkpoint
 from tuneloop.recipes.catalog import INSTANCE_RESOURCES, Method, Technique
+from tuneloop.rounds.gate import Action, Decision, RoundSummary
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ class Ledger:
     @classmethod
     def for_campaign(cls, campaign: Any) -> Ledger:
         """The ledger of a `Campaign`, under its output root."""
-        from tuneloop.plan import campaign_root
+        from tuneloop.rounds.plan import campaign_root
 
         return cls(campaign_root(campaign))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 PRIMARY = "exact_match"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 AIRFLOW_UI_PORT = 8080
 """Where ``make airflow`` serves the UI (its AIRFLOW_PORT)."""
 
@@ -78,8 +78,8 @@ def print_round(record: Any, seconds: float) -> None:
 def summarize(ledger: Any, campaign_dir: Path, seconds: float | None, cf: Any) -> None:
     """The rounds table and where the report, ledger and MLflow store are; ``seconds`` None:
     no time line (nothing ran now)."""
-    from tuneloop.report import format_table
-    from tuneloop.round_record import shown_metrics
+    from tuneloop.rounds.record import shown_metrics
+    from tuneloop.tracking.report import format_table
 
     records = [shown_metrics(cf, r.model_dump(mode="json")) for r in ledger.records()]
     if not records:

@@ -15,9 +15,18 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tuneloop import campaign_checks, storage
-from tuneloop.campaign import Campaign, flatten_overrides
-from tuneloop.campaign_file import CampaignFile, find_template, recipes_root, resolve_base
+from tuneloop import storage
+from tuneloop.artifacts.manifest import Checkpoint
+from tuneloop.config import checks as campaign_checks
+from tuneloop.config.campaign import Campaign, flatten_overrides
+from tuneloop.config.file import CampaignFile, find_template, recipes_root, resolve_base
+from tuneloop.config.templating import render_template, sample_template_context
+from tuneloop.documents import (
+    Loc,
+    format_loc,
+    load_document,
+    parse_loc,
+)
 from tuneloop.errors import (
     CampaignError,
     CompatibilityError,
@@ -25,7 +34,6 @@ from tuneloop.errors import (
     Problem,
     StorageError,
 )
-from tuneloop.manifest import Checkpoint
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import (
     EVAL_TASKS,
@@ -35,13 +43,6 @@ from tuneloop.recipes.catalog import (
 )
 from tuneloop.recipes.render import Origin, RenderedRecipe, render_recipe
 from tuneloop.recipes.rules import INSTANCE_TYPE, PLACEHOLDER_PREFIX, RecipeContext
-from tuneloop.sources import (
-    Loc,
-    format_loc,
-    load_document,
-    parse_loc,
-)
-from tuneloop.templating import render_template, sample_template_context
 
 
 class PlannedStage(BaseModel):

@@ -6,7 +6,7 @@ everything here is idempotent and keyed on the ledger's identities, never on tim
 - the campaign run is found again by its tags (``tuneloop.kind=campaign``, ``tuneloop.campaign``)
   and never duplicated; a round run by ``tuneloop.round``; a stage run by ``tuneloop.stage``
   under its round run; the evaluation run likewise (``tuneloop.kind=evaluation``);
-- metric timestamps come from the record (`tuneloop.tracking_records` turns a record into
+- metric timestamps come from the record (`tuneloop.artifacts.training_metrics` turns a record into
   params, metrics and tags, the same way on every call), so logging a round again writes rows
   MLflow already holds and drops them; params are logged only when missing;
 - a round run holds the record's digest once it is complete: logging the same record again
@@ -52,8 +52,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from tuneloop.errors import Problem, TuneloopError
-from tuneloop.tracking_records import (
+from tuneloop.artifacts.training_metrics import (
     MAX_TAG_VALUE,
     METRICS_PER_BATCH,
     PARAMS_PER_BATCH,
@@ -73,6 +72,7 @@ from tuneloop.tracking_records import (
     tag_value,
     training_curves,
 )
+from tuneloop.errors import Problem, TuneloopError
 
 MODEL_PREFIX = "tuneloop-"
 CHAMPION_ALIAS = "champion"

@@ -1,0 +1,1 @@
+"""What a job leaves behind: the checkpoint manifest, evaluation results, training metrics."""

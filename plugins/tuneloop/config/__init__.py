@@ -1,0 +1,1 @@
+"""The campaign as the user writes it: its model, the file, checks, templating and paths."""

@@ -1,0 +1,1 @@
+"""tuneloop's Airflow face: the DAG factory, task bodies, operators and triggers."""

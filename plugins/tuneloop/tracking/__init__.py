@@ -1,0 +1,1 @@
+"""The mirrors of the ledger: MLflow runs and the round report."""
