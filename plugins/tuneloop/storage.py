@@ -1,14 +1,19 @@
 """Reading and writing by URI: ``s3://bucket/key``, ``file:///path`` or a plain local path.
 
-boto3 is imported only when an s3:// URI is touched, so modules a DAG imports at parse time can
-use this one freely.
+Reads (whole, streamed, tar members), existence (HEAD on S3, stat locally), listings and
+write-once publication (`write_once`) all live here, so the rest of the package speaks URIs.
+S3 clients come from `tuneloop.aws` (the Airflow connection inside Airflow, boto3's default
+chain outside, one client per process). boto3 is imported only when an s3:// URI is touched,
+so modules a DAG imports at parse time can use this one freely.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +21,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import urlparse
 
+from tuneloop import aws
 from tuneloop.errors import Problem, StorageError
+
+
+class ObjectExistsError(StorageError):
+    """`write_once` found something at the URI already: another writer published it first."""
 
 
 def is_s3(uri: str) -> bool:
@@ -52,11 +62,9 @@ _ACCESS_FIX = (
 
 
 def s3_client() -> Any:
-    import boto3
-
-    # TUNELOOP_S3_ENDPOINT_URL points tests and on-premises users at an S3-compatible endpoint.
-    endpoint = os.environ.get("TUNELOOP_S3_ENDPOINT_URL") or None
-    return boto3.client("s3", endpoint_url=endpoint)
+    """The process's S3 client (`tuneloop.aws.client`: the Airflow connection inside Airflow,
+    the default chain outside; TUNELOOP_S3_ENDPOINT_URL points it at an S3-compatible store)."""
+    return aws.client("s3")
 
 
 def read_text(uri: str) -> str:
@@ -76,23 +84,190 @@ def read_text(uri: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def read_if_exists(uri: str) -> str | None:
+    """The text at ``uri``, or None when no file or object is there.
+
+    Unlike `read_text`, a bucket that does not exist is a StorageError, as access denied is: a
+    wrong URI or region must not look like an empty folder to a caller that would then write.
+    """
+    if not is_s3(uri):
+        path = local_path(uri)
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if _error_code(exc) in _MISSING - {"NoSuchBucket"}:
+            return None
+        raise _access_error(uri, "read", exc) from None
+    except BotoCoreError as exc:
+        raise _access_error(uri, "read", exc) from None
+    return str(body.decode("utf-8"))
+
+
+# Error codes of a key or bucket that does not exist (HEAD answers a bare 404).
+_MISSING = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
+
+
 def _read_error(uri: str, exc: Exception) -> Exception:
     """What a failed S3 read means to the caller: a missing object or bucket is
     FileNotFoundError; anything else (access denied, no credentials, no network, a bad
     endpoint) a StorageError that says what to check."""
-    response = getattr(exc, "response", None)  # a ClientError's; BotoCoreError has none
-    code = response.get("Error", {}).get("Code", "") if response else ""
-    if code in {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}:
+    code = _error_code(exc)  # a ClientError's; BotoCoreError has none
+    if code in _MISSING:
         return FileNotFoundError(uri)
     return StorageError([Problem("", f"cannot read {uri}: {code or exc}", fix=_ACCESS_FIX)])
 
 
 def exists(uri: str) -> bool:
+    """Whether a file or object is at ``uri``: a HEAD request on S3 (the object is not read),
+    a stat locally. StorageError when S3 cannot answer (access denied, no credentials)."""
+    if not is_s3(uri):
+        return local_path(uri).is_file()
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
-        read_text(uri)
-    except FileNotFoundError:
-        return False
+        return _head(uri)
+    except (ClientError, BotoCoreError) as exc:
+        raise _read_error(uri, exc) from None
+
+
+def _head(uri: str) -> bool:
+    """HEAD the object: False when it (or its bucket) does not exist; botocore's error when S3
+    cannot say."""
+    from botocore.exceptions import ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if _error_code(exc) in _MISSING:
+            return False
+        raise
     return True
+
+
+def list_names(folder: str) -> list[str]:
+    """Names of the files directly in ``folder`` (none when it does not exist), unsorted."""
+    if not is_s3(folder):
+        path = local_path(folder)
+        return [p.name for p in path.iterdir() if p.is_file()] if path.is_dir() else []
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = split_s3(folder)
+    prefix = prefix.rstrip("/") + "/"
+    names: list[str] = []
+    try:
+        pages = s3_client().get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            names.extend(item["Key"][len(prefix) :] for item in page.get("Contents", []))
+    except (ClientError, BotoCoreError) as exc:
+        raise _access_error(folder, "list", exc) from None
+    return names
+
+
+def _access_error(uri: str, action: str, exc: Exception) -> StorageError:
+    """``<uri>: cannot <action> it (<code>: <message>)``, and what to check."""
+    detail = str(exc)
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error", {})
+        detail = f"{error.get('Code', '')}: {error.get('Message', '')}".strip(": ")
+    return StorageError(
+        [
+            Problem(
+                "",
+                f"cannot {action} it ({detail or exc})",
+                source=uri,
+                fix="check the AWS credentials and region in this environment and that they "
+                "may use the bucket",
+            )
+        ]
+    )
+
+
+# --- write once ------------------------------------------------------------------------------
+
+
+def write_once(uri: str, data: bytes, *, content_type: str = "application/json") -> None:
+    """Create ``uri`` with ``data``; ObjectExistsError when something is there already.
+
+    Of two writers, exactly one succeeds, and a reader never sees half the data. Locally the
+    data is written to a temporary file and published with a hard link, which fails when the
+    name exists (a rename would silently replace it); on S3 with ``If-None-Match: *``, which
+    the service refuses (412) when the key exists, or (409) while another conditional write to
+    it is in flight.
+    """
+    created = (
+        _write_once_s3(uri, data, content_type) if is_s3(uri) else _write_once_local(uri, data)
+    )
+    if not created:
+        raise ObjectExistsError([Problem("", "already exists: it is written once", source=uri)])
+
+
+def _write_once_local(uri: str, data: bytes) -> bool:
+    path = local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary file is complete and on disk before it gets its final name.
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            return _create_exclusive(path, data)  # a filesystem without hard links
+        return True
+    finally:
+        os.unlink(temporary)
+
+
+def _create_exclusive(path: Path, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def _write_once_s3(uri: str, data: bytes, content_type: str) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        # Looked up first as well: some S3-compatible stores ignore If-None-Match.
+        if _head(uri):
+            return False
+    except (ClientError, BotoCoreError) as exc:
+        raise _access_error(uri, "check", exc) from None
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().put_object(
+            Bucket=bucket, Key=key, Body=data, ContentType=content_type, IfNoneMatch="*"
+        )
+    except ClientError as exc:
+        if _error_code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}:
+            return False
+        raise _access_error(uri, "write", exc) from None
+    except BotoCoreError as exc:
+        raise _access_error(uri, "write", exc) from None
+    return True
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
 
 
 # --- streaming reads and tar members ---------------------------------------------------------

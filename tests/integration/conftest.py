@@ -104,7 +104,8 @@ class Airflow:
         logical_date: datetime,
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """``dag.test()`` in a child process (which may die on purpose: TUNELOOP_CRASH_AT)."""
+        """``dag.test()`` in a child process, which dies on purpose where ``env`` sets
+        TUNELOOP_CRASH_AT (``fakes.crash_points``)."""
         argv, child_env = self._child(dag_id, conf, logical_date, env)
         return subprocess.run(argv, env=child_env, capture_output=True, text=True, timeout=180)
 
@@ -127,6 +128,8 @@ class Airflow:
         code = (
             "import json, sys\n"
             "from datetime import datetime\n"
+            "from fakes import crash_points\n"
+            "crash_points.install_from_env()\n"
             "from airflow.dag_processing.dagbag import DagBag\n"
             f"bag = DagBag(dag_folder={str(DAGS)!r})\n"
             f"bag.dags[{dag_id!r}].test(run_conf=json.loads(sys.argv[1]),"

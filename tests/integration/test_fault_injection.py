@@ -1,8 +1,9 @@
 """The worker dies at the worst moments; clearing and rerunning the task still makes ONE job.
 
-Each case runs the DAG in a child process that really dies (``os._exit`` at a crash point the
-operator checks through ``TUNELOOP_CRASH_AT``, or SIGKILL from here while the task is deferred),
-then clears the task in the same DAG run and runs it again here, keeping the task's state.
+Each case runs the DAG in a child process that really dies (``os._exit`` at the crash point
+``TUNELOOP_CRASH_AT`` names, where ``fakes.crash_points`` wraps the operator, or SIGKILL from here
+while the task is deferred), then clears the task in the same DAG run and runs it again here,
+keeping the task's state.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from fakes.crash_points import CRASH_ENV, CRASH_EXIT_CODE
 from tuneloop.jobs.base import JobSpec, JobState, job_name
 from tuneloop.jobs.local import LocalJobBackend
-from tuneloop.pipeline.operators import CRASH_ENV, CRASH_EXIT_CODE, HANDLE_KEY
+from tuneloop.pipeline.operators import HANDLE_KEY
 
 pytestmark = pytest.mark.slow  # each case starts Airflow in a child process
 
@@ -69,6 +71,7 @@ def jobs_created(backend: dict[str, Any]) -> list[str]:
     ("crash_at", "handle_persisted", "job_state"),
     [
         ("after_submit", False, {JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED}),
+        ("deferring", True, {JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED}),
         ("after_complete", True, {JobState.SUCCEEDED}),
     ],
 )
@@ -81,8 +84,10 @@ def test_crash_then_clear_makes_one_job(
     handle_persisted: bool,
     job_state: set[JobState],
 ) -> None:
-    job = make_job(tmp_path, log_lines=2, sleep=0.5)
-    when = datetime(2026, 1, 2 if crash_at == "after_submit" else 3, tzinfo=UTC)
+    # Long enough to be running still when the task would defer (it concludes a job that ended).
+    job = make_job(tmp_path, log_lines=2, sleep=3.0 if crash_at == "deferring" else 0.5)
+    day = {"after_submit": 2, "after_complete": 3, "deferring": 5}[crash_at]
+    when = datetime(2026, 1, day, tzinfo=UTC)
     child = airflow.run_dag_in_subprocess(
         "tuneloop_train", {"backend": local_backend, "job": job}, when, {CRASH_ENV: crash_at}
     )

@@ -7,7 +7,10 @@ import logging
 import multiprocessing
 import threading
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -242,21 +245,41 @@ def test_s3_refuses_a_conditional_put_on_an_existing_key(s3_ledger: Ledger) -> N
     assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"{}"
 
 
+@contextmanager
+def injected(event: str, handler: Callable[..., Any]) -> Iterator[None]:
+    """``handler`` runs first on ``event`` of the process's S3 client (which the ledger uses),
+    and only inside the ``with``: the client is shared by every test that follows."""
+    from tuneloop.storage import s3_client
+
+    events = s3_client().meta.events
+    events.register_first(event, handler)
+    try:
+        yield
+    finally:
+        events.unregister(event, handler)
+
+
 def test_s3_conditional_put_refuses_a_writer_that_slipped_in_after_the_check(
-    s3_ledger: Ledger,
+    s3_ledger: Ledger, s3_server: str
 ) -> None:
     # Another run records round 1 between this ledger's existence check and its put: only the
     # If-None-Match condition stands between them.
-    from tuneloop.storage import s3_client, split_s3
+    import boto3
+
+    from tuneloop.storage import split_s3
 
     bucket, key = split_s3(s3_ledger.round_uri(1))
     other = record(1, {"exact_match": 0.9}, run_id="run-other")
+    # The other run's own client: the process's one would run this handler again.
+    elsewhere = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
 
     def other_run_writes_first(**_: object) -> None:
-        s3_client().put_object(Bucket=bucket, Key=key, Body=other.model_dump_json().encode())
+        elsewhere.put_object(Bucket=bucket, Key=key, Body=other.model_dump_json().encode())
 
-    s3_ledger._s3().meta.events.register_first("before-call.s3.PutObject", other_run_writes_first)
-    with pytest.raises(RoundAlreadyRecordedError, match="by run 'run-other'"):
+    with (
+        injected("before-call.s3.PutObject", other_run_writes_first),
+        pytest.raises(RoundAlreadyRecordedError, match="by run 'run-other'"),
+    ):
         s3_ledger.write(record(1, {"exact_match": 0.5}, run_id="run-mine"))
     assert s3_ledger.read(1) == other
 
@@ -271,8 +294,10 @@ def test_s3_write_in_flight_elsewhere_is_refused(s3_ledger: Ledger) -> None:
         response = AWSResponse(url="", status_code=409, headers={}, raw=None)
         return response, {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 409}}
 
-    s3_ledger._s3().meta.events.register_first("before-call.s3.PutObject", conflict)
-    with pytest.raises(RoundAlreadyRecordedError, match="by another run writing it at this"):
+    with (
+        injected("before-call.s3.PutObject", conflict),
+        pytest.raises(RoundAlreadyRecordedError, match="by another run writing it at this"),
+    ):
         s3_ledger.write(record(1, {"exact_match": 0.5}))
 
 

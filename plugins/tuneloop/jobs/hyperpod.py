@@ -18,9 +18,11 @@ first status check that sees the training job finished deletes them, so they sto
 nodes; the PyTorchJob and its ConfigMap stay as the record of the run.
 
 Authentication: with ``kubeconfig`` the file is used as it is. Without it, HyperPod's
-DescribeCluster names the EKS cluster (``Orchestrator.Eks.ClusterArn``), EksHook's connection
-describes it (endpoint, CA) and a bearer token is presigned from the connection's credentials,
-renewed before its 15-minute lifetime ends. ``cluster`` may also be that EKS cluster's ARN.
+DescribeCluster names the EKS cluster (``Orchestrator.Eks.ClusterArn``), EKS's DescribeCluster
+gives its endpoint and CA, and a bearer token is presigned from the same credentials, renewed
+before its 15-minute lifetime ends. ``cluster`` may also be that EKS cluster's ARN. The AWS
+clients and credentials come from ``tuneloop.aws``: the connection ``aws_conn_id`` inside
+Airflow, boto3's default chain outside.
 
 Cancel deletes a running job and everything submit created. A job that already finished is
 left in place (its status and pods are the record of what happened) and its status returned.
@@ -29,6 +31,7 @@ left in place (its status and pods are the record of what happened) and its stat
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 import time
@@ -37,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from tuneloop import aws
 from tuneloop.errors import Problem
 from tuneloop.jobs.base import (
     JobError,
@@ -313,9 +317,10 @@ class HyperPodJobBackend:
                 "list",
                 "Pod",
                 name,
-                lambda s=selector: api.list_namespaced_pod(
+                functools.partial(
+                    api.list_namespaced_pod,
                     self.namespace,
-                    label_selector=s,
+                    label_selector=selector,
                     _preload_content=False,
                     _request_timeout=REQUEST_TIMEOUT,
                 ),
@@ -332,12 +337,13 @@ class HyperPodJobBackend:
                     "read the log of",
                     "Pod",
                     name,
-                    lambda p=previous: api.read_namespaced_pod_log(
+                    functools.partial(
+                        api.read_namespaced_pod_log,
                         pod,
                         self.namespace,
                         container=health.log_container,
                         tail_lines=self.log_lines,
-                        previous=p,
+                        previous=previous,
                         _preload_content=False,
                         _request_timeout=REQUEST_TIMEOUT,
                     ),
@@ -593,16 +599,15 @@ class HyperPodJobBackend:
     def _client_from_eks(self) -> Any:
         import base64
 
-        from airflow.providers.amazon.aws.hooks.eks import EksHook
         from airflow.providers.amazon.aws.utils.eks_get_token import (
             fetch_access_token_for_cluster,
         )
         from kubernetes.client import ApiClient, Configuration
 
         eks_name = self._eks_cluster_name()
-        hook = EksHook(aws_conn_id=self.aws_conn_id, region_name=self.region)
-        cluster = self._aws(lambda: hook.conn.describe_cluster(name=eks_name)["cluster"], eks_name)
-        session = hook.get_session(region_name=self.region)
+        eks = aws.client("eks", self.region, conn_id=self.aws_conn_id)
+        cluster = self._aws(lambda: eks.describe_cluster(name=eks_name)["cluster"], eks_name)
+        session = aws.session(self.region, conn_id=self.aws_conn_id)
         sts_url = (
             f"https://sts.{self.region}.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15"
         )
@@ -624,17 +629,16 @@ class HyperPodJobBackend:
                 config.api_key["BearerToken"] = token()
                 issued[0] = time.monotonic()
 
-        configuration.refresh_api_key_hook = renew
+        # The client's constructor sets the hook to None, which is all its types say of it.
+        configuration.refresh_api_key_hook = renew  # type: ignore[assignment]
         return ApiClient(configuration)
 
     def _eks_cluster_name(self) -> str:
         """The EKS cluster behind the HyperPod cluster (or named directly by its ARN)."""
         if self.cluster.startswith("arn:") and ":eks:" in self.cluster:
             return self.cluster.rsplit("/", 1)[-1]
-        from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
-
-        hook = SageMakerHook(aws_conn_id=self.aws_conn_id, region_name=self.region)
-        described = self._aws(lambda: hook.conn.describe_cluster(ClusterName=self.cluster), "")
+        sagemaker = aws.client("sagemaker", self.region, conn_id=self.aws_conn_id)
+        described = self._aws(lambda: sagemaker.describe_cluster(ClusterName=self.cluster), "")
         arn = described.get("Orchestrator", {}).get("Eks", {}).get("ClusterArn", "")
         if not arn:
             raise _setting_error(

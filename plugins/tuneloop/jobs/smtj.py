@@ -15,23 +15,21 @@ Outputs land in ``<output_uri>/<job>/output/output.tar.gz``; ``tuneloop.artifact
 and ``tuneloop.artifacts.evaluation`` read the manifest and results from it. Logs are the job's
 CloudWatch streams, ``/aws/sagemaker/TrainingJobs`` ``<job>/algo-<n>-<epoch>``.
 
-boto3 and the Amazon provider's hooks are imported inside methods (DAG parse-time hygiene).
+boto3 is imported inside functions (DAG parse-time hygiene); clients come from ``tuneloop.aws``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import threading
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar
 
 import yaml
 
-from tuneloop import storage
+from tuneloop import aws, storage
 from tuneloop.jobs.base import (
     JobError,
     JobKind,
@@ -49,6 +47,7 @@ from tuneloop.jobs.base import (
 from tuneloop.recipes.catalog import (
     CatalogError,
     Method,
+    ModelSpec,
     Platform,
     allowed_instance_types,
     container_image,
@@ -205,81 +204,23 @@ def training_job_request(
     reward function.
     """
     name = spec.name
-    run = spec.recipe.get("run") if isinstance(spec.recipe.get("run"), dict) else {}
-    model_type = str(run.get("model_type") or "")
-    model = model_spec(model_type)
-    if model is None or not model.is_nova:
-        raise _user_error(
-            name,
-            f"run.model_type {model_type!r} is not a Nova model",
-            "SageMaker training jobs run Nova models; use the local backend for other models",
-        )
+    run = _run_section(spec)
+    model = _nova_model(name, run)
     method = _method(spec)
-    try:
-        image = container_image(model_type, method, Platform.SMTJ, region)
-    except CatalogError as exc:
-        raise _user_error(name, str(exc), "pick a region and method the catalog lists") from None
-    allowed = allowed_instance_types(model_type, method)
-    if instance_type not in allowed:
-        raise _user_error(
-            name,
-            f"{model.display_name} {method.value.upper() if method else 'evaluation'} jobs do "
-            f"not run on {instance_type}",
-            f"set the backend's instance_type to one of {', '.join(allowed)}",
-        )
-    replicas = run.get("replicas", 1)
-    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
-        raise _user_error(
-            name, f"run.replicas {replicas!r} is not a positive instance count", "set 1 or more"
-        )
-    base = str(run.get("model_name_or_path") or "")
-    if not base:
-        raise _user_error(
-            name,
-            "run.model_name_or_path is empty",
-            f"use the base model ({model.base_model}) or an earlier job's checkpoint_s3_bucket",
-        )
+    image = _image(name, model, method, region, instance_type)
+    replicas = _replicas(name, run)
+    base = _base_model(name, run, model)
     if not storage.is_s3(spec.output_uri):
         raise _user_error(
             name,
             f"output_uri {spec.output_uri!r} is not an s3:// URI",
             "training jobs write to S3; set the campaign's output root to s3://bucket/prefix",
         )
-
     hyperparameters = {"sagemaker_recipe_local_path": RECIPE_LOCAL_PATH}
     hyperparameters["base_model_location" if storage.is_s3(base) else "base_model"] = base
-    data_type = _data_type(method)
-    channels = []
-    reward = str(run.get("reward_lambda_arn") or "")
-    for channel, uri in sorted(spec.inputs.items()):
-        if _is_lambda(uri):
-            reward = uri
-            continue
-        if channel == RECIPE_CHANNEL:
-            raise _user_error(
-                name, "input channel 'recipe' is reserved for the recipe", "rename the input"
-            )
-        if not storage.is_s3(uri):
-            raise _user_error(
-                name,
-                f"input {channel} = {uri!r} is not an s3:// URI",
-                "training jobs read their data from S3; upload it to your own bucket",
-            )
-        channels.append(_channel(channel, uri, data_type))
-    if method is Method.RFT:
-        if not reward:
-            raise _user_error(
-                name,
-                "RFT needs a reward function and none was given",
-                "set run.reward_lambda_arn to the ARN of your reward Lambda",
-            )
-        hyperparameters["reward_lambda_arn"] = reward
-    processor = spec.recipe.get("processor")
-    eval_lambda = processor.get("lambda_arn") if isinstance(processor, dict) else None
-    if method is None and eval_lambda:
-        hyperparameters["eval_lambda_arn"] = str(eval_lambda)
+    channels, reward = _data_channels(spec, method, str(run.get("reward_lambda_arn") or ""))
+    hyperparameters.update(_lambda_hyperparameters(spec, method, reward))
     channels.append(_channel(RECIPE_CHANNEL, recipe_prefix(spec.output_uri, name), "S3Prefix"))
-
     tags = [{"Key": key, "Value": value} for key, value in sorted(spec.labels.items())]
     tags.append({"Key": MANAGED_BY_TAG, "Value": MANAGED_BY})
     return {
@@ -300,6 +241,104 @@ def training_job_request(
         },
         "Tags": tags,
     }
+
+
+def _run_section(spec: JobSpec) -> dict[str, Any]:
+    run = spec.recipe.get("run")
+    return run if isinstance(run, dict) else {}
+
+
+def _nova_model(name: str, run: Mapping[str, Any]) -> ModelSpec:
+    model_type = str(run.get("model_type") or "")
+    model = model_spec(model_type)
+    if model is None or not model.is_nova:
+        raise _user_error(
+            name,
+            f"run.model_type {model_type!r} is not a Nova model",
+            "SageMaker training jobs run Nova models; use the local backend for other models",
+        )
+    return model
+
+
+def _image(
+    name: str, model: ModelSpec, method: Method | None, region: str, instance_type: str
+) -> str:
+    """The job's container image, once the model may run ``method`` on ``instance_type``."""
+    try:
+        image = container_image(model.model_type, method, Platform.SMTJ, region)
+    except CatalogError as exc:
+        raise _user_error(name, str(exc), "pick a region and method the catalog lists") from None
+    allowed = allowed_instance_types(model.model_type, method)
+    if instance_type not in allowed:
+        raise _user_error(
+            name,
+            f"{model.display_name} {method.value.upper() if method else 'evaluation'} jobs do "
+            f"not run on {instance_type}",
+            f"set the backend's instance_type to one of {', '.join(allowed)}",
+        )
+    return image
+
+
+def _replicas(name: str, run: Mapping[str, Any]) -> int:
+    replicas = run.get("replicas", 1)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+        raise _user_error(
+            name, f"run.replicas {replicas!r} is not a positive instance count", "set 1 or more"
+        )
+    return replicas
+
+
+def _base_model(name: str, run: Mapping[str, Any], model: ModelSpec) -> str:
+    base = str(run.get("model_name_or_path") or "")
+    if not base:
+        raise _user_error(
+            name,
+            "run.model_name_or_path is empty",
+            f"use the base model ({model.base_model}) or an earlier job's checkpoint_s3_bucket",
+        )
+    return base
+
+
+def _data_channels(
+    spec: JobSpec, method: Method | None, reward: str
+) -> tuple[list[dict[str, Any]], str]:
+    """The data channels of the inputs, and the reward function (a Lambda ARN input wins over
+    ``reward``, the recipe's)."""
+    data_type = _data_type(method)
+    channels = []
+    for channel, uri in sorted(spec.inputs.items()):
+        if _is_lambda(uri):
+            reward = uri
+            continue
+        if channel == RECIPE_CHANNEL:
+            raise _user_error(
+                spec.name, "input channel 'recipe' is reserved for the recipe", "rename the input"
+            )
+        if not storage.is_s3(uri):
+            raise _user_error(
+                spec.name,
+                f"input {channel} = {uri!r} is not an s3:// URI",
+                "training jobs read their data from S3; upload it to your own bucket",
+            )
+        channels.append(_channel(channel, uri, data_type))
+    return channels, reward
+
+
+def _lambda_hyperparameters(spec: JobSpec, method: Method | None, reward: str) -> dict[str, str]:
+    """RFT's reward function (required), an evaluation's processor Lambda (when it has one)."""
+    if method is Method.RFT:
+        if not reward:
+            raise _user_error(
+                spec.name,
+                "RFT needs a reward function and none was given",
+                "set run.reward_lambda_arn to the ARN of your reward Lambda",
+            )
+        return {"reward_lambda_arn": reward}
+    processor = spec.recipe.get("processor")
+    eval_lambda = processor.get("lambda_arn") if isinstance(processor, dict) else None
+    if method is None and eval_lambda:
+        return {"eval_lambda_arn": str(eval_lambda)}
+    return {}
 
 
 # --- the status ---------------------------------------------------------------------------
@@ -476,11 +515,11 @@ def _encode_cursor(tokens: Mapping[str, str]) -> str:
 class TrainingJobsBackend:
     """Runs Nova jobs as SageMaker training jobs in one region, under one execution role.
 
-    Clients come from the Amazon provider's hooks (the Airflow connection ``aws_conn_id``; when
-    it is None or does not exist, boto3's default credential chain). ``endpoint_url`` points the
-    SageMaker client elsewhere (a VPC endpoint, a test server); CloudWatch Logs uses the
-    connection's or boto3's configured endpoint and S3 also honours TUNELOOP_S3_ENDPOINT_URL,
-    as ``tuneloop.storage`` does.
+    Clients come from `tuneloop.aws`: inside Airflow from the connection ``aws_conn_id`` (None,
+    or a connection that does not exist: boto3's default credential chain), outside Airflow from
+    the default chain. ``endpoint_url`` points the SageMaker client elsewhere (a VPC endpoint, a
+    test server); CloudWatch Logs uses the connection's or boto3's configured endpoint and S3
+    also honours TUNELOOP_S3_ENDPOINT_URL, as ``tuneloop.storage`` does.
     """
 
     type: ClassVar[str] = "smtj"
@@ -504,8 +543,6 @@ class TrainingJobsBackend:
         self.endpoint_url = endpoint_url
         self.verify = verify
         self.botocore_config = dict(botocore_config) if botocore_config else None
-        self._clients: dict[str, Any] = {}
-        self._lock = threading.Lock()
 
     def config(self) -> dict[str, Any]:
         return constructor_config(self)
@@ -513,33 +550,16 @@ class TrainingJobsBackend:
     # -- clients --
 
     def _client(self, service: str) -> Any:
-        """A boto3 client built from the provider hook's session, cached per backend."""
-        with self._lock:
-            if service in self._clients:
-                return self._clients[service]
-            from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
-            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-            from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
-
-            hook_class = {"sagemaker": SageMakerHook, "s3": S3Hook, "logs": AwsLogsHook}[service]
-            hook = hook_class(
-                aws_conn_id=self.aws_conn_id,
-                region_name=self.region,
-                verify=self.verify,
-                config=dict(self.botocore_config) if self.botocore_config else None,
-            )
-            overrides = {
-                "sagemaker": self.endpoint_url,
-                "s3": os.environ.get("TUNELOOP_S3_ENDPOINT_URL"),
-            }
-            endpoint = overrides.get(service) or hook.conn_config.get_service_endpoint_url(
-                service_name=service
-            )
-            client = hook.get_session(region_name=self.region).client(
-                service, endpoint_url=endpoint, config=hook.config, verify=hook.verify
-            )
-            self._clients[service] = client
-            return client
+        """The process's boto3 client for ``service`` with this backend's connection, region and
+        settings (`tuneloop.aws`); ``endpoint_url`` applies to SageMaker only."""
+        return aws.client(
+            service,
+            self.region,
+            conn_id=self.aws_conn_id,
+            endpoint_url=self.endpoint_url if service == "sagemaker" else None,
+            config=self.botocore_config,
+            verify=self.verify,
+        )
 
     def _call(self, name: str, action: str, service: str = "sagemaker", **kwargs: Any) -> Any:
         """One API call, its failures turned into typed JobErrors."""

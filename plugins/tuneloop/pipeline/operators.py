@@ -36,15 +36,10 @@ with the backend's failure reason in the message.
 **Cancelling.** ``on_kill``, the trigger's ``on_kill`` (a person cleared or marked the deferred
 task) and the failure callback stop the job this task started or adopted, never any other job,
 and never after the task succeeded.
-
-Test hook: when the environment variable ``TUNELOOP_CRASH_AT`` names a crash point
-(``CRASH_POINTS``), the process exits at once there (``os._exit``), as a dying worker would. The
-fault-injection tests use it; nothing sets it otherwise.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -78,13 +73,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
-CRASH_ENV = "TUNELOOP_CRASH_AT"
-CRASH_POINTS = ("after_submit", "deferring", "after_complete")
-"""after_submit: the job was created, its handle not yet persisted; deferring: the handle is
-persisted and the task is about to defer; after_complete: the job ended and the task resumed,
-before it returned its result."""
-CRASH_EXIT_CODE = 75
-
 HANDLE_KEY = "tuneloop_job"
 CURSOR_KEY = "tuneloop_log_cursor"
 REPORTED_KEY = "tuneloop_reported_failure"
@@ -99,12 +87,6 @@ DEADLINE_GRACE = 60.0
 ends the wait itself (and hands back its log cursor); Airflow's timeout is the backstop."""
 
 T = TypeVar("T")
-
-
-def crash_point(point: str) -> None:
-    """Exit the process here when TUNELOOP_CRASH_AT names ``point`` (fault-injection tests)."""
-    if os.environ.get(CRASH_ENV) == point:
-        os._exit(CRASH_EXIT_CODE)
 
 
 def attempt_name(name: str, attempt: int) -> str:
@@ -144,8 +126,9 @@ class Handle(NamedTuple):
             return None
 
 
-class JobDeadlineExceeded(AirflowException):
-    """The job had not ended by the try's ``execution_timeout`` (Airflow retries apply)."""
+class JobDeadlineExceededError(TuneloopError, AirflowException):
+    """The job had not ended by the try's ``execution_timeout``. An AirflowException, not an
+    AirflowFailException, so Airflow's retries apply: the next try reconnects to the job."""
 
 
 class _Backoff(Exception):
@@ -298,10 +281,9 @@ class JobOperator(ResumableJobMixin, BaseOperator):
         outcome = event.get("outcome")
         status = JobStatus.model_validate(event["status"]) if event.get("status") else None
         if outcome == SUCCESS and status is not None:
-            crash_point("after_complete")
             return self._finish(context, status)
         if outcome == DEADLINE:
-            raise JobDeadlineExceeded(
+            raise self._deadline_error(
                 f"{event.get('message')}; it keeps running and a retry reconnects to it"
             )
         if status is not None and status.retryable and waited is not None:
@@ -375,7 +357,6 @@ class JobOperator(ResumableJobMixin, BaseOperator):
         status = self._seen.pop(handle.name, None) or self._status(handle.name)
         if status.final:
             return self._conclude(context, handle, status)
-        crash_point("deferring")
         self.defer(
             trigger=JobTrigger(
                 backend=self.backend,
@@ -451,7 +432,6 @@ class JobOperator(ResumableJobMixin, BaseOperator):
         self.log.info("Submitting job %s (attempt %d) to the %s backend", name, attempt, self._kind)
         self._remember(context, SUBMITTED_KEY, {"name": name, "host": socket.gethostname()})
         status = self._call(self.job_backend.submit, attempt_spec)
-        crash_point("after_submit")
         self._started = name
         self._seen[name] = status
         self._push_console_url(context, status)
@@ -459,7 +439,9 @@ class JobOperator(ResumableJobMixin, BaseOperator):
 
     def _lost_message(self, context: Context, name: str) -> str:
         store = context.get("task_state_store")
-        submitted = (store.get(SUBMITTED_KEY) if store is not None else None) or {}
+        submitted = store.get(SUBMITTED_KEY) if store is not None else None
+        if not isinstance(submitted, dict):
+            submitted = {}
         by = submitted.get("host") if submitted.get("name") == name else None
         text = (
             f"job {name} was submitted by an earlier try of this task"
@@ -550,8 +532,9 @@ class JobOperator(ResumableJobMixin, BaseOperator):
         (``dag.test()`` hands a resumed task the event only)."""
         store = context.get("task_state_store")
         saved = store.get(key) if store is not None and not resume else None
-        values = resume or (saved if isinstance(saved, dict) else {})
-        self._deadline = values.get("deadline")
+        values: dict[str, Any] = resume or (saved if isinstance(saved, dict) else {})
+        deadline = values.get("deadline")
+        self._deadline = float(deadline) if isinstance(deadline, int | float) else None
         return values
 
     def _cursor(self, context: Context, name: str) -> str:
@@ -600,9 +583,7 @@ class JobOperator(ResumableJobMixin, BaseOperator):
 
         delay = min(self.max_retry_backoff, self.retry_backoff * 2 ** max(0, failures - 1))
         if self._deadline is not None and time.time() + delay > self._deadline:
-            raise JobDeadlineExceeded(
-                f"{self._describe()}: gave up at the task's deadline; last error: {reason}"
-            )
+            raise self._deadline_error(f"gave up at the task's deadline; last error: {reason}")
         self.log.warning("%s: %s; trying again in %.0fs", self._describe(), reason, delay)
         self._remember(
             context, WAIT_KEY, {"deadline": self._deadline, "failures": failures, "ready": ready}
@@ -643,6 +624,9 @@ class JobOperator(ResumableJobMixin, BaseOperator):
 
     def _describe(self) -> str:
         return f"{type(self).__name__} {self.task_id}"
+
+    def _deadline_error(self, message: str) -> JobDeadlineExceededError:
+        return JobDeadlineExceededError([Problem("", message, source=self._describe())])
 
     @property
     def _kind(self) -> str:

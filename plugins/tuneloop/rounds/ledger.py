@@ -5,11 +5,11 @@ Layout under the campaign root (``plan.campaign_root(campaign)``, a folder or an
     rounds/0001.json        one RoundRecord per round, written once
     baselines/<digest>.json the base model's evaluation, one per evaluation recipe + data
 
-A record is written exactly once. Locally it is written to a temporary file and published with
-``os.link``, which fails when the name exists (``os.rename`` would silently replace it); on S3
-with ``If-None-Match: *``, which the service refuses when the key exists. Two runs that both
-believe they are round n therefore cannot both record it: the second gets
-`RoundAlreadyRecordedError`. A retry of the run that wrote the record gets the stored record back.
+A record is written exactly once, with `storage.write_once` (a hard link locally, ``If-None-Match:
+*`` on S3: both refuse a name that exists). Two runs that both believe they are round n therefore
+cannot both record it: the second gets `RoundAlreadyRecordedError`. A retry of the run that wrote
+the record gets the stored record back. The ledger speaks URIs only; how they are read, listed and
+written is `tuneloop.storage`'s business.
 
 Round numbers, the champion and the history are derived from the records, never from dates, so
 schedules, manual triggers and backfills agree on them.
@@ -17,26 +17,25 @@ schedules, manual triggers and backfills agree on them.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
-import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuneloop import storage
 from tuneloop.artifacts.manifest import Checkpoint
-from tuneloop.errors import Problem, StorageError, TuneloopError
+from tuneloop.config.paths import campaign_root
+from tuneloop.errors import Problem, TuneloopError
 from tuneloop.recipes.catalog import INSTANCE_RESOURCES, Method, Technique
 from tuneloop.rounds.gate import Action, Decision, RoundSummary
+
+if TYPE_CHECKING:
+    from tuneloop.config.campaign import Campaign
 
 log = logging.getLogger(__name__)
 
@@ -280,22 +279,10 @@ class Ledger:
 
     def __init__(self, root: str) -> None:
         self.root = root.rstrip("/")
-        self._client: Any = None
-        self._client_lock = threading.Lock()
-
-    def _s3(self) -> Any:
-        """One S3 client per ledger (created on first use; clients are thread-safe)."""
-        with self._client_lock:
-            if self._client is None:
-                with _CLIENT_LOCK:
-                    self._client = storage.s3_client()
-            return self._client
 
     @classmethod
-    def for_campaign(cls, campaign: Any) -> Ledger:
-        """The ledger of a `Campaign`, under its output root."""
-        from tuneloop.rounds.plan import campaign_root
-
+    def for_campaign(cls, campaign: Campaign) -> Ledger:
+        """The ledger of a `Campaign`, in its folder under the output root."""
         return cls(campaign_root(campaign))
 
     def round_uri(self, number: int) -> str:
@@ -313,7 +300,7 @@ class Ledger:
         the run that recorded it gets the stored record back, unchanged.
         """
         uri = self.round_uri(record.round)
-        if _publish_once(uri, record.model_dump_json(indent=2), self._s3):
+        if _publish_once(uri, record.model_dump_json(indent=2)):
             return record
         try:
             existing = self._load(uri)
@@ -381,7 +368,7 @@ class Ledger:
         """Every claim (or round ``number``'s), in round and attempt order."""
         folder = storage.join(self.root, CLAIMS)
         found = []
-        for name in _list_names(folder, self._s3):
+        for name in storage.list_names(folder):
             match = CLAIM_NAME.match(name)
             if match and (number is None or int(match.group(1)) == number):
                 found.append((int(match.group(1)), int(match.group(2)), name))
@@ -427,12 +414,12 @@ class Ledger:
             attempt = latest.attempt + 1 if latest is not None else 1
             mine = claim.model_copy(update={"attempt": attempt})
             uri = self.claim_uri(number, attempt)
-            if _publish_once(uri, mine.model_dump_json(indent=2), self._s3):
+            if _publish_once(uri, mine.model_dump_json(indent=2)):
                 return mine
             # Another run wrote this attempt first: look again (it is theirs unless it is ours).
 
     def _load_claim(self, uri: str) -> RoundClaim:
-        text = _read(uri, self._s3)
+        text = storage.read_if_exists(uri)
         if text is None:
             raise LedgerError([Problem("", "the claim disappeared while it was read", source=uri)])
         return _parse(RoundClaim, uri, text)
@@ -442,7 +429,7 @@ class Ledger:
     def read_baseline(self, digest: str) -> BaselineRecord | None:
         """The base model's evaluation recorded under ``digest``, if any."""
         uri = self.baseline_uri(digest)
-        text = _read(uri, self._s3)
+        text = storage.read_if_exists(uri)
         if text is None:
             return None
         return _parse(BaselineRecord, uri, text)
@@ -451,7 +438,7 @@ class Ledger:
         """Record the base model's evaluation once; returns the stored one (the first writer's
         when two runs measured it, since it is the same measurement)."""
         uri = self.baseline_uri(record.digest)
-        if _publish_once(uri, record.model_dump_json(indent=2), self._s3):
+        if _publish_once(uri, record.model_dump_json(indent=2)):
             return record
         existing = self.read_baseline(record.digest)
         return existing if existing is not None else record
@@ -459,7 +446,7 @@ class Ledger:
     # --- reading ----------------------------------------------------------------------------
 
     def _load(self, uri: str) -> RoundRecord:
-        text = _read(uri, self._s3)
+        text = storage.read_if_exists(uri)
         if text is None:
             raise RoundNotFoundError(
                 [
@@ -492,7 +479,7 @@ class Ledger:
         """(round, uri) of every record file under rounds/, in round order."""
         folder = storage.join(self.root, ROUNDS)
         found = []
-        for name in _list_names(folder, self._s3):
+        for name in storage.list_names(folder):
             match = RECORD_NAME.match(name)
             if match:
                 found.append((int(match.group(1)), storage.join(folder, name)))
@@ -579,143 +566,10 @@ def _parse(model: type[_R], uri: str, text: str) -> _R:
         ) from None
 
 
-# --- write-once storage --------------------------------------------------------------------------
-
-# boto3 creates clients from a shared default session, which is not safe to do from several
-# threads at once; clients themselves are.
-_CLIENT_LOCK = threading.Lock()
-
-ClientFactory = Callable[[], Any]
-
-
-def _storage_error(uri: str, action: str, exc: Exception) -> StorageError:
-    detail = str(exc)
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        error = response.get("Error", {})
-        detail = f"{error.get('Code', '')}: {error.get('Message', '')}".strip(": ")
-    return StorageError(
-        [
-            Problem(
-                "",
-                f"cannot {action} it ({detail or exc})",
-                source=uri,
-                fix="check the credentials, region and bucket of the campaign's output_root",
-            )
-        ]
-    )
-
-
-def _publish_once(uri: str, text: str, s3: ClientFactory) -> bool:
+def _publish_once(uri: str, text: str) -> bool:
     """Create ``uri`` with ``text`` unless it exists. True when this call created it."""
-    if storage.is_s3(uri):
-        return _publish_once_s3(uri, text.encode("utf-8"), s3())
-    return _publish_once_local(storage.local_path(uri), text.encode("utf-8"))
-
-
-def _publish_once_local(path: Path, data: bytes) -> bool:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file is complete and on disk before it gets its final name, so a reader
-    # never sees half a record.
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                raise
-            return _create_exclusive(path, data)  # a filesystem without hard links
-        return True
-    finally:
-        os.unlink(temporary)
-
-
-def _create_exclusive(path: Path, data: bytes) -> bool:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
+        storage.write_once(uri, text.encode("utf-8"))
+    except storage.ObjectExistsError:
         return False
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
     return True
-
-
-def _publish_once_s3(uri: str, data: bytes, client: Any) -> bool:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, key = storage.split_s3(uri)
-    try:
-        # Checked first as well: some S3-compatible stores ignore If-None-Match.
-        client.head_object(Bucket=bucket, Key=key)
-        return False
-    except ClientError as exc:
-        if _code(exc) not in {"404", "NoSuchKey", "NotFound"}:
-            raise _storage_error(uri, "check", exc) from None
-    except BotoCoreError as exc:
-        raise _storage_error(uri, "check", exc) from None
-    try:
-        client.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=data,
-            ContentType="application/json",
-            IfNoneMatch="*",
-        )
-    except ClientError as exc:
-        # 412: the key exists; 409: another conditional write to it is in flight.
-        if _code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}:
-            return False
-        raise _storage_error(uri, "write", exc) from None
-    except BotoCoreError as exc:
-        raise _storage_error(uri, "write", exc) from None
-    return True
-
-
-def _code(exc: Any) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _read(uri: str, s3: ClientFactory) -> str | None:
-    """The text at ``uri``, or None when there is nothing there."""
-    if not storage.is_s3(uri):
-        path = storage.local_path(uri)
-        return path.read_text(encoding="utf-8") if path.is_file() else None
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, key = storage.split_s3(uri)
-    try:
-        body = s3().get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if _code(exc) in {"NoSuchKey", "404", "NotFound"}:
-            return None
-        raise _storage_error(uri, "read", exc) from None
-    except BotoCoreError as exc:
-        raise _storage_error(uri, "read", exc) from None
-    return body.decode("utf-8")
-
-
-def _list_names(folder: str, s3: ClientFactory) -> list[str]:
-    """Names of the files directly in ``folder`` (none when it does not exist)."""
-    if not storage.is_s3(folder):
-        path = storage.local_path(folder)
-        return [p.name for p in path.iterdir() if p.is_file()] if path.is_dir() else []
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, prefix = storage.split_s3(folder)
-    prefix = prefix.rstrip("/") + "/"
-    names = []
-    try:
-        pages = s3().get_paginator("list_objects_v2")
-        for page in pages.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-            names.extend(item["Key"][len(prefix) :] for item in page.get("Contents", []))
-    except (ClientError, BotoCoreError) as exc:
-        raise _storage_error(folder, "list", exc) from None
-    return names

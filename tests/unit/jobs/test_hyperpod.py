@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fakes.airflow_task import inside_a_task
 from fakes.kube_api import FakeKube, fake_kube  # noqa: F401
 from tuneloop.jobs import make_backend
 from tuneloop.jobs.base import (
@@ -710,15 +712,17 @@ def test_rft_cancel_and_finish_release_the_side_workloads(
     assert done.billable_seconds is None or done.billable_seconds >= 0
 
 
-# --- connecting through the AWS connection (EksHook), against moto ------------------------
+# --- connecting through the AWS connection (tuneloop.aws), against moto ------------------
 
 
 @pytest.fixture
-def aws_connection(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An Airflow AWS connection (from the environment) whose endpoint is the moto server."""
+def aws_connection(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An Airflow AWS connection (from the environment) whose endpoint is the moto server, read
+    as a task reads it (outside Airflow, tuneloop uses boto3's default chain instead)."""
     extra = {"endpoint_url": s3_server, "region_name": "us-east-1"}
     monkeypatch.setenv("AIRFLOW_CONN_AWS_MOTO", json.dumps({"conn_type": "aws", "extra": extra}))
-    return "aws_moto"
+    with inside_a_task():
+        yield "aws_moto"
 
 
 def _client(service: str, endpoint: str) -> Any:
