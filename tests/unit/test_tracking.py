@@ -489,28 +489,6 @@ def test_a_rewritten_ledger_is_reported_not_merged(campaign: dict[str, Any]) -> 
         tracker.log_round(changed)
 
 
-def test_set_champion_moves_the_alias_by_round(campaign: dict[str, Any]) -> None:
-    tracker = Tracker(str(campaign["store"]), "manual")
-    for number in (1, 2):
-        record = make_record(
-            number,
-            action="continue",
-            promoted=True,
-            champion=number,
-            exact_match=0.5,
-            checkpoint_root="s3://bucket/m",
-        )
-        record["campaign"] = "manual"
-        tracker.log_round(record)
-    assert tracker.champion() == (2, "2")
-    assert tracker.set_champion(1) == "1"
-    assert tracker.champion() == (1, "1")
-    with pytest.raises(TrackingError, match="no model version"):
-        tracker.set_champion(7)
-    assert tracker.set_champion(None) is None
-    assert tracker.champion() is None
-
-
 def test_a_record_of_another_campaign_is_refused(campaign: dict[str, Any]) -> None:
     tracker = Tracker(str(campaign["store"]), "other")
     with pytest.raises(TrackingError, match="campaign 'support-bot' given to the tracker"):

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from tuneloop.cli.main import EXIT_INVALID, EXIT_OK
+from tuneloop.cli.exit_codes import EXIT_INVALID, EXIT_OK
 from tuneloop.errors import Problem, TuneloopError
 
 
@@ -19,17 +19,51 @@ def add_local_commands(commands: Any) -> None:
         "(default: $TUNELOOP_LOCAL_ROOT or .tuneloop/jobs).",
     )
     local_commands = local.add_subparsers(title="local commands", metavar="COMMAND")
+    _add_local_run(local_commands)
 
-    def with_root(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        parser.add_argument(
-            "--root",
-            default=None,
-            metavar="DIR",
-            help="jobs folder (default: $TUNELOOP_LOCAL_ROOT or .tuneloop/jobs)",
+    lstatus = _with_root(local_commands.add_parser("status", help="a job's state and progress"))
+    lstatus.add_argument("name", metavar="NAME")
+    lstatus.add_argument("--json", action="store_true", help="print status.json")
+    lstatus.set_defaults(handler=_local_status)
+
+    lcancel = _with_root(
+        local_commands.add_parser("cancel", help="stop a job and all its processes")
+    )
+    lcancel.add_argument("name", metavar="NAME")
+    lcancel.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time between SIGTERM and SIGKILL (default: %(default)s)",
+    )
+    lcancel.set_defaults(handler=_local_cancel)
+
+    llogs = _with_root(
+        local_commands.add_parser(
+            "logs",
+            help="print a job's log",
+            description="Print a job's log. With --follow, wait for new lines until the job "
+            "ends, then exit 0 if it succeeded, else 1.",
         )
-        return parser
+    )
+    llogs.add_argument("name", metavar="NAME")
+    llogs.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+    llogs.set_defaults(handler=_local_logs)
 
-    lrun = with_root(
+
+def _with_root(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--root",
+        default=None,
+        metavar="DIR",
+        help="jobs folder (default: $TUNELOOP_LOCAL_ROOT or .tuneloop/jobs)",
+    )
+    return parser
+
+
+def _add_local_run(local_commands: Any) -> None:
+    lrun = _with_root(
         local_commands.add_parser(
             "run",
             help="start a job (or adopt the job of that name) and follow it",
@@ -69,36 +103,6 @@ def add_local_commands(commands: Any) -> None:
     lrun.add_argument("--detach", action="store_true", help="start the job and return at once")
     lrun.set_defaults(handler=_local_run)
 
-    lstatus = with_root(local_commands.add_parser("status", help="a job's state and progress"))
-    lstatus.add_argument("name", metavar="NAME")
-    lstatus.add_argument("--json", action="store_true", help="print status.json")
-    lstatus.set_defaults(handler=_local_status)
-
-    lcancel = with_root(
-        local_commands.add_parser("cancel", help="stop a job and all its processes")
-    )
-    lcancel.add_argument("name", metavar="NAME")
-    lcancel.add_argument(
-        "--grace",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="time between SIGTERM and SIGKILL (default: %(default)s)",
-    )
-    lcancel.set_defaults(handler=_local_cancel)
-
-    llogs = with_root(
-        local_commands.add_parser(
-            "logs",
-            help="print a job's log",
-            description="Print a job's log. With --follow, wait for new lines until the job "
-            "ends, then exit 0 if it succeeded, else 1.",
-        )
-    )
-    llogs.add_argument("name", metavar="NAME")
-    llogs.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
-    llogs.set_defaults(handler=_local_logs)
-
 
 _POLL_SECONDS = 0.5
 
@@ -120,7 +124,9 @@ def _local_defaults(path: str) -> tuple[str | None, str | None]:
         return None, None
     if not isinstance(data, dict):
         return None, None
-    run = data.get("run") if isinstance(data.get("run"), dict) else {}
+    run = data.get("run")
+    if not isinstance(run, dict):
+        run = {}
     name = run.get("name") if isinstance(run.get("name"), str) else None
     try:
         from tuneloop.recipes.render import detect_method

@@ -16,10 +16,8 @@ from datetime import date
 from typing import Any, TextIO
 
 from tuneloop import __version__
+from tuneloop.cli.exit_codes import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 from tuneloop.errors import Problem, TuneloopError
-
-EXIT_OK = 0
-EXIT_USAGE = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +62,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tuneloop {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_recipe_commands(commands)
+    _add_data_commands(commands)
+    _add_campaign_commands(commands)
 
+    from tuneloop.cli.local import add_local_commands
+
+    add_local_commands(commands)
+    return parser
+
+
+# One function per command group; `commands` is argparse's subparsers action.
+
+
+def _add_recipe_commands(commands: Any) -> None:
     recipe = commands.add_parser("recipe", help="render, validate and document recipes")
     recipe_commands = recipe.add_subparsers(title="recipe commands", metavar="COMMAND")
 
@@ -99,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     fields.set_defaults(handler=_recipe_fields)
 
+
+def _add_data_commands(commands: Any) -> None:
     data = commands.add_parser("data", help="validate datasets")
     data_commands = data.add_subparsers(title="data commands", metavar="COMMAND")
     dvalidate = data_commands.add_parser(
@@ -107,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate a JSON Lines dataset for a Nova format and model. Streams local "
         "files and s3:// objects.",
     )
+    _add_data_validate_arguments(dvalidate)
+    dvalidate.set_defaults(handler=_data_validate)
+    rules = data_commands.add_parser("rules", help="list the dataset rules and which relax")
+    rules.set_defaults(handler=_data_rules)
+
+
+def _add_data_validate_arguments(dvalidate: argparse.ArgumentParser) -> None:
     dvalidate.add_argument("file", metavar="FILE", help="path, file:// or s3:// URI")
     dvalidate.add_argument("--format", required=True, choices=DATA_FORMATS)
     dvalidate.add_argument(
@@ -151,10 +171,9 @@ def _parser() -> argparse.ArgumentParser:
         help="processes for a large local file (0: one per core)",
     )
     dvalidate.add_argument("--json", action="store_true", help="print the report as JSON")
-    dvalidate.set_defaults(handler=_data_validate)
-    rules = data_commands.add_parser("rules", help="list the dataset rules and which relax")
-    rules.set_defaults(handler=_data_rules)
 
+
+def _add_campaign_commands(commands: Any) -> None:
     campaign = commands.add_parser("campaign", help="check campaign files")
     campaign_commands = campaign.add_subparsers(title="campaign commands", metavar="COMMAND")
     cvalidate = campaign_commands.add_parser(
@@ -182,6 +201,10 @@ def _parser() -> argparse.ArgumentParser:
         help="print only the summary, not the rendered recipes",
     )
     cvalidate.set_defaults(handler=_campaign_validate)
+    _add_campaign_status(campaign_commands)
+
+
+def _add_campaign_status(campaign_commands: Any) -> None:
     cstatus = campaign_commands.add_parser(
         "status",
         help="print a campaign's ledger: rounds, champion, state and the next round",
@@ -197,11 +220,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     cstatus.add_argument("--json", action="store_true", help="print the status as one JSON object")
     cstatus.set_defaults(handler=_campaign_status)
-
-    from tuneloop.cli.local import add_local_commands
-
-    add_local_commands(commands)
-    return parser
 
 
 def _add_recipe_context(parser: argparse.ArgumentParser) -> None:
@@ -238,7 +256,9 @@ def _render(path: str, overrides: dict[str, Any], args: argparse.Namespace) -> A
     document = load_document(path)
     platform = args.platform
     if platform is None:
-        run = document.data.get("run") if isinstance(document.data.get("run"), dict) else {}
+        run = document.data.get("run")
+        if not isinstance(run, dict):
+            run = {}
         platform = "local" if str(run.get("model_type", "")).startswith("local.") else "hyperpod"
     method: Any = "detect"
     if args.kind is not None:
@@ -301,7 +321,6 @@ MODEL_ALIASES = {
     "lite-2": "amazon.nova-2-lite-v1:0:256k",
     "nova-2-lite": "amazon.nova-2-lite-v1:0:256k",
 }
-EXIT_INVALID = 1
 
 
 def _data_validate(args: argparse.Namespace) -> int:
@@ -409,4 +428,3 @@ def _campaign_status(args: argparse.Namespace) -> int:
 
 
 # --- local jobs --------------------------------------------------------------------------------
-

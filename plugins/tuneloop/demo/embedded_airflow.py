@@ -28,8 +28,8 @@ Rules:
 - The log servers of the scheduler (LocalExecutor), the workers and the triggerer get free ports,
   so two of these Airflows can run side by side.
 
-Only the standard library and httpx (installed with Airflow) are imported here; psutil (also an
-Airflow dependency) is imported when processes are stopped.
+Only the standard library, httpx (installed with Airflow) and ``tuneloop.errors`` are imported
+here; psutil (also an Airflow dependency) is imported when processes are stopped.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ from urllib.parse import quote
 
 import httpx
 
+from tuneloop.errors import Problem, TuneloopError
+
 T = TypeVar("T")
 
 SIMPLE_AUTH_MANAGER = (
@@ -69,11 +71,23 @@ CHILDREN_KILLED_AFTER = 5.0
 """Seconds after SIGTERM after which ``stop`` kills the children of a component still running."""
 
 
-class AirflowStartError(RuntimeError):
+class EmbeddedAirflowError(TuneloopError):
+    """This Airflow did not start or answered with an error. Nothing the user wrote is at fault,
+    so ``str()`` is the message alone, with no file or line in front of it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__([Problem(path="", message=message)])
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class AirflowStartError(EmbeddedAirflowError):
     """A component did not start, or Airflow did not become healthy in time."""
 
 
-class AirflowApiError(RuntimeError):
+class AirflowApiError(EmbeddedAirflowError):
     """The REST API answered with an error status."""
 
     def __init__(self, method: str, url: str, status: int, body: str) -> None:
@@ -84,7 +98,7 @@ class AirflowApiError(RuntimeError):
         super().__init__(f"{method} {url} -> HTTP {status}: {body[:1000]}")
 
 
-class AirflowCliError(RuntimeError):
+class AirflowCliError(EmbeddedAirflowError):
     """An ``airflow`` CLI command failed."""
 
     def __init__(self, args: list[str], result: subprocess.CompletedProcess[str]) -> None:
@@ -723,7 +737,7 @@ class AirflowClient:
             try:
                 last = condition()
                 if last:
-                    return last  # type: ignore[return-value]
+                    return last
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}: {exc}"
             except AirflowApiError as exc:

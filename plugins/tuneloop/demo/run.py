@@ -45,6 +45,7 @@ from tuneloop.demo.embedded_airflow import (
     passwords_file,
 )
 from tuneloop.demo.report import ProgressLine, print_round, summarize, ui_hint
+from tuneloop.errors import Problem, TuneloopError
 
 REPO = Path(__file__).resolve().parents[3]
 DAG_ID = "tuneloop_demo"
@@ -73,12 +74,20 @@ DEMO_SETTINGS = {
 }
 
 
-class Interrupted(Exception):
+class _Interrupted(Exception):
     """SIGTERM or SIGHUP: stop like on Ctrl-C."""
 
 
-class DemoFailed(Exception):
-    """A round failed or Airflow did not come up; the message says what and where to look."""
+class DemoError(TuneloopError):
+    """A round failed or Airflow did not come up; the message says what and where to look
+    (``str()`` is the message alone: it names a run or a log, not a file and line)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__([Problem(path="", message=message)])
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,12 +196,12 @@ class Demo:
             if rounds is None:
                 return 1
             return 0
-        except DemoFailed as exc:
+        except DemoError as exc:
             print(f"\n{exc}", file=sys.stderr)
             # Left up on request, to look at the failure in the UI (unless Airflow itself failed).
             keep_running = args.keep_running and self.client is not None
             return 1
-        except (KeyboardInterrupt, Interrupted):
+        except (KeyboardInterrupt, _Interrupted):
             print("\ninterrupted: stopping Airflow", file=sys.stderr)
             print(
                 "The run in progress stays in Airflow's history; `make demo` continues it "
@@ -280,7 +289,7 @@ class Demo:
         try:
             self.airflow.start(timeout=300)
         except AirflowStartError as exc:
-            raise DemoFailed(f"Airflow did not start: {exc}") from None
+            raise DemoError(f"Airflow did not start: {exc}") from None
         self._record_processes()
         self.client = self.airflow.client()
         print(f"  Airflow is up at {self.airflow.api_url} ({time.monotonic() - began:.0f} s)")
@@ -305,7 +314,7 @@ class Demo:
                 errors_seen_at.append(time.monotonic())
                 if time.monotonic() - errors_seen_at[0] > 5:  # not just the order of two writes
                     text = "\n".join(f"{e['filename']}:\n{e['stack_trace']}" for e in errors)
-                    raise DemoFailed(
+                    raise DemoError(
                         f"the DAG file could not be imported, so {DAG_ID} is missing:\n{text}"
                     )
             return None
@@ -317,7 +326,7 @@ class Demo:
             )
         except TimeoutError as exc:
             assert self.airflow is not None
-            raise DemoFailed(f"{exc}; see {self.airflow.log_path('dag-processor')}") from None
+            raise DemoError(f"{exc}; see {self.airflow.log_path('dag-processor')}") from None
         for error in client.import_errors():
             if _after(error.get("timestamp"), started):
                 print(f"  note: an import error beside {DAG_ID}:\n{error['stack_trace']}")
@@ -393,7 +402,7 @@ class Demo:
             record = self._record_of(run_id)
             if final["state"] != "success":
                 self._explain_failure(run_id)
-                raise DemoFailed(
+                raise DemoError(
                     f"round {number} failed (run {run_id} {final['state']}); the tasks' logs are "
                     f"under {self.home / 'logs'}"
                 )
@@ -456,7 +465,7 @@ class Demo:
         try:
             return client.wait_for(exists, timeout=60, what=f"run {run_id} (the next round)")
         except TimeoutError as exc:
-            raise DemoFailed(
+            raise DemoError(
                 f"the decision's branch did not trigger the next round: {exc}"
             ) from None
 
@@ -510,7 +519,7 @@ class Demo:
                     interval = POLL_SECONDS / 5  # the branch is near: look closely
                     asked = float("-inf")
             if time.monotonic() > deadline:
-                raise DemoFailed(
+                raise DemoError(
                     f"round {number} (run {run_id}) did not end within {ROUND_TIMEOUT:.0f}s"
                 )
             time.sleep(interval)
@@ -520,12 +529,12 @@ class Demo:
         for name in self.airflow.components:
             code = self.airflow.returncode(name)
             if code is not None:
-                raise DemoFailed(
+                raise DemoError(
                     f"airflow {name} exited with {code}; see {self.airflow.log_path(name)}"
                 )
 
     def _jobs_root(self) -> Path:
-        from tuneloop.config.campaign import job_backend_config
+        from tuneloop.config.backend import job_backend_config
 
         return Path(job_backend_config(_load_campaign().campaign)["root"])
 
@@ -763,7 +772,7 @@ def _signals_as_interrupts() -> Iterator[None]:
     """SIGTERM and SIGHUP end the demo like Ctrl-C (Airflow's processes are stopped)."""
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise Interrupted(signal.Signals(signum).name)
+        raise _Interrupted(signal.Signals(signum).name)
 
     saved = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:

@@ -212,9 +212,3 @@ def validate_job_name(name: str) -> str:
             f"use lowercase letters, digits and '-', at most {MAX_JOB_NAME} characters",
         )
     return name
-
-
-def label_value(value: Any) -> str:
-    """A Kubernetes/SageMaker-tag-safe label value (at most 63 characters)."""
-    text = re.sub(r"[^A-Za-z0-9_.-]", "-", str(value))[:63].strip("-_.")
-    return text or "none"

@@ -24,7 +24,6 @@ from tuneloop.jobs.base import (
     JobError,
     JobNotFoundError,
     JobSpec,
-    JobState,
     JobStatus,
     LogChunk,
     TransientJobError,
@@ -32,6 +31,7 @@ from tuneloop.jobs.base import (
     constructor_config,
     job_error,
 )
+from tuneloop.jobs.state import JobState
 from tuneloop.links import job_page_url
 from tuneloop.local import runner as local
 
@@ -159,7 +159,7 @@ def _translated(name: str) -> Iterator[None]:
         yield
     except JobError:
         raise
-    except local.JobNotFound as error:
+    except local.JobNotFoundError as error:
         raise JobNotFoundError(error.problems) from error
     except TuneloopError as error:
         raise UserJobError(error.problems) from error

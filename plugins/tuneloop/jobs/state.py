@@ -1,21 +1,12 @@
-"""The states of a job, shared by the job protocol (``base``) and the local runner.
+"""The states of a job (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED), as the job protocol
+names them.
 
-Standard library only: the local runner and the job processes it starts import this without
-loading pydantic or anything else of the protocol.
+The enum is defined in ``tuneloop.local.state``: the local runner needs it too and must not
+import the protocol above it. Standard library only.
 """
 
 from __future__ import annotations
 
-import enum
+from tuneloop.local.state import JobState
 
-
-class JobState(enum.StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    STOPPED = "STOPPED"
-
-    @property
-    def final(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED)
+__all__ = ["JobState"]

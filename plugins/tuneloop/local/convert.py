@@ -206,7 +206,7 @@ def load_records(
     uri: str, fmt: str, *, limit: int | None = None, json_fields: bool = False
 ) -> list[dict[str, Any]]:
     """The first ``limit`` (default all) TRL records of a dataset, as a list."""
-    records = []
+    records: list[dict[str, Any]] = []
     for record in iter_records(uri, fmt, json_fields=json_fields):
         if limit is not None and len(records) >= limit:
             break

@@ -337,7 +337,6 @@ def evaluate(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> di
 
     task, reward_name = _check(recipe)
     model_recipe = recipe.model
-    inference = model_recipe.inference
     output = job_output_dir(spec, recipe)
     log = outputs.JobLog(output / EVAL_LOG)
     reward_function = None
@@ -358,75 +357,14 @@ def evaluate(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> di
     log(f"{task} of {start} on {len(records)} samples, {choice.describe()}")
     started = time.perf_counter()
     progress(0, len(records))
-    answers = generate(
-        loaded.model,
-        loaded.tokenizer,
-        [r["prompt"] for r in records],
-        max_new_tokens=inference.max_new_tokens,
-        temperature=float(inference.temperature),
-        top_k=int(inference.top_k),
-        top_p=float(inference.top_p),
-        progress=progress,
-    )
+    answers = _answers(loaded, records, model_recipe.inference, progress)
     seconds = time.perf_counter() - started
 
-    rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
-    if task == GEN_QA:
-        references = [str(r["response"]) for r in records]
-        metrics = gen_qa_metrics(answers, references)
-        for record, answer in zip(records, answers, strict=True):
-            rows.append(
-                {
-                    "prompt": _prompt_text(record["prompt"]),
-                    "inference": answer,
-                    "gold": record["response"],
-                    "metadata": record.get("metadata"),
-                }
-            )
+    if reward_function is None:
+        metrics, rows = _score_gen_qa(records, answers)
     else:
-        assert reward_function is not None
-        from tuneloop.local.rewards import make_sample
-
-        ids = _unique_ids(r["id"] for r in records)
-        samples = [
-            make_sample(sample_id, r["prompt"], answer, r.get("reference_answer"), r["metadata"])
-            for sample_id, r, answer in zip(ids, records, answers, strict=True)
-        ]
-        scored = reward_function(samples)
-        values = [s.score for s in scored if s is not None]
-        if not values:
-            raise ConfigError(
-                [
-                    Problem(
-                        "rl_env.reward_lambda_arn",
-                        f"{reward_function.name} scored none of the {len(samples)} samples "
-                        f"({reward_function.stats.last_error})",
-                    )
-                ]
-            )
-        per_metric: dict[str, list[float]] = {}
-        for entry in scored:
-            for metric in entry.metrics if entry is not None else ():
-                per_metric.setdefault(metric.name, []).append(metric.value)
-        metrics = {
-            REWARD_METRIC: sum(values) / len(values),
-            # The gate reads this off the base model's evaluation: RFT learns little from a
-            # model that almost never earns a positive reward (SFT first).
-            POSITIVE_REWARDS_METRIC: sum(v > 0 for v in values) / len(values),
-        }
-        for name, found in per_metric.items():
-            metrics.setdefault(name, sum(found) / len(found))
-        for record, answer, entry in zip(records, answers, scored, strict=True):
-            rows.append(
-                {
-                    "prompt": _prompt_text(record["prompt"]),
-                    "inference": answer,
-                    "gold": record.get("reference_answer"),
-                    "metadata": record.get("metadata"),
-                    "reward": None if entry is None else entry.score,
-                }
-            )
+        metrics, rows = _score_rft_eval(records, answers, reward_function)
         log(reward_function.summary())
         result["reward_function"] = {
             "name": reward_function.name,
@@ -448,3 +386,89 @@ def evaluate(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> di
         "device": choice.describe(),
         **result,
     }
+
+
+def _answers(
+    loaded: Any,
+    records: Sequence[Mapping[str, Any]],
+    inference: Any,
+    progress: Callable[[int, int], None],
+) -> list[str]:
+    """The model's answer to every record's prompt, with the recipe's inference settings."""
+    return generate(
+        loaded.model,
+        loaded.tokenizer,
+        [r["prompt"] for r in records],
+        max_new_tokens=inference.max_new_tokens,
+        temperature=float(inference.temperature),
+        top_k=int(inference.top_k),
+        top_p=float(inference.top_p),
+        progress=progress,
+    )
+
+
+def _score_gen_qa(
+    records: Sequence[Mapping[str, Any]], answers: Sequence[str]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """gen_qa: the metrics against each record's ``response``, and one output row per sample."""
+    references = [str(r["response"]) for r in records]
+    metrics = gen_qa_metrics(answers, references)
+    rows = [
+        {
+            "prompt": _prompt_text(record["prompt"]),
+            "inference": answer,
+            "gold": record["response"],
+            "metadata": record.get("metadata"),
+        }
+        for record, answer in zip(records, answers, strict=True)
+    ]
+    return metrics, rows
+
+
+def _score_rft_eval(
+    records: Sequence[Mapping[str, Any]], answers: Sequence[str], reward_function: Any
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """rft_eval: the reward function's mean score (and its own metrics), and one output row per
+    sample with its reward; ConfigError when the function scored no sample at all."""
+    from tuneloop.local.rewards import make_sample
+
+    ids = _unique_ids(r["id"] for r in records)
+    samples = [
+        make_sample(sample_id, r["prompt"], answer, r.get("reference_answer"), r["metadata"])
+        for sample_id, r, answer in zip(ids, records, answers, strict=True)
+    ]
+    scored = reward_function(samples)
+    values = [s.score for s in scored if s is not None]
+    if not values:
+        raise ConfigError(
+            [
+                Problem(
+                    "rl_env.reward_lambda_arn",
+                    f"{reward_function.name} scored none of the {len(samples)} samples "
+                    f"({reward_function.stats.last_error})",
+                )
+            ]
+        )
+    per_metric: dict[str, list[float]] = {}
+    for entry in scored:
+        for metric in entry.metrics if entry is not None else ():
+            per_metric.setdefault(metric.name, []).append(metric.value)
+    metrics = {
+        REWARD_METRIC: sum(values) / len(values),
+        # The gate reads this off the base model's evaluation: RFT learns little from a
+        # model that almost never earns a positive reward (SFT first).
+        POSITIVE_REWARDS_METRIC: sum(v > 0 for v in values) / len(values),
+    }
+    for name, found in per_metric.items():
+        metrics.setdefault(name, sum(found) / len(found))
+    rows = [
+        {
+            "prompt": _prompt_text(record["prompt"]),
+            "inference": answer,
+            "gold": record.get("reference_answer"),
+            "metadata": record.get("metadata"),
+            "reward": None if entry is None else entry.score,
+        }
+        for record, answer, entry in zip(records, answers, scored, strict=True)
+    ]
+    return metrics, rows

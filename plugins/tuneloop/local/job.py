@@ -48,7 +48,7 @@ from tuneloop.local.runner import (
 EXIT_STOPPED = 128 + signal.SIGTERM
 
 
-class JobStopped(BaseException):
+class _JobStopped(BaseException):
     """Raised in the main thread by SIGTERM; a BaseException so `except Exception` misses it."""
 
 
@@ -75,7 +75,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.killpg(os.getpgrp(), signal.SIGTERM)  # the job's own children stop too
-    raise JobStopped
+    raise _JobStopped
 
 
 class ProgressReporter:
@@ -206,7 +206,7 @@ def run(directory: Path) -> int:
         log(f"job {spec.name} succeeded")
         _end(directory, JobState.SUCCEEDED, progress=reporter.pending(), result=result)
         return 0
-    except JobStopped:
+    except _JobStopped:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log("stopped by SIGTERM")
         progress = reporter.pending() if reporter is not None else None

@@ -142,6 +142,7 @@ def build_tiny_model(seed: int = BASE_SEED) -> tuple[Any, Any]:
         model = LlamaForCausalLM(config)
         with torch.no_grad():
             embeddings = model.get_input_embeddings().weight
+            assert isinstance(embeddings, torch.Tensor)
             embeddings.normal_(mean=0.0, std=EMBEDDING_STD)
             embeddings[config.pad_token_id].zero_()
     model.generation_config.pad_token_id = config.pad_token_id

@@ -389,11 +389,11 @@ def _nova1(
     block = tc.model
     optim = block.optim
     sft = isinstance(model, Nova1SftRecipe)
-    micro = tc.micro_batch_size if isinstance(model, Nova1SftRecipe) else None
+    micro = model.training_config.micro_batch_size if isinstance(model, Nova1SftRecipe) else None
     per_device, accumulation = split_batch(tc.global_batch_size, cap, micro)
     lora = None
     if isinstance(model, Nova1SftRecipe) and technique_of(model) is Technique.LORA:
-        tuning = block.peft.lora_tuning
+        tuning = model.training_config.model.peft.lora_tuning
         alpha = tuning.alpha if tuning else 128
         lora = LoraPlan(
             alpha=alpha,

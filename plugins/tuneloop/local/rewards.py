@@ -40,7 +40,7 @@ METRIC_KEYS = frozenset({"name", "value", "type"})
 
 
 class RewardError(TuneloopError):
-    """A reward function cannot be loaded, or failed too often."""
+    """A reward function cannot be loaded, answered outside the contract, or failed too often."""
 
 
 class RewardLoadError(RewardError):
@@ -51,7 +51,7 @@ class RewardLimitError(RewardError):
     pass
 
 
-class RewardOutputError(ValueError):
+class RewardOutputError(RewardError):
     """A reward function returned something outside the contract (one batch)."""
 
 
@@ -165,7 +165,7 @@ def validate_output(output: Any, ids: Sequence[Any]) -> list[RewardResult]:
             raise RewardOutputError(f"{where} answers id {sample_id!r}, which was not sent")
         if results[slot] is not None:
             raise RewardOutputError(f"{where} answers id {sample_id!r} a second time")
-        score = entry.get("aggregate_reward_score")
+        score: Any = entry.get("aggregate_reward_score")  # a number once _number says so
         if not _number(score):
             raise RewardOutputError(
                 f"{where}.aggregate_reward_score is {score!r}, not a finite number"
@@ -271,7 +271,7 @@ class RewardFunction:
             return [None] * len(batch)
         except RewardOutputError as exc:
             stats.invalid_outputs += 1
-            self._failed(f"invalid output: {exc}")
+            self._failed(f"invalid output: {exc.problems[0].message}")
             return [None] * len(batch)
         except Exception as exc:
             stats.exceptions += 1

@@ -44,6 +44,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import ConfigError, Problem
@@ -63,9 +64,6 @@ LOG_NAMES = {
     "learning_rate": "actor/lr",
     "completions/clipped_ratio": "response_length/clip_ratio",
 }
-
-
-# -- shared by the local jobs -------------------------------------------------------------------
 
 
 # -- the reward bridge --------------------------------------------------------------------------
@@ -371,19 +369,13 @@ def _callback(
 
 def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> dict[str, Any]:
     """Run an RFT recipe locally (GRPO); return a summary of the run."""
-    import torch
-    from datasets import Dataset
-    from transformers.trainer_callback import PrinterCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from tuneloop.local import convert, outputs
+    from tuneloop.local import outputs
     from tuneloop.local.device import choose_device
     from tuneloop.local.model import LoraSettings, load_model, save_checkpoint
     from tuneloop.local.rewards import RewardFunction
-
-    settings = settings_from(recipe)
     from tuneloop.local.train import job_output_dir, resolve_base, write_training_outputs
 
+    settings = settings_from(recipe)
     output = job_output_dir(spec, recipe)
     log = outputs.JobLog(output / outputs.TRAINING_LOG)
     ignored = ignored_fields(recipe.data)
@@ -392,6 +384,52 @@ def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> d
     reward_function = RewardFunction(settings.reward_function)
     base = resolve_base(settings.model, model_type=recipe.model_type)
     start = base.name_or_path
+    records = _prompts(settings, log)
+    choice = choose_device(configure=False)  # threads are the job process's (run_recipe)
+    log(f"RFT (GRPO, {settings.technique.value}) of {start} on {choice.describe()}")
+    lora = LoraSettings(alpha=settings.lora_alpha) if settings.lora_alpha else LoraSettings()
+    loaded = load_model(
+        start, choice, technique=settings.technique.value, trainable=True, lora=lora
+    )
+    longest, max_completion = _completion_room(settings, loaded.tokenizer, records)
+    log(
+        f"{len(records)} prompts (longest {longest} tokens); {settings.max_steps} steps of "
+        f"{settings.prompts_per_step} prompts x {settings.generations} generations, "
+        f"completions up to {max_completion} tokens, lr {settings.lr:g}; reward function "
+        f"{reward_function.name}"
+    )
+    bridge = GrpoReward(reward_function, log)
+    trainer, seconds = _run_grpo(
+        settings, loaded, records, bridge, _GrpoRun(output, choice, max_completion, progress, log)
+    )
+    steps = trainer.state.global_step
+
+    model = trainer.model
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and "ref" in peft_config:
+        model.delete_adapter("ref")  # TRL's frozen copy for the KL term
+    checkpoint_dir = output / outputs.CHECKPOINT_DIR
+    save_checkpoint(loaded, checkpoint_dir, model=model, method=Method.RFT.value)
+    record = write_training_outputs(output, checkpoint_dir, recipe, base)
+    result = _summary(settings, bridge, steps, seconds)
+    result.update(
+        checkpoint=record.uri,
+        lineage=[m.value for m in record.lineage],
+        device=choice.describe(),
+    )
+    log(reward_function.summary())
+    log(
+        f"done: {steps} steps in {seconds:.1f} s ({result['steps_per_second']} steps/s), "
+        f"reward {_fmt(result['reward_first_step'])} -> {_fmt(result['reward_last_step'])}; "
+        f"checkpoint {checkpoint_dir}"
+    )
+    return result
+
+
+def _prompts(settings: GrpoSettings, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The training prompts, at least one step's worth, without their tools (the local models
+    do not call tools)."""
+    from tuneloop.local import convert
 
     records = convert.load_records(settings.data, "rft", json_fields=True)
     if len(records) < settings.prompts_per_step:
@@ -409,13 +447,14 @@ def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> d
     records = [{k: v for k, v in r.items() if k != "tools"} for r in records]
     if dropped_tools:
         log(f"{dropped_tools} prompts list tools; the local models do not call tools")
-    choice = choose_device(configure=False)  # threads are the job process's (run_recipe)
-    log(f"RFT (GRPO, {settings.technique.value}) of {start} on {choice.describe()}")
-    lora = LoraSettings(alpha=settings.lora_alpha) if settings.lora_alpha else LoraSettings()
-    loaded = load_model(
-        start, choice, technique=settings.technique.value, trainable=True, lora=lora
-    )
-    longest = _prompt_lengths(loaded.tokenizer, records)
+    return records
+
+
+def _completion_room(
+    settings: GrpoSettings, tokenizer: Any, records: Sequence[Mapping[str, Any]]
+) -> tuple[int, int]:
+    """The longest prompt in tokens and the completion length that fits after it."""
+    longest = _prompt_lengths(tokenizer, records)
     room = settings.max_length - longest
     if room < 1:
         raise ConfigError(
@@ -427,22 +466,31 @@ def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> d
                 )
             ]
         )
-    max_completion = min(settings.max_new_tokens, room)
-    log(
-        f"{len(records)} prompts (longest {longest} tokens); {settings.max_steps} steps of "
-        f"{settings.prompts_per_step} prompts x {settings.generations} generations, "
-        f"completions up to {max_completion} tokens, lr {settings.lr:g}; reward function "
-        f"{reward_function.name}"
-    )
+    return longest, min(settings.max_new_tokens, room)
 
-    scratch = tempfile.TemporaryDirectory(prefix="tuneloop-grpo-")
-    config = GRPOConfig(
-        output_dir=scratch.name,
+
+@dataclass(frozen=True)
+class _GrpoRun:
+    """Where and how one GRPO run goes: its output folder, device, completion length, and the
+    progress and log callbacks."""
+
+    output: Path
+    choice: Any
+    max_completion: int
+    progress: Callable[[int, int], None]
+    log: Callable[[str], None]
+
+
+def _grpo_config(settings: GrpoSettings, run: _GrpoRun, scratch: str) -> Any:
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=scratch,
         max_steps=settings.max_steps,
         per_device_train_batch_size=settings.samples_per_step,
         gradient_accumulation_steps=1,
         num_generations=settings.generations,
-        max_completion_length=max_completion,
+        max_completion_length=run.max_completion,
         temperature=settings.temperature,
         top_k=settings.top_k,
         learning_rate=settings.lr,
@@ -459,31 +507,52 @@ def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> d
         save_strategy="no",
         report_to="none",
         activation_checkpointing=False,  # (TRL defaults to on; it only slows a small model)
-        bf16=choice.bf16,
+        bf16=run.choice.bf16,
         fp16=False,
-        use_cpu=choice.type == "cpu",
+        use_cpu=run.choice.type == "cpu",
         disable_tqdm=True,
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    optimizers: tuple[Any, Any] = (None, None)
-    if settings.loraplus_ratio:
-        from peft.optimizers import create_loraplus_optimizer
 
-        optimizers = (
-            create_loraplus_optimizer(
-                loaded.model,
-                optimizer_cls=torch.optim.AdamW,
-                lr=settings.lr,
-                loraplus_lr_ratio=settings.loraplus_ratio,
-                betas=settings.betas,
-                weight_decay=settings.weight_decay,
-            ),
-            None,
-        )
-    bridge = GrpoReward(reward_function, log)
-    writer = outputs.tensorboard_writer(output)
-    progress(0, settings.max_steps)
+
+def _optimizers(settings: GrpoSettings, model: Any) -> tuple[Any, Any]:
+    """The LoRA+ optimizer when the recipe asks for it, else TRL's own (None)."""
+    if not settings.loraplus_ratio:
+        return (None, None)
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    optimizer = create_loraplus_optimizer(
+        model,
+        optimizer_cls=torch.optim.AdamW,
+        lr=settings.lr,
+        loraplus_lr_ratio=settings.loraplus_ratio,
+        betas=settings.betas,
+        weight_decay=settings.weight_decay,
+    )
+    return (optimizer, None)
+
+
+def _run_grpo(
+    settings: GrpoSettings,
+    loaded: Any,
+    records: list[dict[str, Any]],
+    bridge: GrpoReward,
+    run: _GrpoRun,
+) -> tuple[Any, float]:
+    """Train with GRPO; returns the trainer and the seconds it trained."""
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import GRPOTrainer
+
+    from tuneloop.local import outputs
+
+    scratch = tempfile.TemporaryDirectory(prefix="tuneloop-grpo-")
+    config = _grpo_config(settings, run, scratch.name)
+    optimizers = _optimizers(settings, loaded.model)
+    writer = outputs.tensorboard_writer(run.output)
+    run.progress(0, settings.max_steps)
     started = time.perf_counter()
     try:
         trainer = GRPOTrainer(
@@ -492,7 +561,7 @@ def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> d
             args=config,
             train_dataset=Dataset.from_list(records),
             processing_class=loaded.tokenizer,
-            callbacks=[_callback(bridge, writer, progress, settings.max_steps, log)],
+            callbacks=[_callback(bridge, writer, run.progress, settings.max_steps, run.log)],
             optimizers=optimizers,
         )
         trainer.remove_callback(PrinterCallback)  # every step's raw log line; we log our own
@@ -501,22 +570,18 @@ def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> d
         writer.flush()
         writer.close()
         scratch.cleanup()
-    seconds = time.perf_counter() - started
-    steps = trainer.state.global_step
+    return trainer, time.perf_counter() - started
 
-    model = trainer.model
-    peft_config = getattr(model, "peft_config", None)
-    if isinstance(peft_config, dict) and "ref" in peft_config:
-        model.delete_adapter("ref")  # TRL's frozen copy for the KL term
-    checkpoint_dir = output / outputs.CHECKPOINT_DIR
-    save_checkpoint(loaded, checkpoint_dir, model=model, method=Method.RFT.value)
-    record = write_training_outputs(output, checkpoint_dir, recipe, base)
 
-    stats = reward_function.stats
+def _summary(
+    settings: GrpoSettings, bridge: GrpoReward, steps: int, seconds: float
+) -> dict[str, Any]:
+    """The run's numbers: steps, speed, and the rewards of the first and last steps."""
+    reward_function = bridge.function
     first = _stats(bridge.steps[0].scores).get("mean") if bridge.steps else None
     last = _stats(bridge.steps[-1].scores).get("mean") if bridge.steps else None
     scored = [s for entry in bridge.steps for s in entry.scores]
-    result = {
+    return {
         "method": Method.RFT.value,
         "technique": settings.technique.value,
         "steps": steps,
@@ -525,17 +590,8 @@ def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> d
         "reward_first_step": first,
         "reward_last_step": last,
         "reward_mean": sum(scored) / len(scored) if scored else None,
-        "reward_function": {"name": reward_function.name, **stats.as_dict()},
-        "checkpoint": record.uri,
-        "lineage": [m.value for m in record.lineage],
-        "device": choice.describe(),
+        "reward_function": {"name": reward_function.name, **reward_function.stats.as_dict()},
     }
-    log(reward_function.summary())
-    log(
-        f"done: {steps} steps in {seconds:.1f} s ({result['steps_per_second']} steps/s), "
-        f"reward {_fmt(first)} -> {_fmt(last)}; checkpoint {checkpoint_dir}"
-    )
-    return result
 
 
 def _fmt(value: float | None) -> str:

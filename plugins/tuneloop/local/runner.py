@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tuneloop.errors import Problem, TuneloopError
-from tuneloop.jobs.state import JobState
+from tuneloop.local.state import JobState
 
 DEFAULT_ROOT = ".tuneloop/jobs"
 ROOT_ENV = "TUNELOOP_LOCAL_ROOT"
@@ -80,7 +80,7 @@ _PLUGINS_DIR = str(Path(__file__).resolve().parents[2])
 _TAIL_LINES = 20
 
 
-class JobNotFound(TuneloopError):
+class JobNotFoundError(TuneloopError):
     """No job of that name under the root."""
 
 
@@ -556,7 +556,7 @@ class LocalRunner:
     def _existing(self, name: str) -> Path:
         directory = self.directory(name)
         if not directory.is_dir():
-            raise JobNotFound([Problem("name", f"no job {name!r} under {self.root}")])
+            raise JobNotFoundError([Problem("name", f"no job {name!r} under {self.root}")])
         return directory
 
     def _read(self, directory: Path) -> JobStatus:
@@ -655,7 +655,7 @@ class LocalRunner:
     def find(self, labels: Mapping[str, str] | None = None) -> list[JobStatus]:
         """Jobs whose labels include all of ``labels``, oldest first."""
         wanted = dict(labels or {})
-        found = []
+        found: list[JobStatus] = []
         if not self.root.is_dir():
             return found
         for entry in sorted(self.root.iterdir()):

@@ -38,6 +38,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +112,6 @@ def train_cpt(
 ) -> dict[str, Any]:
     """Continued pre-training (full-rank causal LM on text); arguments as ``train_sft``."""
     return _train(Method.CPT, recipe, spec, progress, base, device, settings)
-
-
-# -- the job log --------------------------------------------------------------------------------
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -324,12 +322,12 @@ def _train(
     settings: TrainerSettings | None,
 ) -> dict[str, Any]:
     from tuneloop.local.device import choose_device
-    from tuneloop.local.train import job_output_dir, write_training_outputs
+    from tuneloop.local.train import job_output_dir, no_progress, write_training_outputs
 
     started = time.monotonic()
     if recipe.method is not method:
         raise ValueError(f"a {recipe.kind} recipe cannot run as {method.value}")
-    progress = progress or (lambda step, total=None: None)
+    progress = progress or no_progress
     device = device or choose_device(configure=False)
     settings = settings or map_recipe(recipe, device_type=device.type)
     output_dir = job_output_dir(spec, recipe)
@@ -339,39 +337,22 @@ def _train(
     writer = None
     try:
         base_checkpoint = _base(recipe, base)
-        log(
-            f"job {getattr(spec, 'name', '')}: {method.value.upper()} from "
-            f"{base_checkpoint.name_or_path} on {device.describe()}"
-        )
-        for line in settings.describe():
-            log(line)
-        if settings.ignored:
-            # run_recipe has printed them in the job log already.
-            log("ignored (no local meaning): " + ", ".join(settings.ignored), echo=False)
-        base_path = storage.local_path(base_checkpoint.name_or_path)
-        if base_path.exists() and base_path.resolve().is_relative_to(checkpoint_dir.resolve()):
-            raise ConfigError(
-                [
-                    Problem(
-                        "run.output_s3_path",
-                        "the job would overwrite the checkpoint it starts from",
-                        fix="give the job its own output folder",
-                    )
-                ]
-            )
+        _log_start(log, spec, method, base_checkpoint, device, settings)
+        _refuse_overwriting_base(base_checkpoint, checkpoint_dir)
         writer = outputs.tensorboard_writer(output_dir)
-        result = _fit(
-            method,
-            recipe,
-            progress,
-            base_checkpoint,
-            device,
-            settings,
-            log,
-            writer,
-            scratch,
-            checkpoint_dir,
+        job = _FitJob(
+            method=method,
+            recipe=recipe,
+            progress=progress,
+            base=base_checkpoint,
+            device=device,
+            settings=settings,
+            log=log,
+            writer=writer,
+            scratch=scratch,
+            checkpoint_dir=checkpoint_dir,
         )
+        result = _fit(job)
         record = write_training_outputs(output_dir, checkpoint_dir, recipe, base_checkpoint)
         result.update(
             checkpoint=record.uri,
@@ -397,58 +378,162 @@ def _train(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _fit(
+def _log_start(
+    log: outputs.JobLog,
+    spec: Any,
     method: Method,
-    recipe: Any,
-    progress: Progress,
     base: Any,
     device: Any,
     settings: TrainerSettings,
-    log: outputs.JobLog,
-    writer: Any,
-    scratch: Path,
-    checkpoint_dir: Path,
-) -> dict[str, Any]:
-    from transformers import PrinterCallback, ProgressCallback, set_seed
-    from trl import SFTConfig, SFTTrainer
+) -> None:
+    log(
+        f"job {getattr(spec, 'name', '')}: {method.value.upper()} from "
+        f"{base.name_or_path} on {device.describe()}"
+    )
+    for line in settings.describe():
+        log(line)
+    if settings.ignored:
+        # run_recipe has printed them in the job log already.
+        log("ignored (no local meaning): " + ", ".join(settings.ignored), echo=False)
 
-    from tuneloop.local.model import LoraSettings, load_model, save_checkpoint
+
+def _refuse_overwriting_base(base: Any, checkpoint_dir: Path) -> None:
+    base_path = storage.local_path(base.name_or_path)
+    if base_path.exists() and base_path.resolve().is_relative_to(checkpoint_dir.resolve()):
+        raise ConfigError(
+            [
+                Problem(
+                    "run.output_s3_path",
+                    "the job would overwrite the checkpoint it starts from",
+                    fix="give the job its own output folder",
+                )
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class _FitJob:
+    """One training run's inputs: what to train, from where, on what, and where it reports."""
+
+    method: Method
+    recipe: Any
+    progress: Progress
+    base: Any
+    device: Any
+    settings: TrainerSettings
+    log: outputs.JobLog
+    writer: Any
+    scratch: Path
+    checkpoint_dir: Path
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """How long the run is: optimizer steps, the validation interval (None: no validation) and
+    the token length of a training sample."""
+
+    total: int
+    interval: int | None
+    max_length: int
+
+
+def _fit(job: _FitJob) -> dict[str, Any]:
+    from transformers import PrinterCallback, ProgressCallback
+    from trl import SFTTrainer
+
+    loaded, previous = _load(job)
+    train, validation, available = _datasets(job.recipe, job.method, job.settings)
+    schedule = _schedule(job.settings, loaded.model, len(train), bool(validation))
+    job.log(
+        f"data: {len(train)} of {available} training records"
+        + "".join(f", {len(d)} {label} records" for label, d in validation.items())
+        + f"; {schedule.total} steps"
+        + (f", validation every {schedule.interval} steps" if schedule.interval else "")
+    )
+    args = _sft_config(job, schedule)
+    eval_dataset: Any = validation or None
+    if list(validation) == ["validation"]:
+        eval_dataset = validation["validation"]
+    history: list[tuple[int, float]] = []
+    optimizer = _optimizer(loaded.model, job.settings)
+    callback = _callback(job.progress, job.writer, job.log, job.settings, history, bool(validation))
+    trainer = SFTTrainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=eval_dataset,
+        processing_class=loaded.tokenizer,
+        optimizers=(optimizer, None),
+        callbacks=[callback],
+    )
+    for unwanted in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(unwanted)
+    fit_started = time.monotonic()
+    output = trainer.train()
+    train_seconds = time.monotonic() - fit_started
+    steps = int(trainer.state.global_step)
+    job.progress(steps, schedule.total)
+    _save(job, loaded, trainer.model, previous)
+    losses = [loss for _, loss in history]
+    final = losses[-1] if losses else float(output.training_loss)
+    return {
+        "kind": job.method.value,
+        "steps": steps,
+        "train_seconds": round(train_seconds, 2),
+        "steps_per_second": round(steps / train_seconds, 3) if train_seconds > 0 else None,
+        "first_loss": losses[0] if losses else final,
+        "final_loss": final,
+        "mean_loss": float(output.training_loss),
+        "train_records": len(train),
+        "available_records": available,
+    }
+
+
+def _load(job: _FitJob) -> tuple[Any, dict[str, Any]]:
+    """Seed, load the base model ready to train and set the recipe's dropouts; returns the
+    loaded model and the dropouts to restore before saving."""
+    from transformers import set_seed
+
+    from tuneloop.local.model import LoraSettings, load_model
 
     _quiet_progress_bars()
-    set_seed(settings.seed)
-    lora = settings.lora
+    set_seed(job.settings.seed)
+    lora = job.settings.lora
     loaded = load_model(
-        base.name_or_path,
-        device,
-        technique=settings.technique.value,
+        job.base.name_or_path,
+        job.device,
+        technique=job.settings.technique.value,
         trainable=True,
         lora=LoraSettings(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout) if lora else None,
     )
     if lora is not None and loaded.path != loaded.base_path:
-        log(
+        job.log(
             f"continuing the LoRA adapter of {loaded.path} (its rank and alpha are kept) over "
             f"the frozen base {loaded.base_path}"
         )
-    previous, missing = apply_dropouts(loaded.model, settings.dropouts)
+    previous, missing = apply_dropouts(loaded.model, job.settings.dropouts)
     if missing:
-        log(f"no such dropout in this model, not applied: {', '.join(missing)}")
+        job.log(f"no such dropout in this model, not applied: {', '.join(missing)}")
+    return loaded, previous
 
-    train, validation, available = _datasets(recipe, method, settings)
-    total = settings.total_steps(len(train))
+
+def _schedule(settings: TrainerSettings, model: Any, records: int, validate: bool) -> _Schedule:
+    total = settings.total_steps(records)
     # Validation every val_check_interval steps and after the last step.
-    interval = (settings.eval_interval(len(train)) or total) if validation else None
+    interval = (settings.eval_interval(records) or total) if validate else None
     interval = min(interval, total) if interval else None
-    context = getattr(loaded.model.config, "max_position_embeddings", None)
+    context = getattr(model.config, "max_position_embeddings", None)
     max_length = min(settings.max_length, context) if context else settings.max_length
+    return _Schedule(total=total, interval=interval, max_length=max_length)
+
+
+def _sft_config(job: _FitJob, schedule: _Schedule) -> Any:
+    from trl import SFTConfig
+
+    settings, device, total = job.settings, job.device, schedule.total
     scheduler, scheduler_kwargs = settings.scheduler(total)
-    log(
-        f"data: {len(train)} of {available} training records"
-        + "".join(f", {len(d)} {label} records" for label, d in validation.items())
-        + f"; {total} steps"
-        + (f", validation every {interval} steps" if interval else "")
-    )
-    args = SFTConfig(
-        output_dir=str(scratch),
+    return SFTConfig(
+        output_dir=str(job.scratch),
         max_steps=total,
         per_device_train_batch_size=settings.per_device_batch_size,
         per_device_eval_batch_size=settings.per_device_batch_size,
@@ -463,13 +548,13 @@ def _fit(
         adam_epsilon=settings.adam_epsilon,
         max_grad_norm=settings.max_grad_norm,
         optim="adamw_torch",
-        max_length=max_length,
-        completion_only_loss=True if method is Method.SFT else None,
+        max_length=schedule.max_length,
+        completion_only_loss=True if job.method is Method.SFT else None,
         packing=False,
         logging_steps=settings.logging_steps,
         logging_first_step=True,
-        eval_strategy="steps" if interval else "no",
-        eval_steps=interval,
+        eval_strategy="steps" if schedule.interval else "no",
+        eval_steps=schedule.interval,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -482,47 +567,17 @@ def _fit(
         dataloader_num_workers=0,
         dataloader_pin_memory=device.type == "cuda",
     )
-    eval_dataset: Any = validation or None
-    if list(validation) == ["validation"]:
-        eval_dataset = validation["validation"]
-    history: list[tuple[int, float]] = []
-    optimizer = _optimizer(loaded.model, settings)
-    trainer = SFTTrainer(
-        model=loaded.model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=eval_dataset,
-        processing_class=loaded.tokenizer,
-        optimizers=(optimizer, None),
-        callbacks=[_callback(progress, writer, log, settings, history, bool(validation))],
-    )
-    for unwanted in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(unwanted)
-    fit_started = time.monotonic()
-    output = trainer.train()
-    train_seconds = time.monotonic() - fit_started
-    steps = int(trainer.state.global_step)
-    progress(steps, total)
 
-    model = trainer.model
+
+def _save(job: _FitJob, loaded: Any, model: Any, previous: dict[str, Any]) -> None:
+    """Write the trained model as the job's checkpoint, its dropouts as the base had them."""
+    from tuneloop.local.model import save_checkpoint
+
     model.eval()
     _restore_dropouts(model, previous)
-    if checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)
-    save_checkpoint(loaded, checkpoint_dir, model=model, method=method.value)
-    losses = [loss for _, loss in history]
-    final = losses[-1] if losses else float(output.training_loss)
-    return {
-        "kind": method.value,
-        "steps": steps,
-        "train_seconds": round(train_seconds, 2),
-        "steps_per_second": round(steps / train_seconds, 3) if train_seconds > 0 else None,
-        "first_loss": losses[0] if losses else final,
-        "final_loss": final,
-        "mean_loss": float(output.training_loss),
-        "train_records": len(train),
-        "available_records": available,
-    }
+    if job.checkpoint_dir.exists():
+        shutil.rmtree(job.checkpoint_dir)
+    save_checkpoint(loaded, job.checkpoint_dir, model=model, method=job.method.value)
 
 
 def _quiet_progress_bars() -> None:

@@ -26,7 +26,6 @@ END = "<end>"
 SYSTEM = "<|system|>"
 USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
-ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 SPECIAL_TOKENS = (PAD, BOS, END, SYSTEM, USER, ASSISTANT)
 VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 PAD_ID, BOS_ID, END_ID = 256, 257, 258
@@ -101,13 +100,6 @@ def build_tokenizer() -> Any:
     ids = tokenizer.convert_tokens_to_ids([PAD, BOS, END])
     if ids != [PAD_ID, BOS_ID, END_ID] or len(tokenizer) != VOCAB_SIZE:
         raise RuntimeError(f"unexpected special token ids {ids} or vocabulary {len(tokenizer)}")
-    return tokenizer
-
-
-def save_tokenizer(path: str | Path) -> Any:
-    """Build the tokenizer and save it in ``path`` (``save_pretrained``); return it."""
-    tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(str(path))
     return tokenizer
 
 

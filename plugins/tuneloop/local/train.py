@@ -42,6 +42,11 @@ from tuneloop.recipes.rules import RecipeContext
 
 Progress = Callable[[int, int | None], None]
 
+
+def no_progress(step: int, total: int | None = None) -> None:
+    """The progress callback of a job nobody watches."""
+
+
 TRAINERS: dict[str, str] = {
     "sft": "tuneloop.local.sft:train_sft",
     "cpt": "tuneloop.local.sft:train_cpt",
@@ -91,7 +96,8 @@ def job_output_dir(spec: Any, recipe: RenderedRecipe | None = None) -> Path:
     else the job directory's ``outputs/``. Created if missing; it must be local."""
     candidates = [getattr(spec, "output", "") or ""]
     if recipe is not None:
-        candidates.append(getattr(recipe.model.run, "output_s3_path", "") or "")
+        run = getattr(recipe.model, "run", None)
+        candidates.append(getattr(run, "output_s3_path", "") or "")
     uri = next((c for c in candidates if c), "")
     if not uri:
         folder = spec.outputs_dir
@@ -219,7 +225,7 @@ def run_recipe(spec: Any, progress: Progress | None = None) -> Any:
     device = choose_device()  # the job process: sets torch's threads too
     log(f"device: {device.describe()}")
     function = _resolve(TRAINERS[recipe.kind])
-    result = function(recipe, spec, progress or (lambda step, total=None: None))
+    result = function(recipe, spec, progress or no_progress)
     if isinstance(result, dict):
         result.setdefault("seconds", round(time.monotonic() - started, 2))
     log(f"job {spec.name} finished in {time.monotonic() - started:.1f}s")

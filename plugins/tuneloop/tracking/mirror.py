@@ -272,7 +272,7 @@ class Tracker:
             rounds = [self._round_of(run) for run in runs if self._is(run, "round")]
             newest = number >= max(rounds, default=number)
             champion = self._champion_target(record, version)
-            if newest and champion is not UNCHANGED:
+            if newest and (champion is None or isinstance(champion, tuple)):  # not UNCHANGED
                 self._point_alias(campaign_run.info.run_id, champion)
             if newest:
                 self._set_campaign_status(campaign_run, record)
@@ -286,31 +286,6 @@ class Tracker:
             "model_version": version or "",
             "champion_version": champion_version,
         }
-
-    def set_champion(self, round: int | None, version: str | int | None = None) -> str | None:
-        """Point the ``champion`` alias at ``version``, or at the version registered for
-        ``round``; None for both removes the alias. Returns the version the alias names."""
-        with self._calls(f"set the champion of campaign {self.campaign!r} to round {round}"):
-            if version is None and round is not None:
-                found = self._version_of_round(round)
-                if found is None:
-                    raise TrackingError(
-                        [
-                            Problem(
-                                path=f"round {round}",
-                                message=f"no model version of {self.model_name!r} is "
-                                "registered for this round",
-                                fix="log the round (Tracker.log_round) first; only promoted "
-                                "rounds are registered",
-                            )
-                        ]
-                    )
-                version = found
-            runs = self._campaign_runs()
-            campaign_run = self._find(runs, kind="campaign")
-            target = None if version is None else (str(version), round)
-            self._point_alias(campaign_run.info.run_id if campaign_run else None, target)
-        return None if version is None else str(version)
 
     def champion(self) -> tuple[int | None, str] | None:
         """(round, version) the ``champion`` alias names, or None."""

@@ -293,12 +293,12 @@ def render_png(rows: Sequence[Row], path: Path, *, campaign: str, primary_metric
             continue
         xs, ys = zip(*points, strict=True)
         if name == primary_metric:
-            style = {"marker": "o", "linewidth": 2.5, "color": "C0", "zorder": 3}
-            axes.plot(xs, ys, label=f"{name} (primary)", **style)
+            axes.plot(
+                xs, ys, label=f"{name} (primary)", marker="o", linewidth=2.5, color="C0", zorder=3
+            )
         else:  # by name order, so a metric keeps its colour; blue and red mean something here
             colour = OTHER_COLOURS[(index - 1) % len(OTHER_COLOURS)]
-            style = {"marker": ".", "linewidth": 1, "alpha": 0.7, "color": colour}
-            axes.plot(xs, ys, label=name, **style)
+            axes.plot(xs, ys, label=name, marker=".", linewidth=1, alpha=0.7, color=colour)
     marked: set[str] = set()
     for row in rows:
         value = row.metrics.get(primary_metric)

@@ -12,6 +12,9 @@ Access: the caller is Airflow's logged-in user (the UI's session cookie, or a Be
 needs read access to the DAG: task logs for a job page (the DAG named by the job's labels),
 task instances for MLflow. A browser without a session is sent to Airflow's login page.
 Blocking work (files, MLflow, Airflow's database) runs in the thread pool.
+
+Endpoints raise the refusals of ``tuneloop.web.errors``; one exception handler turns each into
+its answer (status, page or JSON), so no endpoint repeats that mapping.
 """
 
 from __future__ import annotations
@@ -25,21 +28,21 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 
 from tuneloop.web import pages
-from tuneloop.web.jobs import DEFAULT_LINES, JobMissing, clamp_lines, job_view
-from tuneloop.web.roots import AccessRefused, Roots, local_roots
+from tuneloop.web.errors import (
+    AccessRefusedError,
+    ForbiddenError,
+    JobMissingError,
+    NotLoggedInError,
+    RunsUnavailableError,
+    WebError,
+)
+from tuneloop.web.jobs import DEFAULT_LINES, clamp_lines, job_view
+from tuneloop.web.roots import Roots, local_roots
 
 TASK_LOGS = "TASK_LOGS"
 TASK_INSTANCE = "TASK_INSTANCE"
 DAG_LABEL = "dag_id"
 CAMPAIGN_LABEL = "campaign"
-
-
-class NotLoggedIn(Exception):
-    """No valid Airflow session or token on the request."""
-
-
-class Forbidden(Exception):
-    """The user may not read that DAG's task instances or logs."""
 
 
 @dataclass
@@ -49,7 +52,8 @@ class Access:
     request: Request
 
     async def user(self) -> Any:
-        """The Airflow user of the request (NotLoggedIn without a valid session or token)."""
+        """The Airflow user of the request (NotLoggedInError without a valid session or
+        token)."""
         from airflow.api_fastapi.core_api.security import get_user
         from fastapi import HTTPException
         from fastapi.security import HTTPBearer
@@ -60,13 +64,16 @@ class Access:
                 request=self.request, _oauth_token=None, bearer_credentials=credentials
             )
         except HTTPException as error:
-            raise NotLoggedIn(str(error.detail)) from None
+            raise NotLoggedInError(str(error.detail), self.login_url()) from None
 
     async def require(self, user: Any, dag_id: str | None, entity: str) -> None:
-        """Forbidden unless ``user`` may read ``entity`` of ``dag_id`` (of every DAG: None)."""
+        """ForbiddenError unless ``user`` may read ``entity`` of ``dag_id`` (of every DAG:
+        None)."""
         allowed = await run_in_threadpool(_is_authorized, user, dag_id, entity)
         if not allowed:
-            raise Forbidden(f"no read access to {entity.lower().replace('_', ' ')} of {dag_id}")
+            raise ForbiddenError(
+                f"no read access to {entity.lower().replace('_', ' ')} of {dag_id}"
+            )
 
     def login_url(self) -> str:
         from airflow.api_fastapi.app import get_auth_manager
@@ -106,10 +113,47 @@ app = FastAPI(
 )
 
 
+# -- refusals -------------------------------------------------------------------------------------
+
+ROOTS_ADVICE = (
+    "This server shows files inside its local roots only: add the folder to [tuneloop] "
+    "local_roots (AIRFLOW__TUNELOOP__LOCAL_ROOTS) of the API server."
+)
+REFUSALS: dict[type[Exception], tuple[int, str]] = {
+    ForbiddenError: (403, "Not allowed"),
+    AccessRefusedError: (403, "Not shown"),
+    JobMissingError: (404, "No such job"),
+    RunsUnavailableError: (502, "MLflow could not be read"),
+}
+"""Each refusal's HTTP status and page title (NotLoggedInError: a 401, or the login page)."""
+
+
+@app.exception_handler(WebError)
+async def _refuse(request: Request, error: Exception) -> Response:
+    """The answer to a request an endpoint refused, in the format the request asked for."""
+    as_json = _wants_json(request.query_params.get("format"))
+    if isinstance(error, NotLoggedInError):
+        if as_json:
+            return JSONResponse({"error": f"not logged in: {error}"}, status_code=401)
+        return RedirectResponse(error.login_url, status_code=303)
+    status, title = REFUSALS.get(type(error), (500, "Error"))
+    message = str(error)
+    if isinstance(error, AccessRefusedError):
+        message = f"{message}. {ROOTS_ADVICE}"
+    return _problem(request, as_json, status, title, message)
+
+
+async def _reader(checker: Access, dag_id: str, entity: str) -> Any:
+    """The user of the request, who may read ``entity`` of ``dag_id``."""
+    user = await checker.user()
+    await checker.require(user, dag_id, entity)
+    return user
+
+
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def _wants_json(request: Request, format: str | None) -> bool:
+def _wants_json(format: str | None) -> bool:
     return (format or "").lower() == "json"
 
 
@@ -123,23 +167,6 @@ def _problem(request: Request, as_json: bool, status: int, title: str, message: 
         return JSONResponse({"error": message}, status_code=status)
     body = pages.message_body(title, message)
     return HTMLResponse(pages.page(title, body, home=_airflow_home(request)), status_code=status)
-
-
-async def _login(
-    request: Request, checker: Access, as_json: bool, dag_id: str | None, entity: str
-) -> Any:
-    """The user, or the response that refuses the request."""
-    try:
-        user = await checker.user()
-        if dag_id is not None:
-            await checker.require(user, dag_id, entity)
-        return user
-    except NotLoggedIn as error:
-        if as_json:
-            return JSONResponse({"error": f"not logged in: {error}"}, status_code=401)
-        return RedirectResponse(checker.login_url(), status_code=303)
-    except Forbidden as error:
-        return _problem(request, as_json, 403, "Not allowed", str(error))
 
 
 def _run_url(request: Request, dag_id: str) -> Any:
@@ -161,30 +188,15 @@ async def job_page(
     lines: int = Query(DEFAULT_LINES, description="log lines to show (at most 5000)"),
     format: str | None = Query(None, description="json for JSON"),
 ) -> Response:
-    as_json = _wants_json(request, format)
-    user = await _login(request, checker, as_json, None, TASK_LOGS)
-    if isinstance(user, Response):
-        return user
-    try:
-        roots = Roots(await run_in_threadpool(local_roots))
-        view = await run_in_threadpool(job_view, roots, root, name, clamp_lines(lines))
-    except AccessRefused as error:
-        message = (
-            f"{error}. This server shows files inside its local roots only: add the folder to "
-            "[tuneloop] local_roots (AIRFLOW__TUNELOOP__LOCAL_ROOTS) of the API server."
-        )
-        return _problem(request, as_json, 403, "Not shown", message)
-    except JobMissing as error:
-        return _problem(request, as_json, 404, "No such job", str(error))
+    user = await checker.user()  # the DAG to check is in the job's labels
+    roots = Roots(await run_in_threadpool(local_roots))
+    view = await run_in_threadpool(job_view, roots, root, name, clamp_lines(lines))
     labels = view["labels"]
     dag_id = labels.get(DAG_LABEL) or (
         campaign_dag_id(labels[CAMPAIGN_LABEL]) if labels.get(CAMPAIGN_LABEL) else None
     )
-    try:
-        await checker.require(user, dag_id, TASK_LOGS)
-    except Forbidden as error:
-        return _problem(request, as_json, 403, "Not allowed", str(error))
-    if as_json:
+    await checker.require(user, dag_id, TASK_LOGS)
+    if _wants_json(format):
         return JSONResponse(view)
     refresh = f"{request.url_for('job_page', name=name)}?{urlencode({'root': view['root']})}"
     if lines != DEFAULT_LINES:
@@ -215,10 +227,8 @@ async def mlflow_link(
 ) -> Response:
     from tuneloop.web.runs import resolve_task_run
 
-    as_json = _wants_json(request, format)
-    user = await _login(request, checker, as_json, dag_id, TASK_INSTANCE)
-    if isinstance(user, Response):
-        return user
+    as_json = _wants_json(format)
+    await _reader(checker, dag_id, TASK_INSTANCE)
     if not run_id:
         return await _experiment(request, dag_id, as_json)
     found = await run_in_threadpool(resolve_task_run, dag_id, run_id, task_id)
@@ -259,7 +269,7 @@ async def mlflow_link(
 
 async def _experiment(request: Request, dag_id: str, as_json: bool) -> Response:
     from tuneloop.web.campaigns import campaign_for_dag
-    from tuneloop.web.runs import RunsUnavailable, experiment_view
+    from tuneloop.web.runs import experiment_view
 
     info = await run_in_threadpool(campaign_for_dag, dag_id)
     if info is None or not info.tracking_uri:
@@ -269,10 +279,7 @@ async def _experiment(request: Request, dag_id: str, as_json: bool) -> Response:
             else ("belongs to a campaign that does not mirror its rounds to MLflow")
         )
         return _problem(request, as_json, 404, "No experiment", f"DAG {dag_id} {why}.")
-    try:
-        view = await run_in_threadpool(experiment_view, info)
-    except RunsUnavailable as error:
-        return _problem(request, as_json, 502, "MLflow could not be read", str(error))
+    view = await run_in_threadpool(experiment_view, info)
     if as_json:
         return JSONResponse(view)
     if view["server_url"] and view["experiment_id"]:
@@ -295,12 +302,10 @@ async def mlflow_run(
     format: str | None = Query(None, description="json for JSON"),
 ) -> Response:
     from tuneloop.web.campaigns import campaign_for_dag
-    from tuneloop.web.runs import CampaignRuns, RunsUnavailable
+    from tuneloop.web.runs import CampaignRuns
 
-    as_json = _wants_json(request, format)
-    user = await _login(request, checker, as_json, dag_id, TASK_INSTANCE)
-    if isinstance(user, Response):
-        return user
+    as_json = _wants_json(format)
+    await _reader(checker, dag_id, TASK_INSTANCE)
     info = await run_in_threadpool(campaign_for_dag, dag_id)
     if info is None or not info.tracking_uri:
         return _problem(request, as_json, 404, "No such run", f"DAG {dag_id} has no MLflow runs.")
@@ -310,10 +315,7 @@ async def mlflow_run(
         found = runs.run(run_id)
         return None if found is None else runs.describe(found)
 
-    try:
-        run = await run_in_threadpool(read)
-    except RunsUnavailable as error:
-        return _problem(request, as_json, 502, "MLflow could not be read", str(error))
+    run = await run_in_threadpool(read)
     if run is None:
         message = f"no run {run_id} of campaign {info.name} in its MLflow store"
         return _problem(request, as_json, 404, "No such run", message)

@@ -21,7 +21,8 @@ from tuneloop import storage
 from tuneloop.artifacts.manifest import CHECKPOINT_RECORD, MANIFEST
 from tuneloop.errors import TuneloopError
 from tuneloop.local import runner as local
-from tuneloop.web.roots import AccessRefused, Roots
+from tuneloop.web.errors import AccessRefusedError, JobMissingError
+from tuneloop.web.roots import Roots
 
 EVAL_DIR = "eval-result"
 DEFAULT_LINES = 200
@@ -31,10 +32,6 @@ MAX_LISTED = 200
 MAX_RESULTS = 20
 
 
-class JobMissing(Exception):
-    """No job of that name in that folder."""
-
-
 def clamp_lines(lines: int | None) -> int:
     return max(1, min(MAX_LINES, int(lines or DEFAULT_LINES)))
 
@@ -42,24 +39,24 @@ def clamp_lines(lines: int | None) -> int:
 def job_view(roots: Roots, root: str, name: str, lines: int = DEFAULT_LINES) -> dict[str, Any]:
     """Everything the job page shows, as JSON-ready data.
 
-    Raises ``AccessRefused`` for a folder outside the roots or a name that is not a job name,
-    ``JobMissing`` when no such job exists.
+    Raises ``AccessRefusedError`` for a folder outside the roots or a name that is not a job name,
+    ``JobMissingError`` when no such job exists.
     """
     try:
         local.validate_name(name)
     except TuneloopError:
-        raise AccessRefused(f"{name!r} is not a job name (a DNS label)") from None
+        raise AccessRefusedError(f"{name!r} is not a job name (a DNS label)") from None
     folder = roots.folder(root)
     directory = roots.child(folder, name)
     status_text = roots.read_text(directory / local.STATUS_FILE) if directory.is_dir() else None
     spec_text = roots.read_text(directory / local.SPEC_FILE) if directory.is_dir() else None
     if status_text is None or spec_text is None:
-        raise JobMissing(f"no job {name!r} in {folder}")
+        raise JobMissingError(f"no job {name!r} in {folder}")
     try:
         status = local.JobStatus.from_dict(json.loads(status_text))
         spec = local.JobSpec.from_dict(json.loads(spec_text))
     except (ValueError, TypeError) as error:
-        raise JobMissing(f"{directory} is not a readable job folder ({error})") from None
+        raise JobMissingError(f"{directory} is not a readable job folder ({error})") from None
     started, ended = local.parse_iso(status.started_at), local.parse_iso(status.ended_at)
     end = ended or (datetime.now(UTC) if started and not status.final else None)
     return {
@@ -106,7 +103,7 @@ def _log(roots: Roots, path: Path, lines: int) -> dict[str, Any]:
     if not path.exists():
         return {"lines": [], "size": 0, "shown": lines}
     if not roots.allows(path):
-        raise AccessRefused(f"{path} leads outside the folders this server may show")
+        raise AccessRefusedError(f"{path} leads outside the folders this server may show")
     size = path.stat().st_size
     text = local.tail_text(path, lines, max_bytes=min(MAX_LOG_BYTES, max(64 * 1024, lines * 400)))
     return {"lines": text.splitlines() if text else [], "size": size, "shown": lines}
@@ -164,7 +161,7 @@ def _entry(roots: Roots, path: Path) -> dict[str, Any]:
 def _json(roots: Roots, path: Path) -> Any:
     try:
         text = roots.read_text(path)
-    except AccessRefused:
+    except AccessRefusedError:
         return None
     if text is None:
         return None

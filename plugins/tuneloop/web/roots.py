@@ -11,7 +11,7 @@ inside one of the **local roots**:
   (its jobs, round outputs and ledger) and its ``jobs_root`` when it has one.
 
 A name with ``..``, a relative or absolute path where a name belongs, or a symlink that leads
-out of the roots is refused with ``AccessRefused``, and nothing of the target is read.
+out of the roots is refused with ``AccessRefusedError``, and nothing of the target is read.
 """
 
 from __future__ import annotations
@@ -22,15 +22,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tuneloop.local.runner import ROOT_ENV
+from tuneloop.web.errors import AccessRefusedError
 
 OPTION_SECTION = "tuneloop"
 OPTION_KEY = "local_roots"
 OPTION_ENV = "AIRFLOW__TUNELOOP__LOCAL_ROOTS"
 MAX_JSON_BYTES = 512 * 1024
-
-
-class AccessRefused(Exception):
-    """A path outside the local roots, or not a plain name where a name belongs."""
 
 
 def configured_roots() -> list[str]:
@@ -80,18 +77,18 @@ class Roots:
         """The folder ``value`` names (an absolute path), if it lies inside the roots."""
         path = Path(value)
         if not value or "\x00" in value or not path.is_absolute():
-            raise AccessRefused(f"{value!r} is not an absolute folder path")
+            raise AccessRefusedError(f"{value!r} is not an absolute folder path")
         if not inside(path, self.roots):
-            raise AccessRefused(f"{value} is outside the folders this server may show")
+            raise AccessRefusedError(f"{value} is outside the folders this server may show")
         return path.resolve()
 
     def child(self, folder: Path, name: str) -> Path:
         """``folder/name`` for a plain ``name`` (no separator, not . or ..), inside the roots."""
         if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
-            raise AccessRefused(f"{name!r} is not a plain file or folder name")
+            raise AccessRefusedError(f"{name!r} is not a plain file or folder name")
         path = folder / name
         if (path.exists() or path.is_symlink()) and not inside(path, self.roots):
-            raise AccessRefused(f"{path} leads outside the folders this server may show")
+            raise AccessRefusedError(f"{path} leads outside the folders this server may show")
         return path
 
     def allows(self, path: Path) -> bool:
@@ -102,7 +99,7 @@ class Roots:
         if not path.exists():
             return None
         if not inside(path, self.roots):
-            raise AccessRefused(f"{path} leads outside the folders this server may show")
+            raise AccessRefusedError(f"{path} leads outside the folders this server may show")
         if not path.is_file() or path.stat().st_size > limit:
             return None
         return path.read_text(encoding="utf-8", errors="replace")

@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from tuneloop.tracking.mirror import (
@@ -40,6 +40,7 @@ from tuneloop.tracking.mirror import (
     resolve_store,
 )
 from tuneloop.web.campaigns import CampaignInfo
+from tuneloop.web.errors import RunsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ PENDING = "recorded when the round is decided"
 
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
-
-
-class RunsUnavailable(Exception):
-    """The campaign's MLflow store could not be read (the message says why, without secrets)."""
 
 
 def public_uri(uri: str) -> str:
@@ -89,7 +86,9 @@ class CampaignRuns:
         try:
             self.store: TrackingStore = resolve_store(info.tracking_uri)
         except (TrackingError, OSError) as error:
-            raise RunsUnavailable(without_password(_first_line(error), info.tracking_uri)) from None
+            raise RunsUnavailableError(
+                without_password(_first_line(error), info.tracking_uri)
+            ) from None
         self.where = public_uri(self.store.uri)
 
     @property
@@ -151,7 +150,7 @@ class CampaignRuns:
         try:
             with self._reading(f"read run {run_id}"):
                 found = self._client().get_run(run_id)
-        except RunsUnavailable as error:
+        except RunsUnavailableError as error:
             if isinstance(error.__cause__, MlflowException):
                 return None
             raise
@@ -234,7 +233,8 @@ class CampaignRuns:
 
 
 class _Reading:
-    """MLflow calls, quietly; a failure becomes RunsUnavailable naming the store (no password)."""
+    """MLflow calls, quietly; a failure becomes RunsUnavailableError naming the store (without
+    its password)."""
 
     def __init__(self, action: str, uri: str) -> None:
         self.action = action
@@ -244,9 +244,9 @@ class _Reading:
     def __enter__(self) -> None:
         self._quiet.__enter__()
 
-    def __exit__(self, kind: Any, error: BaseException | None, trace: Any) -> bool:
+    def __exit__(self, kind: Any, error: BaseException | None, trace: Any) -> Literal[False]:
         self._quiet.__exit__(kind, error, trace)
-        if error is None or isinstance(error, RunsUnavailable):
+        if error is None or isinstance(error, RunsUnavailableError):
             return False
         import requests
         from mlflow.exceptions import MlflowException
@@ -254,7 +254,7 @@ class _Reading:
         if isinstance(error, MlflowException | requests.RequestException | OSError):
             where = public_uri(self.uri)
             message = f"could not {self.action} in MLflow at {where}: {_first_line(error)}"
-            raise RunsUnavailable(without_password(message, self.uri)) from error
+            raise RunsUnavailableError(without_password(message, self.uri)) from error
         return False
 
 
@@ -278,7 +278,7 @@ def planned_round(dag_id: str, run_id: str) -> int | None:
         log.info("Could not read the round of %s/%s: %s", dag_id, run_id, error)
         return None
     try:
-        data = json.loads(value) if isinstance(value, str) else value
+        data: Any = json.loads(value) if isinstance(value, str) else value
         return int(data["start"]["round"])
     except (TypeError, ValueError, KeyError):
         return None
@@ -345,7 +345,7 @@ def resolve_task_run(dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
             fragment = f"#/experiments/{experiment}" if experiment else "#/experiments"
             out["experiment_url"] = runs.server_url(fragment)
         round_run = runs.round_run_of(experiment, run_id) if experiment else None
-        if round_run is None:
+        if round_run is None or not experiment:
             number = planned_round(dag_id, run_id)
             out["round"] = number
             which = f"round {number}" if number is not None else "this DAG run's round"
@@ -367,7 +367,7 @@ def resolve_task_run(dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
             out["status"] = "found"
             out["run"] = runs.describe(target, experiment)
             out["message"] = f"Read from the campaign's MLflow store ({runs.where})."
-    except RunsUnavailable as error:
+    except RunsUnavailableError as error:
         out["status"] = "error"
         out["message"] = str(error)
     return out

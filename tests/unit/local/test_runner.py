@@ -26,7 +26,7 @@ from tuneloop.local.runner import (
     REASON_DIED,
     REASON_ENTRYPOINT,
     REASON_ERROR,
-    JobNotFound,
+    JobNotFoundError,
     JobSpec,
     JobState,
     JobStatus,
@@ -378,7 +378,7 @@ def test_names_must_be_dns_labels(runner: LocalRunner, name: str) -> None:
 
 
 def test_unknown_job_is_not_found(runner: LocalRunner) -> None:
-    with pytest.raises(JobNotFound, match="no job 'ghost'"):
+    with pytest.raises(JobNotFoundError, match="no job 'ghost'"):
         runner.status("ghost")
 
 

@@ -93,7 +93,7 @@ def test_left_padding_for_batched_generation(tokenizer) -> None:
 def test_save_and_reload_with_auto_tokenizer(tmp_path: Path, tokenizer) -> None:
     from transformers import AutoTokenizer
 
-    tok.save_tokenizer(tmp_path)
+    tok.build_tokenizer().save_pretrained(str(tmp_path))
     reloaded = AutoTokenizer.from_pretrained(str(tmp_path))
     assert reloaded.padding_side == "left"
     assert reloaded.model_max_length == tok.MODEL_MAX_LENGTH
