@@ -133,6 +133,23 @@ class Campaign:
             [e.experiment_id for e in client.search_experiments()], max_results=100
         )
 
+    def xcom(self, run: Any, task_id: str, key: str = "return_value") -> Any:
+        """What a task of ``run`` pushed to XCom, as stored."""
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            value = session.scalar(
+                select(XComModel.value).where(
+                    XComModel.dag_id == self.dag_id,
+                    XComModel.run_id == run.run_id,
+                    XComModel.task_id == task_id,
+                    XComModel.key == key,
+                )
+            )
+        return json.loads(value) if isinstance(value, str) else value
+
     def jobs(self) -> list[str]:
         folder = self.root / self.name / "jobs"
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
@@ -202,6 +219,54 @@ def test_continue_then_rollback_then_finish(airflow_db: Path, tmp_path: Path, da
     assert kinds.count("stage") == 6
     report = tmp_path / "cycle" / "report"
     assert (report / "report.md").is_file() and (report / "report.png").is_file()
+
+
+def test_a_round_is_judged_by_the_campaign_file_it_was_planned_with(
+    airflow_db: Path, tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """plan_round reads the campaign file once and snapshots it: an edit while the round runs
+    (here a higher target, written while the round's data is validated) does not change how
+    that round is judged. The next round plans with the edited file."""
+    import hashlib
+
+    from tuneloop.rounds import datasets
+
+    gate = "  targets: {exact_match: 0.9}\n  max_rounds: 5\n"
+    text = campaign_text("snapshot", tmp_path, data, gate)
+    campaign = Campaign("snapshot", tmp_path, text, {1: 0.95, 2: 0.995})
+    path = CAMPAIGNS / "snapshot.yaml"
+    edited = text.replace("targets: {exact_match: 0.9}", "targets: {exact_match: 0.99}")
+    assert edited != text
+    check = datasets.validate_dataset
+
+    def check_then_edit(item: Any) -> Any:
+        path.write_text(edited, encoding="utf-8")  # the campaign file changes mid-round
+        return check(item)
+
+    monkeypatch.setattr(datasets, "validate_dataset", check_then_edit)
+    first = campaign.run()
+    monkeypatch.undo()
+    assert first.state == "success"
+    assert path.read_text(encoding="utf-8") == edited
+    planned = campaign.xcom(first, "plan_round", key="round")
+    assert planned["campaign"]["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert planned["campaign"]["text"] == text
+    # Judged by the target it was planned with (0.9): finished. The edited file's 0.99 would
+    # have said continue.
+    one = campaign.ledger().read(1)
+    assert one.decision.action == "finish", one.decision.reason
+    assert "exact_match 0.95 ≥ 0.9" in one.decision.reason
+    assert campaign.task_states(first)["finish"] == "success"
+
+    # The edited target reopens the campaign: round 2 plans and is judged with the new file.
+    second = campaign.run()
+    assert second.state == "success"
+    planned = campaign.xcom(second, "plan_round", key="round")
+    assert planned["campaign"]["sha256"] == hashlib.sha256(edited.encode()).hexdigest()
+    two = campaign.ledger().read(2)
+    assert two.base_round == 1
+    assert two.decision.action == "finish", two.decision.reason
+    assert "exact_match 0.995 ≥ 0.99" in two.decision.reason
 
 
 def test_stop_at_max_rounds(airflow_db: Path, tmp_path: Path, data: Path) -> None:
@@ -329,7 +394,7 @@ def test_the_repository_campaigns_load(airflow_db: Path) -> None:
     )
     # The trigger form: every Param is optional (null allowed, or a non-null default), so the
     # form opens without errors; the Params are exactly what plan_round accepts.
-    from tuneloop.rounds.steps import RoundConf
+    from tuneloop.rounds.boxes import RoundConf
 
     assert list(demo.params) == list(RoundConf.model_fields)
     for name in demo.params:

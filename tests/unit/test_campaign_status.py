@@ -1,6 +1,6 @@
 """`tuneloop campaign status`: real ledgers, written round by round as the round DAG writes them.
 
-Every round here is played the way the DAG plays it: `round_steps.start_round` says where it
+Every round here is played the way the DAG plays it: `rounds.start.start_round` says where it
 starts, the real gate (`gate.decide`) judges its metrics against the ledger's history, and the
 record is written once with `Ledger.write`. The command then has to tell the same story.
 """
@@ -22,9 +22,10 @@ import pytest
 from tuneloop.artifacts.manifest import Checkpoint
 from tuneloop.cli.main import main
 from tuneloop.cli.status import OVERRIDE_PARAM
-from tuneloop.config.file import CampaignFile
+from tuneloop.config.file import CampaignFile, load_for_rounds
+from tuneloop.config.paths import campaign_root, round_root
 from tuneloop.recipes.catalog import MODELS, Platform
-from tuneloop.rounds import steps as round_steps
+from tuneloop.rounds.boxes import RoundConf
 from tuneloop.rounds.gate import RoundSummary, decide
 from tuneloop.rounds.ledger import (
     Ledger,
@@ -36,7 +37,7 @@ from tuneloop.rounds.ledger import (
     gpu_hours,
     history_of,
 )
-from tuneloop.rounds.plan import campaign_root, round_root
+from tuneloop.rounds.start import start_round
 
 REPO = Path(__file__).resolve().parents[2]
 BASELINE = {"exact_match": 0.5, "f1_score": 0.55}
@@ -101,7 +102,7 @@ def play(cf: CampaignFile, metrics: dict[str, float], *, seconds: float = 600.0)
     """One round as the DAG runs it: start from the ledger, judge with the gate, record once."""
     campaign = cf.campaign
     ledger = Ledger(campaign_root(campaign))
-    start = round_steps.start_round(cf, {})
+    start = start_round(cf, {})
     records = ledger.records()
     n = start.round
     began = T0 + timedelta(hours=n)
@@ -179,7 +180,7 @@ def play(cf: CampaignFile, metrics: dict[str, float], *, seconds: float = 600.0)
 
 
 def play_all(path: Path, scores: list[float]) -> CampaignFile:
-    cf = round_steps.load(str(path))
+    cf = load_for_rounds(path)
     for score in scores:
         play(cf, {"exact_match": score, "f1_score": score + 0.05})
     return cf
@@ -316,7 +317,7 @@ def test_a_campaign_that_met_its_target_refuses_the_next_round(capsys, campaign_
     assert nxt["refused"] is True and nxt["round"] == 3 and nxt["base_round"] == 2
     assert len(nxt["refusal"]) == 1 and str(cf.path) in nxt["refusal"][0]
     assert len(nxt["how_to_go_on"]) == 3
-    assert OVERRIDE_PARAM in round_steps.RoundConf.model_fields
+    assert OVERRIDE_PARAM in RoundConf.model_fields
 
 
 def test_max_rounds_finishes_the_campaign_until_it_is_raised(capsys, campaign_file) -> None:

@@ -1,17 +1,23 @@
-"""The round DAG's steps as plain functions: job specs, names, skipped stages, shown metrics."""
+"""The round DAG's steps as plain functions: job specs, names, skipped stages, shown metrics,
+the run's conf and where a round starts."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
-from tuneloop.config.campaign import job_backend_config
-from tuneloop.jobs.base import JobSpec
-from tuneloop.rounds import steps as round_steps
+from tuneloop.config.backend import job_backend_config
+from tuneloop.config.file import load_campaign, load_for_rounds
+from tuneloop.config.paths import campaign_root, round_root
+from tuneloop.errors import CampaignError
+from tuneloop.rounds.boxes import CampaignSnapshot, RoundConf, RoundStart
 from tuneloop.rounds.gate import Action, Decision
-from tuneloop.rounds.plan import plan_round
+from tuneloop.rounds.plan import plan_round, plan_started_round
 from tuneloop.rounds.record import shown_metrics
+from tuneloop.rounds.specs import baseline_job, stage_job
+from tuneloop.rounds.start import CampaignOverError, RoundError, parse_conf, start_round
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "recipes" / "campaigns" / "demo.yaml"
@@ -20,7 +26,7 @@ DEMO = REPO / "recipes" / "campaigns" / "demo.yaml"
 @pytest.fixture
 def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TUNELOOP_PROJECT_DIR", str(tmp_path))
-    return round_steps.load(str(DEMO))
+    return load_for_rounds(DEMO)
 
 
 def test_local_paths_are_made_absolute_against_the_project_dir(demo, tmp_path: Path) -> None:
@@ -31,21 +37,22 @@ def test_local_paths_are_made_absolute_against_the_project_dir(demo, tmp_path: P
 
 def test_a_stage_job_digests_recipe_and_inputs_and_names_the_run(demo) -> None:
     plan = plan_round(demo, round_number=2, offline=True)
-    first = round_steps.stage_job(plan, 0, "tiny-chat")
-    spec = JobSpec.model_validate(first)
+    root = round_root(demo.campaign, 2)
+    spec = stage_job(plan, root, 0, "tiny-chat")
+    assert spec is not None
     assert spec.name.startswith("demo-r2-sft-") and spec.kind == "train"
     assert spec.recipe["run"]["name"] == spec.name
     assert spec.labels == {"campaign": "demo", "round": "2", "stage": "sft"}
-    assert round_steps.stage_job(plan, 0, "tiny-chat") == first
-    other = round_steps.stage_job(plan, 0, "/elsewhere/checkpoint")
-    assert other["name"] != first["name"]
-    assert round_steps.stage_job(plan, 1, "x", stages=["sft"]) is None
+    assert spec.output_uri == root
+    assert stage_job(plan, root, 0, "tiny-chat") == spec
+    other = stage_job(plan, root, 0, "/elsewhere/checkpoint")
+    assert other is not None and other.name != spec.name
+    assert stage_job(plan, root, 1, "x", stages=["sft"]) is None
 
 
 def test_the_baseline_job_is_the_same_in_every_round(demo) -> None:
     names = {
-        round_steps.baseline_job(demo, plan_round(demo, round_number=n, offline=True))["name"]
-        for n in (1, 2, 5)
+        baseline_job(demo, plan_round(demo, round_number=n, offline=True)).name for n in (1, 2, 5)
     }
     assert len(names) == 1 and next(iter(names)).startswith("demo-r0-baseline-")
 
@@ -58,15 +65,15 @@ def test_the_report_shows_the_campaigns_metrics(demo) -> None:
 
 
 def test_an_unknown_stage_in_the_conf_is_refused(demo, tmp_path: Path) -> None:
-    with pytest.raises(round_steps.RoundError, match=r"unknown stage 'dpo'.*allowed: sft, rft"):
-        round_steps.start_round(demo, {"stages": ["dpo"]})
+    with pytest.raises(RoundError, match=r"unknown stage 'dpo'.*allowed: sft, rft"):
+        start_round(demo, {"stages": ["dpo"]})
 
 
 # --- the run's conf -------------------------------------------------------------------------
 
 
 def test_an_empty_conf_and_the_trigger_forms_defaults_are_accepted() -> None:
-    assert round_steps.parse_conf(None) == round_steps.RoundConf()
+    assert parse_conf(None) == RoundConf()
     form = {
         "base_checkpoint": None,
         "start_from_round": None,
@@ -77,12 +84,12 @@ def test_an_empty_conf_and_the_trigger_forms_defaults_are_accepted() -> None:
         "reason": None,
         "after_finish": False,
     }
-    assert round_steps.parse_conf(form) == round_steps.RoundConf()
+    assert parse_conf(form) == RoundConf()
 
 
 def test_unknown_conf_keys_and_wrong_types_are_refused_naming_the_param() -> None:
-    with pytest.raises(round_steps.RoundError) as refused:
-        round_steps.parse_conf({"dry_rn": True, "dry_run": "yes", "start_from_round": 0})
+    with pytest.raises(RoundError) as refused:
+        parse_conf({"dry_rn": True, "dry_run": "yes", "start_from_round": 0})
     lines = str(refused.value).splitlines()
     assert len(lines) == 3
     assert any(
@@ -101,13 +108,13 @@ def test_unknown_conf_keys_and_wrong_types_are_refused_naming_the_param() -> Non
 
 
 def test_data_overrides_name_stages_and_datasets_of_the_campaign(demo) -> None:
-    with pytest.raises(round_steps.RoundError, match=r"conf.data_overrides: unknown stage 'dpo'"):
-        round_steps.start_round(demo, {"data_overrides": {"dpo": {"train": "x.jsonl"}}})
+    with pytest.raises(RoundError, match=r"conf.data_overrides: unknown stage 'dpo'"):
+        start_round(demo, {"data_overrides": {"dpo": {"train": "x.jsonl"}}})
     with pytest.raises(
-        round_steps.RoundError,
+        RoundError,
         match=r"conf.data_overrides.sft: unknown dataset 'eval' \(allowed: train, validation\)",
     ):
-        round_steps.start_round(demo, {"data_overrides": {"sft": {"eval": "x.jsonl"}}})
+        start_round(demo, {"data_overrides": {"sft": {"eval": "x.jsonl"}}})
 
 
 # --- a campaign that is over -----------------------------------------------------------------
@@ -117,7 +124,6 @@ def _record_rounds(cf, rounds: list[tuple[float, Action]]) -> None:
     from test_ledger import record
 
     from tuneloop.rounds.ledger import Ledger
-    from tuneloop.rounds.plan import campaign_root
 
     root = campaign_root(cf.campaign)
     ledger = Ledger(root)
@@ -140,8 +146,8 @@ def _record_rounds(cf, rounds: list[tuple[float, Action]]) -> None:
 
 def test_a_finished_campaign_refuses_another_round_saying_how_to_go_on(demo) -> None:
     _record_rounds(demo, [(0.5, Action.CONTINUE), (0.97, Action.FINISH)])
-    with pytest.raises(round_steps.CampaignOverError) as refused:
-        round_steps.start_round(demo, {})
+    with pytest.raises(CampaignOverError) as refused:
+        start_round(demo, {})
     text = str(refused.value)
     assert f"{demo.path}: campaign 'demo' is over: round 2 met every target (exact_match 0.97)" in (
         text
@@ -150,7 +156,7 @@ def test_a_finished_campaign_refuses_another_round_saying_how_to_go_on(demo) -> 
     assert "raise gate.max_rounds (now 3) or change gate.targets" in text
     assert "after_finish: true" in text
     # Asked for explicitly, the round runs, from the champion.
-    start = round_steps.start_round(demo, {"after_finish": True})
+    start = start_round(demo, {"after_finish": True})
     assert start.round == 3 and start.base_round == 2
     assert "after the campaign finished (round 2 met every target" in start.reason
 
@@ -158,19 +164,57 @@ def test_a_finished_campaign_refuses_another_round_saying_how_to_go_on(demo) -> 
 def test_a_higher_target_reopens_a_finished_campaign(demo) -> None:
     _record_rounds(demo, [(0.5, Action.CONTINUE), (0.97, Action.FINISH)])
     demo.campaign.gate.targets = {"exact_match": 0.99}
-    start = round_steps.start_round(demo, {})
+    start = start_round(demo, {})
     assert (start.round, start.base_round) == (3, 2)
 
 
 def test_max_rounds_ends_the_campaign_until_it_is_raised(demo) -> None:
     _record_rounds(demo, [(0.3, Action.CONTINUE), (0.5, Action.CONTINUE), (0.6, Action.STOP)])
-    with pytest.raises(round_steps.CampaignOverError, match="round 3 reached max_rounds 3"):
-        round_steps.start_round(demo, {})
+    with pytest.raises(CampaignOverError, match="round 3 reached max_rounds 3"):
+        start_round(demo, {})
     demo.campaign.gate.max_rounds = 5
-    assert round_steps.start_round(demo, {}).round == 4
+    assert start_round(demo, {}).round == 4
 
 
 def test_a_campaign_stopped_on_a_plateau_stays_over(demo) -> None:
     _record_rounds(demo, [(0.5, Action.CONTINUE), (0.501, Action.STOP)])
-    with pytest.raises(round_steps.CampaignOverError, match=r"is over: Round 2: stop\."):
-        round_steps.start_round(demo, {})
+    with pytest.raises(CampaignOverError, match=r"is over: Round 2: stop\."):
+        start_round(demo, {})
+
+
+# --- the campaign, read once per round -------------------------------------------------------
+
+
+def test_a_snapshot_rebuilds_the_campaign_with_the_files_own_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNELOOP_PROJECT_DIR", str(tmp_path))
+    snapshot = CampaignSnapshot.read(DEMO)
+    text = DEMO.read_text(encoding="utf-8")
+    assert snapshot.text == text
+    assert snapshot.sha256 == hashlib.sha256(text.encode()).hexdigest()
+    cf = snapshot.load()
+    assert cf.path == DEMO and cf.campaign.backend.output_root == str(tmp_path / ".tuneloop")
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(text.replace("technique: full", "technique: x"), encoding="utf-8")
+    with pytest.raises(CampaignError) as from_file:
+        load_campaign(broken)
+    with pytest.raises(CampaignError) as from_snapshot:
+        CampaignSnapshot.read(broken).load()
+    assert str(from_snapshot.value) == str(from_file.value)
+    assert f"{broken}:" in str(from_snapshot.value)
+    with pytest.raises(CampaignError, match="file not found"):
+        CampaignSnapshot.read(tmp_path / "missing.yaml")
+
+
+def test_planning_a_round_leaves_the_campaign_as_it_was(demo, tmp_path: Path) -> None:
+    """The conf's data overrides and the absolute data paths go into a copy of the campaign."""
+    before = demo.campaign.model_dump()
+    start = RoundStart(
+        campaign="demo", round=1, data_overrides={"sft": {"train": "elsewhere/train.jsonl"}}
+    )
+    plan = plan_started_round(demo, start, {})
+    assert plan.stages[0].datasets["train"] == str(tmp_path / "elsewhere" / "train.jsonl")
+    assert plan.evaluation.dataset == str(tmp_path / ".tuneloop/demo/data/eval.jsonl")
+    assert demo.campaign.model_dump() == before

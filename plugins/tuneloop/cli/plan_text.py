@@ -6,7 +6,7 @@ from tuneloop.config.campaign import Campaign, HyperPodBackend, LocalBackend, Tr
 from tuneloop.documents import dump_yaml
 from tuneloop.recipes.catalog import MODELS, Technique
 from tuneloop.recipes.rules import PLACEHOLDER_PREFIX
-from tuneloop.rounds.plan import RoundPlan
+from tuneloop.rounds.boxes import RoundPlan
 
 
 def _backend_line(campaign: Campaign) -> str:

@@ -2,7 +2,7 @@
 
 Everything is read, nothing is written: the campaign file, then the ledger under the campaign's
 output root (a folder or an s3:// prefix). The next round is worked out by the round DAG's own
-first step, `round_steps.start_round` (it only reads the ledger), so this command and a run
+first step, `rounds.start.start_round` (it only reads the ledger), so this command and a run
 triggered now agree on the round number, the checkpoint it starts from, whether the rollback
 adjustments apply, and whether the round is refused.
 
@@ -32,10 +32,10 @@ from pydantic import BaseModel
 
 from tuneloop.config.campaign import flatten_overrides
 from tuneloop.config.file import CampaignFile
+from tuneloop.config.paths import campaign_root
 from tuneloop.errors import CampaignError, Problem, TuneloopError
 from tuneloop.rounds.gate import campaign_over
 from tuneloop.rounds.ledger import Ledger, LedgerError, RoundRecord, champion_of, history_of
-from tuneloop.rounds.plan import campaign_root
 
 State = Literal["new", "running", "ready", "finished"]
 FinishedBecause = Literal["target_met", "max_rounds", "plateau", "budget", "stopped"]
@@ -160,7 +160,7 @@ class CampaignStatus(BaseModel):
 
 def resolve_campaign(reference: str) -> Path:
     """The campaign file ``reference`` names: a path, or a campaign in the campaigns folder."""
-    from tuneloop.pipeline.dag import campaigns_folder
+    from tuneloop.config.file import campaigns_folder
 
     path = Path(reference)
     if path.is_file():
@@ -211,11 +211,11 @@ def _declared_name(path: Path) -> str | None:
 
 def load(reference: str) -> CampaignFile:
     """The campaign file, loaded as the round DAG loads it (local folders made absolute)."""
-    from tuneloop.rounds import steps as round_steps
+    from tuneloop.config.file import load_for_rounds
 
     path = resolve_campaign(reference)
     try:
-        return round_steps.load(str(path))
+        return load_for_rounds(path)
     except TuneloopError:
         raise
     except Exception as exc:  # a file the loader has no message for
@@ -416,22 +416,22 @@ def _finished_because(record: RoundRecord) -> FinishedBecause:
 def _next_round(
     cf: CampaignFile, ledger: Ledger, records: Sequence[RoundRecord], claim: Claim | None
 ) -> NextRound:
-    """What `round_steps.start_round` decides for a run triggered now with an empty conf."""
-    from tuneloop.rounds import steps as round_steps
+    """What `rounds.start.start_round` decides for a run triggered now with an empty conf."""
+    from tuneloop.rounds.start import CampaignOverError, RoundError, start_round
 
     try:
-        start = _readable(ledger, lambda: round_steps.start_round(cf, {}))
-    except round_steps.CampaignOverError as exc:
+        start = _readable(ledger, lambda: start_round(cf, {}))
+    except CampaignOverError as exc:
         refused = _refused(records, exc)
         refused.how_to_go_on = _how_to_go_on(cf, records[-1].round)
         try:  # where the round would start if the override Param asked for it anyway
-            anyway = _readable(ledger, lambda: round_steps.start_round(cf, {OVERRIDE_PARAM: True}))
-        except round_steps.RoundError:
+            anyway = _readable(ledger, lambda: start_round(cf, {OVERRIDE_PARAM: True}))
+        except RoundError:
             return refused
         return _from_start(cf, anyway).model_copy(
             update={k: getattr(refused, k) for k in ("refused", "refusal", "how_to_go_on")}
         )
-    except round_steps.RoundError as exc:
+    except RoundError as exc:
         return _refused(records, exc)
     next_round = _from_start(cf, start)
     if claim is not None:

@@ -1,1 +1,2 @@
-"""The campaign as the user writes it: its model, the file, checks, templating and paths."""
+"""The campaign as the user writes it: its model, the file, checks, templating, paths and the
+job backend's settings."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -27,21 +27,29 @@ CRON_PRESETS = frozenset(
 CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
 
 
-Region = matching(r"^[a-z]{2}(-gov)?-[a-z]+-\d$", "an AWS region", "us-east-1")
-InstanceType = matching(
-    r"^ml\.[a-z0-9]+\.[a-z0-9]+$", "a SageMaker instance type", "ml.p5.48xlarge"
-)
-S3Folder = matching(
-    r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$",
-    "an s3:// folder in a bucket you own",
-    "s3://my-ml-bucket/tuneloop",
-)
-Namespace = matching(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "a Kubernetes namespace", "kubeflow")
-RoleArn = matching(
-    r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
-    "an IAM role ARN",
-    "arn:aws:iam::123456789012:role/SageMakerNovaTraining",
-)
+if TYPE_CHECKING:
+    # To a type checker these are strings; pydantic sees the pattern each must match.
+    Region: TypeAlias = str
+    InstanceType: TypeAlias = str
+    S3Folder: TypeAlias = str
+    Namespace: TypeAlias = str
+    RoleArn: TypeAlias = str
+else:
+    Region = matching(r"^[a-z]{2}(-gov)?-[a-z]+-\d$", "an AWS region", "us-east-1")
+    InstanceType = matching(
+        r"^ml\.[a-z0-9]+\.[a-z0-9]+$", "a SageMaker instance type", "ml.p5.48xlarge"
+    )
+    S3Folder = matching(
+        r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$",
+        "an s3:// folder in a bucket you own",
+        "s3://my-ml-bucket/tuneloop",
+    )
+    Namespace = matching(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "a Kubernetes namespace", "kubeflow")
+    RoleArn = matching(
+        r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
+        "an IAM role ARN",
+        "arn:aws:iam::123456789012:role/SageMakerNovaTraining",
+    )
 
 
 # --- backends ----------------------------------------------------------------------------------
@@ -372,43 +380,3 @@ class Campaign(StrictModel):
     @property
     def dag_id(self) -> str:
         return f"tuneloop_{self.name.replace('-', '_')}"
-
-
-def job_backend_config(campaign: Campaign) -> dict[str, Any]:
-    """The settings of the job backend a campaign's jobs run on (``jobs.make_backend`` builds
-    it; triggers rebuild it from this in the triggerer)."""
-    from tuneloop import storage
-    from tuneloop.config.paths import absolute
-
-    backend = campaign.backend
-    if isinstance(backend, LocalBackend):
-        config: dict[str, Any] = {
-            "type": "local",
-            "root": absolute(backend.jobs_root)
-            if backend.jobs_root
-            else storage.join(absolute(backend.output_root), campaign.name, "jobs"),
-        }
-        if backend.device != "auto":
-            config["env"] = {"TUNELOOP_DEVICE": backend.device}
-        if backend.entrypoint:
-            config["entrypoint"] = backend.entrypoint
-            config["python_path"] = [absolute(p) for p in backend.python_path]
-        return config
-    common = {
-        "region": backend.region,
-        "aws_conn_id": backend.aws_conn_id,
-        "instance_type": backend.instance_type,
-    }
-    if isinstance(backend, HyperPodBackend):
-        return {
-            "type": "hyperpod",
-            "cluster": backend.cluster,
-            "namespace": backend.namespace,
-            **common,
-        }
-    return {
-        "type": "smtj",
-        "role_arn": backend.role_arn,
-        "max_runtime_seconds": backend.max_runtime_seconds,
-        **common,
-    }

@@ -7,7 +7,7 @@ user wrote.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,14 @@ from pydantic import ValidationError
 from tuneloop import storage
 from tuneloop.artifacts.manifest import Checkpoint, read_checkpoint_record, read_checkpoint_uri
 from tuneloop.config.campaign import Campaign
+from tuneloop.config.paths import absolute
 from tuneloop.documents import Document, load_document, problems_from_validation_error
 from tuneloop.errors import CampaignError, ConfigError, ModelConfigNotFoundError, Problem
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import MODELS, PLACEHOLDER_PREFIX, Platform
 
 RECIPES_DIR_ENV = "TUNELOOP_RECIPES_DIR"
+CAMPAIGNS_ENV = "TUNELOOP_CAMPAIGNS_DIR"
 
 
 def recipes_root() -> Path:
@@ -30,6 +32,12 @@ def recipes_root() -> Path:
     if configured:
         return Path(configured)
     return Path(__file__).resolve().parents[3] / "recipes"
+
+
+def campaigns_folder() -> Path:
+    """Where campaign files live: $TUNELOOP_CAMPAIGNS_DIR, else recipes/campaigns/."""
+    configured = os.environ.get(CAMPAIGNS_ENV, "").strip()
+    return Path(configured) if configured else recipes_root() / "campaigns"
 
 
 @dataclass
@@ -50,8 +58,26 @@ class CampaignFile:
 
 def load_campaign(path: str | Path) -> CampaignFile:
     """Parse and validate the campaign's own fields (recipes are checked by `plan_round`)."""
+    return parse_campaign(read_campaign_text(path), path)
+
+
+def read_campaign_text(path: str | Path) -> str:
+    """The campaign file's text; a missing or unreadable file is a CampaignError naming it."""
+    source = str(path)
     try:
-        document = load_document(path)
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CampaignError([Problem("", "file not found", source=source)]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CampaignError([Problem("", f"cannot read file: {exc}", source=source)]) from None
+
+
+def parse_campaign(text: str, source: str | Path) -> CampaignFile:
+    """A campaign file's ``text`` (read from ``source``, which problems name), parsed and
+    validated with the same errors as `load_campaign`: a round's tasks rebuild the campaign
+    from the text its plan read, not from the file as it is now."""
+    try:
+        document = load_document(source, text)
     except ConfigError as exc:
         raise CampaignError(exc.problems) from None
     try:
@@ -59,6 +85,21 @@ def load_campaign(path: str | Path) -> CampaignFile:
     except ValidationError as exc:
         raise CampaignError(problems_from_validation_error(exc, Campaign, document)) from None
     return CampaignFile(campaign, document)
+
+
+def for_jobs(cf: CampaignFile) -> CampaignFile:
+    """The campaign as a round's jobs see it: a local output root made absolute (job processes
+    and Airflow tasks run from other working directories). ``cf`` itself is unchanged."""
+    backend = cf.campaign.backend
+    if backend.platform is not Platform.LOCAL:
+        return cf
+    local = backend.model_copy(update={"output_root": absolute(backend.output_root)})
+    return replace(cf, campaign=cf.campaign.model_copy(update={"backend": local}))
+
+
+def load_for_rounds(path: str | Path) -> CampaignFile:
+    """The campaign file as a round's tasks load it (see `for_jobs`)."""
+    return for_jobs(load_campaign(path))
 
 
 # --- the plan ----------------------------------------------------------------------------------

@@ -16,31 +16,33 @@ modules at module level; every task imports what it needs when it runs.
 from __future__ import annotations
 
 import functools
-import os
 import re
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tuneloop.config.file import CampaignFile, load_campaign, recipes_root
+from tuneloop.config.backend import job_backend_config
+from tuneloop.config.file import CampaignFile, campaigns_folder, load_campaign
 from tuneloop.errors import TuneloopError
+
+if TYPE_CHECKING:
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+    from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, BaseSensorOperator, XComArg
+    from airflow.sdk.definitions._internal.mixins import DependencyMixin
+
+    from tuneloop.pipeline.operators import JobOperator
 
 DEFAULT_EXECUTION_TIMEOUT = timedelta(days=3)
 DEFAULT_POLL_SECONDS = 30.0
 LOCAL_POLL_SECONDS = 2.0
 
 
-CAMPAIGNS_ENV = "TUNELOOP_CAMPAIGNS_DIR"
 BROKEN_DAG_PREFIX = "tuneloop_broken__"
 
 
-def campaigns_folder() -> Path:
-    """Where campaign files live: $TUNELOOP_CAMPAIGNS_DIR, else recipes/campaigns/."""
-    configured = os.environ.get(CAMPAIGNS_ENV, "").strip()
-    return Path(configured) if configured else recipes_root() / "campaigns"
-
-
-def campaign_dag(reference: str | Path) -> Any:
+def campaign_dag(reference: str | Path) -> DAG:
     """The round DAG of one campaign file (a path, or a name in the campaigns folder).
 
     A broken campaign file raises TuneloopError with every problem, located in the file.
@@ -51,7 +53,7 @@ def campaign_dag(reference: str | Path) -> Any:
     return build_dag(load_campaign(path))
 
 
-def campaign_dags(folder: str | Path | None = None) -> dict[str, Any]:
+def campaign_dags(folder: str | Path | None = None) -> dict[str, DAG]:
     """``{dag_id: DAG}``: one round DAG per campaign file (``*.yaml``, ``*.yml``) in ``folder``.
 
     A broken campaign file costs only its own DAG. Any exception while loading it, tuneloop's
@@ -61,7 +63,7 @@ def campaign_dags(folder: str | Path | None = None) -> dict[str, Any]:
     running rounds go on.
     """
     folder = Path(folder) if folder else campaigns_folder()
-    dags: dict[str, Any] = {}
+    dags: dict[str, DAG] = {}
     sources: dict[str, Path] = {}
     paths = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
     for path in paths:
@@ -86,7 +88,7 @@ def campaign_dags(folder: str | Path | None = None) -> dict[str, Any]:
     return dags
 
 
-def _add_broken(dags: dict[str, Any], path: Path, message: str) -> None:
+def _add_broken(dags: dict[str, DAG], path: Path, message: str) -> None:
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)
     dag_id = f"{BROKEN_DAG_PREFIX}{stem}"
     dags[dag_id] = _broken_campaign_class()(
@@ -99,7 +101,7 @@ def _add_broken(dags: dict[str, Any], path: Path, message: str) -> None:
 
 
 @functools.cache
-def _broken_campaign_class() -> type:
+def _broken_campaign_class() -> Callable[..., DAG]:
     from airflow.exceptions import SerializationError
     from airflow.sdk import DAG
 
@@ -118,7 +120,7 @@ def _broken_campaign_class() -> type:
             super().__init__(*args, **kwargs)
 
         @property
-        def relative_fileloc(self) -> str:  # type: ignore[override]
+        def relative_fileloc(self) -> str:
             return self._campaign_path
 
         @relative_fileloc.setter
@@ -126,7 +128,7 @@ def _broken_campaign_class() -> type:
             pass  # the importer sets the DAG file's path; this DAG is about the campaign file
 
         @property
-        def edge_info(self) -> Any:  # type: ignore[override]
+        def edge_info(self) -> Any:
             # Read only by the serializer, after validate() and bagging have passed.
             raise SerializationError(
                 f"campaign file {self._campaign_path} could not be loaded; its DAG is missing "
@@ -142,73 +144,77 @@ def _broken_campaign_class() -> type:
 
 def _params(cf: CampaignFile) -> dict[str, Any]:
     """The trigger form. Every Param is optional (nullable or with a default), so the form opens
-    with no error and "continue the campaign" is one click; `round_steps.RoundConf` is the same
+    with no error and "continue the campaign" is one click; `rounds.boxes.RoundConf` is the same
     list as a model, and `plan_round` refuses conf it does not accept."""
     from airflow.sdk import Param
 
+    from tuneloop.pipeline.params import shareable
+
     stage_names = [s.name for s in cf.campaign.stages]
-    return {
-        "base_checkpoint": Param(
-            None,
-            type=["null", "string"],
-            title="Base checkpoint",
-            description="Start this round from this job output folder (the one holding "
-            "manifest.json) instead of what the ledger says. Empty: continue the campaign.",
-        ),
-        "start_from_round": Param(
-            None,
-            type=["null", "integer"],
-            minimum=1,
-            title="Restart from round (manual rollback)",
-            description="Start from the checkpoint of round k, with the campaign's rollback "
-            "adjustments (e.g. half the learning rate). Empty: continue the campaign.",
-        ),
-        "rollback": Param(
-            None,
-            type=["null", "boolean"],
-            title="Apply rollback adjustments",
-            description="Plan this round as the round after a rollback (set by the rollback "
-            "branch). Empty: as the ledger's latest decision says.",
-        ),
-        "stages": Param(
-            None,
-            type=["null", "array"],
-            items={"type": "string", "enum": stage_names},
-            title="Stages to run",
-            description=f"A subset of {', '.join(stage_names)}. Empty: every stage. "
-            "Skipped stages pass their starting checkpoint through.",
-        ),
-        "data_overrides": Param(
-            None,
-            type=["null", "object"],
-            title="Data overrides",
-            description="Per stage, datasets replacing the campaign's for this round, e.g. "
-            '{"sft": {"train": "s3://bucket/new/train.jsonl"}}. Empty: the campaign\'s data.',
-        ),
-        "dry_run": Param(
-            False,
-            type="boolean",
-            title="Dry run",
-            description="Plan, render and validate the round, then stop before any job is "
-            "submitted.",
-        ),
-        "reason": Param(
-            None,
-            type=["null", "string"],
-            title="Why this round runs",
-            description="A note recorded in the ledger (the previous decision fills it).",
-        ),
-        "after_finish": Param(
-            False,
-            type="boolean",
-            title="Run after the campaign finished",
-            description="A campaign whose target is met, or that reached max_rounds or "
-            "stopped, refuses further rounds; set this to run one anyway.",
-        ),
-    }
+    return shareable(
+        {
+            "base_checkpoint": Param(
+                None,
+                type=["null", "string"],
+                title="Base checkpoint",
+                description="Start this round from this job output folder (the one holding "
+                "manifest.json) instead of what the ledger says. Empty: continue the campaign.",
+            ),
+            "start_from_round": Param(
+                None,
+                type=["null", "integer"],
+                minimum=1,
+                title="Restart from round (manual rollback)",
+                description="Start from the checkpoint of round k, with the campaign's rollback "
+                "adjustments (e.g. half the learning rate). Empty: continue the campaign.",
+            ),
+            "rollback": Param(
+                None,
+                type=["null", "boolean"],
+                title="Apply rollback adjustments",
+                description="Plan this round as the round after a rollback (set by the rollback "
+                "branch). Empty: as the ledger's latest decision says.",
+            ),
+            "stages": Param(
+                None,
+                type=["null", "array"],
+                items={"type": "string", "enum": stage_names},
+                title="Stages to run",
+                description=f"A subset of {', '.join(stage_names)}. Empty: every stage. "
+                "Skipped stages pass their starting checkpoint through.",
+            ),
+            "data_overrides": Param(
+                None,
+                type=["null", "object"],
+                title="Data overrides",
+                description="Per stage, datasets replacing the campaign's for this round, e.g. "
+                '{"sft": {"train": "s3://bucket/new/train.jsonl"}}. Empty: the campaign\'s data.',
+            ),
+            "dry_run": Param(
+                False,
+                type="boolean",
+                title="Dry run",
+                description="Plan, render and validate the round, then stop before any job is "
+                "submitted.",
+            ),
+            "reason": Param(
+                None,
+                type=["null", "string"],
+                title="Why this round runs",
+                description="A note recorded in the ledger (the previous decision fills it).",
+            ),
+            "after_finish": Param(
+                False,
+                type="boolean",
+                title="Run after the campaign finished",
+                description="A campaign whose target is met, or that reached max_rounds or "
+                "stopped, refuses further rounds; set this to run one anyway.",
+            ),
+        }
+    )
 
 
-def _schedule(cf: CampaignFile) -> Any:
+def _schedule(cf: CampaignFile) -> str | Collection[Asset] | AssetOrTimeSchedule | None:
     campaign = cf.campaign
     if campaign.trigger_on_data:
         from airflow.sdk import Asset
@@ -218,16 +224,15 @@ def _schedule(cf: CampaignFile) -> Any:
     return campaign.schedule
 
 
-def _asset_or_time(schedule: str, assets: list[Any]) -> Any:
-    from airflow.timetables.assets import AssetOrTimeSchedule
-    from airflow.timetables.trigger import CronTriggerTimetable
+def _asset_or_time(schedule: str, assets: list[Asset]) -> AssetOrTimeSchedule:
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 
     return AssetOrTimeSchedule(
         timetable=CronTriggerTimetable(schedule, timezone="UTC"), assets=assets
     )
 
 
-def build_dag(cf: CampaignFile) -> Any:
+def build_dag(cf: CampaignFile) -> DAG:
     from airflow.sdk import DAG
 
     campaign = cf.campaign
@@ -256,7 +261,7 @@ order); the ledger still carries the decision (a rollback's base and adjustments
 
 
 @functools.cache
-def _next_round_operator() -> type:
+def _next_round_operator() -> type[TriggerDagRunOperator]:
     from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
     from airflow.sdk.exceptions import AirflowSkipException
 
@@ -278,7 +283,7 @@ def _next_round_operator() -> type:
 
 
 @functools.cache
-def _earlier_rounds_sensor() -> type:
+def _earlier_rounds_sensor() -> type[BaseSensorOperator]:
     from airflow.sdk import BaseSensorOperator
 
     class WaitForEarlierRounds(BaseSensorOperator):
@@ -328,21 +333,82 @@ def _doc(cf: CampaignFile) -> str:
     )
 
 
+XComValue = Any
+"""A task argument that arrives through XCom: an ``XComArg`` when the DAG is wired, its JSON
+when the task runs; the task body validates it into a box (`tuneloop.rounds.boxes`)."""
+
+
+def _pushed(result: XComArg, key: str) -> XComArg:
+    """The XCom ``key`` of the task whose result ``result`` is."""
+    from airflow.sdk import XComArg
+
+    ((operator, _),) = result.iter_references()
+    return XComArg(operator, key=key)
+
+
+@dataclass(frozen=True)
+class _Wiring:
+    """What the tasks of one campaign's round DAG share."""
+
+    cf: CampaignFile
+    path: str
+    """The campaign file: plan_round reads it (once per round)."""
+    backend: dict[str, Any]
+    """The job backend's settings (`config.backend.job_backend_config`)."""
+    poll: float
+
+    @classmethod
+    def of(cls, cf: CampaignFile) -> _Wiring:
+        local = cf.campaign.backend.type == "local"
+        poll = LOCAL_POLL_SECONDS if local else DEFAULT_POLL_SECONDS
+        return cls(cf, str(cf.path.resolve()), job_backend_config(cf.campaign), poll)
+
+    def job_operator(self, kind: type[JobOperator], task_id: str, job: XComArg) -> JobOperator:
+        return kind(
+            task_id=task_id,
+            job=job,
+            backend=self.backend,
+            poll_interval=self.poll,
+            execution_timeout=DEFAULT_EXECUTION_TIMEOUT,
+        )
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """The planning end of the DAG: the plan, its first job, the dataset checks, the gate that
+    stops a dry run."""
+
+    planned: XComArg
+    first_job: XComArg
+    validated: XComArg
+    proceed: XComArg
+
+
 def _wire(cf: CampaignFile) -> None:
+    from tuneloop.pipeline.operators import EvaluationJobOperator
+
+    wiring = _Wiring.of(cf)
+    planning = _wire_planning(wiring)
+    baseline_job = _baseline_spec(planning.planned)
+    planning.proceed >> baseline_job
+    baseline = wiring.job_operator(EvaluationJobOperator, "evaluate_baseline", baseline_job)
+    checkpoints, train_ids, evaluate = _wire_stages(wiring, planning)
+    outcome = {
+        "planned": planning.planned,
+        "datasets": planning.validated,
+        "checkpoints": checkpoints,
+        "evaluation": evaluate.output,
+        "baseline": baseline.output,
+    }
+    branch = _decide(outcome, train_ids)
+    _wire_after_decision(wiring, planning.planned, branch)
+
+
+def _wire_planning(wiring: _Wiring) -> _Planned:
+    """wait_for_earlier_rounds -> plan_round -> validate_data (mapped) -> proceed."""
     from airflow.sdk import task
 
-    from tuneloop.config.campaign import job_backend_config
-    from tuneloop.pipeline.operators import EvaluationJobOperator, TrainingJobOperator
-
-    campaign = cf.campaign
-    path = str(cf.path.resolve())
-    local = campaign.backend.type == "local"
-    poll = LOCAL_POLL_SECONDS if local else DEFAULT_POLL_SECONDS
-    job_args = {
-        "backend": job_backend_config(campaign),
-        "poll_interval": poll,
-        "execution_timeout": DEFAULT_EXECUTION_TIMEOUT,
-    }
+    path = wiring.path
 
     @task(task_id="plan_round", retries=0, multiple_outputs=False)
     def plan_round(**context: Any) -> list[dict[str, Any]]:
@@ -353,96 +419,117 @@ def _wire(cf: CampaignFile) -> None:
         planned = plan_round_task(path, context)
         context["ti"].xcom_push(key="round", value=planned)
         context["ti"].xcom_push(key="first_job", value=planned["first_job"])
-        return planned["datasets"]
+        return list(planned["datasets"])
 
     @task(
         task_id="validate_data", retries=0, map_index_template="{{ item.stage }}/{{ item.channel }}"
     )
-    def validate_data(item: dict[str, Any], **context: Any) -> dict[str, Any]:
+    def validate_data(item: dict[str, Any]) -> dict[str, Any]:
         from tuneloop.pipeline.tasks import validate_task
 
-        return validate_task(path, item)
+        return validate_task(item)
 
     @task.short_circuit(task_id="proceed", ignore_downstream_trigger_rules=True)
-    def proceed(planned: dict[str, Any], validated: list[dict[str, Any]]) -> bool:
+    def proceed(planned: XComValue, validated: XComValue) -> bool:
         from tuneloop.pipeline.tasks import proceed_task
 
         return proceed_task(planned, validated)
 
     datasets = plan_round()
     wait = _earlier_rounds_sensor()(
-        task_id="wait_for_earlier_rounds", poke_interval=poll, campaign_path=path
+        task_id="wait_for_earlier_rounds", poke_interval=wiring.poll, campaign_path=path
     )
     wait >> datasets
-    planned = datasets["round"]
+    planned = _pushed(datasets, "round")
     validated = validate_data.expand(item=datasets)
-    gate = proceed(planned, validated)
+    return _Planned(
+        planned=planned,
+        first_job=_pushed(datasets, "first_job"),
+        validated=validated,
+        proceed=proceed(planned, validated),
+    )
+
+
+def _baseline_spec(planned: XComArg) -> XComArg:
+    from airflow.sdk import task
 
     @task(task_id="evaluate_baseline_job", retries=0)
-    def baseline_spec(planned: dict[str, Any]) -> dict[str, Any]:
+    def baseline_spec(planned: XComValue) -> dict[str, Any]:
         from tuneloop.pipeline.tasks import baseline_spec_task
 
-        return baseline_spec_task(path, planned)
+        return baseline_spec_task(planned)
 
-    baseline_job = baseline_spec(planned)
-    gate >> baseline_job
-    baseline = EvaluationJobOperator(task_id="evaluate_baseline", job=baseline_job, **job_args)
+    return baseline_spec(planned)
 
-    previous: Any = planned
-    stage_outputs: dict[str, str] = {}
-    checkpoints: dict[str, Any] = {}
-    next_job: Any = datasets["first_job"]
-    last: Any = gate
-    for index, stage in enumerate(campaign.stages):
-        train = TrainingJobOperator(task_id=f"train_{stage.name}", job=next_job, **job_args)
+
+def _wire_stages(
+    wiring: _Wiring, planning: _Planned
+) -> tuple[dict[str, XComArg], dict[str, str], JobOperator]:
+    """train_<stage> -> checkpoint_<stage> per stage, then evaluate: the checkpoint steps by
+    stage, the train task ids by stage, and the evaluate task."""
+    from tuneloop.pipeline.operators import EvaluationJobOperator, TrainingJobOperator
+
+    checkpoints: dict[str, XComArg] = {}
+    train_ids: dict[str, str] = {}
+    previous: XComArg | None = None
+    next_job = planning.first_job
+    last: DependencyMixin = planning.proceed
+    for index, stage in enumerate(wiring.cf.campaign.stages):
+        train = wiring.job_operator(TrainingJobOperator, f"train_{stage.name}", next_job)
         last >> train
-
-        # A stage left out of this run is skipped; its checkpoint task still runs (none_failed)
-        # and passes the previous checkpoint through. Job results are pulled, not passed as
-        # arguments: an argument from a skipped task would skip the consumer too.
-        @task(task_id=f"checkpoint_{stage.name}", trigger_rule="none_failed", retries=1)
-        def checkpoint(
-            planned: dict[str, Any],
-            previous: dict[str, Any],
-            index: int = index,
-            train_id: str = train.task_id,
-            **context: Any,
-        ) -> dict[str, Any]:
-            from tuneloop.pipeline.tasks import checkpoint_task
-
-            result = context["ti"].xcom_pull(task_ids=train_id)
-            return checkpoint_task(path, planned, index, result, previous)
-
-        point = checkpoint(planned, previous)
+        point = _checkpoint(stage.name, index, train.task_id, planning.planned, previous)
         train >> point
-        stage_outputs[stage.name] = train.task_id
+        train_ids[stage.name] = train.task_id
         checkpoints[stage.name] = point
-        next_job = point["next_job"]
-        previous = point
-        last = point
-
-    evaluate = EvaluationJobOperator(task_id="evaluate", job=next_job, **job_args)
+        next_job = _pushed(point, "next_job")
+        previous = last = point
+    evaluate = wiring.job_operator(EvaluationJobOperator, "evaluate", next_job)
     last >> evaluate
+    return checkpoints, train_ids, evaluate
+
+
+def _checkpoint(
+    stage: str, index: int, train_id: str, planned: XComArg, previous: XComArg | None
+) -> XComArg:
+    """checkpoint_<stage>. A stage left out of this run is skipped; its checkpoint task still
+    runs (none_failed) and passes the previous checkpoint through. The job's result is pulled,
+    not passed as an argument: an argument from a skipped task would skip this task too."""
+    from airflow.sdk import task
+
+    @task(
+        task_id=f"checkpoint_{stage}",
+        trigger_rule="none_failed",
+        retries=1,
+        multiple_outputs=True,
+    )
+    def checkpoint(planned: XComValue, previous: XComValue, **context: Any) -> dict[str, Any]:
+        from tuneloop.pipeline.tasks import checkpoint_task
+
+        result = context["ti"].xcom_pull(task_ids=train_id)
+        return checkpoint_task(planned, index, result, previous)
+
+    return checkpoint(planned, previous)
+
+
+def _decide(outcome: dict[str, Any], train_ids: dict[str, str]) -> XComArg:
+    from airflow.sdk import task
 
     @task.branch(task_id="decide", retries=1, trigger_rule="none_failed")
-    def decide(
-        planned: dict[str, Any],
-        validated: list[dict[str, Any]],
-        train_ids: dict[str, str],
-        points: dict[str, Any],
-        evaluation: dict[str, Any],
-        baseline: dict[str, Any],
-        **context: Any,
-    ) -> str:
+    def decide(outcome: dict[str, XComValue], train_ids: dict[str, str], **context: Any) -> str:
+        """``outcome`` is the round's `RoundOutcome` but for the training jobs' results, which
+        are pulled (a skipped stage's argument would skip this task)."""
         from tuneloop.pipeline.tasks import decide_task
 
         ti = context["ti"]
-        results = {stage: ti.xcom_pull(task_ids=task_id) for stage, task_id in train_ids.items()}
-        return decide_task(path, planned, validated, results, points, evaluation, baseline, context)
+        stages = {stage: ti.xcom_pull(task_ids=task_id) for stage, task_id in train_ids.items()}
+        return decide_task({**outcome, "stages": stages}, context)
 
-    branch = decide(
-        planned, validated, stage_outputs, checkpoints, evaluate.output, baseline.output
-    )
+    return decide(outcome, train_ids)
+
+
+def _wire_after_decision(wiring: _Wiring, planned: XComArg, branch: XComArg) -> None:
+    """decide -> next_round | rollback (a new run with the decision's conf) | finish."""
+    from airflow.sdk import task
 
     next_conf = "ti.xcom_pull(task_ids='decide', key='next_conf')"
     conf = {
@@ -453,7 +540,7 @@ def _wire(cf: CampaignFile) -> None:
     for task_id in ("next_round", "rollback"):
         branch >> _next_round_operator()(
             task_id=task_id,
-            trigger_dag_id=campaign.dag_id,
+            trigger_dag_id=wiring.cf.campaign.dag_id,
             trigger_run_id=run_id,
             conf=conf,
             skip_when_already_exists=True,
@@ -461,9 +548,9 @@ def _wire(cf: CampaignFile) -> None:
         )
 
     @task(task_id="finish")
-    def finish(**context: Any) -> dict[str, Any]:
+    def finish(planned: XComValue) -> dict[str, Any]:
         from tuneloop.pipeline.tasks import finish_task
 
-        return finish_task(path, context)
+        return finish_task(planned)
 
-    branch >> finish()
+    branch >> finish(planned)

@@ -38,5 +38,5 @@ def _share(param: Param) -> Param:
         return _share(clone)
 
     # An instance attribute: copy.deepcopy finds it; the class stays airflow.sdk.Param.
-    param.__deepcopy__ = deep_copy  # type: ignore[method-assign]
+    param.__deepcopy__ = deep_copy  # type: ignore[attr-defined]  # an attribute Param lacks
     return param

@@ -1,29 +1,39 @@
-"""The round DAG's task bodies: Airflow context in, ``round_steps`` called, XCom out.
+"""The round DAG's task bodies: XCom in, validated once into a box (`tuneloop.rounds.boxes`),
+the round's steps called, the result box out as JSON.
 
-Imported only inside running tasks (never at parse time). A user mistake (a broken campaign, an
-invalid dataset, a missing checkpoint) fails the task at once with the problem's own words and
-no retry; everything else is left to Airflow's retries.
+Imported only inside running tasks (never at parse time). The campaign file is read once per
+round, by ``plan_round``; every later task rebuilds the campaign from the snapshot in the plan.
+After the ledger holds a round, ``decide`` mirrors it to MLflow and refreshes the report.
+
+A user mistake (a broken campaign, an invalid dataset, a missing checkpoint) fails the task at
+once with the problem's own words and no retry; everything else is left to Airflow's retries.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tuneloop.config.paths import campaign_root
 from tuneloop.errors import TuneloopError
-from tuneloop.rounds import steps as round_steps
-from tuneloop.rounds.plan import RoundPlan, campaign_root
+
+if TYPE_CHECKING:
+    from tuneloop.config.file import CampaignFile
+    from tuneloop.rounds.decision import Decision
+    from tuneloop.rounds.ledger import RoundRecord
 
 log = logging.getLogger(__name__)
 
 BRANCHES = {"continue": "next_round", "rollback": "rollback", "finish": "finish", "stop": "finish"}
+REPORT_FOLDER = "report"
 
 
 @contextmanager
-def user_errors() -> Any:
+def user_errors() -> Iterator[None]:
     """Turn tuneloop's typed errors into a failure Airflow does not retry."""
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -38,7 +48,7 @@ def _template_context(context: dict[str, Any]) -> dict[str, Any]:
     trigger) uses the day it runs."""
     from tuneloop.config.templating import sample_template_context
 
-    logical = context.get("logical_date") or context.get("dag_run").run_after  # type: ignore[union-attr]
+    logical = context.get("logical_date") or context["dag_run"].run_after
     values = sample_template_context(logical.date())
     for key in ("ds", "ds_nodash", "ts", "ts_nodash", "data_interval_start", "data_interval_end"):
         if context.get(key) is not None:
@@ -49,33 +59,47 @@ def _template_context(context: dict[str, Any]) -> dict[str, Any]:
 
 
 def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
+    """Read the campaign file (the only time in the round), decide where the round starts,
+    plan and check every recipe, and claim the round in the ledger: a `PlannedRound`."""
+    from tuneloop.config.paths import round_root
+    from tuneloop.rounds.boxes import CampaignSnapshot, PlannedRound
+    from tuneloop.rounds.datasets import datasets_to_validate
+    from tuneloop.rounds.plan import plan_started_round
+    from tuneloop.rounds.specs import stage_job
+    from tuneloop.rounds.start import parse_conf, start_round
+
     started = time.monotonic()
-    dag_run = context["dag_run"]
     with user_errors():
-        conf = round_steps.parse_conf(getattr(dag_run, "conf", None))
-        cf = round_steps.load(path)
-        start = round_steps.start_round(cf, conf)
-        plan = round_steps.plan(cf, start, _template_context(context))
-        datasets = round_steps.datasets_to_validate(cf, plan)
-        first_job = round_steps.stage_job(plan, 0, plan.base_model, start.stages)
+        conf = parse_conf(getattr(context["dag_run"], "conf", None))
+        snapshot = CampaignSnapshot.read(path)
+        cf = snapshot.load()
+        start = start_round(cf, conf)
+        plan = plan_started_round(cf, start, _template_context(context))
+        root = round_root(cf.campaign, start.round)
+        datasets = datasets_to_validate(cf, plan)
+        first_job = stage_job(plan, root, 0, plan.base_model, start.stages)
         if not start.dry_run:
             _claim(cf, start.round, context)
     log.info(
-        "Round %d of %s starts from %s%s%s",
+        "Round %d of %s starts from %s%s%s (campaign file sha256 %s)",
         start.round,
         start.campaign,
         start.base_output_uri or plan.base_model,
         " with the rollback adjustments" if start.rollback else "",
         f" ({start.reason})" if start.reason else "",
+        snapshot.sha256[:12],
     )
-    return {
-        "start": start.model_dump(mode="json"),
-        "plan": plan.model_dump(mode="json"),
-        "datasets": datasets,
-        "first_job": first_job,
-        "started_at": datetime.now(UTC).isoformat(),
-        "seconds": time.monotonic() - started,
-    }
+    planned = PlannedRound(
+        campaign=snapshot,
+        start=start,
+        plan=plan,
+        round_root=root,
+        datasets=datasets,
+        first_job=first_job,
+        started_at=datetime.now(UTC),
+        seconds=time.monotonic() - started,
+    )
+    return planned.model_dump(mode="json")
 
 
 ACTIVE_RUN_STATES = frozenset({"queued", "running"})
@@ -112,7 +136,7 @@ def _dag_id(context: dict[str, Any]) -> str:
     return str(getattr(context["dag_run"], "dag_id", "") or context["dag"].dag_id)
 
 
-def _claim(cf: round_steps.CampaignFile, number: int, context: dict[str, Any]) -> None:
+def _claim(cf: CampaignFile, number: int, context: dict[str, Any]) -> None:
     """Claim the round in the ledger for this run before anything is spent on it."""
     from tuneloop.rounds.ledger import Ledger, RoundClaim
 
@@ -132,11 +156,12 @@ def _claim(cf: round_steps.CampaignFile, number: int, context: dict[str, Any]) -
 def round_in_progress(path: str, context: dict[str, Any]) -> str | None:
     """The run of another round still in progress, if any: the latest claim's run, when its
     round is not recorded yet and that run is still queued or running. A run waits for it
-    rather than plan the same round and be refused."""
+    rather than plan the same round and be refused. (It runs before this run's round is
+    planned, so it reads the campaign file for the ledger's place.)"""
+    from tuneloop.config.file import load_for_rounds
     from tuneloop.rounds.ledger import Ledger
 
-    cf = round_steps.load(path)
-    ledger = Ledger(campaign_root(cf.campaign))
+    ledger = Ledger(campaign_root(load_for_rounds(path).campaign))
     claims = ledger.claims()
     if not claims:
         return None
@@ -146,21 +171,25 @@ def round_in_progress(path: str, context: dict[str, Any]) -> str | None:
     return latest.run_id if _run_is_active(context)(latest.run_id) else None
 
 
-def validate_task(path: str, item: dict[str, Any]) -> dict[str, Any]:
+def validate_task(item: dict[str, Any]) -> dict[str, Any]:
+    """Check one dataset of the round: a `DatasetItem` in, a `DatasetCheck` out."""
+    from tuneloop.rounds.boxes import DatasetItem
+    from tuneloop.rounds.datasets import validate_dataset
+
     started = time.monotonic()
+    dataset = DatasetItem.model_validate(item)
     with user_errors():
-        cf = round_steps.load(path)
-        record = round_steps.validate(cf.campaign, item)
-    record["seconds"] = time.monotonic() - started
+        check = validate_dataset(dataset)
+    check.seconds = time.monotonic() - started
     log.info(
         "%s/%s %s: %d records, sha256 %s",
-        item["stage"],
-        item["channel"],
-        item["uri"],
-        record["records"],
-        record["sha256"][:12],
+        check.stage,
+        check.channel,
+        check.uri,
+        check.records,
+        check.sha256[:12],
     )
-    return record
+    return check.model_dump(mode="json")
 
 
 def materialized(items: Any) -> list[Any]:
@@ -170,102 +199,162 @@ def materialized(items: Any) -> list[Any]:
 
 
 def proceed_task(planned: dict[str, Any], validated: Any) -> bool:
-    validated = materialized(validated)
-    if planned["start"]["dry_run"]:
+    """False (skip every job) for a dry run, once the plan is made and the data is valid."""
+    from tuneloop.rounds.boxes import PlannedRound
+
+    start = PlannedRound.model_validate(planned).start
+    if start.dry_run:
         log.info(
             "Dry run: round %d planned and %d dataset(s) valid; no job submitted.",
-            planned["start"]["round"],
-            len(validated),
+            start.round,
+            len(materialized(validated)),
         )
         return False
     return True
 
 
-def baseline_spec_task(path: str, planned: dict[str, Any]) -> dict[str, Any]:
+def baseline_spec_task(planned: dict[str, Any]) -> dict[str, Any]:
+    """The base model's evaluation job (the same for every round of the campaign)."""
+    from tuneloop.rounds.boxes import PlannedRound
+    from tuneloop.rounds.specs import baseline_job
+
+    box = PlannedRound.model_validate(planned)
     with user_errors():
-        cf = round_steps.load(path)
-        return round_steps.baseline_job(cf, RoundPlan.model_validate(planned["plan"]))
+        return baseline_job(box.campaign.load(), box.plan).model_dump(mode="json")
 
 
 def checkpoint_task(
-    path: str,
     planned: dict[str, Any],
     index: int,
     result: dict[str, Any] | None,
-    previous: dict[str, Any],
+    previous: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """What stage ``index`` left (``result``: its job's status, None when skipped) and the next
+    job; ``previous`` is the stage before's checkpoint step (None for the first stage)."""
+    from tuneloop.rounds.boxes import PlannedRound, StageCheckpoint, StageOutcome
+    from tuneloop.rounds.checkpoint import stage_checkpoint
+
+    box = PlannedRound.model_validate(planned)
+    outcome = StageOutcome.model_validate(result) if result else None
+    before = StageCheckpoint.model_validate(previous) if previous else None
     with user_errors():
-        cf = round_steps.load(path)
-        plan = RoundPlan.model_validate(planned["plan"])
-        base = previous["checkpoint"]["uri"] if "checkpoint" in previous else plan.base_model
-        point = round_steps.checkpoint(cf, plan, index, result, base)
-        if index + 1 < len(plan.stages):
-            next_job = round_steps.stage_job(
-                plan, index + 1, point["uri"], planned["start"]["stages"]
-            )
-        else:
-            next_job = round_steps.evaluation_job(plan, point["uri"])
-    log.info("Stage %s checkpoint: %s", plan.stages[index].name, point["uri"])
-    return {"checkpoint": point, "next_job": next_job}
+        point = stage_checkpoint(box.campaign.load(), box, index, outcome, before)
+    log.info("Stage %s checkpoint: %s", point.stage, point.uri)
+    return point.model_dump(mode="json")
 
 
-def decide_task(
-    path: str,
-    planned: dict[str, Any],
-    validated: list[dict[str, Any]],
-    results: dict[str, Any],
-    points: dict[str, Any],
-    evaluation: dict[str, Any],
-    baseline: dict[str, Any],
-    context: dict[str, Any],
-) -> str:
-    """Gate the round, write its ledger record once, mirror it to MLflow; pick the branch."""
-    from tuneloop.rounds.record import build_and_record
+def decide_task(outcome: dict[str, Any], context: dict[str, Any]) -> str:
+    """Gate the round, write its ledger record once, mirror it to MLflow and the report; pick
+    the branch. ``outcome`` is a `RoundOutcome` (the run id added here)."""
+    from tuneloop.rounds.boxes import RoundOutcome
+    from tuneloop.rounds.record import record_round
 
+    box = RoundOutcome.model_validate(
+        {
+            **outcome,
+            "datasets": materialized(outcome["datasets"]),
+            "run_id": str(context.get("run_id", "")),
+        }
+    )
     with user_errors():
-        cf = round_steps.load(path)
-        record = build_and_record(
-            cf,
-            planned=planned,
-            validated=materialized(validated),
-            results=results,
-            points={k: v["checkpoint"] if v else None for k, v in points.items()},
-            evaluation=evaluation,
-            baseline=baseline,
-            run_id=str(context.get("run_id", "")),
-        )
+        cf = box.planned.campaign.load()
+        recorded = record_round(cf, box)
+    mirror(cf, recorded.records, recorded.record)
+    record = recorded.record
     decision = record.decision
     log.info("Round %d decision: %s. %s", record.round, decision.action.value, decision.reason)
-    ti = context["ti"]
-    ti.xcom_push(key="decision", value=decision.model_dump(mode="json"))
-    if decision.action.value in ("continue", "rollback"):
-        ti.xcom_push(
-            key="next_conf",
-            value={
-                "base_checkpoint": decision.next_base,
-                "rollback": bool(decision.rollback),
-                "stages": list(decision.next_stages or []),
-                "reason": decision.reason,
-            },
-        )
-        ti.xcom_push(
-            key="next_run_id",
-            value=f"round_{decision.next_round:04d}__after_{record.round:04d}",
-        )
+    _push_decision(context["ti"], decision)
     return BRANCHES[decision.action.value]
 
 
-def finish_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
+def _push_decision(ti: Any, decision: Decision) -> None:
+    """The decision, and for a next round its conf and run id (the trigger tasks template
+    them)."""
+    ti.xcom_push(key="decision", value=decision.model_dump(mode="json"))
+    if decision.action.value not in ("continue", "rollback"):
+        return
+    ti.xcom_push(
+        key="next_conf",
+        value={
+            "base_checkpoint": decision.next_base,
+            "rollback": bool(decision.rollback),
+            "stages": list(decision.next_stages or []),
+            "reason": decision.reason,
+        },
+    )
+    ti.xcom_push(
+        key="next_run_id",
+        value=f"round_{decision.next_round:04d}__after_{decision.round:04d}",
+    )
+
+
+def finish_task(planned: dict[str, Any]) -> dict[str, Any]:
+    """The campaign stops: how many rounds, the champion, why."""
+    from tuneloop.rounds.boxes import CampaignStop, PlannedRound
     from tuneloop.rounds.ledger import Ledger, champion_of
 
-    cf = round_steps.load(path)
+    with user_errors():
+        cf = PlannedRound.model_validate(planned).campaign.load()
     records = Ledger(campaign_root(cf.campaign)).records()
     champion = champion_of(records)
     latest = records[-1] if records else None
-    summary = {
-        "rounds": latest.round if latest else 0,
-        "champion_round": champion.round if champion else None,
-        "reason": latest.decision.reason if latest else "",
-    }
-    log.info("Campaign %s stops here: %s", cf.campaign.name, summary["reason"])
-    return summary
+    stop = CampaignStop(
+        rounds=latest.round if latest else 0,
+        champion_round=champion.round if champion else None,
+        reason=latest.decision.reason if latest else "",
+    )
+    log.info("Campaign %s stops here: %s", cf.campaign.name, stop.reason)
+    return stop.model_dump(mode="json")
+
+
+# --- the mirrors: MLflow and the round report ---------------------------------------------------
+
+
+def mirror(cf: CampaignFile, records: list[RoundRecord], record: RoundRecord) -> dict[str, Any]:
+    """The round report (of ``records``, every recorded round) and the MLflow runs for
+    ``record``; failures are logged, never raised: the ledger already holds the round."""
+    from tuneloop.rounds.record import tracking_uri
+
+    out: dict[str, Any] = {}
+    files: list[str] = []
+    try:
+        files = write_round_report(cf, records)
+        out["report"] = files[0] if files else ""
+    except Exception as exc:  # the round stands without its report
+        log.warning("Could not write the round report: %s", exc)
+    uri = tracking_uri(cf)
+    if uri:
+        try:
+            from tuneloop.tracking.mirror import Tracker
+
+            tracked = Tracker(uri, cf.campaign.name).log_round(
+                record.model_dump(mode="json"), report_files=files
+            )
+            out.update(tracked)
+            log.info("MLflow: %s", tracked.get("round_url") or tracked)
+            if tracked.get("open_with"):
+                log.info("Open the MLflow UI with: %s", tracked["open_with"])
+        except Exception as exc:  # the ledger holds the round; the next round mirrors again
+            log.warning("MLflow tracking failed for round %d: %s", record.round, exc)
+    return out
+
+
+def write_round_report(cf: CampaignFile, records: list[RoundRecord]) -> list[str]:
+    """The campaign's round report (Markdown and PNG) beside its ledger; [] on S3 roots."""
+    from tuneloop import storage
+    from tuneloop.rounds.record import shown_metrics
+    from tuneloop.tracking.report import write_report
+
+    root = campaign_root(cf.campaign)
+    if storage.is_s3(root):
+        return []
+    shown = [shown_metrics(cf, r.model_dump(mode="json")) for r in records]
+    folder = str(storage.local_path(storage.join(root, REPORT_FOLDER)))
+    paths = write_report(
+        shown,
+        folder,
+        campaign=cf.campaign.name,
+        primary_metric=cf.campaign.gate.primary_metric,
+        baseline=shown[-1].get("baseline") if shown else None,
+    )
+    return [str(paths.markdown), str(paths.png)]

@@ -1,1 +1,3 @@
-"""The round as data: its boxes, plan, start, job specs, gate, ledger and record."""
+"""The round as data: the boxes its tasks pass (boxes, decision), where it starts (start), its
+plan (plan), its datasets (datasets), its jobs (specs, checkpoint), the gate (gate), the ledger
+(ledger) and the record written at its end (record)."""

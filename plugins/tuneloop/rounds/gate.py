@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from enum import StrEnum
+from dataclasses import dataclass, replace
 from itertools import pairwise
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.artifacts.manifest import Checkpoint
 from tuneloop.config.campaign import Gate, Stage, Target
 from tuneloop.errors import CompatibilityError, Problem, TuneloopError
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import Method, Platform, Technique
+from tuneloop.rounds.decision import Action, Decision, RoundSummary
 
 RFT_MIN_POSITIVE_FRACTION = 0.05
 """RFT rarely learns when fewer than this share of rewards is positive: train with SFT first."""
@@ -45,78 +44,8 @@ RFT_MIN_POSITIVE_FRACTION = 0.05
 _SLACK = 1e-9
 
 
-class Action(StrEnum):
-    """What the campaign does after a round."""
-
-    CONTINUE = "continue"
-    """Run the next round from this round's checkpoint (or the switched stages)."""
-    ROLLBACK = "rollback"
-    """This round regressed: the next round restarts from the champion."""
-    FINISH = "finish"
-    """Every target is met: the campaign is done."""
-    STOP = "stop"
-    """No further round: max_rounds, budget, or a plateau with no technique left to try."""
-
-
 class GateError(TuneloopError):
     """The gate cannot judge a round: a metric it needs was not reported."""
-
-
-class RoundSummary(BaseModel):
-    """What the gate needs to know about one evaluated round."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    round: int = Field(ge=1)
-    metrics: dict[str, float]
-    """The evaluation's metrics for the round's final checkpoint."""
-    checkpoint: str
-    """The output folder of the round's last stage: where a round continuing from it starts."""
-    stages: list[str] = []
-    """Names of the stages that ran, in order (empty: every stage of the campaign)."""
-    methods: list[Method] = []
-    """Their methods, in the same order."""
-    lineage: list[Method] = []
-    """Methods applied since the base model, as the final checkpoint records them (empty when
-    unknown: the round's own methods stand in)."""
-    promoted: bool = False
-    """Whether the round is the champion or was until a later one beat it (False for a round
-    that was rolled back, even by hand)."""
-    action: Action | None = None
-    """What was decided after it; None for a round not decided yet."""
-    gpu_hours: float = Field(default=0.0, ge=0.0)
-    """GPU-hours its jobs were billed (training and evaluation)."""
-
-
-class Decision(BaseModel):
-    """What the gate decided after one round. Round-trips through JSON (XCom, the ledger)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    round: int
-    """The round that was judged."""
-    action: Action
-    reason: str
-    """One sentence, with the numbers, for the Airflow UI and the ledger."""
-    promoted: bool
-    """The judged round becomes the champion."""
-    champion_round: int | None
-    """The champion after this decision; None while the base model is still the best."""
-    next_round: int | None = None
-    """CONTINUE and ROLLBACK only."""
-    next_base: str | None = None
-    """Checkpoint (a stage output folder) the next round starts from; None: the campaign's
-    base model. CONTINUE and ROLLBACK only."""
-    next_base_round: int | None = None
-    """The round that produced ``next_base``; None for the base model."""
-    rollback: bool = False
-    """The next round applies the gate's rollback adjustments (``plan_round(rollback=True)``)."""
-    next_stages: list[str] | None = None
-    """Stage names the next round runs; None when there is no next round."""
-    recommendation: str = ""
-    """Advice the gate does not act on itself (e.g. run SFT before RFT)."""
-    signals: dict[str, float | int | str | None] = {}
-    """The numbers behind the decision: deltas, plateau count, GPU-hours, limits."""
 
 
 def rft_readiness(positive_fraction: float | None) -> str | None:
@@ -163,6 +92,47 @@ def decide(
 
 
 # --- the judgement ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What the judged round achieved, before anything is said about a next round."""
+
+    targets_met: bool
+    regressed: bool
+    promoted: bool
+    champion_round: int | None
+    """The champion after this decision."""
+    outcome: str
+    """The first half of the reason."""
+    plateau: int
+    """Rounds in a row, this one included, that improved less than min_improvement."""
+
+
+@dataclass(frozen=True)
+class _Restart:
+    """Where a next round starts and what it runs."""
+
+    action: Action
+    base: str | None
+    """The checkpoint it starts from; None: the campaign's base model."""
+    base_round: int | None
+    lineage: list[Method]
+    """Methods the starting checkpoint was trained with."""
+    stages: list[str]
+    rollback: bool
+    """The next round applies the gate's rollback adjustments."""
+    plateau_text: str = ""
+    """Why the stages switched to another method, when they did."""
+
+
+@dataclass(frozen=True)
+class _NextRound:
+    """The round a CONTINUE or ROLLBACK decision asks for."""
+
+    number: int
+    restart: _Restart
+    recommendation: str = ""
 
 
 class _Judgement:
@@ -231,106 +201,122 @@ class _Judgement:
     # --- the rules -----------------------------------------------------------------------------
 
     def decide(self, positive_fraction: float | None) -> Decision:
-        gate, candidate = self.gate, self.candidate
+        verdict = self._verdict()
+        if verdict.targets_met:
+            return self._decision(Action.FINISH, verdict, "")
+        if self.candidate.round >= self.gate.max_rounds:
+            reached = f"max_rounds {self.gate.max_rounds} reached{self._unmet_text()}"
+            return self._stop(verdict, reached)
+        restart = self._restart(verdict.regressed)
+        if verdict.plateau >= self.gate.plateau_rounds:
+            restart, why_not = self._after_plateau(restart, verdict.plateau)
+            if why_not:
+                return self._stop(verdict, why_not)
+        over_budget = self._over_budget(restart.stages)
+        if over_budget:
+            return self._stop(verdict, over_budget)
+        following = _NextRound(
+            number=self.candidate.round + 1,
+            restart=restart,
+            recommendation=self._recommendation(restart.stages, restart.lineage, positive_fraction),
+        )
+        return self._decision(
+            restart.action, verdict, self._next_text(verdict, following), following
+        )
+
+    def _verdict(self) -> _Verdict:
+        """What the round achieved: targets, regression, promotion, the plateau so far."""
         targets_met = bool(self.targets) and not self.unmet
         regressed = (
             not targets_met
             and self.gain is not None
-            and -self.gain > gate.regression_tolerance + _SLACK
+            and -self.gain > self.gate.regression_tolerance + _SLACK
         )
         promoted = targets_met or (not regressed and (self.gain is None or self.gain > _SLACK))
-        champion_round = candidate.round if promoted else _round_of(self.champion)
-        outcome = self._outcome(regressed, promoted)
-        plateau = self._plateau_count()
+        return _Verdict(
+            targets_met=targets_met,
+            regressed=regressed,
+            promoted=promoted,
+            champion_round=self.candidate.round if promoted else _round_of(self.champion),
+            outcome=self._outcome(regressed, promoted),
+            plateau=self._plateau_count(),
+        )
 
-        if targets_met:
-            return self._decision(
-                Action.FINISH, promoted, champion_round, outcome, "", plateau=plateau
-            )
-        if candidate.round >= gate.max_rounds:
-            why = (
-                f"the campaign stops with {_champion_name(champion_round)} as the champion: "
-                f"max_rounds {gate.max_rounds} reached{self._unmet_text()}"
-            )
-            return self._decision(
-                Action.STOP, promoted, champion_round, outcome, why, plateau=plateau
-            )
-
-        # Where the next round would start, and with which stages.
+    def _restart(self, regressed: bool) -> _Restart:
+        """Where the next round would start (the champion after a regression), with the
+        stages this round ran."""
         if regressed:
-            action, base_round = Action.ROLLBACK, _round_of(self.champion)
-            base = None if self.champion is None else self.champion.checkpoint
-            lineage = self._lineage(self.champion)
-        else:
-            action, base_round, base = Action.CONTINUE, candidate.round, candidate.checkpoint
-            lineage = self._lineage(candidate)
-        current = self._ran(candidate)
-        next_stages, rollback = current, regressed
-        plateau_text = ""
-        if plateau >= gate.plateau_rounds:
-            plateau_text = (
-                f"{self.primary} improved by less than {_num(gate.min_improvement)} for "
-                f"{plateau} round{'s' if plateau > 1 else ''} in a row"
+            return _Restart(
+                action=Action.ROLLBACK,
+                base=None if self.champion is None else self.champion.checkpoint,
+                base_round=_round_of(self.champion),
+                lineage=self._lineage(self.champion),
+                stages=self._ran(self.candidate),
+                rollback=True,
             )
-            switched, why_not = self._switch(base, lineage)
-            if switched is None:
-                why = (
-                    f"the campaign stops with {_champion_name(champion_round)} as the champion: "
-                    f"{plateau_text} and {why_not}"
-                )
-                return self._decision(
-                    Action.STOP, promoted, champion_round, outcome, why, plateau=plateau
-                )
-            # A new technique starts with its own recipe settings: the rollback's lower
-            # learning rate was meant for retrying the stages that regressed.
-            next_stages, rollback = switched, False
+        return _Restart(
+            action=Action.CONTINUE,
+            base=self.candidate.checkpoint,
+            base_round=self.candidate.round,
+            lineage=self._lineage(self.candidate),
+            stages=self._ran(self.candidate),
+            rollback=False,
+        )
 
+    def _after_plateau(self, restart: _Restart, plateau: int) -> tuple[_Restart, str]:
+        """The restart with another method's stages after a plateau; or why the campaign
+        stops instead (then the restart is unchanged)."""
+        gate = self.gate
+        plateau_text = (
+            f"{self.primary} improved by less than {_num(gate.min_improvement)} for "
+            f"{plateau} round{'s' if plateau > 1 else ''} in a row"
+        )
+        switched, why_not = self._switch(restart.base, restart.lineage)
+        if switched is None:
+            return restart, f"{plateau_text} and {why_not}"
+        # A new technique starts with its own recipe settings: the rollback's lower
+        # learning rate was meant for retrying the stages that regressed.
+        return replace(restart, stages=switched, rollback=False, plateau_text=plateau_text), ""
+
+    def _over_budget(self, next_stages: list[str]) -> str:
+        """Why a next round running ``next_stages`` would pass the GPU-hour budget; "" if not.
+        Remembers the next round's estimate for the signals."""
+        budget = self.gate.budget_gpu_hours
         spent, estimate = self._gpu_hours(next_stages)
         self.next_estimate = estimate
-        if gate.budget_gpu_hours is not None and spent + estimate > gate.budget_gpu_hours + _SLACK:
-            why = (
-                f"the campaign stops with {_champion_name(champion_round)} as the champion: "
-                f"{_num(spent)} GPU-hours spent and a next round of about {_num(estimate)} "
-                f"would pass the {_num(gate.budget_gpu_hours)} GPU-hour budget"
-            )
-            return self._decision(
-                Action.STOP, promoted, champion_round, outcome, why, plateau=plateau
-            )
-
-        next_round = candidate.round + 1
-        start = _start_text(base_round, candidate.round)
-        if next_stages != current:
-            why = (
-                f"{plateau_text}, so round {next_round} switches from "
-                f"{_methods_text(self._methods(current))} to "
-                f"{_methods_text(self._methods(next_stages))} (stages: "
-                f"{', '.join(next_stages)}), starting from {start}"
-            )
-        elif regressed:
-            why = f"round {next_round} restarts from {start}{self._rollback_text()}"
-        else:
-            why = f"round {next_round} continues from {start}"
-            if not promoted:
-                why += (
-                    f" and {_champion_name(champion_round)} stays the champion"
-                    if champion_round is not None
-                    else " while the base model stays the best so far"
-                )
-        recommendation = self._recommendation(next_stages, lineage, positive_fraction)
-        return self._decision(
-            action,
-            promoted,
-            champion_round,
-            outcome,
-            why,
-            plateau=plateau,
-            next_round=next_round,
-            next_base=base,
-            next_base_round=base_round,
-            rollback=rollback,
-            next_stages=next_stages,
-            recommendation=recommendation,
+        if budget is None or spent + estimate <= budget + _SLACK:
+            return ""
+        return (
+            f"{_num(spent)} GPU-hours spent and a next round of about {_num(estimate)} "
+            f"would pass the {_num(budget)} GPU-hour budget"
         )
+
+    def _stop(self, verdict: _Verdict, why: str) -> Decision:
+        champion = _champion_name(verdict.champion_round)
+        return self._decision(
+            Action.STOP, verdict, f"the campaign stops with {champion} as the champion: {why}"
+        )
+
+    def _next_text(self, verdict: _Verdict, following: _NextRound) -> str:
+        """The second half of the reason for a round that is followed by another."""
+        restart, number = following.restart, following.number
+        start = _start_text(restart.base_round, self.candidate.round)
+        current = self._ran(self.candidate)
+        if restart.stages != current:
+            return (
+                f"{restart.plateau_text}, so round {number} switches from "
+                f"{_methods_text(self._methods(current))} to "
+                f"{_methods_text(self._methods(restart.stages))} (stages: "
+                f"{', '.join(restart.stages)}), starting from {start}"
+            )
+        if verdict.regressed:
+            return f"round {number} restarts from {start}{self._rollback_text()}"
+        why = f"round {number} continues from {start}"
+        if verdict.promoted:
+            return why
+        if verdict.champion_round is not None:
+            return f"{why} and {_champion_name(verdict.champion_round)} stays the champion"
+        return f"{why} while the base model stays the best so far"
 
     # --- pieces of the rules -------------------------------------------------------------------
 
@@ -523,39 +509,32 @@ class _Judgement:
     def _decision(
         self,
         action: Action,
-        promoted: bool,
-        champion_round: int | None,
-        outcome: str,
+        verdict: _Verdict,
         next_text: str,
-        *,
-        plateau: int = 0,
-        next_round: int | None = None,
-        next_base: str | None = None,
-        next_base_round: int | None = None,
-        rollback: bool = False,
-        next_stages: list[str] | None = None,
-        recommendation: str = "",
+        following: _NextRound | None = None,
     ) -> Decision:
-        reason = outcome
+        reason = verdict.outcome
         if action is Action.FINISH:
             reason += "; the campaign is finished"
         elif next_text:
             reason += f"; {next_text}"
+        recommendation = following.recommendation if following else ""
         if recommendation:
             reason += f"; {recommendation}"
+        restart = following.restart if following else None
         return Decision(
             round=self.candidate.round,
             action=action,
             reason=reason + ".",
-            promoted=promoted,
-            champion_round=champion_round,
-            next_round=next_round,
-            next_base=next_base,
-            next_base_round=next_base_round,
-            rollback=rollback,
-            next_stages=next_stages,
+            promoted=verdict.promoted,
+            champion_round=verdict.champion_round,
+            next_round=following.number if following else None,
+            next_base=restart.base if restart else None,
+            next_base_round=restart.base_round if restart else None,
+            rollback=restart.rollback if restart else False,
+            next_stages=restart.stages if restart else None,
             recommendation=recommendation,
-            signals=self._signals(champion_round, plateau),
+            signals=self._signals(verdict.champion_round, verdict.plateau),
         )
 
     def _signals(

@@ -9,17 +9,16 @@ line or recipe line that caused it.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import dataclasses
 from functools import partial
 from typing import Any
 
-from pydantic import BaseModel
-
 from tuneloop import storage
-from tuneloop.artifacts.manifest import Checkpoint
+from tuneloop.artifacts.manifest import Checkpoint, read_checkpoint, read_checkpoint_uri
 from tuneloop.config import checks as campaign_checks
-from tuneloop.config.campaign import Campaign, flatten_overrides
+from tuneloop.config.campaign import Campaign, Stage, flatten_overrides
 from tuneloop.config.file import CampaignFile, find_template, recipes_root, resolve_base
+from tuneloop.config.paths import absolute, round_root
 from tuneloop.config.templating import render_template, sample_template_context
 from tuneloop.documents import (
     Loc,
@@ -38,60 +37,60 @@ from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import (
     EVAL_TASKS,
     Method,
-    Platform,
-    Technique,
 )
 from tuneloop.recipes.render import Origin, RenderedRecipe, render_recipe
 from tuneloop.recipes.rules import INSTANCE_TYPE, PLACEHOLDER_PREFIX, RecipeContext
+from tuneloop.rounds.boxes import PlannedEvaluation, PlannedStage, RoundPlan, RoundStart
 
 
-class PlannedStage(BaseModel):
-    name: str
-    method: Method
-    technique: Technique
-    template: str
-    job_name: str
-    model_name_or_path: str
-    """The stage's starting weights; `@checkpoint:<stage>` until that stage finishes."""
-    datasets: dict[str, str]
-    output_uri: str
-    recipe: dict[str, Any]
-    warnings: list[str] = []
-
-
-class PlannedEvaluation(BaseModel):
-    template: str
-    job_name: str
-    task: str
-    model_name_or_path: str
-    dataset: str
-    metrics: list[str]
-    output_uri: str
-    recipe: dict[str, Any]
-    warnings: list[str] = []
-
-
-class RoundPlan(BaseModel):
-    campaign: str
-    round: int
-    platform: Platform
-    model_type: str
-    technique: Technique
-    base_model: str
-    stages: list[PlannedStage]
-    evaluation: PlannedEvaluation
-
-
-def campaign_root(campaign: Campaign) -> str:
-    return storage.join(campaign.backend.output_root, campaign.name)
-
-
-def round_root(campaign: Campaign, round_number: int) -> str:
-    return storage.join(campaign_root(campaign), "rounds", f"{round_number:04d}")
-
-
-def job_name(campaign: Campaign, round_number: int, stage: str) -> str:
+def run_name(campaign: Campaign, round_number: int, stage: str) -> str:
+    """A planned stage's run name, ``<campaign>-r<nnnn>-<stage>``: the recipes' run.name and
+    mlflow_run_name, and the name of its planned output folder. Not the job's name, which
+    digests the recipe and inputs (`jobs.base.job_name`) and replaces it when the job is
+    specified."""
     return f"{campaign.name}-r{round_number:04d}-{stage}"
+
+
+def plan_started_round(
+    cf: CampaignFile, start: RoundStart, template_context: dict[str, Any]
+) -> RoundPlan:
+    """Plan the round ``start`` describes, from its base checkpoint and with the conf's data
+    overrides, every local data path made absolute (fail before spending). ``cf`` is left as
+    it is: the round's data is a modified copy of the campaign."""
+    base_uri = base = None
+    if start.base_output_uri:
+        base_uri = read_checkpoint_uri(start.base_output_uri, path="conf.base_checkpoint")
+        base = read_checkpoint(start.base_output_uri, path="conf.base_checkpoint")
+    return plan_round(
+        _with_round_data(cf, start),
+        round_number=start.round,
+        base_uri=base_uri,
+        base=base,
+        template_context=template_context,
+        offline=False,
+        rollback=start.rollback,
+    )
+
+
+def _with_round_data(cf: CampaignFile, start: RoundStart) -> CampaignFile:
+    campaign = cf.campaign
+    stages = [
+        _with_stage_data(stage, start.data_overrides.get(stage.name, {}))
+        for stage in campaign.stages
+    ]
+    evaluation = campaign.evaluation.model_copy(
+        update={"dataset": absolute(campaign.evaluation.dataset)}
+    )
+    round_campaign = campaign.model_copy(update={"stages": stages, "evaluation": evaluation})
+    return dataclasses.replace(cf, campaign=round_campaign)
+
+
+def _with_stage_data(stage: Stage, overrides: dict[str, str]) -> Stage:
+    datasets = stage.datasets.model_copy(update=overrides)
+    datasets = datasets.model_copy(
+        update={"train": absolute(datasets.train), "validation": absolute(datasets.validation)}
+    )
+    return stage.model_copy(update={"datasets": datasets})
 
 
 def plan_round(
@@ -201,7 +200,7 @@ def validate_campaign(
     except CampaignError as exc:
         raise CampaignError(
             [
-                replace(p, message=f"in the round after a rollback: {p.message}")
+                dataclasses.replace(p, message=f"in the round after a rollback: {p.message}")
                 for p in exc.problems
             ]
         ) from None
@@ -323,22 +322,8 @@ def _plan_stage(
             cf, validation_loc, stage.datasets.validation, context, problems
         ),
     }
-    if stage.method is Method.RFT and not stage.reward_function:
-        problems.append(
-            cf.problem(
-                (*loc, "method"),
-                "an RFT stage needs a reward_function",
-                fix="add reward_function: <Lambda ARN> to the stage",
-            )
-        )
-    if stage.method is not Method.RFT and stage.reward_function:
-        problems.append(
-            cf.problem(
-                (*loc, "reward_function"),
-                f"reward_function applies to RFT stages, not {stage.method}",
-            )
-        )
-    name = job_name(campaign, round_number, stage.name)
+    _check_reward_function(cf, stage, loc, problems)
+    name = run_name(campaign, round_number, stage.name)
     base_loc: Loc = ("base_model",) if index == 0 else ("stages", index - 1)
     injected: Injected = {
         **_common_run_fields(cf, name, round_number),
@@ -366,17 +351,7 @@ def _plan_stage(
         rendered = render(adjustments=_rollback_adjustments(cf, stage.name, rendered))
     if rendered is None:
         return None
-    if rendered.technique is not compat.method_technique(stage.method, campaign.technique):
-        problems.append(
-            cf.problem(
-                (*loc, "recipe"),
-                f"Incompatible model training technique detected: {stage.recipe} trains "
-                f"{rendered.technique.value}, but the campaign's technique is "
-                f"{campaign.technique.value}",
-                fix=f"use the {campaign.technique.value} template for this stage (LoRA and "
-                "full-rank never mix)",
-            )
-        )
+    if not _technique_matches(cf, stage, loc, rendered, problems):
         return None
     return PlannedStage(
         name=stage.name,
@@ -390,6 +365,47 @@ def _plan_stage(
         recipe=rendered.data,
         warnings=[w.format() for w in rendered.warnings],
     )
+
+
+def _check_reward_function(
+    cf: CampaignFile, stage: Stage, loc: Loc, problems: list[Problem]
+) -> None:
+    """An RFT stage needs a reward function; no other stage may name one."""
+    if stage.method is Method.RFT and not stage.reward_function:
+        problems.append(
+            cf.problem(
+                (*loc, "method"),
+                "an RFT stage needs a reward_function",
+                fix="add reward_function: <Lambda ARN> to the stage",
+            )
+        )
+    if stage.method is not Method.RFT and stage.reward_function:
+        problems.append(
+            cf.problem(
+                (*loc, "reward_function"),
+                f"reward_function applies to RFT stages, not {stage.method}",
+            )
+        )
+
+
+def _technique_matches(
+    cf: CampaignFile, stage: Stage, loc: Loc, rendered: RenderedRecipe, problems: list[Problem]
+) -> bool:
+    """Whether the stage's rendered recipe trains the campaign's technique (a problem if not)."""
+    campaign = cf.campaign
+    if rendered.technique is compat.method_technique(stage.method, campaign.technique):
+        return True
+    problems.append(
+        cf.problem(
+            (*loc, "recipe"),
+            f"Incompatible model training technique detected: {stage.recipe} trains "
+            f"{rendered.technique.value}, but the campaign's technique is "
+            f"{campaign.technique.value}",
+            fix=f"use the {campaign.technique.value} template for this stage (LoRA and "
+            "full-rank never mix)",
+        )
+    )
+    return False
 
 
 def _rollback_adjustments(cf: CampaignFile, stage: str, rendered: RenderedRecipe) -> Injected:
@@ -419,7 +435,7 @@ def _plan_evaluation(
     evaluation = campaign.evaluation
     loc: Loc = ("evaluation",)
     dataset = _render_value(cf, (*loc, "dataset"), evaluation.dataset, context, problems)
-    name = job_name(campaign, round_number, "eval")
+    name = run_name(campaign, round_number, "eval")
     injected: Injected = {
         **_common_run_fields(cf, name, round_number),
         "run.model_name_or_path": (candidate, ("stages", len(campaign.stages) - 1)),

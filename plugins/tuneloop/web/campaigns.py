@@ -81,10 +81,10 @@ def load_info(path: Path) -> CampaignInfo | None:
 
 
 def _read(path: Path) -> CampaignInfo | None:
-    from tuneloop.config.campaign import job_backend_config
-    from tuneloop.rounds.plan import campaign_root
+    from tuneloop.config.backend import job_backend_config
+    from tuneloop.config.file import load_for_rounds as load
+    from tuneloop.config.paths import campaign_root
     from tuneloop.rounds.record import tracking_uri
-    from tuneloop.rounds.steps import load
 
     try:
         cf = load(str(path))
@@ -108,7 +108,7 @@ def _read(path: Path) -> CampaignInfo | None:
 
 def folder_campaigns() -> list[CampaignInfo]:
     """The campaigns of the campaigns folder (the files that load)."""
-    from tuneloop.pipeline.dag import campaigns_folder
+    from tuneloop.config.file import campaigns_folder
 
     folder = campaigns_folder()
     try:
@@ -126,8 +126,8 @@ def campaign_for_dag(dag_id: str) -> CampaignInfo | None:
     path = _campaign_file_of_dag(dag_id)
     if path is None:
         return None
-    info = load_info(path)
-    return info if info is not None and info.dag_id == dag_id else None
+    found = load_info(path)
+    return found if found is not None and found.dag_id == dag_id else None
 
 
 def _campaign_file_of_dag(dag_id: str) -> Path | None:

@@ -59,7 +59,7 @@ def nova_job(
     from tuneloop.recipes.catalog import Platform
     from tuneloop.recipes.render import render_recipe
     from tuneloop.recipes.rules import RecipeContext
-    from tuneloop.rounds.steps import job_spec
+    from tuneloop.rounds.specs import job_spec
 
     context = RecipeContext(platform=Platform(platform))
     # run.name must be a valid name to render; job_spec replaces it with the job's name.
@@ -67,7 +67,9 @@ def nova_job(
     recipe = render_recipe(RECIPES / template, placeholder, context=context).data
     kind = JobKind.EVAL if stage == "eval" else JobKind.TRAIN
     method = "eval" if kind is JobKind.EVAL else stage
-    return job_spec(campaign, 1, stage, kind, method, recipe, inputs, output_uri)
+    return job_spec(campaign, 1, stage, kind, method, recipe, inputs, output_uri).model_dump(
+        mode="json"
+    )
 
 
 @task

@@ -1,0 +1,50 @@
+"""The job backend a campaign's jobs run on, as plain settings: ``jobs.make_backend`` builds
+the backend from them, and a trigger rebuilds it from them in the triggerer.
+
+Apart from the campaign model, which stays free of storage and paths (the gate reads it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuneloop import storage
+from tuneloop.config.campaign import Campaign, HyperPodBackend, LocalBackend
+from tuneloop.config.paths import absolute
+
+
+def job_backend_config(campaign: Campaign) -> dict[str, Any]:
+    """The settings of the job backend a campaign's jobs run on (``jobs.make_backend`` builds
+    it; triggers rebuild it from this in the triggerer)."""
+    backend = campaign.backend
+    if isinstance(backend, LocalBackend):
+        config: dict[str, Any] = {
+            "type": "local",
+            "root": absolute(backend.jobs_root)
+            if backend.jobs_root
+            else storage.join(absolute(backend.output_root), campaign.name, "jobs"),
+        }
+        if backend.device != "auto":
+            config["env"] = {"TUNELOOP_DEVICE": backend.device}
+        if backend.entrypoint:
+            config["entrypoint"] = backend.entrypoint
+            config["python_path"] = [absolute(p) for p in backend.python_path]
+        return config
+    common = {
+        "region": backend.region,
+        "aws_conn_id": backend.aws_conn_id,
+        "instance_type": backend.instance_type,
+    }
+    if isinstance(backend, HyperPodBackend):
+        return {
+            "type": "hyperpod",
+            "cluster": backend.cluster,
+            "namespace": backend.namespace,
+            **common,
+        }
+    return {
+        "type": "smtj",
+        "role_arn": backend.role_arn,
+        "max_runtime_seconds": backend.max_runtime_seconds,
+        **common,
+    }
