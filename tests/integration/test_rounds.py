@@ -254,6 +254,7 @@ def test_a_round_is_judged_by_the_campaign_file_it_was_planned_with(
     # Judged by the target it was planned with (0.9): finished. The edited file's 0.99 would
     # have said continue.
     one = campaign.ledger().read(1)
+    assert one.campaign_sha256 == planned["campaign"]["sha256"]
     assert one.decision.action == "finish", one.decision.reason
     assert "exact_match 0.95 ≥ 0.9" in one.decision.reason
     assert campaign.task_states(first)["finish"] == "success"
@@ -264,6 +265,7 @@ def test_a_round_is_judged_by_the_campaign_file_it_was_planned_with(
     planned = campaign.xcom(second, "plan_round", key="round")
     assert planned["campaign"]["sha256"] == hashlib.sha256(edited.encode()).hexdigest()
     two = campaign.ledger().read(2)
+    assert two.campaign_sha256 == hashlib.sha256(edited.encode()).hexdigest()
     assert two.base_round == 1
     assert two.decision.action == "finish", two.decision.reason
     assert "exact_match 0.995 ≥ 0.99" in two.decision.reason

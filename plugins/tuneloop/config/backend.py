@@ -48,3 +48,9 @@ def job_backend_config(campaign: Campaign) -> dict[str, Any]:
         "max_runtime_seconds": backend.max_runtime_seconds,
         **common,
     }
+
+
+def aws_connection(campaign: Campaign) -> str | None:
+    """The Airflow connection a campaign's AWS calls use; None on the local backend."""
+    backend = campaign.backend
+    return None if isinstance(backend, LocalBackend) else backend.aws_conn_id

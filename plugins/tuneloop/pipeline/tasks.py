@@ -23,6 +23,7 @@ from tuneloop.errors import TuneloopError
 
 if TYPE_CHECKING:
     from tuneloop.config.file import CampaignFile
+    from tuneloop.rounds.boxes import CampaignSnapshot
     from tuneloop.rounds.decision import Decision
     from tuneloop.rounds.ledger import RoundRecord
 
@@ -58,6 +59,17 @@ def _template_context(context: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _campaign(snapshot: CampaignSnapshot) -> CampaignFile:
+    """The round's campaign from its snapshot; this process's storage calls then use the
+    campaign's AWS connection (the ledger, checkpoints and results live under its output root)."""
+    from tuneloop import aws
+    from tuneloop.config.backend import aws_connection
+
+    cf = snapshot.load()
+    aws.use_connection(aws_connection(cf.campaign) or aws.DEFAULT_CONN_ID)
+    return cf
+
+
 def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
     """Read the campaign file (the only time in the round), decide where the round starts,
     plan and check every recipe, and claim the round in the ledger: a `PlannedRound`."""
@@ -72,7 +84,7 @@ def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
     with user_errors():
         conf = parse_conf(getattr(context["dag_run"], "conf", None))
         snapshot = CampaignSnapshot.read(path)
-        cf = snapshot.load()
+        cf = _campaign(snapshot)
         start = start_round(cf, conf)
         plan = plan_started_round(cf, start, _template_context(context))
         root = round_root(cf.campaign, start.round)
@@ -158,10 +170,10 @@ def round_in_progress(path: str, context: dict[str, Any]) -> str | None:
     round is not recorded yet and that run is still queued or running. A run waits for it
     rather than plan the same round and be refused. (It runs before this run's round is
     planned, so it reads the campaign file for the ledger's place.)"""
-    from tuneloop.config.file import load_for_rounds
+    from tuneloop.rounds.boxes import CampaignSnapshot
     from tuneloop.rounds.ledger import Ledger
 
-    ledger = Ledger(campaign_root(load_for_rounds(path).campaign))
+    ledger = Ledger(campaign_root(_campaign(CampaignSnapshot.read(path)).campaign))
     claims = ledger.claims()
     if not claims:
         return None
@@ -178,6 +190,10 @@ def validate_task(item: dict[str, Any]) -> dict[str, Any]:
 
     started = time.monotonic()
     dataset = DatasetItem.model_validate(item)
+    if dataset.aws_conn_id:
+        from tuneloop import aws
+
+        aws.use_connection(dataset.aws_conn_id)
     with user_errors():
         check = validate_dataset(dataset)
     check.seconds = time.monotonic() - started
@@ -220,7 +236,7 @@ def baseline_spec_task(planned: dict[str, Any]) -> dict[str, Any]:
 
     box = PlannedRound.model_validate(planned)
     with user_errors():
-        return baseline_job(box.campaign.load(), box.plan).model_dump(mode="json")
+        return baseline_job(_campaign(box.campaign), box.plan).model_dump(mode="json")
 
 
 def checkpoint_task(
@@ -238,7 +254,7 @@ def checkpoint_task(
     outcome = StageOutcome.model_validate(result) if result else None
     before = StageCheckpoint.model_validate(previous) if previous else None
     with user_errors():
-        point = stage_checkpoint(box.campaign.load(), box, index, outcome, before)
+        point = stage_checkpoint(_campaign(box.campaign), box, index, outcome, before)
     log.info("Stage %s checkpoint: %s", point.stage, point.uri)
     return point.model_dump(mode="json")
 
@@ -257,7 +273,7 @@ def decide_task(outcome: dict[str, Any], context: dict[str, Any]) -> str:
         }
     )
     with user_errors():
-        cf = box.planned.campaign.load()
+        cf = _campaign(box.planned.campaign)
         recorded = record_round(cf, box)
     mirror(cf, recorded.records, recorded.record)
     record = recorded.record
@@ -294,7 +310,7 @@ def finish_task(planned: dict[str, Any]) -> dict[str, Any]:
     from tuneloop.rounds.ledger import Ledger, champion_of
 
     with user_errors():
-        cf = PlannedRound.model_validate(planned).campaign.load()
+        cf = _campaign(PlannedRound.model_validate(planned).campaign)
     records = Ledger(campaign_root(cf.campaign)).records()
     champion = champion_of(records)
     latest = records[-1] if records else None

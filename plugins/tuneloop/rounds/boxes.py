@@ -166,6 +166,8 @@ class DatasetItem(BaseModel):
     max_length: int | None = None
     model_type: str
     """The model the data is checked for."""
+    aws_conn_id: str | None = None
+    """The Airflow connection that reads it (the campaign backend's; None on the local one)."""
 
 
 class PlannedRound(BaseModel):

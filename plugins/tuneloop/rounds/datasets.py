@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tuneloop.config.backend import aws_connection
 from tuneloop.config.file import CampaignFile
 from tuneloop.errors import TuneloopError
 from tuneloop.recipes.catalog import Method
@@ -18,6 +19,7 @@ class DataInvalidError(TuneloopError):
 def datasets_to_validate(cf: CampaignFile, round_plan: RoundPlan) -> list[DatasetItem]:
     """One item per dataset of the round: what the validate_data tasks are mapped over."""
     campaign = cf.campaign
+    connection = aws_connection(campaign)
     items = []
     for stage, planned in zip(campaign.stages, round_plan.stages, strict=True):
         max_length = (planned.recipe.get("training_config") or {}).get("max_length")
@@ -31,6 +33,7 @@ def datasets_to_validate(cf: CampaignFile, round_plan: RoundPlan) -> list[Datase
                     allow=list(stage.datasets.allow),
                     max_length=max_length,
                     model_type=campaign.model_type,
+                    aws_conn_id=connection,
                 )
             )
     evaluation = round_plan.evaluation
@@ -43,6 +46,7 @@ def datasets_to_validate(cf: CampaignFile, round_plan: RoundPlan) -> list[Datase
                 format=EVAL_DATA_FORMATS[evaluation.task],
                 allow=list(campaign.evaluation.allow),
                 model_type=campaign.model_type,
+                aws_conn_id=connection,
             )
         )
     return items

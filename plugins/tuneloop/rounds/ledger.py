@@ -1,6 +1,7 @@
 """The round ledger: one immutable JSON record per round, the campaign's source of truth.
 
-Layout under the campaign root (``plan.campaign_root(campaign)``, a folder or an s3:// prefix)::
+Layout under the campaign root (``config.paths.campaign_root(campaign)``, a folder or an s3://
+prefix)::
 
     rounds/0001.json        one RoundRecord per round, written once
     baselines/<digest>.json the base model's evaluation, one per evaluation recipe + data
@@ -32,7 +33,7 @@ from tuneloop.artifacts.manifest import Checkpoint
 from tuneloop.config.paths import campaign_root
 from tuneloop.errors import Problem, TuneloopError
 from tuneloop.recipes.catalog import INSTANCE_RESOURCES, Method, Technique
-from tuneloop.rounds.gate import Action, Decision, RoundSummary
+from tuneloop.rounds.decision import Action, Decision, RoundSummary
 
 if TYPE_CHECKING:
     from tuneloop.config.campaign import Campaign
@@ -126,6 +127,9 @@ class RoundRecord(_Record):
     """The round that regressed, when this round restarted from the champion because of it."""
     plan: dict[str, Any] = {}
     """The RoundPlan, as JSON."""
+    campaign_sha256: str = ""
+    """The sha256 of the campaign file the round was planned and judged with (its snapshot);
+    empty in records written before snapshots."""
     datasets: list[DatasetRecord] = []
     stages: list[StageRecord] = []
     evaluation: dict[str, Any] = {}

@@ -101,6 +101,7 @@ def _round_record(
         base_round=planned.start.base_round,
         rollback_of=planned.start.rollback_of,
         plan=planned.plan.model_dump(mode="json"),
+        campaign_sha256=planned.campaign.sha256,
         datasets=[
             DatasetRecord.model_validate(d.model_dump(exclude={"seconds"}))
             for d in outcome.datasets
