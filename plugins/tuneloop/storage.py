@@ -10,11 +10,8 @@ so modules a DAG imports at parse time can use this one freely.
 from __future__ import annotations
 
 import errno
-import gzip
 import os
-import tarfile
 import tempfile
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -329,6 +326,11 @@ def tar_members(
     FileNotFoundError when the archive does not exist; StorageError when it is not a readable
     tarball or a wanted member is larger than ``max_bytes``.
     """
+    # Imported here: tarfile costs each DAG parse that loads storage a few milliseconds.
+    import gzip
+    import tarfile
+    import zlib
+
     with open_binary(uri) as stream:
         try:
             with tarfile.open(fileobj=stream, mode="r|*") as archive:
