@@ -8,6 +8,8 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 VPIP   := $(VPY) -m pip
 RUFF   := $(VENV)/bin/ruff
+MYPY   := $(VENV)/bin/mypy
+IMPORTS := $(VENV)/bin/lint-imports
 STAMP  := $(VENV)/.installed
 
 PYTEST_ARGS ?=
@@ -19,9 +21,11 @@ PYTEST_ARGS ?=
 help:
 	@echo "tuneloop make targets:"
 	@echo "  make install   create .venv and install requirements + tuneloop (editable)"
-	@echo "  make test      ruff check, then pytest (pass extra args with PYTEST_ARGS=...);"
-	@echo "                 installs Debian's postgresql, redis-server and chromium when missing"
-	@echo "  make lint      ruff check and ruff format --check"
+	@echo "  make test      ruff check, mypy and lint-imports, then pytest (pass extra args with"
+	@echo "                 PYTEST_ARGS=...); installs Debian's postgresql, redis-server and"
+	@echo "                 chromium when missing"
+	@echo "  make lint      ruff check, ruff format --check, mypy (types) and lint-imports (layers,"
+	@echo "                 no import cycles; contracts in pyproject.toml)"
 	@echo "  make format    ruff format and ruff check --fix"
 	@echo "  make bench     run every benchmarks/*.py"
 	@echo "  make demo      the demo campaign through Airflow on the local backend (up to 3 rounds)"
@@ -61,13 +65,19 @@ system-packages:
 	echo "installing Debian packages:$$missing"; \
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y$$missing
 
-test: system-packages $(STAMP)
+# Cheap checks first: a lint, type or layer error stops before any Debian package or test runs.
+test: $(STAMP)
 	$(RUFF) check .
+	$(MYPY)
+	$(IMPORTS)
+	@$(MAKE) --no-print-directory system-packages
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(RUFF) check .
 	$(RUFF) format --check .
+	$(MYPY)
+	$(IMPORTS)
 
 format: $(STAMP)
 	$(RUFF) format .

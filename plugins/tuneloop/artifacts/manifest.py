@@ -29,11 +29,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from tuneloop import storage
 from tuneloop.errors import ModelConfigNotFoundError, Problem, StorageError
-from tuneloop.recipes.catalog import Method, Platform, Technique
+
+# The box lives with the rules that judge it (recipes sit below artifacts); readers here build it,
+# and it is still importable from here (the `as` marks the re-export for mypy).
+from tuneloop.recipes.compat import Checkpoint as Checkpoint
 
 MANIFEST = "manifest.json"
 CHECKPOINT_RECORD = "checkpoint.json"
@@ -54,30 +55,6 @@ _RECORD_FIX = (
     "checkpoint.json is written by tuneloop when a stage finishes; rewrite it from the round's "
     "ledger record, or run the stage again"
 )
-
-
-class Checkpoint(BaseModel):
-    """A trained checkpoint and how it came to be."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    uri: str
-    """The manifest's `checkpoint_s3_bucket`: what the next stage passes as model_name_or_path."""
-    model_type: str
-    """The model variant it was trained from."""
-    technique: Technique
-    """LoRA or full-rank."""
-    platform: Platform
-    """Where it was trained; checkpoints only work on that platform."""
-    lineage: tuple[Method, ...] = ()
-    """Training methods applied since the base model, oldest first."""
-    output_uri: str = ""
-    """The job output folder holding manifest.json (or output/output.tar.gz)."""
-
-    @property
-    def origin(self) -> Method | None:
-        """The method that started this lineage; it decides what may follow."""
-        return self.lineage[0] if self.lineage else None
 
 
 def is_tarball(uri: str) -> bool:

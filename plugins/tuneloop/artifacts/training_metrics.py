@@ -258,8 +258,9 @@ def read_tensorboard_scalars(folder: Path) -> dict[str, Curve]:
 def round_checkpoint(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The checkpoint a round produced: its last stage's."""
     for stage in reversed(record.get("stages") or []):
-        if (stage.get("checkpoint") or {}).get("uri"):
-            return stage["checkpoint"]
+        checkpoint: Mapping[str, Any] | None = stage.get("checkpoint")
+        if (checkpoint or {}).get("uri"):
+            return checkpoint
     return None
 
 

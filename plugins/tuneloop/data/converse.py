@@ -18,6 +18,7 @@ from tuneloop.data.formats import (
     DOCUMENT,
     IMAGE,
     REASONING,
+    SCHEMA_VERSION,
     SYSTEM,
     TEXT,
     TOOLS,
@@ -30,7 +31,6 @@ from tuneloop.data.formats import (
     unknown_key_message,
 )
 
-SCHEMA_VERSION = "bedrock-conversation-2024"
 IMAGE_FORMATS = ("jpeg", "png", "gif", "webp")
 IMAGE_FORMATS_NOVA2 = ("jpeg", "png", "gif")
 VIDEO_FORMATS = ("mov", "mkv", "mp4", "webm")
@@ -131,7 +131,7 @@ class ConverseFormat:
     def __init__(self) -> None:
         self._blocks = {True: types(True).Block, False: types(False).Block}
 
-    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder:
+    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder[Any]:
         return msgspec.json.Decoder(types(forbid_unknown).Record)
 
     def check(self, record: Any, ctx: FormatContext, report: Report) -> RecordFacts:
@@ -373,6 +373,7 @@ def _check_media(
         return
     if role != "user":
         report("media", path, f"{kind}s may appear only in user messages")
+    allowed: tuple[str, ...]
     if kind == "image":
         allowed = IMAGE_FORMATS_NOVA2 if ctx.nova2 else IMAGE_FORMATS
     elif kind == "video":

@@ -31,8 +31,14 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
-from tuneloop.data.converse import SCHEMA_VERSION
-from tuneloop.data.formats import KIND_BITS, NEEDS_FULL_CHECK, SYSTEM, TEXT, QuickPath
+from tuneloop.data.formats import (
+    KIND_BITS,
+    NEEDS_FULL_CHECK,
+    SCHEMA_VERSION,
+    SYSTEM,
+    TEXT,
+    QuickPath,
+)
 
 _WS = rb"[ \t\r]*"  # JSON whitespace inside a line
 SUSPICIOUS = (
@@ -73,6 +79,7 @@ def _record_type() -> Any:
         content: list[Text]
 
     class Record(Struct, **opts):
+        # A constant in Literal[] is read by msgspec at runtime; mypy accepts only literals.
         schemaVersion: Literal[SCHEMA_VERSION]  # type: ignore[valid-type]
         messages: list[Message]
         system: list[Text] | UnsetType = UNSET

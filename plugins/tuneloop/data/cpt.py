@@ -31,7 +31,7 @@ class CptFormat:
 
     name = "cpt"
 
-    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder:
+    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder[Any]:
         return msgspec.json.Decoder(types(forbid_unknown))
 
     def check(self, record: Any, ctx: FormatContext, report: Report) -> RecordFacts:

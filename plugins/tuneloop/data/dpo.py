@@ -64,7 +64,7 @@ class DpoFormat:
     def __init__(self) -> None:
         self._sft = converse.ConverseFormat()
 
-    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder:
+    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder[Any]:
         return msgspec.json.Decoder(types(forbid_unknown))
 
     def check(self, record: Any, ctx: FormatContext, report: Report) -> RecordFacts:

@@ -56,7 +56,7 @@ class GenQaFormat:
 
     name = "gen_qa"
 
-    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder:
+    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder[Any]:
         return msgspec.json.Decoder(gen_qa_types(forbid_unknown))
 
     def check(self, record: Any, ctx: FormatContext, report: Report) -> RecordFacts:
@@ -125,7 +125,7 @@ class LlmJudgeFormat:
 
     name = "llm_judge"
 
-    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder:
+    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder[Any]:
         # Read as an object of any keys: check() reports unknown keys with the exact key meant
         # (keys that differ only in case are equally close for a plain similarity match).
         return msgspec.json.Decoder(dict[str, Any])

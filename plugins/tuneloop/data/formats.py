@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from tuneloop.recipes.catalog import ModelSpec
+
+SCHEMA_VERSION = "bedrock-conversation-2024"
+"""The ``schemaVersion`` of a Converse record (SFT); here so both of its paths read it."""
 
 # Bits of RecordFacts.kinds: what a record contains.
 TEXT, IMAGE, VIDEO, DOCUMENT, REASONING, TOOLS, SYSTEM = 1, 2, 4, 8, 16, 32, 64
@@ -30,13 +33,14 @@ KIND_NAMES = {
 }
 
 
-class RecordFacts(NamedTuple):
-    keys: int
-    """Object keys in the record, as decoded (the raw text having more means a repeated key)."""
-    chars: int
-    """Characters of text, for the token estimate."""
-    kinds: int
-    """Bitwise OR of TEXT, IMAGE, ..."""
+RecordFacts = tuple[int, int, int]
+"""What a format's check returns for a record, as a plain tuple (cheaper to build than a named
+one, and the validator unpacks it at once): ``(keys, chars, kinds)``.
+
+- keys: object keys in the record, as decoded (the raw text having more means a repeated key);
+- chars: characters of text, for the token estimate;
+- kinds: bitwise OR of TEXT, IMAGE, ...
+"""
 
 
 Report = Callable[[str, str, str], None]
@@ -92,11 +96,10 @@ class FormatContext:
 class DatasetFormat(Protocol):
     name: str
 
-    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder: ...
+    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder[Any]: ...
 
     def check(self, record: Any, ctx: FormatContext, report: Report) -> RecordFacts:
-        """Check one record; return (keys, chars, kinds) as a plain tuple (cheaper to build
-        than the named one, and the validator unpacks it)."""
+        """Check one record; return its (keys, chars, kinds) (see RecordFacts)."""
         ...
 
     def texts(self, record: Any) -> Iterator[tuple[str, str]]: ...

@@ -24,15 +24,7 @@ FIRST_CHUNK = 1 << 20
 """A small first read: the validating thread waits for the first chunk (read, hashed and
 scanned) and starts sooner on 1 MB than on 8 MB."""
 T = TypeVar("T")
-
-
-def size_of(uri: str) -> int | None:
-    if storage.is_s3(uri):
-        return None
-    try:
-        return os.path.getsize(storage.local_path(uri))
-    except OSError:
-        return None
+Chunk = TypeVar("Chunk")
 
 
 def read_chunks(uri: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
@@ -110,7 +102,7 @@ def prefetched(chunks: Iterable[bytes], each: Callable[[bytes], Any]) -> Iterato
         yield chunk
 
 
-def read_ahead(chunks: Iterable[bytes], work: Callable[[bytes], T]) -> Iterator[tuple[bytes, T]]:
+def read_ahead(chunks: Iterable[Chunk], work: Callable[[Chunk], T]) -> Iterator[tuple[Chunk, T]]:
     """Each chunk with ``work(chunk)``, both done in a thread up to two chunks ahead."""
     handoff: queue.Queue[Any] = queue.Queue(maxsize=2)
     stop = threading.Event()

@@ -30,7 +30,8 @@ FAMILIES: dict[str, frozenset[str]] = {
 
 def get_format(name: str) -> DatasetFormat:
     module, cls = FORMATS[name]
-    return getattr(import_module(module), cls)()
+    fmt: DatasetFormat = getattr(import_module(module), cls)()
+    return fmt
 
 
 def supports(name: str, spec: ModelSpec) -> bool:

@@ -6,6 +6,7 @@ msgspec structs rather than pydantic models: the validator already decodes with 
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import msgspec
@@ -87,7 +88,7 @@ class DatasetReport(_Data, kw_only=True):
     seconds: float = 0.0
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> DatasetReport:
+    def from_json(cls, text: str | builtins.bytes) -> DatasetReport:  # the field shadows `bytes`
         return msgspec.json.decode(text, type=cls)
 
     @property

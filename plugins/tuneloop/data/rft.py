@@ -82,7 +82,7 @@ class RftFormat:
     def __init__(self) -> None:
         self._strict, self._lenient = types(True), types(False)
 
-    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder:
+    def decoder(self, forbid_unknown: bool) -> msgspec.json.Decoder[Any]:
         # Grader fields are free-form, so the top level is an object of any keys either way.
         return msgspec.json.Decoder(dict[str, Any])
 

@@ -95,11 +95,11 @@ class _State:
     warnings: list[DataIssue] = field(default_factory=list)
     warning_counts: Counter[str] = field(default_factory=Counter)
     kinds: Counter[int] = field(default_factory=Counter)
-    lengths: array = field(default_factory=lambda: array("I"))
-    digests: array = field(default_factory=lambda: array("Q"))
+    lengths: array[int] = field(default_factory=lambda: array("I"))
+    digests: array[int] = field(default_factory=lambda: array("Q"))
     """Each record's digest, in line order (with digest_lines); duplicates are found from these
     at the end, which takes 16 bytes a record instead of a dict's hundred."""
-    digest_lines: array = field(default_factory=lambda: array("q"))
+    digest_lines: array[int] = field(default_factory=lambda: array("q"))
     duplicates: int = 0
     first_image: int = 0
     first_video: int = 0
@@ -582,7 +582,7 @@ def _matched_lines(lines: list[bytes], start: int, pending: deque[int]) -> dict[
     return matched
 
 
-class _Object(dict):  # type: ignore[type-arg]
+class _Object(dict[str, Any]):
     """A parsed JSON object that remembers a key it saw twice."""
 
     repeated: str | None = None
@@ -835,7 +835,7 @@ def _report_duplicates(validation: _Pass, state: _State) -> None:
         validation.report("duplicate-record", "$", f"same as line {earlier}")
 
 
-def _token_stats(lengths: array, max_length: int | None, context_length: int) -> TokenStats:
+def _token_stats(lengths: array[int], max_length: int | None, context_length: int) -> TokenStats:
     """p50, p95 and max of the records' characters, in tokens, and how many exceed max_length.
 
     Lengths repeat a lot (a file of N bytes has fewer than sqrt(2N) distinct ones), so counting
@@ -866,17 +866,10 @@ def _token_stats(lengths: array, max_length: int | None, context_length: int) ->
     return tokens
 
 
-def _finish(
-    uri: str,
-    fmt: DatasetFormat,
-    ctx: FormatContext,
-    options: Options,
-    validation: _Pass,
-    state: _State,
-    sha256: str,
-    size: int,
-    seconds: float,
-) -> DatasetReport:
+def _check_dataset(
+    fmt: DatasetFormat, ctx: FormatContext, options: Options, validation: _Pass, state: _State
+) -> None:
+    """Checks of the whole file, once every line is read: modalities, sample count, role."""
     validation.line_no = 0
     if state.first_image and state.first_video:
         later = max(state.first_image, state.first_video)
@@ -907,6 +900,20 @@ def _finish(
         validation.report(
             "not-supported", "$", "Nova 2 Lite SFT on Bedrock does not accept a validation dataset"
         )
+
+
+def _finish(
+    uri: str,
+    fmt: DatasetFormat,
+    ctx: FormatContext,
+    options: Options,
+    validation: _Pass,
+    state: _State,
+    sha256: str,
+    size: int,
+    seconds: float,
+) -> DatasetReport:
+    _check_dataset(fmt, ctx, options, validation, state)
     tokens = _token_stats(state.lengths, options.max_length, ctx.spec.context_length)
     if tokens.over_max_length:
         state.warning_counts["truncated"] += tokens.over_max_length

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import Problem, TuneloopError
 
-if TYPE_CHECKING:  # the package itself stays light: the local runner imports jobs.state
+if TYPE_CHECKING:  # the package itself stays light: DAG files import it
     from tuneloop.jobs.base import JobBackend
 
 BACKENDS = {

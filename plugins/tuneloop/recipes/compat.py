@@ -21,7 +21,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from tuneloop.artifacts.manifest import Checkpoint
+from pydantic import BaseModel, ConfigDict
+
 from tuneloop.errors import (
     DataLocationError,
     IncompatibleTechniqueError,
@@ -30,6 +31,34 @@ from tuneloop.errors import (
     RewardFunctionError,
 )
 from tuneloop.recipes.catalog import Method, Platform, Technique
+
+
+class Checkpoint(BaseModel):
+    """A trained checkpoint and how it came to be: what every check below judges.
+
+    ``tuneloop.artifacts.manifest`` reads it from a job's output (and re-exports it); it is
+    defined here so the rules that judge it need nothing above the recipes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uri: str
+    """The manifest's `checkpoint_s3_bucket`: what the next stage passes as model_name_or_path."""
+    model_type: str
+    """The model variant it was trained from."""
+    technique: Technique
+    """LoRA or full-rank."""
+    platform: Platform
+    """Where it was trained; checkpoints only work on that platform."""
+    lineage: tuple[Method, ...] = ()
+    """Training methods applied since the base model, oldest first."""
+    output_uri: str = ""
+    """The job output folder holding manifest.json (or output/output.tar.gz)."""
+
+    @property
+    def origin(self) -> Method | None:
+        """The method that started this lineage; it decides what may follow."""
+        return self.lineage[0] if self.lineage else None
+
 
 ALLOWED_AFTER: dict[Method, frozenset[Method]] = {
     Method.SFT: frozenset({Method.SFT, Method.RFT}),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,16 @@ from tuneloop.documents import (
     problems_from_validation_error,
 )
 from tuneloop.errors import ConfigError, Problem, RecipeError
-from tuneloop.recipes.catalog import Method, ModelSpec, Platform, Technique, model_spec
+from tuneloop.recipes.catalog import Method, ModelSpec, Technique, model_spec
 from tuneloop.recipes.cpt import Nova1CptRecipe, Nova2CptRecipe
 from tuneloop.recipes.evaluation import EvalRecipe
 from tuneloop.recipes.rft import RftRecipe
 from tuneloop.recipes.rules import RecipeContext, check_recipe, technique_of
 from tuneloop.recipes.sft import Nova1SftRecipe, Nova2SftRecipe
+
+Locate = Callable[..., Problem]
+"""``locate(loc, message, **problem_fields)``: the Problem at recipe path ``loc``, placed where the
+user wrote it (see _locator)."""
 
 RECIPE_MODELS: dict[tuple[Method | None, str], type[BaseModel]] = {
     (Method.SFT, "nova-1"): Nova1SftRecipe,
@@ -237,6 +241,12 @@ _MISSING = object()
 # --- method detection --------------------------------------------------------------------------
 
 
+def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``data[key]`` when it is a mapping, else an empty one."""
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def detect_method(data: Mapping[str, Any], source: str) -> Method | None:
     """The training method of a recipe document, or None for evaluation.
 
@@ -245,8 +255,8 @@ def detect_method(data: Mapping[str, Any], source: str) -> Method | None:
     """
     if "evaluation" in data:
         return None
-    run = data.get("run") if isinstance(data.get("run"), dict) else {}
-    tc = data.get("training_config") if isinstance(data.get("training_config"), dict) else {}
+    run = _section(data, "run")
+    tc = _section(data, "training_config")
     if "rollout" in tc or any(
         k in run for k in ("reward_lambda_arn", "generation_replicas", "rollout_worker_replicas")
     ):
@@ -254,7 +264,7 @@ def detect_method(data: Mapping[str, Any], source: str) -> Method | None:
     task_type = tc.get("task_type")
     if task_type in ("sft", "cpt"):
         return Method(task_type)
-    model = tc.get("model") if isinstance(tc.get("model"), dict) else {}
+    model = _section(tc, "model")
     if "peft" in tc or "peft" in model or "optim_config" in tc:
         return Method.SFT
     stem = Path(source).stem.lower()
@@ -313,19 +323,7 @@ def render_recipe(
     origins = dict(origins or {})
     for key in overrides:
         origins.setdefault(key, Origin("--set"))
-
-    def locate(loc: Loc, message: str, **kwargs: Any) -> Problem:
-        dotted = format_loc(loc)
-        in_file = tuple(loc) in document.lines
-        for key, origin in origins.items():
-            inside = dotted == key or dotted.startswith(key + ".")
-            # A parent the override created (the file never had it) is the override's doing too.
-            created = not in_file and key.startswith(dotted + ".")
-            if inside or created:
-                return Problem(
-                    origin.path or dotted, message, source=origin.source, line=origin.line, **kwargs
-                )
-        return document.problem(loc, message, **kwargs)
+    locate = _locator(document, origins)
 
     try:
         data = apply_overrides(document.data, overrides)
@@ -335,14 +333,7 @@ def render_recipe(
     if interpolation_errors:
         raise RecipeError([locate(loc, msg) for loc, msg in interpolation_errors])
 
-    if method == "detect":
-        try:
-            method = detect_method(data, document.source)
-        except ConfigError as exc:
-            raise RecipeError(exc.problems) from None
-    elif isinstance(method, str):
-        method = Method(method)
-
+    method = _stage_method(method, data, document.source)
     spec = _spec_or_raise(data, locate)
     model_cls = recipe_model(method, spec)
     if model_cls is None:
@@ -376,12 +367,43 @@ def render_recipe(
     )
 
 
-def _relocate(problem: Problem, locate: Any) -> Problem:
+def _locator(document: Document, origins: Mapping[str, Origin]) -> Locate:
+    """Where a problem at a recipe path was written: the override that set it, else the file."""
+
+    def locate(loc: Loc, message: str, **kwargs: Any) -> Problem:
+        dotted = format_loc(loc)
+        in_file = tuple(loc) in document.lines
+        for key, origin in origins.items():
+            inside = dotted == key or dotted.startswith(key + ".")
+            # A parent the override created (the file never had it) is the override's doing too.
+            created = not in_file and key.startswith(dotted + ".")
+            if inside or created:
+                return Problem(
+                    origin.path or dotted, message, source=origin.source, line=origin.line, **kwargs
+                )
+        return document.problem(loc, message, **kwargs)
+
+    return locate
+
+
+def _stage_method(
+    method: Method | str | None, data: Mapping[str, Any], source: str
+) -> Method | None:
+    """The method the caller named, or (for "detect") the one the document shows."""
+    if method == "detect":
+        try:
+            return detect_method(data, source)
+        except ConfigError as exc:
+            raise RecipeError(exc.problems) from None
+    return Method(method) if isinstance(method, str) else method
+
+
+def _relocate(problem: Problem, locate: Locate) -> Problem:
     loc = parse_loc(problem.path)
     return locate(loc, problem.message, allowed=problem.allowed, fix=problem.fix)
 
 
-def _spec_or_raise(data: Mapping[str, Any], locate: Any) -> ModelSpec:
+def _spec_or_raise(data: Mapping[str, Any], locate: Locate) -> ModelSpec:
     run = data.get("run")
     model_type = run.get("model_type") if isinstance(run, dict) else None
     if not isinstance(model_type, str):
@@ -400,7 +422,3 @@ def _spec_or_raise(data: Mapping[str, Any], locate: Any) -> ModelSpec:
             ]
         )
     return spec
-
-
-def platform_context(platform: str | Platform, **kwargs: Any) -> RecipeContext:
-    return RecipeContext(platform=Platform(platform), **kwargs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
@@ -33,8 +34,8 @@ from tuneloop.recipes.catalog import (
 )
 from tuneloop.recipes.cpt import Nova1CptRecipe, Nova2CptRecipe
 from tuneloop.recipes.evaluation import EvalRecipe
-from tuneloop.recipes.rft import RftRecipe
-from tuneloop.recipes.sft import Nova1SftRecipe, Nova2SftRecipe
+from tuneloop.recipes.rft import RftPeft, RftRecipe
+from tuneloop.recipes.sft import Nova1Peft, Nova1SftRecipe, Nova2Peft, Nova2SftRecipe
 
 # Nova's recommended learning-rate band for SFT and CPT; outside it training still runs.
 RECOMMENDED_LR = (1e-6, 1e-4)
@@ -89,7 +90,7 @@ def _fmt(values: Any) -> str:
 
 def technique_of(recipe: BaseModel) -> Technique:
     """LoRA when the recipe's PEFT scheme is lora; CPT and evaluation count as full-rank."""
-    peft = None
+    peft: Nova1Peft | Nova2Peft | RftPeft | None = None
     if isinstance(recipe, Nova1SftRecipe):
         peft = recipe.training_config.model.peft
     elif isinstance(recipe, Nova2SftRecipe):
@@ -245,14 +246,12 @@ def _check_run_paths(found: Findings, run: Any, method: Method | None, ctx: Reci
         value = getattr(run, name, "")
         if value:
             _check_uri_scheme(found, ("run", name), value, local)
-            found.from_compat(
-                ("run", name), lambda v=value, n=name: compat.check_data_location(v, path=n)
-            )
+            found.from_compat(("run", name), partial(compat.check_data_location, value, path=name))
     for label, value in (getattr(run, "validation_data_s3_path_list", None) or {}).items():
         _check_uri_scheme(found, ("run", "validation_data_s3_path_list", label), value, local)
         found.from_compat(
             ("run", "validation_data_s3_path_list", label),
-            lambda v=value: compat.check_data_location(v, path="validation"),
+            partial(compat.check_data_location, value, path="validation"),
         )
     if run.output_s3_path:
         _check_uri_scheme(found, ("run", "output_s3_path"), run.output_s3_path, local)
@@ -508,6 +507,15 @@ def _check_rft(
 
 
 def _check_eval(found: Findings, recipe: EvalRecipe, spec: ModelSpec, ctx: RecipeContext) -> None:
+    _check_eval_task(found, recipe, spec, ctx)
+    _check_eval_inference(found, recipe, spec)
+    _check_eval_scoring(found, recipe, spec, ctx)
+
+
+def _check_eval_task(
+    found: Findings, recipe: EvalRecipe, spec: ModelSpec, ctx: RecipeContext
+) -> None:
+    """The task offered for the model, with its own strategy, metric, subtasks and data."""
     ev, run = recipe.evaluation, recipe.run
     task = EVAL_TASKS[ev.task]
     loc: Loc = ("evaluation",)
@@ -549,6 +557,9 @@ def _check_eval(found: Findings, recipe: EvalRecipe, spec: ModelSpec, ctx: Recip
         found.error(
             ("run", "data_s3_path"), f"{ev.task} evaluates your data, and data_s3_path is empty"
         )
+
+
+def _check_eval_inference(found: Findings, recipe: EvalRecipe, spec: ModelSpec) -> None:
     inference = recipe.inference
     if spec.family == "nova-1" and inference.reasoning_effort is not None:
         found.error(
@@ -560,6 +571,13 @@ def _check_eval(found: Findings, recipe: EvalRecipe, spec: ModelSpec, ctx: Recip
             f"{inference.max_new_tokens} is out of range for {spec.display_name}",
             allowed="0..32768",
         )
+
+
+def _check_eval_scoring(
+    found: Findings, recipe: EvalRecipe, spec: ModelSpec, ctx: RecipeContext
+) -> None:
+    """Custom scoring (processor) for gen_qa, and the reward function of rft_eval."""
+    ev = recipe.evaluation
     if recipe.processor is not None:
         if ev.task != "gen_qa":
             found.error(("processor",), f"custom scoring applies to gen_qa, not {ev.task}")
@@ -572,8 +590,11 @@ def _check_eval(found: Findings, recipe: EvalRecipe, spec: ModelSpec, ctx: Recip
         if recipe.processor.lambda_arn:
             found.from_compat(
                 ("processor", "lambda_arn"),
-                lambda: compat.check_reward_function(
-                    recipe.processor.lambda_arn, ctx.platform, path="lambda_arn"
+                partial(
+                    compat.check_reward_function,
+                    recipe.processor.lambda_arn,
+                    ctx.platform,
+                    path="lambda_arn",
                 ),
             )
     if ev.task == "rft_eval":

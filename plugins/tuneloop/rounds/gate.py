@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
 
-from tuneloop.artifacts.manifest import Checkpoint
+from tuneloop.recipes.compat import Checkpoint
 from tuneloop.config.campaign import Gate, Stage, Target
 from tuneloop.errors import CompatibilityError, Problem, TuneloopError
 from tuneloop.recipes import compat

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tuneloop.artifacts.manifest import Checkpoint
 from tuneloop.errors import (
     CompatibilityError,
     ConfigError,
@@ -16,6 +15,7 @@ from tuneloop.errors import (
 )
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import Method, Platform, Technique
+from tuneloop.recipes.compat import Checkpoint
 
 CPT, SFT, RFT = Method.CPT, Method.SFT, Method.RFT
 FULL, LORA = Technique.FULL, Technique.LORA
