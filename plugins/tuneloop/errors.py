@@ -60,6 +60,18 @@ class TuneloopError(Exception):
         super().__init__("\n".join(p.format() for p in self.problems))
 
 
+class MessageError(TuneloopError):
+    """An error about no file or field (a service, a request, a run): ``str()`` is the message
+    alone, with no location in front of it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__([Problem(path="", message=message)])
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class ConfigError(TuneloopError):
     """A recipe, campaign or command-line value is invalid."""
 

@@ -53,7 +53,7 @@ from urllib.parse import quote
 
 import httpx
 
-from tuneloop.errors import Problem, TuneloopError
+from tuneloop.errors import MessageError
 
 T = TypeVar("T")
 
@@ -71,16 +71,9 @@ CHILDREN_KILLED_AFTER = 5.0
 """Seconds after SIGTERM after which ``stop`` kills the children of a component still running."""
 
 
-class EmbeddedAirflowError(TuneloopError):
+class EmbeddedAirflowError(MessageError):
     """This Airflow did not start or answered with an error. Nothing the user wrote is at fault,
     so ``str()`` is the message alone, with no file or line in front of it."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__([Problem(path="", message=message)])
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class AirflowStartError(EmbeddedAirflowError):

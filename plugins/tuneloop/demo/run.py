@@ -45,7 +45,7 @@ from tuneloop.demo.embedded_airflow import (
     passwords_file,
 )
 from tuneloop.demo.report import ProgressLine, print_round, summarize, ui_hint
-from tuneloop.errors import Problem, TuneloopError
+from tuneloop.errors import MessageError
 
 REPO = Path(__file__).resolve().parents[3]
 DAG_ID = "tuneloop_demo"
@@ -78,16 +78,9 @@ class _Interrupted(Exception):
     """SIGTERM or SIGHUP: stop like on Ctrl-C."""
 
 
-class DemoError(TuneloopError):
+class DemoError(MessageError):
     """A round failed or Airflow did not come up; the message says what and where to look
     (``str()`` is the message alone: it names a run or a log, not a file and line)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__([Problem(path="", message=message)])
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def main(argv: list[str] | None = None) -> int:

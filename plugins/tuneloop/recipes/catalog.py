@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from tuneloop.errors import Problem, TuneloopError
+from tuneloop.errors import MessageError
 
 PLACEHOLDER_PREFIX = "@checkpoint:"
 """model_name_or_path of a stage whose starting checkpoint is known only once the previous
@@ -322,18 +322,11 @@ RFT_HYPERPOD_SIDECAR_IMAGES: dict[str, str] = {
 }
 
 
-class CatalogError(TuneloopError):
+class CatalogError(MessageError):
     """A model, method, platform or region combination the service does not offer.
 
     It names no field: the caller knows which one chose the combination and places the message
     there, so ``str(error)`` is the bare message."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__([Problem(path="", message=message)])
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def container_image(model_type: str, method: Method | None, platform: Platform, region: str) -> str:

@@ -6,18 +6,11 @@ the sentence the page shows, with no location in front of it.
 
 from __future__ import annotations
 
-from tuneloop.errors import Problem, TuneloopError
+from tuneloop.errors import MessageError
 
 
-class WebError(TuneloopError):
+class WebError(MessageError):
     """A request the pages do not answer; ``str()`` is the message the page shows."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__([Problem(path="", message=message)])
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class NotLoggedInError(WebError):
