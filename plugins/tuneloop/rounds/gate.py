@@ -28,11 +28,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
 
-from tuneloop.recipes.compat import Checkpoint
 from tuneloop.config.campaign import Gate, Stage, Target
 from tuneloop.errors import CompatibilityError, Problem, TuneloopError
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import Method, Platform, Technique
+from tuneloop.recipes.compat import Checkpoint
 from tuneloop.rounds.decision import Action, Decision, RoundSummary
 
 RFT_MIN_POSITIVE_FRACTION = 0.05
