@@ -130,3 +130,38 @@ def test_the_dag_machinery_check_tells_hooks_from_dag_code(tmp_path: Path) -> No
         "SageMakerTrainingOperator",
         "example.py:8: import airflow.models",
     ]
+
+
+def exception_classes() -> list[tuple[str, type[BaseException]]]:
+    """Every exception class the package defines, by ``module.Class``."""
+    import importlib
+    import inspect
+
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.stem == "__main__":  # runs a command when imported
+            continue
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts).removesuffix(".__init__")
+        module = importlib.import_module(name)
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            is_error = issubclass(cls, BaseException) and not issubclass(cls, Warning)
+            if is_error and cls.__module__ == name:
+                found.append((f"{name}.{cls_name}", cls))
+    return found
+
+
+def test_every_public_error_is_a_tuneloop_error_named_error() -> None:
+    """An error a user can meet derives from TuneloopError (so the task bodies and the CLI turn
+    it into one clear line) and is named ``...Error``; control-flow exceptions stay private."""
+    from tuneloop.errors import TuneloopError
+
+    classes = exception_classes()
+    assert len(classes) > 20
+    wrong = [
+        name
+        for name, cls in classes
+        if not cls.__name__.startswith("_")
+        and not (issubclass(cls, TuneloopError) and cls.__name__.endswith("Error"))
+    ]
+    assert wrong == []
