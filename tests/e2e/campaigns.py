@@ -72,6 +72,32 @@ class FakeJobs:
             )
 
 
+SFT_THEN_RFT = ("sft", "rft")
+"""The demo campaign's stages: a round trains twice, then evaluates."""
+SFT_ONLY = ("sft",)
+"""One training stage: a round of a test whose scenario does not need a second stage, about a
+fifth shorter (a training task, its checkpoint task and a dataset to validate fewer)."""
+
+
+def _stage(method: str, data: Path) -> dict[str, Any]:
+    """The campaign file's section for a stage of ``method`` (sft or rft) on the demo data."""
+    if method == "sft":
+        return {
+            "method": "sft",
+            "recipe": "local/sft-full.yaml",
+            "datasets": {
+                "train": str(data / "sft-train.jsonl"),
+                "validation": str(data / "sft-validation.jsonl"),
+            },
+        }
+    return {
+        "method": "rft",
+        "recipe": "local/rft-full.yaml",
+        "datasets": {"train": str(data / "rft-train.jsonl")},
+        "reward_function": "tuneloop.local.demo_task:reward",
+    }
+
+
 def campaign_text(
     name: str,
     *,
@@ -79,9 +105,11 @@ def campaign_text(
     data: Path,
     mlflow_uri: str,
     gate: dict[str, Any] | None = None,
+    stages: tuple[str, ...] = SFT_THEN_RFT,
 ) -> str:
     """A campaign like recipes/campaigns/demo.yaml (SFT then RFT of local.tiny-chat-v1, then an
-    evaluation), on the local backend with the instant fake trainer, tracked in ``mlflow_uri``."""
+    evaluation; ``stages=SFT_ONLY``: SFT, then the evaluation), on the local backend with the
+    instant fake trainer, tracked in ``mlflow_uri``."""
     gate = {**DEFAULT_GATE, **(gate or {})}
     document = {
         "name": name,
@@ -95,22 +123,7 @@ def campaign_text(
         },
         "model_type": "local.tiny-chat-v1",
         "technique": "full",
-        "stages": [
-            {
-                "method": "sft",
-                "recipe": "local/sft-full.yaml",
-                "datasets": {
-                    "train": str(data / "sft-train.jsonl"),
-                    "validation": str(data / "sft-validation.jsonl"),
-                },
-            },
-            {
-                "method": "rft",
-                "recipe": "local/rft-full.yaml",
-                "datasets": {"train": str(data / "rft-train.jsonl")},
-                "reward_function": "tuneloop.local.demo_task:reward",
-            },
-        ],
+        "stages": [_stage(method, data) for method in stages],
         "evaluation": {
             "recipe": "local/eval-gen-qa.yaml",
             "dataset": str(data / "eval.jsonl"),
@@ -151,7 +164,7 @@ class Campaign:
     def backend(self) -> Any:
         """The job backend the campaign's jobs run on, built from the campaign file as the round
         tasks build it."""
-        from tuneloop.config.campaign import job_backend_config
+        from tuneloop.config.backend import job_backend_config
         from tuneloop.config.file import load_campaign
         from tuneloop.jobs import make_backend
 

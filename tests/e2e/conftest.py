@@ -11,6 +11,13 @@ The stack, everything on 127.0.0.1 with free ports and state in temporary folder
   with the CeleryExecutor. DAGS_FOLDER is the repository's dags/ (the product's DAG file), so
   every campaign file a test writes into ``stack.campaigns_dir`` becomes a DAG within seconds.
 
+Where a test waits for the dag-processor (a new campaign's DAG, an import error), it asks for a
+parse of the DAG file as the UI's "Reparse" does (``stack.wait_for_dag``, ``stack.wait_for_parse``)
+instead of waiting for the parse interval. Waits on Airflow's own clocks are short on this stack:
+a dead task is failed after 30 s without heartbeat, and a failed try is retried after 5 s (a task
+policy in ``$AIRFLOW_HOME/config/airflow_local_settings.py``; the round DAG's own delay is a
+minute).
+
 Tests drive it as users do: the REST API (``stack.client``), the ``airflow`` CLI
 (``stack.airflow.cli``) and a browser (``browser_page``). Components can be killed and restarted
 one at a time (``stack.airflow.kill("worker-1")``, ``stack.airflow.restart("scheduler")``); the
@@ -21,19 +28,22 @@ when a test fails.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from e2e import services
 from e2e.campaigns import DATA_SIZES, Campaign, FakeJobs, campaign_text, write_atomically
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 WORKERS = ("worker-1", "worker-2")
@@ -53,6 +63,16 @@ CHROMIUM_ARGS = [
 STARTUP_TIMEOUT = 300.0
 """Seconds the whole stack may take to become healthy (about a minute on 2 idle cores)."""
 
+IDLE_CAMPAIGN = "e2e-idle"
+"""A campaign no test runs, written before Airflow starts. Its DAG, parsed at once, shows that
+the DAG file loads, carries the file token with which tests ask for a parse, and shows that the
+stack's task policy applies (``_check_idle_dag``)."""
+IDLE_DAG_ID = "tuneloop_e2e_idle"
+
+PARSE_REQUEST_INTERVAL = 5.0
+"""Seconds between two parse requests while a test waits for what a parse shows (one parse of
+the DAG file takes one to three seconds; a request that comes while one runs waits for it)."""
+
 
 @dataclass
 class Stack:
@@ -70,6 +90,7 @@ class Stack:
     airflow: Any  # tuneloop.demo.embedded_airflow.AirflowProcesses
     timings: dict[str, float] = field(default_factory=dict)
     _client: Any = None
+    _file_token: str | None = None
 
     @property
     def client(self) -> Any:
@@ -120,9 +141,36 @@ class Stack:
             ready = dag and not dag.get("is_paused") and dag.get("is_stale") is not True
             return dag if ready else None
 
-        return self.client.wait_for(
-            parsed, timeout=timeout, what=f"DAG {dag_id} parsed by the dag-processor", interval=1.0
+        return self.wait_for_parse(
+            parsed, timeout=timeout, what=f"DAG {dag_id} parsed by the dag-processor"
         )
+
+    def wait_for_parse(self, condition: Callable[[], T | None], *, timeout: float, what: str) -> T:
+        """Wait for what a parse of the DAG file shows (a campaign's DAG, an import error, one
+        gone), asking the dag-processor for that parse now (``request_parse``) rather than
+        waiting for its interval; asked again every PARSE_REQUEST_INTERVAL seconds until seen."""
+        asked = -PARSE_REQUEST_INTERVAL
+
+        def seen() -> T | None:
+            nonlocal asked
+            found = condition()
+            if not found and time.monotonic() - asked >= PARSE_REQUEST_INTERVAL:
+                asked = time.monotonic()
+                self.request_parse()
+            return found
+
+        return self.client.wait_for(seen, timeout=timeout, what=what, interval=0.5)
+
+    def request_parse(self) -> None:
+        """Ask the dag-processor to parse the DAG file at once, as the UI's "Reparse" button does
+        (``PUT /api/v2/parseDagFile/{file_token}``); a no-op until a DAG of the file exists (the
+        token comes with it), when the dag-processor's own interval has to do."""
+        if self._file_token is None:
+            dag = self.client.dag(IDLE_DAG_ID)
+            if dag is None:
+                return
+            self._file_token = str(dag["file_token"])
+        self.client.request("PUT", f"parseDagFile/{self._file_token}")
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         """task_id -> state (a mapped task: the states of its instances joined with ',')."""
@@ -230,10 +278,49 @@ def _airflow_settings(
         "AIRFLOW__CORE__PARALLELISM": "8",
         "AIRFLOW__API__WORKERS": "2",
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-        # A task whose process died (a killed worker) is seen within a minute, not five.
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        # A task whose process died (a killed worker) is seen within half a minute, not five:
+        # its supervisor heartbeats every 5 s, so 30 s is six missed beats, and the scheduler
+        # looks every 2 s instead of 10.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+        # A round is a dozen tasks one after another; an idle scheduler looks for the next one
+        # twice a second (as the demo's does), not once.
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
     }
+
+
+RETRY_DELAY_SECONDS = 5
+"""The round DAG's retry_delay on this stack (the DAG's own is a minute; see
+``_write_local_settings``)."""
+
+
+def _check_idle_dag(stack: Stack, dag: dict[str, Any]) -> None:
+    """The idle campaign's DAG came from the DAG file, and the stack's task policy shortened
+    its retry delay (else a killed worker's retry would wait the DAG's minute)."""
+    assert dag["dag_id"] == IDLE_DAG_ID and dag.get("file_token"), dag
+    task = stack.client.request("GET", f"dags/{IDLE_DAG_ID}/tasks/decide")
+    delay = task.get("retry_delay") or {}
+    seconds = delay.get("seconds") if isinstance(delay, dict) else delay
+    assert seconds == RETRY_DELAY_SECONDS, (
+        f"the task policy in {stack.airflow.home}/config/airflow_local_settings.py did not "
+        f"apply: decide's retry_delay is {delay!r}"
+    )
+
+
+def _write_local_settings(airflow_home: Path) -> None:
+    """``$AIRFLOW_HOME/config/airflow_local_settings.py`` with a task policy that shortens every
+    task's retry_delay to RETRY_DELAY_SECONDS: a test whose worker is killed waits for Airflow's
+    retry, and what the retry does, not how long Airflow waits before it, is what it checks."""
+    config = airflow_home / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "airflow_local_settings.py").write_text(
+        '"""Cluster policy of the end-to-end test stack (tests/e2e/conftest.py)."""\n\n'
+        "from datetime import timedelta\n\n\n"
+        "def task_policy(task):\n"
+        f"    task.retry_delay = timedelta(seconds={RETRY_DELAY_SECONDS})\n",
+        encoding="utf-8",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -285,14 +372,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "TUNELOOP_TEST_CAMPAIGNS": "",
             },
         )
+        _write_local_settings(root / "airflow")
         airflow = AirflowProcesses(
             env, [*default_components(), *(_worker(n) for n in WORKERS)], log_dir=log_dir
         )
-        mark = time.monotonic()
-        airflow.migrate()
-        timings["airflow db migrate"] = time.monotonic() - mark
-        mark = time.monotonic()
-        airflow.start(timeout=STARTUP_TIMEOUT)
         result = Stack(
             root=root,
             log_dir=log_dir,
@@ -306,6 +389,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             airflow=airflow,
             timings=timings,
         )
+        # Parsed by the dag-processor's first parse, while the other components start.
+        idle = result.write_campaign(IDLE_CAMPAIGN)
+        mark = time.monotonic()
+        airflow.migrate()
+        timings["airflow db migrate"] = time.monotonic() - mark
+        mark = time.monotonic()
+        airflow.start(timeout=STARTUP_TIMEOUT)
         services.wait_until(
             lambda: len(result.workers_ready()) == len(WORKERS),
             timeout=STARTUP_TIMEOUT,
@@ -313,6 +403,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             interval=0.5,
         )
         timings["airflow components healthy"] = time.monotonic() - mark
+        mark = time.monotonic()
+        _check_idle_dag(result, result.wait_for_dag(idle.dag_id, timeout=STARTUP_TIMEOUT))
+        timings["DAG file parsed"] = time.monotonic() - mark
         mlflow.wait_healthy()
         timings["total"] = time.monotonic() - started
         _report(f"e2e stack up in {timings['total']:.1f} s ({_format(timings)}); logs: {log_dir}")
@@ -321,7 +414,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         mark = time.monotonic()
         stops = {"mlflow": mlflow.stop, "redis": redis.stop}
         if airflow is not None:
-            stops["airflow"] = airflow.stop
+            # Nothing outlives the session that needs a clean shutdown; what has not stopped
+            # after 10 s is killed.
+            stops["airflow"] = functools.partial(airflow.stop, grace=10.0)
         # Side by side (each waits for its processes' grace period); PostgreSQL last, once no
         # Airflow process holds a connection.
         with ThreadPoolExecutor(len(stops)) as pool:

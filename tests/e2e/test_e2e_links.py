@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from e2e.campaigns import SFT_ONLY
+
 if TYPE_CHECKING:
     from e2e.conftest import Stack
 
@@ -34,7 +36,7 @@ def open_link(page: Any, name: str) -> Any:
 
 
 def test_job_console_and_mlflow_run_links_open_their_pages(stack: Stack, browser_page: Any) -> None:
-    campaign = stack.write_campaign("e2e-links")
+    campaign = stack.write_campaign("e2e-links", stages=SFT_ONLY)
     stack.fake_jobs.metrics(campaign.name, base=0.1, rounds={1: 0.95})
     stack.wait_for_dag(campaign.dag_id)
     dag_id = campaign.dag_id

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from e2e.campaigns import SFT_ONLY, SFT_THEN_RFT
 from e2e.scenarios import (
     Gates,
     freeze,
@@ -33,6 +34,7 @@ from e2e.scenarios import (
     thaw,
     tries,
     wait_task,
+    wait_until,
     worker_running,
 )
 from tuneloop.jobs.state import JobState
@@ -41,11 +43,10 @@ if TYPE_CHECKING:
     from e2e.campaigns import Campaign
     from e2e.conftest import Stack
 
-ROUND_STAGES = ["eval", "rft", "sft"]
 WORKERS = ("worker-1", "worker-2")
 RETRY_TIMEOUT = 420.0
-"""A killed worker's task is failed after the heartbeat timeout (60 s here), then retried after
-the round DAG's retry_delay (1 minute); on two loaded cores the whole takes minutes."""
+"""A killed worker's task is failed after the heartbeat timeout (30 s on the test stack), then
+retried after the retry delay (5 s there); on two loaded cores the whole may take minutes."""
 
 
 @pytest.fixture
@@ -55,15 +56,18 @@ def gates(stack: Stack) -> Iterator[Gates]:
     held.release_all()
 
 
-def _campaign(stack: Stack, gates: Gates, name: str) -> tuple[Campaign, dict[str, Path]]:
-    """A campaign whose round 1 meets its target (so it finishes: no further round), with each
-    training job of round 1 and the base model's evaluation held until its own file (returned,
-    by stage) exists: while they wait, their tasks wait deferred, on no worker."""
-    campaign = stack.write_campaign(name)
+def _campaign(
+    stack: Stack, gates: Gates, name: str, stages: tuple[str, ...] = SFT_ONLY
+) -> tuple[Campaign, dict[str, Path]]:
+    """A campaign of these training stages whose round 1 meets its target (so it finishes: no
+    further round), with each training job of round 1 and the base model's evaluation held
+    until its own file (returned, by stage) exists: while they wait, their tasks wait deferred,
+    on no worker."""
+    campaign = stack.write_campaign(name, stages=stages)
     stack.fake_jobs.metrics(campaign.name, base=0.1, rounds={1: 0.95})
     held = {
         stage: gates.hold(campaign, round=number, stage=stage)
-        for number, stage in ((1, "sft"), (1, "rft"), (0, "baseline"))
+        for number, stage in (*((1, s) for s in stages), (0, "baseline"))
     }
     stack.wait_for_dag(campaign.dag_id)
     return campaign, held
@@ -74,12 +78,13 @@ def _release_all(held: dict[str, Path]) -> None:
         release(gate)
 
 
-def _check_one_job_per_stage(campaign: Campaign) -> None:
+def _check_one_job_per_stage(campaign: Campaign, stages: tuple[str, ...] = SFT_ONLY) -> None:
     assert campaign.record(1).decision.action == "finish"
-    assert stages_of_jobs(campaign, 1) == ROUND_STAGES
+    assert stages_of_jobs(campaign, 1) == sorted(["eval", *stages])
     assert len(campaign.jobs(round="0")) == 1  # the base model's evaluation
     jobs = campaign.jobs()
-    assert len(jobs) == 4, [(j.name, j.labels) for j in jobs]
+    # Round 1's training jobs and evaluation, and the base model's evaluation.
+    assert len(jobs) == len(stages) + 2, [(j.name, j.labels) for j in jobs]
     assert all(j.state == JobState.SUCCEEDED for j in jobs), [(j.name, j.state) for j in jobs]
 
 
@@ -163,7 +168,7 @@ def test_worker_killed_while_the_training_task_runs_before_it_defers(
     own, the task instance is running on that worker). The worker is started again; the task's
     retry finds the job by its name and adopts it instead of starting a second one, and the
     round completes with one job per stage."""
-    campaign, held = _campaign(stack, gates, "e2e-kill-running")
+    campaign, held = _campaign(stack, gates, "e2e-kill-running", SFT_THEN_RFT)
     dag_id = campaign.dag_id
     run_id = stack.client.trigger(dag_id, {})["dag_run_id"]
 
@@ -178,8 +183,11 @@ def test_worker_killed_while_the_training_task_runs_before_it_defers(
     worker, ti = caught
     task_id = ti["task_id"]
     stage = task_id.removeprefix("train_")
-    (job,) = campaign.jobs(round="1", stage=stage)
-    assert job.state == JobState.RUNNING
+    # Its process runs on its own; it says RUNNING once it has started (two loaded cores may
+    # take a moment for that).
+    job = wait_until(
+        lambda: _running_job(campaign, stage), timeout=60, what=f"the {stage} job RUNNING"
+    )
 
     stack.airflow.kill(worker)
     (job,) = campaign.jobs(round="1", stage=stage)
@@ -209,7 +217,13 @@ def test_worker_killed_while_the_training_task_runs_before_it_defers(
     assert [t["try_number"] for t in history] == [1, 2], history
     assert history[0]["state"] in ("failed", "up_for_retry"), history
     assert history[-1]["state"] == "success", history
-    _check_one_job_per_stage(campaign)
+    _check_one_job_per_stage(campaign, SFT_THEN_RFT)
+
+
+def _running_job(campaign: Campaign, stage: str) -> Any:
+    """Round 1's only job of ``stage`` once it is RUNNING, else None."""
+    (job,) = campaign.jobs(round="1", stage=stage)
+    return job if job.state == JobState.RUNNING else None
 
 
 def test_triggerer_restarted_while_the_training_task_is_deferred(

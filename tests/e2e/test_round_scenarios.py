@@ -27,6 +27,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 
+from e2e.campaigns import SFT_ONLY, write_atomically
 from e2e.scenarios import (
     Gates,
     backfill,
@@ -53,6 +54,10 @@ if TYPE_CHECKING:
     from e2e.conftest import Stack
 
 ROUND_STAGES = ["eval", "rft", "sft"]
+"""The jobs of a round of the demo's shape (SFT_THEN_RFT), by stage label."""
+SFT_ROUND_STAGES = ["eval", "sft"]
+"""The jobs of a round of an SFT_ONLY campaign: the scenarios but the rollback do not need a
+second stage."""
 
 
 @pytest.fixture
@@ -159,7 +164,7 @@ def test_finished_campaign_refuses_another_round_before_any_job(stack: Stack) ->
     """Round 1 meets the target and the campaign finishes. A further run with an empty conf
     fails in plan_round, saying the campaign is over, why, and how to go on; no job, claim or
     record exists for that round. With the after_finish Param the round runs."""
-    campaign = stack.write_campaign("e2e-finished")
+    campaign = stack.write_campaign("e2e-finished", stages=SFT_ONLY)
     stack.fake_jobs.metrics(campaign.name, base=0.1, rounds={1: 0.95, 2: 0.97})
     dag_id = campaign.dag_id
     stack.wait_for_dag(dag_id)
@@ -175,7 +180,7 @@ def test_finished_campaign_refuses_another_round_before_any_job(stack: Stack) ->
     plan = task_instance(stack, dag_id, refused, "plan_round")
     assert plan["state"] == "failed" and plan["try_number"] == 1  # no retry of a refusal
     states = stack.task_states(dag_id, refused)
-    for task in ("train_sft", "train_rft", "evaluate", "evaluate_baseline", "decide"):
+    for task in ("train_sft", "evaluate", "evaluate_baseline", "decide"):
         assert states[task] in ("upstream_failed", "None", "skipped"), (task, states)
 
     log = task_log(stack, dag_id, refused, "plan_round", 1)
@@ -197,7 +202,7 @@ def test_finished_campaign_refuses_another_round_before_any_job(stack: Stack) ->
     assert "after the campaign finished" in plan_after["start"]["reason"]
     two = campaign.record(2)
     assert two.run_id == after and two.base_round == 1
-    assert stages_of_jobs(campaign, 2) == ROUND_STAGES
+    assert stages_of_jobs(campaign, 2) == SFT_ROUND_STAGES
     assert [c["run_id"] for c in claims(campaign, 2)] == [after]
 
 
@@ -207,7 +212,7 @@ def test_second_run_planning_the_same_round_is_refused(stack: Stack, gates: Gate
     while the scheduled run holds its claim; an operator who marks that wait done anyway gets a
     plan_round that fails at once, naming the run that claimed the round, and only the
     scheduled run's jobs exist."""
-    document = campaign_document(stack, "e2e-claimed")
+    document = campaign_document(stack, "e2e-claimed", stages=SFT_ONLY)
     document["schedule"] = "@daily"
     document["start_date"] = (datetime.now(UTC).date() - timedelta(days=7)).isoformat()
     campaign = write_document(stack, document)
@@ -257,9 +262,9 @@ def test_second_run_planning_the_same_round_is_refused(stack: Stack, gates: Gate
     release(gate)
     stack.wait_for_run(dag_id, scheduled_id)
     assert campaign.record(1).run_id == scheduled_id
-    assert stages_of_jobs(campaign, 1) == ROUND_STAGES
+    assert stages_of_jobs(campaign, 1) == SFT_ROUND_STAGES
     assert len(campaign.jobs(round="0")) == 1  # the base model's evaluation
-    assert len(campaign.jobs()) == 4  # nothing for the refused run
+    assert len(campaign.jobs()) == 3  # nothing for the refused run
     assert all(j.state == JobState.SUCCEEDED for j in campaign.jobs())
     assert [c["file"] for c in claims(campaign)] == ["0001-1.json"]
 
@@ -298,7 +303,7 @@ def _check_backfilled_rounds(
         if previous_end is not None:
             assert planned_at > previous_end, (run_id, planned_at, previous_end)
         previous_end = parse_time(stack.client.dag_run(dag_id, run_id)["end_date"])
-        assert stages_of_jobs(campaign, number) == ROUND_STAGES
+        assert stages_of_jobs(campaign, number) == SFT_ROUND_STAGES
 
 
 def test_backfill_runs_one_round_per_interval_in_order(stack: Stack) -> None:
@@ -307,7 +312,7 @@ def test_backfill_runs_one_round_per_interval_in_order(stack: Stack) -> None:
     planned from its own day's data after the previous run ended, one claim each."""
     schedule, start_date = daily_schedule_after_now()
     days = [(start_date - timedelta(days=n)).isoformat() for n in (4, 3, 2)]
-    document = campaign_document(stack, "e2e-backfill")
+    document = campaign_document(stack, "e2e-backfill", stages=SFT_ONLY)
     document["schedule"] = schedule
     document["start_date"] = start_date.isoformat()
     document["stages"][0]["datasets"]["train"] = str(_write_daily_data(stack, days))
@@ -410,7 +415,7 @@ def test_broken_campaign_files_cost_only_their_own_dags(stack: Stack, gates: Gat
     The real dag-processor files one import error per broken file, naming file, line and field;
     the good DAG stays active, its running round finishes, and a run triggered afterwards is
     scheduled and runs. Removing the files removes their errors."""
-    good = stack.write_campaign("e2e-good")
+    good = stack.write_campaign("e2e-good", stages=SFT_ONLY)
     stack.fake_jobs.metrics(good.name, base=0.1, rounds={1: 0.95})
     gate = gates.hold(good, round=1, stage="sft")
     dag_id = good.dag_id
@@ -422,7 +427,7 @@ def test_broken_campaign_files_cost_only_their_own_dags(stack: Stack, gates: Gat
     broken = _broken_files(stack, marker)
     paths = {name: stack.campaigns_dir / name for name in broken}
     for name, (text, _) in broken.items():
-        paths[name].write_text(text, encoding="utf-8")
+        write_atomically(paths[name], text)  # no parse sees half a file
     wanted = {str(p) for p in paths.values()}
 
     def errors_by_file() -> dict[str, list[dict[str, Any]]] | None:
@@ -431,7 +436,7 @@ def test_broken_campaign_files_cost_only_their_own_dags(stack: Stack, gates: Gat
             found.setdefault(str(error.get("filename")), []).append(error)
         return found if wanted <= set(found) else None
 
-    found = stack.client.wait_for(
+    found = stack.wait_for_parse(
         errors_by_file, timeout=180, what="an import error for every broken campaign file"
     )
     # Nothing else is in error: not the DAG file, not the good campaign.
@@ -458,7 +463,7 @@ def test_broken_campaign_files_cost_only_their_own_dags(stack: Stack, gates: Gat
     release(gate)
     stack.wait_for_run(dag_id, first)
     assert good.record(1).run_id == first
-    assert stages_of_jobs(good, 1) == ROUND_STAGES
+    assert stages_of_jobs(good, 1) == SFT_ROUND_STAGES
     # A new run is triggered and scheduled (a dry run: it plans and validates the next round;
     # the campaign met its target, so the run says it runs after the finish).
     again = stack.client.trigger(dag_id, {"dry_run": True, "after_finish": True})["dag_run_id"]
@@ -473,6 +478,6 @@ def test_broken_campaign_files_cost_only_their_own_dags(stack: Stack, gates: Gat
         remaining = {str(e.get("filename")) for e in stack.client.import_errors()}
         return not remaining & wanted
 
-    stack.client.wait_for(cleared, timeout=180, what="the import errors of the removed files gone")
+    stack.wait_for_parse(cleared, timeout=180, what="the import errors of the removed files gone")
     assert stack.client.dag(dag_id)["is_stale"] is False
     assert not unclear, "\n".join(unclear)
