@@ -29,6 +29,7 @@ from tuneloop.artifacts.manifest import Checkpoint
 from tuneloop.config.file import CampaignFile, for_jobs, parse_campaign, read_campaign_text
 from tuneloop.jobs.base import JobSpec, JobStatus
 from tuneloop.recipes.catalog import Method, Platform, Technique
+from tuneloop.rounds.ledger import DatasetRecord
 
 # --- the campaign, read once per round ---------------------------------------------------------
 
@@ -189,19 +190,9 @@ class PlannedRound(BaseModel):
 # --- what the round's steps produced -----------------------------------------------------------
 
 
-class DatasetCheck(BaseModel):
-    """What validate_data found in one dataset (the ledger's DatasetRecord, plus timing)."""
+class DatasetCheck(DatasetRecord):
+    """What validate_data found in one dataset: the ledger's DatasetRecord, plus timing."""
 
-    stage: str
-    channel: str
-    uri: str
-    sha256: str
-    records: int
-    ok: bool
-    errors: int = 0
-    """Invalid records."""
-    report: dict[str, Any] = {}
-    """The validator's JSON report."""
     seconds: float = 0.0
 
 
