@@ -19,12 +19,12 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from tuneloop.recipes.catalog import MODELS, Method, Platform, Technique
 from tuneloop.recipes.strict import StrictModel, matching
 
-NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
-STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}\Z")
+STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}\Z")
 CRON_PRESETS = frozenset(
     {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
 )
-CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+\Z")
 
 
 if TYPE_CHECKING:
@@ -369,7 +369,7 @@ class Campaign(StrictModel):
     @classmethod
     def _asset_uris(cls, value: list[str]) -> list[str]:
         for uri in value:
-            if not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", uri):
+            if not re.match(r"^[a-z][a-z0-9+.-]*://\S+\Z", uri):
                 raise ValueError(f"{uri!r} is not a URI (e.g. s3://bucket/prefix/)")
         return value
 

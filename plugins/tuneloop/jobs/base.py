@@ -29,7 +29,7 @@ from tuneloop.jobs.state import JobState
 # "<job>-rm", so job names keep room for a suffix. SageMaker training job names allow 63.
 MAX_JOB_NAME = 48
 DIGEST_CHARS = 10
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
 
 
 class JobKind(enum.StrEnum):

@@ -75,7 +75,7 @@ REASON_DIED = "runner_died"
 REASON_NOT_STARTED = "not_started"
 """The job process could not be started."""
 
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 _PLUGINS_DIR = str(Path(__file__).resolve().parents[2])
 _TAIL_LINES = 20
 

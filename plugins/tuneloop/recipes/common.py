@@ -41,7 +41,7 @@ def _null_string_to_none(value: Any) -> Any:
 
 NullString = BeforeValidator(_null_string_to_none)
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 
 
 class RunConfig(StrictModel):

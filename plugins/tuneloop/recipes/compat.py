@@ -221,7 +221,7 @@ def lambda_function_name(arn: str) -> str | None:
 def check_reward_function(arn: str, platform: Platform, *, path: str) -> None:
     """The reward function must be a Lambda ARN; on HyperPod its name must contain 'SageMaker'."""
     if platform is Platform.LOCAL:
-        if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", arn):
+        if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z", arn):
             raise RewardFunctionError(
                 path,
                 f"{arn!r} is not a Python callable reference",

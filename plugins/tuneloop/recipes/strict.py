@@ -27,11 +27,11 @@ def matching(pattern: str, what: str, example: str) -> Any:
     compiled = re.compile(pattern)
 
     def check(value: str) -> str:
-        if not compiled.match(value):
+        if not compiled.fullmatch(value):  # not match: "$" also matches before a final newline
             raise PydanticCustomError(
                 "pattern_mismatch",
-                "'{value}' is not {what}",
-                {"value": value, "what": what, "allowed": f"e.g. {example}"},
+                "{value} is not {what}",  # repr: a newline in the value stays on one line
+                {"value": repr(value), "what": what, "allowed": f"e.g. {example}"},
             )
         return value
 
