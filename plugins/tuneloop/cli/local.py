@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import Any
 
@@ -173,6 +174,7 @@ def _local_run(args: argparse.Namespace) -> int:
         entrypoint=args.entrypoint or DEFAULT_ENTRYPOINT,
         python_path=[os.getcwd()],
     )
+    _hear_ctrl_c()
     try:
         status = runner.submit(spec)
         if adopted:
@@ -197,6 +199,14 @@ def _local_run(args: argparse.Namespace) -> int:
         )
         return 130
     return _local_outcome(runner, status)
+
+
+def _hear_ctrl_c() -> None:
+    """Make Ctrl-C (SIGINT) detach from the job even when this process inherited it ignored: a
+    shell script starts background commands with SIGINT ignored, and Python then installs no
+    handler, so the interrupt would do nothing while the command follows the job."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _root_flag(args: argparse.Namespace) -> str:
