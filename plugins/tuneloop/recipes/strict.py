@@ -18,7 +18,9 @@ class StrictModel(BaseModel):
 
     # Field docstrings are read by recipes.docs when documentation is asked for, not by
     # pydantic's use_attribute_docstrings at class creation (it costs each DAG parse ~40 ms).
-    model_config = ConfigDict(extra="forbid")
+    # And no inf or nan: YAML reads 1e999999 as infinity, and an infinite tolerance or target
+    # would silently switch a rule off.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def matching(pattern: str, what: str, example: str) -> Any:
