@@ -111,7 +111,18 @@ _POLL_SECONDS = 0.5
 def _local_runner(args: argparse.Namespace) -> Any:
     from tuneloop.local.runner import LocalRunner
 
-    return LocalRunner(args.root)
+    runner = LocalRunner(args.root)
+    if runner.root.exists() and not runner.root.is_dir():
+        raise TuneloopError(
+            [
+                Problem(
+                    "--root",
+                    f"{runner.root} is not a folder",
+                    fix="name the folder that holds (or will hold) the jobs",
+                )
+            ]
+        )
+    return runner
 
 
 def _local_defaults(path: str) -> tuple[str | None, str | None]:

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Any, TextIO
 
@@ -53,6 +53,32 @@ def _print_warnings(caught: Sequence[warnings.WarningMessage]) -> None:
     for item in caught:
         if issubclass(item.category, RecipeWarning):
             print(f"warning: {item.message}", file=sys.stderr)
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number no smaller than ``low`` (argparse names the option)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is less than {low}")
+        return value
+
+    return whole_number
+
+
+def _run_date(text: str) -> date:
+    """An argparse type: a YYYY-MM-DD day with a day before and after it (templates use both)."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+    if not date.min < day < date.max:
+        raise argparse.ArgumentTypeError(f"{text} has no day before or after it; use a real date")
+    return day
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -180,10 +206,10 @@ def _add_campaign_commands(commands: Any) -> None:
         "validate", help="validate a campaign and print its round plan"
     )
     cvalidate.add_argument("file", metavar="FILE", help="campaign file (YAML)")
-    cvalidate.add_argument("--round", type=int, default=1, help="round number to plan")
+    cvalidate.add_argument("--round", type=_at_least(1), default=1, help="round number to plan")
     cvalidate.add_argument(
         "--ds",
-        type=date.fromisoformat,
+        type=_run_date,
         default=None,
         metavar="YYYY-MM-DD",
         help="logical date for {{ ds }} in data URIs (default: today)",
@@ -357,6 +383,10 @@ def _data_validate(args: argparse.Namespace) -> int:
     for flag, value in (("--max-errors", args.max_errors), ("--workers", args.workers)):
         if value < 0:
             problems.append(Problem(flag, f"{value} is negative", allowed=">= 0"))
+    if args.max_length is not None and args.max_length < 1:
+        problems.append(
+            Problem("--max-length", f"{args.max_length} is not a length", allowed=">= 1")
+        )
     if problems:
         raise TuneloopError(problems)
     assert spec is not None
