@@ -705,3 +705,21 @@ def test_a_minimal_record_is_logged(campaign: dict[str, Any]) -> None:
     assert run.data.tags["tuneloop.round"] == "1"
     assert result["model_version"] == "" and result["champion_version"] == ""
     assert tracker.champion() is None
+
+
+def test_rounds_mlflow_missed_are_caught_up_from_the_ledger(campaign: dict[str, Any]) -> None:
+    """Rounds 1 and 2 decided while the tracking server was down: round 3's mirror logs them
+    first, oldest first, then itself; catching up again logs nothing."""
+    tracker = Tracker(str(campaign["store"]), "outage")
+    records = [{**record, "campaign": "outage"} for record in campaign["records"]]
+    assert tracker.catch_up(records[:2]) == [1, 2]
+    tracker.log_round(records[2])
+    runs = tracker.client.search_runs([tracker.experiment_id], max_results=1000)
+    rounds = sorted(
+        int(run.data.tags["tuneloop.round"])
+        for run in runs
+        if run.data.tags["tuneloop.kind"] == "round"
+    )
+    assert rounds == [1, 2, 3]
+    assert tracker.catch_up(records) == []
+    assert tracker.champion() == campaign["champions"][-1]

@@ -328,7 +328,8 @@ def finish_task(planned: dict[str, Any]) -> dict[str, Any]:
 
 def mirror(cf: CampaignFile, records: list[RoundRecord], record: RoundRecord) -> dict[str, Any]:
     """The round report (of ``records``, every recorded round) and the MLflow runs for
-    ``record``; failures are logged, never raised: the ledger already holds the round."""
+    ``record``, after any earlier round MLflow missed (its tracking server was down when that
+    round decided); failures are logged, never raised: the ledger already holds the round."""
     from tuneloop.rounds.record import tracking_uri
 
     out: dict[str, Any] = {}
@@ -343,9 +344,12 @@ def mirror(cf: CampaignFile, records: list[RoundRecord], record: RoundRecord) ->
         try:
             from tuneloop.tracking.mirror import Tracker
 
-            tracked = Tracker(uri, cf.campaign.name).log_round(
-                record.model_dump(mode="json"), report_files=files
-            )
+            tracker = Tracker(uri, cf.campaign.name)
+            earlier = [r.model_dump(mode="json") for r in records if r.round != record.round]
+            caught_up = tracker.catch_up(earlier)
+            if caught_up:
+                log.info("MLflow lacked rounds %s; mirrored them from the ledger", caught_up)
+            tracked = tracker.log_round(record.model_dump(mode="json"), report_files=files)
             out.update(tracked)
             log.info("MLflow: %s", tracked.get("round_url") or tracked)
             if tracked.get("open_with"):

@@ -287,6 +287,24 @@ class Tracker:
             "champion_version": champion_version,
         }
 
+    def catch_up(self, records: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Log the rounds of ``records`` that MLflow lacks, or holds only in part (a round whose
+        ``decide`` could not reach the tracking server), oldest first; the round numbers logged.
+
+        A round MLflow holds complete is left alone, even if its record now differs: that is a
+        rewritten ledger, which `log_round` reports when that round is logged again."""
+        with self._calls(f"read the rounds of campaign {self.campaign!r}"):
+            runs = self._campaign_runs()
+        complete = {
+            self._round_of(run)
+            for run in runs
+            if self._is(run, "round") and run.data.tags.get(TAG_RECORD)
+        }
+        missing = [r for r in records if int(r["round"]) not in complete]
+        for record in sorted(missing, key=lambda r: int(r["round"])):
+            self.log_round(record)
+        return sorted(int(r["round"]) for r in missing)
+
     def champion(self) -> tuple[int | None, str] | None:
         """(round, version) the ``champion`` alias names, or None."""
         from mlflow.exceptions import MlflowException
