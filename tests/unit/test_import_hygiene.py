@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from package_modules import package_modules
+
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = [
     "boto3",
@@ -28,20 +30,6 @@ HEAVY = [
     # (a small dict) through provider discovery. Its hooks and operators live under .aws.
     "airflow.providers.amazon.aws",
 ]
-# Modules that only run inside a job process, never at DAG parse time.
-NOT_PARSE_TIME: set[str] = set()
-
-
-def package_modules() -> list[str]:
-    plugins = REPO / "plugins"
-    names = []
-    for path in sorted((plugins / "tuneloop").rglob("*.py")):
-        if path.stem == "__main__":  # runs a command when imported
-            continue
-        name = ".".join(path.relative_to(plugins).with_suffix("").parts).removesuffix(".__init__")
-        if not any(name == m or name.startswith(m + ".") for m in NOT_PARSE_TIME):
-            names.append(name)
-    return names
 
 
 def test_package_modules_load_no_heavy_library() -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grimp
 
+from package_modules import package_modules
+
 PACKAGE = Path(__file__).resolve().parents[2] / "plugins" / "tuneloop"
 MAX_FLAT_MODULES = 8
 
@@ -138,11 +140,7 @@ def exception_classes() -> list[tuple[str, type[BaseException]]]:
     import inspect
 
     found = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if path.stem == "__main__":  # runs a command when imported
-            continue
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-        name = ".".join(parts).removesuffix(".__init__")
+    for name in package_modules():
         module = importlib.import_module(name)
         for cls_name, cls in inspect.getmembers(module, inspect.isclass):
             is_error = issubclass(cls, BaseException) and not issubclass(cls, Warning)
