@@ -1,7 +1,8 @@
 """Reading and writing by URI: ``s3://bucket/key``, ``file:///path`` or a plain local path.
 
 Reads (whole, streamed, tar members), existence (HEAD on S3, stat locally), listings and
-write-once publication (`write_once`) all live here, so the rest of the package speaks URIs.
+write-once publication (`write_once`, on S3 only to a store shown to honour conditional writes:
+`require_conditional_writes`) all live here, so the rest of the package speaks URIs.
 S3 clients come from `tuneloop.aws` (the Airflow connection inside Airflow, boto3's default
 chain outside, one client per process). boto3 is imported only when an s3:// URI is touched,
 so modules a DAG imports at parse time can use this one freely.
@@ -10,8 +11,11 @@ so modules a DAG imports at parse time can use this one freely.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import tempfile
+import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +25,16 @@ from urllib.parse import urlparse
 from tuneloop import aws
 from tuneloop.errors import Problem, StorageError
 
+log = logging.getLogger(__name__)
+
 
 class ObjectExistsError(StorageError):
     """`write_once` found something at the URI already: another writer published it first."""
+
+
+class ConditionalWritesUnsupportedError(StorageError):
+    """The S3 store accepts ``If-None-Match: *`` without honouring it, so it cannot tell two
+    writers of one key apart: nothing may be written once there."""
 
 
 def is_s3(uri: str) -> bool:
@@ -64,21 +75,32 @@ def s3_client() -> Any:
     return aws.client("s3")
 
 
-def read_text(uri: str) -> str:
-    """The object's content as UTF-8 text; FileNotFoundError when it does not exist."""
+def read_text(uri: str, limit: int | None = None) -> str:
+    """The object's content as UTF-8 text; FileNotFoundError when it does not exist.
+
+    With ``limit``, at most ``limit + 1`` bytes are fetched (a ranged GET on S3) and a larger
+    object is a StorageError: a recipe named by a job must not be downloaded whole before its
+    size is known."""
     if is_s3(uri):
         from botocore.exceptions import BotoCoreError, ClientError
 
         bucket, key = split_s3(uri)
+        extra = {} if limit is None else {"Range": f"bytes=0-{limit}"}
         try:
-            body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            body = s3_client().get_object(Bucket=bucket, Key=key, **extra)["Body"].read()
         except (ClientError, BotoCoreError) as exc:
             raise _read_error(uri, exc) from None
-        return body.decode("utf-8")
-    path = local_path(uri)
-    if not path.is_file():
-        raise FileNotFoundError(uri)
-    return path.read_text(encoding="utf-8")
+    else:
+        path = local_path(uri)
+        if not path.is_file():
+            raise FileNotFoundError(uri)
+        with path.open("rb") as handle:
+            body = handle.read(-1 if limit is None else limit + 1)
+    if limit is not None and len(body) > limit:
+        raise StorageError(
+            [Problem("", f"is larger than {limit:,} bytes", source=uri, fix="name a smaller file")]
+        )
+    return body.decode("utf-8")
 
 
 def read_if_exists(uri: str) -> str | None:
@@ -195,7 +217,9 @@ def write_once(uri: str, data: bytes, *, content_type: str = "application/json")
     data is written to a temporary file and published with a hard link, which fails when the
     name exists (a rename would silently replace it); on S3 with ``If-None-Match: *``, which
     the service refuses (412) when the key exists, or (409) while another conditional write to
-    it is in flight.
+    it is in flight. Before its first S3 write to a bucket, the process checks that the store
+    honours that condition (`require_conditional_writes`, probing next to ``uri``):
+    ConditionalWritesUnsupportedError when it does not.
     """
     created = (
         _write_once_s3(uri, data, content_type) if is_s3(uri) else _write_once_local(uri, data)
@@ -242,24 +266,117 @@ def _create_exclusive(path: Path, data: bytes) -> bool:
 def _write_once_s3(uri: str, data: bytes, content_type: str) -> bool:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    try:
-        # Looked up first as well: some S3-compatible stores ignore If-None-Match.
-        if _head(uri):
-            return False
-    except (ClientError, BotoCoreError) as exc:
-        raise _access_error(uri, "check", exc) from None
+    # No existence check first: a HEAD then a PUT lets two writers both find the key free. The
+    # condition alone decides, on a store known to honour it.
+    require_conditional_writes(uri.rsplit("/", 1)[0])
     bucket, key = split_s3(uri)
     try:
         s3_client().put_object(
             Bucket=bucket, Key=key, Body=data, ContentType=content_type, IfNoneMatch="*"
         )
     except ClientError as exc:
-        if _error_code(exc) in {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}:
+        if _error_code(exc) in _CONDITION_REFUSED:
             return False
         raise _access_error(uri, "write", exc) from None
     except BotoCoreError as exc:
         raise _access_error(uri, "write", exc) from None
     return True
+
+
+# What S3 answers a conditional PUT of a key that exists (412), or of one another conditional
+# write is creating at that moment (409).
+_CONDITION_REFUSED = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+# What a store that does not implement the condition at all may answer.
+_CONDITION_UNIMPLEMENTED = frozenset({"NotImplemented", "501"})
+
+PROBE_PREFIX = ".tuneloop-conditional-write-probe-"
+"""Name (under the probed folder) of the object `require_conditional_writes` writes and removes."""
+
+_verdicts: dict[tuple[str, str], bool] = {}
+_verdicts_lock = threading.Lock()
+
+
+def require_conditional_writes(folder: str) -> None:
+    """Make sure the S3 store behind ``folder`` honours ``If-None-Match: *``; nothing locally.
+
+    Some S3-compatible stores accept the header and ignore it: every writer of a key is then
+    told it created it, which would let two runs record the same round. So the first time a
+    process writes once to a bucket (per endpoint), it puts a probe object under ``folder``
+    twice with the condition (the second put must be refused) and deletes it. The verdict is
+    kept for the process; ConditionalWritesUnsupportedError when the store ignores the
+    condition, StorageError when the probe cannot be written at all.
+    """
+    if not is_s3(folder):
+        return
+    bucket, _ = split_s3(folder)
+    verdict_key = (str(s3_client().meta.endpoint_url), bucket)
+    # Held while probing, so that concurrent first writers probe once, not once each.
+    with _verdicts_lock:
+        honoured = _verdicts.get(verdict_key)
+        if honoured is None:
+            honoured = _verdicts[verdict_key] = _probe_conditional_writes(folder)
+    if not honoured:
+        raise _unsupported_error(folder, verdict_key[0])
+
+
+def _probe_conditional_writes(folder: str) -> bool:
+    """Put one new probe key twice with ``If-None-Match: *``: True when the second is refused."""
+    probe = join(folder, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
+    # A store that refuses even a new key's conditional PUT has no condition to rely on either.
+    if not _conditional_put(probe, b"first", folder):
+        return False
+    try:
+        return not _conditional_put(probe, b"second", folder)
+    finally:
+        _remove_probe(probe)
+
+
+def _conditional_put(uri: str, data: bytes, folder: str) -> bool:
+    """PUT ``uri`` with ``If-None-Match: *``: True when the store took it, False when it refused
+    the condition or does not implement it; StorageError naming ``folder`` (the user's, not the
+    probe's name) for anything else."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as exc:
+        if _error_code(exc) in _CONDITION_REFUSED | _CONDITION_UNIMPLEMENTED:
+            return False
+        raise _access_error(folder, "write under", exc) from None
+    except BotoCoreError as exc:
+        raise _access_error(folder, "write under", exc) from None
+    return True
+
+
+def _remove_probe(uri: str) -> None:
+    """Delete the probe object; a store that refuses deletes keeps it, with a warning (the
+    verdict stands either way)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError) as exc:
+        log.warning("could not delete the probe object %s (%s); it is safe to delete", uri, exc)
+
+
+def _unsupported_error(folder: str, endpoint: str) -> ConditionalWritesUnsupportedError:
+    bucket, _ = split_s3(folder)
+    return ConditionalWritesUnsupportedError(
+        [
+            Problem(
+                "",
+                f"the S3 store at {endpoint} does not honour conditional writes (PUT with "
+                f"If-None-Match: *) in bucket {bucket}, and records written exactly once need "
+                "them: without them two runs could both record the same round; nothing was "
+                "written",
+                source=folder,
+                fix="use Amazon S3 or an S3-compatible store that supports conditional writes, "
+                "or set output_root to a local or shared filesystem folder",
+            )
+        ]
+    )
 
 
 def _error_code(exc: Exception) -> str:

@@ -119,11 +119,15 @@ def local_ledger(tmp_path: Path) -> Ledger:
 
 @pytest.fixture
 def s3_ledger(s3_server: str) -> Ledger:
-    from tuneloop.storage import s3_client
+    from tuneloop.storage import require_conditional_writes, s3_client
 
     bucket = f"ledger-{uuid.uuid4().hex[:12]}"
     s3_client().create_bucket(Bucket=bucket)
-    return Ledger(f"s3://{bucket}/tuneloop/demo")
+    ledger = Ledger(f"s3://{bucket}/tuneloop/demo")
+    # Probed here, as the ledger's first write would, so that the answers some tests inject
+    # at the client reach the record's PUT, not the probe's.
+    require_conditional_writes(ledger.root)
+    return ledger
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -259,11 +263,11 @@ def injected(event: str, handler: Callable[..., Any]) -> Iterator[None]:
         events.unregister(event, handler)
 
 
-def test_s3_conditional_put_refuses_a_writer_that_slipped_in_after_the_check(
+def test_s3_conditional_put_refuses_a_writer_that_got_there_first(
     s3_ledger: Ledger, s3_server: str
 ) -> None:
-    # Another run records round 1 between this ledger's existence check and its put: only the
-    # If-None-Match condition stands between them.
+    # Another run records round 1 just before this ledger's put: only the If-None-Match
+    # condition stands between them.
     import boto3
 
     from tuneloop.storage import split_s3
@@ -324,8 +328,9 @@ def test_s3_errors_name_the_uri(s3_server: str) -> None:
     ledger = Ledger("s3://no-such-bucket-for-the-ledger/demo")
     with pytest.raises(StorageError) as info:
         ledger.write(record(1, {"exact_match": 0.5}))
+    # The first write to a bucket is the probe of its conditional writes, under the ledger root.
     assert str(info.value).startswith(
-        "s3://no-such-bucket-for-the-ledger/demo/rounds/0001.json: cannot write it (NoSuchBucket"
+        "s3://no-such-bucket-for-the-ledger/demo: cannot write under it (NoSuchBucket"
     )
     with pytest.raises(StorageError) as info:
         ledger.records()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,34 @@ def test_read_if_exists(root: str) -> None:
     assert storage.read_if_exists(uri) == '{"é": 1}'
 
 
+def test_read_text_with_a_limit_fetches_no_more_than_it(root: str) -> None:
+    small, large = storage.join(root, "small.yaml"), storage.join(root, "large.yaml")
+    storage.write_once(small, b"a: 1\n")
+    storage.write_once(large, b"x" * 5000)
+    ranges: list[str] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        ranges.append(params.get("Range", ""))
+
+    events = storage.s3_client().meta.events
+    events.register("provide-client-params.s3.GetObject", record)
+    try:
+        assert storage.read_text(small, limit=100) == "a: 1\n"
+        with pytest.raises(StorageError, match=r"large\.yaml: is larger than 4,096 bytes"):
+            storage.read_text(large, limit=4096)
+    finally:
+        events.unregister("provide-client-params.s3.GetObject", record)
+    if root.startswith("s3://"):  # ranged GETs: never the whole object
+        assert ranges == ["bytes=0-100", "bytes=0-4096"]
+
+
 def test_a_missing_bucket_is_an_error_not_an_empty_folder(s3_server: str) -> None:
     gone = f"s3://storage-gone-{uuid.uuid4().hex[:8]}/root"
     with pytest.raises(StorageError, match=r"cannot read it \(NoSuchBucket"):
         storage.read_if_exists(f"{gone}/rounds/0001.json")
     with pytest.raises(StorageError, match=r"^s3://storage-gone-\w+/root/rounds: cannot list it"):
         storage.list_names(f"{gone}/rounds")
-    with pytest.raises(StorageError, match=r"cannot write it \(NoSuchBucket"):
+    with pytest.raises(StorageError, match=r"root/rounds: cannot write under it \(NoSuchBucket"):
         storage.write_once(f"{gone}/rounds/0001.json", b"{}")
 
 
@@ -129,10 +151,85 @@ def test_write_once_leaves_no_temporary_file_behind(tmp_path: Path) -> None:
 def test_write_once_on_s3_is_a_conditional_put(bucket: str, s3_calls: list) -> None:
     uri = f"s3://{bucket}/rounds/0001.json"
     storage.write_once(uri, b"{}")
-    # Looked up first (some S3-compatible stores ignore the condition), then put conditionally.
-    assert s3_calls == ["HeadObject", "PutObject"]
+    # The process's first write to the bucket probes the condition (a probe object put twice,
+    # the second refused, then deleted); the object itself is put conditionally, never looked
+    # up first (a HEAD then a PUT would let two writers both find the key free).
+    assert s3_calls == ["PutObject", "PutObject", "DeleteObject", "PutObject"]
+    s3_calls.clear()
+    storage.write_once(f"s3://{bucket}/rounds/0002.json", b"{}")
+    assert s3_calls == ["PutObject"]  # the verdict is kept for the bucket
     head = storage.s3_client().head_object(Bucket=bucket, Key="rounds/0001.json")
     assert head["ContentType"] == "application/json"
+    listing = storage.s3_client().list_objects_v2(Bucket=bucket)
+    assert [item["Key"] for item in listing["Contents"]] == ["rounds/0001.json", "rounds/0002.json"]
+
+
+def test_require_conditional_writes_does_nothing_locally(tmp_path: Path) -> None:
+    storage.require_conditional_writes(str(tmp_path / "root"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@contextmanager
+def answered(event: str, code: str, status: int) -> Iterator[None]:
+    """The process's S3 client gets ``code``/``status`` back for ``event`` inside the ``with``:
+    what a store says that moto does not."""
+    from botocore.awsrequest import AWSResponse
+
+    def answer(**_: object) -> tuple[AWSResponse, dict]:
+        response = AWSResponse(url="", status_code=status, headers={}, raw=None)
+        error = {"Code": code, "Message": f"{code} (answered by the test)"}
+        return response, {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+    events = storage.s3_client().meta.events
+    events.register_first(event, answer)
+    try:
+        yield
+    finally:
+        events.unregister(event, answer)
+
+
+def test_a_store_that_does_not_implement_the_condition_is_refused_once_for_all(
+    bucket: str, s3_calls: list
+) -> None:
+    uri = f"s3://{bucket}/root/rounds/0001.json"
+    with (
+        answered("before-call.s3.PutObject", "NotImplemented", 501),
+        pytest.raises(storage.ConditionalWritesUnsupportedError) as info,
+    ):
+        storage.write_once(uri, b"{}")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"s3://{bucket}/root/rounds: the S3 store at http://127.0.0.1:")
+    assert (
+        f"does not honour conditional writes (PUT with If-None-Match: *) in bucket {bucket}"
+        in message
+    )
+    assert "records written exactly once need them" in message
+    assert message.endswith(
+        "; fix: use Amazon S3 or an S3-compatible store that supports conditional writes, or "
+        "set output_root to a local or shared filesystem folder"
+    )
+    # The verdict holds for the process: the store is not asked again.
+    s3_calls.clear()
+    with pytest.raises(storage.ConditionalWritesUnsupportedError):
+        storage.write_once(uri, b"{}")
+    assert s3_calls == []
+    assert "Contents" not in storage.s3_client().list_objects_v2(Bucket=bucket)
+
+
+def test_a_probe_that_cannot_be_deleted_is_left_with_a_warning(
+    bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        answered("before-call.s3.DeleteObject", "AccessDenied", 403),
+        caplog.at_level("WARNING", logger="tuneloop.storage"),
+    ):
+        storage.write_once(f"s3://{bucket}/root/rounds/0001.json", b"{}")
+    listing = storage.s3_client().list_objects_v2(Bucket=bucket)
+    keys = sorted(item["Key"] for item in listing["Contents"])
+    assert keys[1] == "root/rounds/0001.json"
+    assert keys[0].startswith(f"root/rounds/{storage.PROBE_PREFIX}")
+    assert f"could not delete the probe object s3://{bucket}/{keys[0]}" in caplog.text
 
 
 # --- the AWS seam ------------------------------------------------------------------------------

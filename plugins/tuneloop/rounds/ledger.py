@@ -9,8 +9,10 @@ prefix)::
 A record is written exactly once, with `storage.write_once` (a hard link locally, ``If-None-Match:
 *`` on S3: both refuse a name that exists). Two runs that both believe they are round n therefore
 cannot both record it: the second gets `RoundAlreadyRecordedError`. A retry of the run that wrote
-the record gets the stored record back. The ledger speaks URIs only; how they are read, listed and
-written is `tuneloop.storage`'s business.
+the record gets the stored record back. An S3-compatible store that ignores ``If-None-Match`` would
+tell both runs they recorded the round, so the ledger writes to no store that has not shown, once
+per process and bucket, that it honours the condition (`storage.require_conditional_writes`). The
+ledger speaks URIs only; how they are read, listed and written is `tuneloop.storage`'s business.
 
 Round numbers, the champion and the history are derived from the records, never from dates, so
 schedules, manual triggers and backfills agree on them.
@@ -304,7 +306,7 @@ class Ledger:
         the run that recorded it gets the stored record back, unchanged.
         """
         uri = self.round_uri(record.round)
-        if _publish_once(uri, record.model_dump_json(indent=2)):
+        if self._publish_once(uri, record.model_dump_json(indent=2)):
             return record
         try:
             existing = self._load(uri)
@@ -418,7 +420,7 @@ class Ledger:
             attempt = latest.attempt + 1 if latest is not None else 1
             mine = claim.model_copy(update={"attempt": attempt})
             uri = self.claim_uri(number, attempt)
-            if _publish_once(uri, mine.model_dump_json(indent=2)):
+            if self._publish_once(uri, mine.model_dump_json(indent=2)):
                 return mine
             # Another run wrote this attempt first: look again (it is theirs unless it is ours).
 
@@ -442,12 +444,27 @@ class Ledger:
         """Record the base model's evaluation once; returns the stored one (the first writer's
         when two runs measured it, since it is the same measurement)."""
         uri = self.baseline_uri(record.digest)
-        if _publish_once(uri, record.model_dump_json(indent=2)):
+        if self._publish_once(uri, record.model_dump_json(indent=2)):
             return record
         existing = self.read_baseline(record.digest)
         return existing if existing is not None else record
 
-    # --- reading ----------------------------------------------------------------------------
+    # --- writing and reading ----------------------------------------------------------------
+
+    def _publish_once(self, uri: str, text: str) -> bool:
+        """Create ``uri`` with ``text`` unless it exists. True when this call created it.
+
+        On S3, the first write of the process to the ledger's bucket checks that the store
+        honours conditional writes (a probe under the ledger's root): on a store that ignores
+        them this raises ConditionalWritesUnsupportedError before anything is written, since
+        every writer would be told it recorded the round.
+        """
+        storage.require_conditional_writes(self.root)
+        try:
+            storage.write_once(uri, text.encode("utf-8"))
+        except storage.ObjectExistsError:
+            return False
+        return True
 
     def _load(self, uri: str) -> RoundRecord:
         text = storage.read_if_exists(uri)
@@ -568,12 +585,3 @@ def _parse(model: type[_R], uri: str, text: str) -> _R:
                 for error in exc.errors()
             ]
         ) from None
-
-
-def _publish_once(uri: str, text: str) -> bool:
-    """Create ``uri`` with ``text`` unless it exists. True when this call created it."""
-    try:
-        storage.write_once(uri, text.encode("utf-8"))
-    except storage.ObjectExistsError:
-        return False
-    return True
