@@ -7,8 +7,12 @@ validation errors are translated into `Problem` lines that point there.
 
 from __future__ import annotations
 
+import codecs
 import difflib
+import json
+import os
 import re
+import stat
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,6 +28,20 @@ from tuneloop.errors import ConfigError, Problem
 
 Loc = tuple[str | int, ...]
 
+MAX_DOCUMENT_BYTES = 1024 * 1024
+"""The largest campaign or recipe file read (the biggest shipped recipe is a few kilobytes)."""
+MAX_DEPTH = 64
+"""How deep values may nest (recipes nest five levels; Python's own stack ends near 1,000)."""
+MAX_NODES = 100_000
+"""Values a document may hold once aliases are expanded (``&a`` / ``*a`` can nest into billions)."""
+MAX_INT_DIGITS = 100
+"""Digits an integer may have: Python refuses to read or print one over 4,300 digits, and a
+hexadecimal or ``1:2:3`` (base 60) integer can grow past that without being read as decimal."""
+SHOWN_CHARACTERS = 80
+"""How much of a long value or key a problem line quotes."""
+MAX_PROBLEMS = 50
+"""Problems listed for one file; the rest are counted."""
+
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads ``1e-5`` as a float, as YAML 1.2 and the Nova launcher do.
@@ -33,7 +51,37 @@ class _Loader(yaml.SafeLoader):
 
     A value PyYAML's constructors reject with a plain Python error (an impossible date such as
     ``2026-13-45`` raises ValueError) becomes a YAML error at that value's line.
+
+    Composition stops at `MAX_DEPTH` levels and `MAX_NODES` values: PyYAML composes nested
+    values recursively, so 5,000 ``[`` would otherwise end in a RecursionError.
     """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._path: list[str | int | None] = []
+        self._composed = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)  # counted where it expands (_index_lines)
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        self._composed += 1
+        if self._composed > MAX_NODES:
+            message = f"more than {MAX_NODES:,} values in one file"
+            raise _LimitError(message, self._loc(), mark, "split the file, or keep data out of it")
+        if isinstance(index, yaml.ScalarNode):
+            self._path.append(index.value)  # a mapping's value, under its key
+        else:
+            self._path.append(index if isinstance(index, int) else None)
+        try:
+            if len(self._path) > MAX_DEPTH + 1:  # the first entry is the document itself
+                raise _LimitError(_too_deep(), self._loc()[:_SHOWN_LEVELS], mark, _SHALLOWER)
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+    def _loc(self) -> Loc:
+        return tuple(part for part in self._path[1:] if part is not None)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
@@ -43,7 +91,44 @@ class _Loader(yaml.SafeLoader):
         except yaml.constructor.ConstructorError as exc:
             raise _ValueError(str(exc.problem), node) from None
         except (ValueError, TypeError, OverflowError) as exc:
-            raise _ValueError(f"cannot read {node.value!r}: {exc}", node) from None
+            raise _ValueError(f"cannot read {shorten(node.value)}: {exc}", node) from None
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        digits = str(node.value).replace("_", "").lstrip("+-")
+        digits = digits[2:] if digits[:2] in ("0b", "0x") else digits
+        digits = digits.replace(":", "")
+        if len(digits) > MAX_INT_DIGITS:
+            raise _IntegerTooLarge(
+                f"an integer of {len(digits):,} digits is too large (at most {MAX_INT_DIGITS})",
+                node,
+            )
+        return int(super().construct_yaml_int(node))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+_SHOWN_LEVELS = 4
+"""How much of a too-deep value's path a problem names (its line says where the rest is)."""
+_FEWER_VALUES = "write the values out instead of nesting aliases, or split the file"
+_SHALLOWER = "flatten the structure: no campaign or recipe field nests this deep"
+
+
+def _too_deep() -> str:
+    return f"values nest more than {MAX_DEPTH} levels deep"
+
+
+class _LimitError(yaml.YAMLError):
+    """A document past one of the limits above, where composition stopped."""
+
+    def __init__(self, message: str, loc: Loc, mark: yaml.Mark, fix: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+        self.line = mark.line + 1
+        self.fix = fix
+
+    def problem(self, source: str) -> Problem:
+        return Problem(format_loc(self.loc), self.message, source, self.line, fix=self.fix)
 
 
 class _ValueError(yaml.constructor.ConstructorError):
@@ -52,6 +137,10 @@ class _ValueError(yaml.constructor.ConstructorError):
     def __init__(self, problem: str, node: yaml.Node) -> None:
         super().__init__(None, None, problem, node.start_mark)
         self.node = node
+
+
+class _IntegerTooLarge(_ValueError):
+    """An integer past `MAX_INT_DIGITS`: refused on the command line too, not read as text."""
 
 
 _Loader.add_implicit_resolver(
@@ -68,12 +157,40 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_scalar(text: str) -> Any:
-    """Read a command-line value the way the same text would read in a YAML file."""
+def parse_scalar(text: str, name: str | None = None) -> Any:
+    """Read a command-line value the way the same text would read in a YAML file.
+
+    Text that is not YAML stays text. A value past the document limits (an integer of 5,000
+    digits, aliases that expand into billions of values, nesting 5,000 deep) stays text too,
+    unless ``name`` (the ``--set`` key) is given: then it is a ConfigError naming it.
+    """
     try:
-        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
+        loader = _Loader(text)
     except yaml.YAMLError:
         return text
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        walk = _Walk("--set", root)
+        walk.index(root, ())
+        if walk.problems:
+            refused = walk.problems[0]
+            return _refuse_set(text, name, refused.message, refused.fix)
+        return loader.construct_document(root)  # a SafeLoader subclass: safe
+    except (_LimitError, _IntegerTooLarge) as exc:
+        fix = exc.fix if isinstance(exc, _LimitError) else None
+        return _refuse_set(text, name, str(getattr(exc, "problem", exc)), fix)
+    except yaml.YAMLError:
+        return text
+    finally:
+        loader.dispose()
+
+
+def _refuse_set(text: str, name: str | None, message: str, fix: str | None) -> str:
+    if name is None:
+        return text
+    raise ConfigError([Problem(name, message, source="--set", fix=fix)])
 
 
 def dump_yaml(data: Any) -> str:
@@ -111,20 +228,107 @@ def load_document(path: str | Path, text: str | None = None) -> Document:
     """Parse a YAML file whose top level must be a mapping. Raises ConfigError with locations."""
     source = str(path)
     if text is None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError([Problem("", "file not found", source=source)]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([Problem("", f"cannot read file: {exc}", source=source)]) from None
+        text = read_config_text(path)
     return parse_document(text, source)
 
 
-MAX_NODES = 200_000
-"""Values a document may hold once aliases are expanded (``&a`` / ``*a`` can nest into billions)."""
+def read_config_text(path: str | Path, limit: int = MAX_DOCUMENT_BYTES) -> str:
+    """The UTF-8 text of a campaign or recipe file (a leading byte-order mark dropped).
+
+    Only a regular file of at most ``limit`` bytes is read, and never more than ``limit + 1``
+    bytes of it: a FIFO would block, ``/dev/zero`` never ends, and a 100 MB file would take
+    gigabytes to parse. Anything else is a ConfigError naming the file.
+    """
+    source = str(path)
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_a_file(source, info.st_mode)
+        if info.st_size > limit:
+            raise _too_large(source, f"{info.st_size:,} bytes", limit)
+        # O_NONBLOCK: a FIFO swapped in after the check opens at once instead of waiting.
+        handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            info = os.fstat(handle)
+            if not stat.S_ISREG(info.st_mode):
+                raise _not_a_file(source, info.st_mode)
+            data = _read_at_most(handle, limit + 1)
+        finally:
+            os.close(handle)
+    except FileNotFoundError:
+        raise ConfigError([Problem("", "file not found", source=source)]) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError([Problem("", f"cannot read file: {reason}", source=source)]) from None
+    except ValueError:  # os.stat refuses a name with a NUL character in it
+        message = "cannot read file: its name holds a NUL character"
+        raise ConfigError([Problem("", message, source=ascii(source))]) from None
+    if len(data) > limit:  # it grew after the size check, or (like /proc files) has no size
+        raise _too_large(source, f"more than {limit:,} bytes", limit)
+    return _utf8_text(data, source)
+
+
+def _read_at_most(handle: int, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.read(handle, min(size, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _not_a_file(source: str, mode: int) -> ConfigError:
+    what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a pipe, device or socket)"
+    message = f"{what}; a campaign or recipe is a YAML file"
+    return ConfigError([Problem("", message, source=source, fix="name a .yaml file")])
+
+
+def _too_large(source: str, size: str, limit: int) -> ConfigError:
+    return ConfigError(
+        [
+            Problem(
+                "",
+                f"the file is {size}; a campaign or recipe may have at most {limit:,}",
+                source=source,
+                fix="keep data out of the file: name datasets by path or URI",
+            )
+        ]
+    )
+
+
+def _utf8_text(data: bytes, source: str) -> str:
+    try:
+        return data.decode("utf-8-sig" if data.startswith(codecs.BOM_UTF8) else "utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            [
+                Problem(
+                    "",
+                    f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot start or continue "
+                    "a character",
+                    source=source,
+                    line=line,
+                    fix="save the file as UTF-8",
+                )
+            ]
+        ) from None
 
 
 def parse_document(text: str, source: str) -> Document:
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise ConfigError(
+            [
+                Problem(
+                    "",
+                    f"the text is {len(text):,} characters; a campaign or recipe may have at "
+                    f"most {MAX_DOCUMENT_BYTES:,}",
+                    source=source,
+                )
+            ]
+        )
     try:
         loader = _Loader(text)  # the reader refuses control characters at once
     except yaml.YAMLError as exc:
@@ -132,6 +336,8 @@ def parse_document(text: str, source: str) -> Document:
     try:
         try:
             root = loader.get_single_node()
+        except _LimitError as exc:
+            raise ConfigError([exc.problem(source)]) from None
         except yaml.YAMLError as exc:
             raise _yaml_problem(exc, source) from None
         if root is None:
@@ -147,12 +353,10 @@ def parse_document(text: str, source: str) -> Document:
                     )
                 ]
             )
-        lines: dict[Loc, int] = {(): root.start_mark.line + 1}
-        problems: list[Problem] = []
-        walk = _Walk()
-        _index_lines(root, (), lines, problems, source, walk)
-        if problems:
-            raise ConfigError(problems)
+        walk = _Walk(source, root)
+        walk.index(root, ())
+        if walk.problems:
+            raise ConfigError(at_most(walk.problems, MAX_PROBLEMS))
         try:
             data = loader.construct_document(root)  # a SafeLoader subclass: safe
         except yaml.YAMLError as exc:
@@ -160,7 +364,7 @@ def parse_document(text: str, source: str) -> Document:
             raise _yaml_problem(exc, source, loc=walk.locs.get(id(node), ())) from None
     finally:
         loader.dispose()
-    return Document(data=data, source=source, lines=lines)
+    return Document(data=data, source=source, lines=walk.lines)
 
 
 def _yaml_problem(exc: yaml.YAMLError, source: str, text: str = "", loc: Loc = ()) -> ConfigError:
@@ -178,105 +382,168 @@ def _yaml_problem(exc: yaml.YAMLError, source: str, text: str = "", loc: Loc = (
 
 
 class _Walk:
-    """What `_index_lines` has seen: the nodes on the current path (an alias that contains
-    itself) and how many values there are in all (aliases that expand without end)."""
+    """One pass over the composed nodes, aliases expanded: the line of every field, and what
+    PyYAML would let through silently (duplicate keys, keys that are not names) or would expand
+    without end (an alias that contains itself, aliases nested into billions of values).
 
-    def __init__(self) -> None:
+    A node an alias repeats is checked once: a mistake in it is one problem, not one per use.
+    """
+
+    def __init__(self, source: str, root: yaml.Node) -> None:
+        self.source = source
+        self.lines: dict[Loc, int] = {(): root.start_mark.line + 1}
+        self.problems: list[Problem] = []
         self.path: set[int] = set()
+        """The nodes from the root to here: meeting one again is a recursive alias."""
         self.count = 0
         self.locs: dict[int, Loc] = {}
         """Where each node was first met, to name the field of a value that cannot be read."""
+        self.reported: set[str] = set()
+        self.stopped = False
+        """Whether a limit was met: the walk ends there."""
 
+    def report(
+        self, loc: Loc, line: int, message: str, fix: str | None = None, once: str = ""
+    ) -> None:
+        if once:
+            if once in self.reported:
+                return
+            self.reported.add(once)
+        self.problems.append(Problem(format_loc(loc), message, self.source, line, fix=fix))
 
-def _index_lines(
-    node: yaml.Node,
-    loc: Loc,
-    lines: dict[Loc, int],
-    problems: list[Problem],
-    source: str,
-    walk: _Walk,
-) -> None:
-    walk.count += 1
-    walk.locs.setdefault(id(node), loc)
-    if walk.count > MAX_NODES:
-        if walk.count == MAX_NODES + 1:
-            problems.append(
-                Problem(
-                    format_loc(loc),
-                    f"more than {MAX_NODES:,} values once aliases (*name) are expanded",
-                    source=source,
-                    line=node.start_mark.line + 1,
-                    fix="write the values out instead of nesting aliases",
-                )
-            )
-        return
-    if id(node) in walk.path:
-        problems.append(
-            Problem(
-                format_loc(loc),
-                "a recursive alias: this value contains itself",
-                source=source,
-                line=node.start_mark.line + 1,
-                fix="remove the alias (*name) that points back to its own anchor (&name)",
-            )
-        )
-        return
-    if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
-        return
-    walk.path.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
+    def index(self, node: yaml.Node, loc: Loc) -> None:
+        if self.stopped:
+            return
+        self.count += 1
+        first_visit = id(node) not in self.locs
+        self.locs.setdefault(id(node), loc)
+        line = node.start_mark.line + 1
+        if self.count > MAX_NODES:
+            message = f"more than {MAX_NODES:,} values once aliases (*name) are expanded"
+            self.report(loc, line, message, _FEWER_VALUES)
+            self.stopped = True  # one line for the limit, not one per value past it
+            return
+        if len(loc) > MAX_DEPTH:
+            message = _too_deep() + " once aliases (*name) are expanded"
+            self.report(loc[:_SHOWN_LEVELS], line, message, _SHALLOWER)
+            self.stopped = True
+            return
+        if id(node) in self.path:
+            message = "a recursive alias: this value contains itself"
+            fix = "remove the alias (*name) that points back to its own anchor (&name)"
+            self.report(loc, line, message, fix, once=f"recursive {id(node)}")
+            return
+        if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            return
+        self.path.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            self._index_mapping(node, loc, first_visit)
+        else:
+            for index, item in enumerate(node.value):
+                self.lines[(*loc, index)] = item.start_mark.line + 1
+                self.index(item, (*loc, index))
+        self.path.discard(id(node))
+
+    def _index_mapping(self, node: yaml.MappingNode, loc: Loc, check_keys: bool) -> None:
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
-            if not isinstance(key_node, yaml.ScalarNode):
-                problems.append(
-                    Problem(
-                        format_loc(loc),
-                        "a key must be a plain name, not a list or mapping",
-                        source=source,
-                        line=line,
-                    )
-                )
+            refused = _key_problem(key_node)
+            if refused is not None:
+                if check_keys:
+                    self.report(loc, line, *refused)
                 continue
-            key = key_node.value
-            if key in seen:
+            key = str(key_node.value)
+            if key in seen and check_keys:
                 # PyYAML keeps the last value silently; a hand-edited recipe with two `lr:` keys
                 # is almost always a mistake, and the first one is the one the user is reading.
-                problems.append(
-                    Problem(
-                        format_loc((*loc, key)),
-                        f"duplicate key (first set on line {seen[key]})",
-                        source=source,
-                        line=line,
-                        fix="keep one of the two",
-                    )
-                )
+                message = f"duplicate key (first set on line {seen[key]})"
+                self.report((*loc, key), line, message, "keep one of the two")
             seen[key] = line
-            lines[(*loc, key)] = line
-            _index_lines(value_node, (*loc, key), lines, problems, source, walk)
-    else:
-        for index, item in enumerate(node.value):
-            lines[(*loc, index)] = item.start_mark.line + 1
-            _index_lines(item, (*loc, index), lines, problems, source, walk)
-    walk.path.discard(id(node))
+            self.lines[(*loc, key)] = line
+            self.index(value_node, (*loc, key))
+
+
+_NAME_TAGS = {"tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"}
+"""Keys a campaign or recipe can use: text, and ``<<`` (merge the mapping an alias names)."""
+
+
+_KEY_KINDS = {
+    "null": "null (no value)",
+    "bool": "true or false",
+    "int": "a number",
+    "float": "a number",
+    "timestamp": "a date",
+}
+
+
+def _key_problem(key_node: yaml.Node) -> tuple[str, str] | None:
+    """Why a key cannot name a field (``~``, ``5``, ``yes``, ``[a, b]``), or None."""
+    if not isinstance(key_node, yaml.ScalarNode):
+        return (
+            "a key must be a plain name, not a list or mapping",
+            "write the key as a name (text)",
+        )
+    if key_node.tag in _NAME_TAGS:
+        return None
+    kind = str(key_node.tag).removeprefix("tag:yaml.org,2002:")
+    value = str(key_node.value)
+    return (
+        f"the key {shorten(value)} reads as {_KEY_KINDS.get(kind, kind)}, not as a name",
+        f"quote it ({json.dumps(value[:SHOWN_CHARACTERS])}) or rename it",
+    )
 
 
 def format_loc(loc: Sequence[str | int]) -> str:
+    """``("stages", 1, "recipe")`` -> ``stages[1].recipe``; a key that is not a plain name
+    (empty, with brackets, quotes, spaces around it or a line break) reads ``["a[0]"]``, so a
+    problem stays one line and `parse_loc` can find the key again."""
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif _is_plain_key(part):
+            text += f".{part}" if text else part
         else:
-            text += f".{part}" if text else str(part)
+            shown = part if len(part) <= SHOWN_CHARACTERS else part[:SHOWN_CHARACTERS] + "..."
+            text += f"[{json.dumps(str(shown))}]"  # ASCII only: no character splits the line
     return text
+
+
+_ODD_KEY = re.compile(r'[\[\]"]')
+
+
+def _is_plain_key(part: str) -> bool:
+    return (
+        isinstance(part, str)
+        and 0 < len(part) <= SHOWN_CHARACTERS
+        and part.isprintable()
+        and part == part.strip()
+        and not _ODD_KEY.search(part)
+    )
 
 
 def parse_loc(path: str) -> Loc:
     """The inverse of `format_loc`: ``stages[1].recipe`` -> ``("stages", 1, "recipe")``."""
     return tuple(
-        int(piece.group(2)) if piece.group(2) is not None else piece.group(1)
-        for piece in re.finditer(r"([^.\[\]]+)|\[(\d+)\]", path)
+        _loc_part(piece)
+        for piece in re.finditer(r'([^.\[\]]+)|\[(\d+)\]|\[("(?:[^"\\]|\\.)*")\]', path)
     )
+
+
+def _loc_part(piece: re.Match[str]) -> str | int:
+    if piece.group(2) is not None:
+        return int(piece.group(2))
+    if piece.group(3) is not None:
+        return str(json.loads(piece.group(3)))
+    return piece.group(1)
+
+
+def shorten(value: str) -> str:
+    """``value`` quoted for a problem line, cut to its first `SHOWN_CHARACTERS` characters."""
+    if len(value) <= SHOWN_CHARACTERS:
+        return repr(value)
+    return f"{value[:SHOWN_CHARACTERS]!r}... ({len(value):,} characters)"
 
 
 # --- pydantic errors -> Problems -------------------------------------------------------------
@@ -303,7 +570,17 @@ def problems_from_validation_error(
             problems.append(document.problem(full, message, allowed=allowed))
         else:
             problems.append(Problem(format_loc(full), message, allowed=allowed))
-    return sorted(problems, key=lambda p: p.line or 0)
+    return at_most(sorted(problems, key=lambda p: p.line or 0), MAX_PROBLEMS)
+
+
+def at_most(problems: list[Problem], limit: int) -> list[Problem]:
+    """The first ``limit`` problems and a line counting the rest: a file of 50,000 duplicate
+    or unknown keys is better told by its first mistakes than by 50,000 lines."""
+    if len(problems) <= limit:
+        return problems
+    rest = len(problems) - limit
+    source = problems[limit].source
+    return [*problems[:limit], Problem("", f"and {rest:,} more problems", source=source)]
 
 
 def _is_union_tag(part: str | int) -> bool:
@@ -346,9 +623,12 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, str):
-        return repr(value)
+        return shorten(value)
     if isinstance(value, (dict, list)):
         return type(value).__name__
+    if isinstance(value, int) and value.bit_length() > 4 * MAX_INT_DIGITS:
+        # Python cannot print an integer over 4,300 digits; none this long is worth printing.
+        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
     return str(value)
 
 

@@ -51,3 +51,17 @@ def test_a_jobs_root_that_is_a_file_is_refused(
     err = capsys.readouterr().err
     assert f"--root: {a_file} is not a folder" in err and "Traceback" not in err
     assert a_file.read_text() == "not a folder"
+
+
+def test_local_run_refuses_a_recipe_it_cannot_train_before_starting_a_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "deep.yaml"
+    recipe.write_text("run:\n  name: deep\ntraining_config: " + "[" * 5000 + "\n")
+    root = tmp_path / "jobs"
+    argv = ["local", "run", str(recipe), "--root", str(root), "--output", str(tmp_path / "out")]
+    code = main(argv)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{recipe}:3" in err and "nest more than 64 levels" in err and "Traceback" not in err
+    assert not (root / "deep").exists()  # no job process was started

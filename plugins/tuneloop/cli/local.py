@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from tuneloop.cli.exit_codes import EXIT_INVALID, EXIT_OK
-from tuneloop.errors import Problem, TuneloopError
+from tuneloop.errors import ConfigError, Problem, TuneloopError
 
 
 def add_local_commands(commands: Any) -> None:
@@ -126,15 +126,13 @@ def _local_runner(args: argparse.Namespace) -> Any:
 
 
 def _local_defaults(path: str) -> tuple[str | None, str | None]:
-    """The recipe's run.name and kind, when the file says."""
-    import yaml
+    """The recipe's run.name and kind, when the file says. A file that does not load gives
+    no defaults: rendering it for the job reports why, at its line."""
+    from tuneloop.documents import load_document
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError):
-        return None, None
-    if not isinstance(data, dict):
+        data = load_document(path).data  # bounded: size, depth, aliases, regular files only
+    except ConfigError:
         return None, None
     run = data.get("run")
     if not isinstance(run, dict):
@@ -175,6 +173,12 @@ def _local_run(args: argparse.Namespace) -> int:
         problems = [Problem("--name", p.message, allowed=p.allowed) for p in exc.problems]
         raise TuneloopError(problems) from None
     runner = _local_runner(args)
+    entrypoint = args.entrypoint or DEFAULT_ENTRYPOINT
+    if entrypoint == DEFAULT_ENTRYPOINT:
+        # Fail here, in one line, before a job process starts for a recipe it cannot train.
+        from tuneloop.local.train import load_recipe
+
+        load_recipe(str(recipe), args.kind or kind or "")
     adopted = runner.exists(name)
     spec = JobSpec(
         name=name,
@@ -182,7 +186,7 @@ def _local_run(args: argparse.Namespace) -> int:
         recipe=str(recipe.absolute()),
         kind=args.kind or kind or "",
         labels=labels,
-        entrypoint=args.entrypoint or DEFAULT_ENTRYPOINT,
+        entrypoint=entrypoint,
         python_path=[os.getcwd()],
     )
     _hear_ctrl_c()

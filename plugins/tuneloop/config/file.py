@@ -7,6 +7,7 @@ user wrote.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,13 @@ from pydantic import ValidationError
 from tuneloop import storage
 from tuneloop.artifacts.manifest import Checkpoint, read_checkpoint_record, read_checkpoint_uri
 from tuneloop.config.campaign import Campaign
-from tuneloop.config.paths import absolute
-from tuneloop.documents import Document, load_document, problems_from_validation_error
+from tuneloop.config.paths import absolute, project_dir
+from tuneloop.documents import (
+    Document,
+    load_document,
+    problems_from_validation_error,
+    read_config_text,
+)
 from tuneloop.errors import CampaignError, ConfigError, ModelConfigNotFoundError, Problem
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import MODELS, PLACEHOLDER_PREFIX, Platform
@@ -62,14 +68,12 @@ def load_campaign(path: str | Path) -> CampaignFile:
 
 
 def read_campaign_text(path: str | Path) -> str:
-    """The campaign file's text; a missing or unreadable file is a CampaignError naming it."""
-    source = str(path)
+    """The campaign file's text; a missing, unreadable, oversized or non-regular file (a FIFO,
+    a device, a folder) is a CampaignError naming it, and no more than the size cap is read."""
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CampaignError([Problem("", "file not found", source=source)]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CampaignError([Problem("", f"cannot read file: {exc}", source=source)]) from None
+        return read_config_text(path)
+    except ConfigError as exc:
+        raise CampaignError(exc.problems) from None
 
 
 def parse_campaign(text: str, source: str | Path) -> CampaignFile:
@@ -105,16 +109,133 @@ def load_for_rounds(path: str | Path) -> CampaignFile:
 # --- the plan ----------------------------------------------------------------------------------
 
 
+RECIPE_ROOTS_ENV = "TUNELOOP_RECIPE_ROOTS"
+
+
+def recipe_roots() -> list[Path]:
+    """The folders recipe templates may be read from, symlinks followed: the repository's
+    recipes/ (`recipes_root`), the campaigns folder (`campaigns_folder`: its path is set by
+    whoever runs tuneloop, so templates kept beside the campaigns there stay usable), and each
+    folder in $TUNELOOP_RECIPE_ROOTS (separated by the path separator, ``:`` on Linux; a
+    relative one is taken from the project folder, ``$TUNELOOP_PROJECT_DIR``).
+
+    A campaign cannot add a root itself: the file whose references are being confined must not
+    be able to widen its own confinement."""
+    named = [recipes_root(), campaigns_folder()]
+    for part in os.environ.get(RECIPE_ROOTS_ENV, "").split(os.pathsep):
+        if part.strip():
+            named.append(project_dir() / part.strip())  # an absolute part replaces the base
+    real = [folder.resolve() for folder in named]
+    # A root inside another adds nothing (recipes/campaigns is inside recipes/ by default).
+    return [
+        root
+        for index, root in enumerate(real)
+        if root not in real[:index]
+        and not any(root != other and root.is_relative_to(other) for other in real)
+    ]
+
+
 def find_template(cf: CampaignFile, reference: str) -> Path | None:
+    """The recipe template a campaign's ``recipe:`` names, or None when there is none it may
+    use (not found, outside the recipe roots, or not a regular file); `locate_recipe` says
+    which."""
+    try:
+        return locate_recipe(cf, reference, ())
+    except CampaignError:
+        return None
+
+
+def locate_recipe(cf: CampaignFile, reference: str, loc: tuple[str | int, ...]) -> Path:
+    """The real path of the recipe template that ``reference`` (the campaign's field at
+    ``loc``, e.g. ``stages[0].recipe``) names. Nothing is opened here.
+
+    A relative reference is looked up in the campaign file's folder, then that folder's
+    parent, then each recipe root (`recipe_roots`); the first that exists is the one meant.
+    Whichever it is, its real path (``..`` and symlinks resolved) must lie inside a recipe
+    root: the campaign's own folder is a place to look, not a root, so a campaign kept
+    elsewhere names repository templates relatively (``nova/nova-2-lite/sft-lora.yaml``) or
+    its own through a symlink into a root or a folder added to $TUNELOOP_RECIPE_ROOTS. An
+    absolute reference outside the roots is refused whether or not it exists (the answer must
+    not tell a campaign which files the machine has).
+    Only a regular file counts (a folder, FIFO or device is refused, not opened).
+
+    Raises CampaignError with one problem at ``loc``: not found, outside the roots, or not a
+    regular file; the message never shows anything read from the file.
+    """
+    roots = recipe_roots()
+    target = _recipe_target(cf, reference, roots)
+    if target is None:
+        raise CampaignError(
+            [
+                cf.problem(
+                    (*loc, "recipe"),
+                    f"recipe template {reference!r} not found",
+                    fix=f"give a path relative to {cf.path.parent}, its parent, or a recipe "
+                    f"root ({_shown_roots(roots)})",
+                )
+            ]
+        )
+    if not _inside(target, roots):
+        raise CampaignError(
+            [
+                cf.problem(
+                    (*loc, "recipe"),
+                    f"recipe template {reference!r} is outside the recipe roots, so it is not read",
+                    allowed=f"templates inside {_shown_roots(roots)}",
+                    fix=f"put the template under {recipes_root()}, or add its folder to "
+                    f"${RECIPE_ROOTS_ENV} (folders separated by {os.pathsep!r})",
+                )
+            ]
+        )
+    if not _regular_file(target):
+        raise CampaignError(
+            [
+                cf.problem(
+                    (*loc, "recipe"),
+                    f"recipe template {reference!r} is not a regular file",
+                    fix="name a recipe YAML file",
+                )
+            ]
+        )
+    return target
+
+
+def _recipe_target(cf: CampaignFile, reference: str, roots: list[Path]) -> Path | None:
+    """The real path ``reference`` names: the first candidate that exists; for an absolute
+    reference outside the roots, that path itself, unchecked (None when nothing exists)."""
+    if not reference or "\x00" in reference:
+        return None
     path = Path(reference)
     if path.is_absolute():
-        return path if path.is_file() else None
-    here = cf.path.resolve().parent
-    for folder in (here, here.parent, recipes_root()):
-        candidate = folder / path
-        if candidate.is_file():
-            return candidate
+        candidates = [path]
+    else:
+        here = cf.path.resolve().parent
+        candidates = [folder / path for folder in (here, here.parent, *roots)]
+    for candidate in candidates:
+        try:
+            real = candidate.resolve()
+            if path.is_absolute() and not _inside(real, roots):
+                return real  # refused without asking whether it exists
+            if real.exists():
+                return real
+        except (OSError, RuntimeError):  # a name too long, a symlink loop
+            continue
     return None
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def _regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.stat().st_mode)  # stat, not open: a FIFO would block
+    except OSError:
+        return False
+
+
+def _shown_roots(roots: list[Path]) -> str:
+    return ", ".join(str(root) for root in roots)
 
 
 def resolve_base(cf: CampaignFile, *, offline: bool) -> tuple[str, Checkpoint | None]:

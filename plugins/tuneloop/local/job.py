@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tuneloop.errors import TuneloopError
 from tuneloop.local.runner import (
     LOG_FILE,
     PROGRESS_INTERVAL_ENV,
@@ -215,7 +216,8 @@ def run(directory: Path) -> int:
 
 
 def _failed(directory: Path, reporter: ProgressReporter, exc: BaseException) -> int:
-    traceback.print_exc()
+    if not isinstance(exc, TuneloopError):  # a typed error's message already says what and where
+        traceback.print_exc()
     message = f"{type(exc).__name__}: {exc}"
     log(f"job failed: {message}")
     _end(directory, JobState.FAILED, message, REASON_ERROR, progress=reporter.pending())

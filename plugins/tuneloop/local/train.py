@@ -33,7 +33,7 @@ from typing import Any
 
 from tuneloop import storage
 from tuneloop.artifacts.manifest import MANIFEST, Checkpoint, read_checkpoint, read_checkpoint_uri
-from tuneloop.documents import Document, load_document
+from tuneloop.documents import MAX_DOCUMENT_BYTES, Document, load_document
 from tuneloop.errors import ConfigError, ModelTypeMismatchError, PlatformMismatchError, Problem
 from tuneloop.local import outputs
 from tuneloop.recipes.catalog import Method, Platform
@@ -79,7 +79,7 @@ def load_recipe(recipe: Any, kind: str = "") -> RenderedRecipe:
     elif isinstance(recipe, str | Path) and str(recipe):
         text = str(recipe)
         if storage.is_s3(text):
-            template = load_document(text, storage.read_text(text))
+            template = load_document(text, storage.read_text(text, limit=MAX_DOCUMENT_BYTES))
         else:
             template = storage.local_path(text)
     else:

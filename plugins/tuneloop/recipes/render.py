@@ -133,7 +133,10 @@ def parse_set_options(items: Iterable[str]) -> dict[str, Any]:
                 )
             )
             continue
-        overrides[key] = parse_scalar(value)
+        try:
+            overrides[key] = parse_scalar(value, name=key)
+        except ConfigError as exc:  # a value past the document limits, named by its key
+            problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems)
     return overrides
@@ -319,6 +322,7 @@ def render_recipe(
         document = template if isinstance(template, Document) else load_document(template)
     except ConfigError as exc:
         raise RecipeError(exc.problems) from None
+    _refuse_non_recipe(document)
     overrides = dict(overrides or {})
     origins = dict(origins or {})
     for key in overrides:
@@ -364,6 +368,34 @@ def render_recipe(
         spec=spec,
         source=document.source,
         warnings=recipe_warnings,
+    )
+
+
+RECIPE_SECTIONS = tuple(
+    dict.fromkeys(name for m in RECIPE_MODELS.values() for name in m.model_fields)
+)
+"""The top-level keys a recipe is made of (``run``, ``training_config``, ``evaluation``, ...)."""
+
+
+def _refuse_non_recipe(document: Document) -> None:
+    """One problem, and none of the file's keys shown, for a YAML mapping that is no recipe.
+
+    Listing every unknown key of such a file (a credentials file, someone's notes) would print
+    its content line by line; a recipe has at least one recipe section."""
+    if any(key in RECIPE_SECTIONS for key in document.data):
+        return
+    raise RecipeError(
+        [
+            Problem(
+                "",
+                f"not a recipe: none of its {len(document.data)} top-level keys is a recipe "
+                "section",
+                source=document.source,
+                line=document.lines.get(()),
+                allowed=", ".join(RECIPE_SECTIONS),
+                fix="name a recipe template, such as one under recipes/nova or recipes/local",
+            )
+        ]
     )
 
 
