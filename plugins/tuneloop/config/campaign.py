@@ -14,35 +14,107 @@ import re
 from datetime import date
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from tuneloop.config import cron
+from tuneloop.recipes import s3_uri
 from tuneloop.recipes.catalog import MODELS, Method, Platform, Technique
 from tuneloop.recipes.strict import StrictModel, matching
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}\Z")
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}\Z")
-CRON_PRESETS = frozenset(
-    {"@once", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
-)
-CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+\Z")
+CRON_PRESETS = frozenset(cron.PRESETS)
+S3_FOLDER_EXAMPLE = "s3://my-ml-bucket/tuneloop"
+
+
+def _not_escrow(uri: str, what: str) -> None:
+    """Refuse ``uri`` in the service's escrow bucket: it holds the checkpoints the service
+    trains, and ``what`` must go to a bucket the user owns."""
+    if s3_uri.is_escrow(uri):
+        raise PydanticCustomError(
+            "escrow_bucket",
+            "{text}",
+            {
+                "text": f"{s3_uri.shown(uri)} is in the service's escrow bucket, which holds the "
+                f"checkpoints it trains; {what} go to a bucket your account owns; fix: use a "
+                "folder in an S3 bucket of your own",
+                "allowed": f"an s3:// folder in a bucket you own, e.g. {S3_FOLDER_EXAMPLE}",
+            },
+        )
+
+
+def _owned_s3_folder(value: str) -> str:
+    """The AWS backends' output root: a valid S3 URI in a bucket the user owns."""
+    if not s3_uri.looks_like_s3(value):
+        raise PydanticCustomError(
+            "pattern_mismatch",
+            "{value} is not {what}",
+            {
+                "value": repr(value),
+                "what": "an s3:// folder in a bucket you own",
+                "allowed": f"e.g. {S3_FOLDER_EXAMPLE}",
+            },
+        )
+    return _owned_folder(value)
+
+
+def _owned_folder(value: str) -> str:
+    """An output root: a local folder, or a valid S3 URI in a bucket the user owns."""
+    s3_uri.checked_if_s3(value)
+    _not_escrow(value, "job outputs and the round ledger")
+    return value
+
+
+def _job_output(value: str) -> str:
+    """An earlier job's output folder: where manifest.json is, never the escrow checkpoint."""
+    s3_uri.checked_if_s3(value)
+    if s3_uri.is_escrow(value):
+        raise PydanticCustomError(
+            "escrow_bucket",
+            "{text}",
+            {
+                "text": f"{s3_uri.shown(value)} is in the service's escrow bucket; output_uri "
+                "names the training job's output folder, whose manifest.json says where the "
+                "checkpoint is; fix: use that job's output folder",
+                "allowed": "the job's output folder (output_s3_path/<job name>)",
+            },
+        )
+    return value
+
+
+def _data_uri(value: str) -> str:
+    """A dataset location: with an Airflow template it is checked once rendered, per round."""
+    if "{{" in value or "{%" in value:
+        return value
+    return str(s3_uri.checked_if_s3(value))
+
+
+S3Folder = Annotated[str, AfterValidator(_owned_s3_folder)]
+OutputFolder = Annotated[str, AfterValidator(_owned_folder)]
+PathOrS3Uri = Annotated[str, AfterValidator(s3_uri.checked_if_s3)]
+JobOutput = Annotated[str, AfterValidator(_job_output)]
+DataUri = Annotated[str, AfterValidator(_data_uri)]
 
 
 if TYPE_CHECKING:
     # To a type checker these are strings; pydantic sees the pattern each must match.
     Region: TypeAlias = str
     InstanceType: TypeAlias = str
-    S3Folder: TypeAlias = str
     Namespace: TypeAlias = str
     RoleArn: TypeAlias = str
 else:
     Region = matching(r"^[a-z]{2}(-gov)?-[a-z]+-\d$", "an AWS region", "us-east-1")
     InstanceType = matching(
         r"^ml\.[a-z0-9]+\.[a-z0-9]+$", "a SageMaker instance type", "ml.p5.48xlarge"
-    )
-    S3Folder = matching(
-        r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$",
-        "an s3:// folder in a bucket you own",
-        "s3://my-ml-bucket/tuneloop",
     )
     Namespace = matching(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "a Kubernetes namespace", "kubeflow")
     RoleArn = matching(
@@ -54,16 +126,91 @@ else:
 
 # --- backends ----------------------------------------------------------------------------------
 
+# URI schemes that name a place on this machine: an "@" in them is part of a path.
+_LOCAL_SCHEMES = frozenset({"file", "sqlite"})
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+CONNECTION_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}\Z")
+CREDENTIALS_FIX = (
+    "remove them from the URI and give them to the Airflow workers as "
+    "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the environment, or in an HTTP "
+    "Airflow connection (login and password) named by backend.mlflow_conn_id"
+)
+DATABASE_CREDENTIALS_FIX = (
+    "remove them from the URI and give them to the database client in the workers' "
+    "environment (PostgreSQL: PGUSER / PGPASSWORD), or track to an MLflow server instead"
+)
+
+
+def uri_user_info(uri: str) -> str | None:
+    """The user info (``user:password``) a network URI carries before an "@", or None.
+
+    Every "@" after the scheme counts, not only one a URL parser would put in the host part:
+    a password may hold "/", "?" or "#" (where a parser stops), and a secret read as a path
+    would still be copied wherever the URI goes."""
+    text = uri.strip()
+    scheme = _SCHEME.match(text)
+    if scheme is None or scheme[1].lower() in _LOCAL_SCHEMES:
+        return None
+    rest = text[scheme.end() :]
+    return rest.rpartition("@")[0] if "@" in rest else None
+
+
+def redacted_uri(uri: str) -> str:
+    """``uri`` with its password (or a lone user name, which may be a token) as ``***``:
+    ``https://user:***@host``."""
+    text = uri.strip()
+    scheme = _SCHEME.match(text)
+    if scheme is None or uri_user_info(text) is None:
+        return text
+    user_info, _, host = text[scheme.end() :].rpartition("@")
+    user, colon, _ = user_info.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return f"{text[: scheme.end()]}{shown}@{host}"
+
+
+def _without_credentials(uri: str) -> str:
+    """An MLflow URI is copied into recipes, the ledger, XCom and logs: refuse one that
+    carries credentials rather than strip them, since the campaign file itself (which rounds
+    snapshot) would still hold the secret."""
+    if uri_user_info(uri) is None:
+        return uri
+    scheme = uri.strip().partition("://")[0].lower()
+    fix = CREDENTIALS_FIX if scheme in ("http", "https") else DATABASE_CREDENTIALS_FIX
+    raise PydanticCustomError(
+        "uri_credentials",
+        "{uri} carries credentials, which tuneloop never stores; fix: {fix}",
+        {"uri": repr(redacted_uri(uri)), "fix": fix},
+    )
+
+
+def _connection_id(value: str) -> str:
+    if value and not CONNECTION_ID.match(value):
+        raise PydanticCustomError(
+            "connection_id",
+            "{value} is not an Airflow connection id (letters, digits, '_', '-' and '.')",
+            {"value": repr(value)},
+        )
+    return value
+
+
+TrackingUri = Annotated[str, AfterValidator(_without_credentials)]
+ConnectionId = Annotated[str, AfterValidator(_connection_id)]
+
 
 class LocalBackend(StrictModel):
     """Run every job on this machine with the local training backend."""
 
     type: Literal["local"] = "local"
     """Backend kind."""
-    output_root: str = ".tuneloop"
+    output_root: OutputFolder = ".tuneloop"
     """Folder for job outputs, checkpoints and the round ledger (a path or file:// URI)."""
-    mlflow_uri: str = ""
-    """MLflow tracking URI; empty uses a SQLite store under output_root."""
+    mlflow_uri: TrackingUri = ""
+    """MLflow tracking URI; empty uses a SQLite store under output_root. Never with
+    credentials (``user:password@``): see mlflow_conn_id."""
+    mlflow_conn_id: ConnectionId = ""
+    """Airflow connection (type HTTP) whose login and password are the MLflow tracking
+    server's user and password, handed to MLflow's client in memory only (and masked in task
+    logs); empty: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD from the environment."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the trainer runs: CUDA when available (auto), or forced."""
     entrypoint: str = ""
@@ -71,7 +218,7 @@ class LocalBackend(StrictModel):
     progress)``; empty: tuneloop's embedded trainer."""
     python_path: list[str] = []
     """Folders put in front of sys.path in job processes, to import ``entrypoint`` from."""
-    jobs_root: str = ""
+    jobs_root: PathOrS3Uri = ""
     """Folder where job processes keep their status, log and outputs; empty:
     ``<output_root>/<campaign>/jobs``. With several Airflow workers it must be storage every
     worker sees (NFS, EFS): a retry on another worker adopts a running job only if it can see
@@ -89,8 +236,13 @@ class _AwsBackend(StrictModel):
     """Instance type of the training nodes."""
     output_root: S3Folder
     """S3 folder (customer-owned) for job outputs and the round ledger."""
-    mlflow_uri: str = ""
-    """MLflow tracking server URI or SageMaker managed MLflow app ARN; empty disables MLflow."""
+    mlflow_uri: TrackingUri = ""
+    """MLflow tracking server URI or SageMaker managed MLflow app ARN; empty disables MLflow.
+    Never with credentials (``user:password@``): see mlflow_conn_id."""
+    mlflow_conn_id: ConnectionId = ""
+    """Airflow connection (type HTTP) whose login and password are the MLflow tracking
+    server's user and password, handed to MLflow's client in memory only (and masked in task
+    logs); empty: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD from the environment."""
     aws_conn_id: str = "aws_default"
     """Airflow connection with the AWS credentials."""
 
@@ -148,9 +300,9 @@ RelaxedRules = Annotated[list[str], AfterValidator(_relaxable)]
 
 
 class Datasets(StrictModel):
-    train: str = Field(min_length=1)
+    train: DataUri = Field(min_length=1)
     """Training data (JSONL). May use Airflow templates such as {{ ds }}."""
-    validation: str = ""
+    validation: DataUri = ""
     """Optional validation data (JSONL)."""
     allow: RelaxedRules = []
     """Dataset rules relaxed to warnings for these files (see `tuneloop data rules`)."""
@@ -210,7 +362,7 @@ class Evaluation(StrictModel):
 
     recipe: str = Field(min_length=1)
     """Evaluation recipe template."""
-    dataset: str = ""
+    dataset: DataUri = ""
     """Evaluation data (gen_qa, judge and rft_eval tasks); empty for built-in benchmarks."""
     reward_function: str = ""
     """rft_eval only: reward Lambda ARN (module:function on the local backend)."""
@@ -294,12 +446,25 @@ class Retention(StrictModel):
 class BaseCheckpoint(StrictModel):
     """A checkpoint trained outside this campaign, to start round 1 from."""
 
-    output_uri: str = Field(min_length=1)
+    output_uri: JobOutput = Field(min_length=1)
     """The training job's output folder (the one holding manifest.json)."""
     technique: Technique
     """How it was trained: lora or full."""
     trained_with: list[Method] = Field(min_length=1)
     """Methods applied since the base model, oldest first (e.g. [sft])."""
+
+
+def _base_model_form(value: Any) -> str:
+    # A mapping is a declared checkpoint, anything else a name or URI: only that form's errors
+    # are told (an untagged union would add "Input should be a valid string" to every mistake
+    # in the mapping). The tags are ones the error formatter leaves out of a field's path.
+    return "dict" if isinstance(value, dict | BaseCheckpoint) else "str"
+
+
+BaseModelReference = Annotated[
+    Annotated[str, Tag("str")] | Annotated[BaseCheckpoint, Tag("dict")],
+    Discriminator(_base_model_form),
+]
 
 
 class Campaign(StrictModel):
@@ -316,7 +481,7 @@ class Campaign(StrictModel):
     """The model variant; it stays the same in every round."""
     technique: Technique
     """lora or full; it stays the same in every round (CPT stages are always full)."""
-    base_model: str | BaseCheckpoint = ""
+    base_model: BaseModelReference = ""
     """Round 1 starts here: empty for the model's base weights, or an earlier checkpoint."""
     stages: list[Stage] = Field(min_length=1)
     """Training stages of each round, in order."""
@@ -355,13 +520,17 @@ class Campaign(StrictModel):
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, value: str | None) -> str | None:
-        if value is None or value in CRON_PRESETS:
-            return value
-        fields = value.split()
-        if len(fields) != 5 or not all(CRON_FIELD.match(f) for f in fields):
-            raise ValueError(
-                f"{value!r} is neither a cron expression (5 fields) nor a preset "
-                f"({', '.join(sorted(CRON_PRESETS))})"
+        # Checked here, field by field: Airflow would otherwise refuse the DAG when it parses
+        # the file ("61 99 * * 9"), or schedule a run that never comes ("0 0 30 2 *").
+        problems = cron.schedule_problems(value) if value is not None else []
+        if problems:
+            raise PydanticCustomError(
+                "cron",
+                "{text}",
+                {
+                    "text": f"not a schedule: {'; '.join(problems)}; fix: {cron.FIX}",
+                    "allowed": cron.ALLOWED,
+                },
             )
         return value
 
@@ -371,6 +540,31 @@ class Campaign(StrictModel):
         for uri in value:
             if not re.match(r"^[a-z][a-z0-9+.-]*://\S+\Z", uri):
                 raise ValueError(f"{uri!r} is not a URI (e.g. s3://bucket/prefix/)")
+            s3_uri.checked_if_s3(uri)
+        return value
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model_uri(cls, value: str | BaseCheckpoint) -> str | BaseCheckpoint:
+        # An escrow URI here gets its own explanation when the plan resolves it.
+        return s3_uri.checked_if_s3(value) if isinstance(value, str) else value
+
+    @field_validator("trigger_on_data")
+    @classmethod
+    def _not_with_once(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        # Beside data triggers a schedule becomes a cron timetable, and @once is no cron: Airflow
+        # would refuse the DAG when it parses the file.
+        if value and info.data.get("schedule") == "@once":
+            raise PydanticCustomError(
+                "schedule_with_data",
+                "{text}",
+                {
+                    "text": "data triggers cannot be combined with schedule: @once; fix: drop "
+                    "the schedule, or use a preset such as @daily or a cron expression",
+                    "allowed": "a schedule that is a cron expression or a preset other than "
+                    "@once, or no schedule",
+                },
+            )
         return value
 
     @property

@@ -61,12 +61,15 @@ def _template_context(context: dict[str, Any]) -> dict[str, Any]:
 
 def _campaign(snapshot: CampaignSnapshot) -> CampaignFile:
     """The round's campaign from its snapshot; this process's storage calls then use the
-    campaign's AWS connection (the ledger, checkpoints and results live under its output root)."""
+    campaign's AWS connection (the ledger, checkpoints and results live under its output root),
+    and Airflow's masker knows the MLflow password of this process's environment."""
     from tuneloop import aws
     from tuneloop.config.backend import aws_connection
+    from tuneloop.tracking.credentials import mask_environment
 
     cf = snapshot.load()
     aws.use_connection(aws_connection(cf.campaign) or aws.DEFAULT_CONN_ID)
+    mask_environment()
     return cf
 
 
@@ -79,12 +82,14 @@ def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
     from tuneloop.rounds.plan import plan_started_round
     from tuneloop.rounds.specs import stage_job
     from tuneloop.rounds.start import parse_conf, start_round
+    from tuneloop.tracking.credentials import check_connection
 
     started = time.monotonic()
     with user_errors():
         conf = parse_conf(getattr(context["dag_run"], "conf", None))
         snapshot = CampaignSnapshot.read(path)
         cf = _campaign(snapshot)
+        check_connection(cf)
         start = start_round(cf, conf)
         plan = plan_started_round(cf, start, _template_context(context))
         root = round_root(cf.campaign, start.round)
@@ -342,14 +347,16 @@ def mirror(cf: CampaignFile, records: list[RoundRecord], record: RoundRecord) ->
     uri = tracking_uri(cf)
     if uri:
         try:
+            from tuneloop.tracking.credentials import mlflow_credentials
             from tuneloop.tracking.mirror import Tracker
 
-            tracker = Tracker(uri, cf.campaign.name)
-            earlier = [r.model_dump(mode="json") for r in records if r.round != record.round]
-            caught_up = tracker.catch_up(earlier)
-            if caught_up:
-                log.info("MLflow lacked rounds %s; mirrored them from the ledger", caught_up)
-            tracked = tracker.log_round(record.model_dump(mode="json"), report_files=files)
+            with mlflow_credentials(cf.campaign.backend.mlflow_conn_id):
+                tracker = Tracker(uri, cf.campaign.name)
+                earlier = [r.model_dump(mode="json") for r in records if r.round != record.round]
+                caught_up = tracker.catch_up(earlier)
+                if caught_up:
+                    log.info("MLflow lacked rounds %s; mirrored them from the ledger", caught_up)
+                tracked = tracker.log_round(record.model_dump(mode="json"), report_files=files)
             out.update(tracked)
             log.info("MLflow: %s", tracked.get("round_url") or tracked)
             if tracked.get("open_with"):

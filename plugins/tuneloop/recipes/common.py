@@ -12,12 +12,14 @@ import re
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from tuneloop.recipes import s3_uri
 from tuneloop.recipes.catalog import MODELS
 
 # Re-exported: the recipe models import them from here.
@@ -41,6 +43,19 @@ def _null_string_to_none(value: Any) -> Any:
 
 NullString = BeforeValidator(_null_string_to_none)
 
+
+def _path_or_s3_uri(value: str) -> str:
+    # A campaign's data URI whose Airflow template failed to render arrives as written; the
+    # template's own error already names the line, so one problem is told once.
+    if "{{" in value or "{%" in value:
+        return value
+    return str(s3_uri.checked_if_s3(value))
+
+
+# A local path passes (the platform rules say where one is allowed); a value written as s3:...
+# must be a whole, valid S3 URI, not only begin like one.
+PathOrS3Uri = Annotated[str, AfterValidator(_path_or_s3_uri)]
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 
 
@@ -52,17 +67,17 @@ class RunConfig(StrictModel):
     model_type: str
     """The Nova model variant, e.g. `amazon.nova-2-lite-v1:0:256k`. Must stay the same across
     every round of a campaign."""
-    model_name_or_path: str
+    model_name_or_path: PathOrS3Uri
     """The weights to start from: the model's base (e.g. `nova-lite-2/prod`) or the
     `checkpoint_s3_bucket` URI of an earlier job's manifest.json."""
     replicas: PositiveInt = 4
     """Number of compute instances. Allowed counts depend on model, method and platform."""
-    data_s3_path: str = ""
+    data_s3_path: PathOrS3Uri = ""
     """Training data (JSONL) in a customer-owned bucket, same account and region as the cluster.
     Ignored by SageMaker training jobs, which read the `train` channel."""
-    validation_data_s3_path: str = ""
+    validation_data_s3_path: PathOrS3Uri = ""
     """Optional validation data (JSONL), same rules as `data_s3_path`."""
-    output_s3_path: str = ""
+    output_s3_path: PathOrS3Uri = ""
     """Where the job writes manifest.json and TensorBoard logs (required on HyperPod)."""
     mlflow_tracking_uri: str = ""
     """MLflow tracking server or SageMaker managed MLflow app ARN; empty disables MLflow."""

@@ -30,6 +30,7 @@ from tuneloop.errors import (
     PlatformMismatchError,
     RewardFunctionError,
 )
+from tuneloop.recipes import s3_uri
 from tuneloop.recipes.catalog import Method, Platform, Technique
 
 
@@ -193,15 +194,17 @@ def check_lineage(
 
 # --- data and reward function ----------------------------------------------------------------
 
-ESCROW_BUCKET = re.compile(r"^s3://customer-escrow-", re.IGNORECASE)
+# Whatever comes before the bucket (user info) does not make it another bucket.
+ESCROW_BUCKET = re.compile(r"^\s*s3://([^/@]*@)?customer-escrow-", re.IGNORECASE)
 
 
 def check_data_location(uri: str, *, path: str) -> None:
     """Training and validation data must live in a customer-owned bucket, never in escrow."""
-    if ESCROW_BUCKET.match(uri.strip()):
+    if s3_uri.is_escrow(uri):
         raise DataLocationError(
             path,
-            f"{uri} is in a service escrow bucket, which holds model checkpoints, not datasets",
+            f"{s3_uri.shown(uri)} is in a service escrow bucket, which holds model checkpoints, "
+            "not datasets",
             "copy the dataset to an S3 bucket your account owns, in the cluster's account and "
             "region, and point the path there",
         )

@@ -10,7 +10,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from tuneloop.recipes.common import NonNegativeInt, PositiveInt, RunConfig, StrictModel
+from tuneloop.recipes.common import (
+    NonNegativeInt,
+    PathOrS3Uri,
+    PositiveInt,
+    RunConfig,
+    StrictModel,
+)
 
 EvalTaskName = Literal[
     "mmlu",
@@ -31,7 +37,7 @@ EvalTaskName = Literal[
 class EvalRunConfig(RunConfig):
     replicas: PositiveInt = 1
     """Instances; fixed at 1 on HyperPod, adjustable on training jobs."""
-    data_s3_path: str = ""
+    data_s3_path: PathOrS3Uri = ""
     """Your evaluation data (gen_qa, judge and rft_eval tasks); must be empty for benchmarks."""
 
 

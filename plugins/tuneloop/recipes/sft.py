@@ -19,6 +19,7 @@ from tuneloop.recipes.common import (
     Nova1Sched,
     NullString,
     OptimConfig,
+    PathOrS3Uri,
     PositiveInt,
     Probability,
     RunConfig,
@@ -286,7 +287,7 @@ class ModelImportanceScore(StrictModel):
 
 
 class Nova2SftRunConfig(RunConfig):
-    validation_data_s3_path_list: dict[str, str] = {}
+    validation_data_s3_path_list: dict[str, PathOrS3Uri] = {}
     """Extra validation sets, as {label: s3 path}."""
 
 

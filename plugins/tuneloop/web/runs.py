@@ -15,6 +15,9 @@ Before ``decide`` has mirrored the round there is no run yet: the answer says so
 campaign's experiment. Nothing here writes to MLflow; a local SQLite store that does not exist
 yet is not created. mlflow is imported inside functions (the API server pays for it on the
 first request that needs it).
+
+MLflow's credentials come from the campaign's ``backend.mlflow_conn_id`` connection or the API
+server's environment (`tuneloop.tracking.credentials`), only for the length of each read.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from tuneloop.errors import TuneloopError
+from tuneloop.tracking.credentials import mlflow_credentials
 from tuneloop.tracking.mirror import (
     MODEL_PREFIX,
     TAG_CAMPAIGN,
@@ -50,6 +55,7 @@ PENDING = "recorded when the round is decided"
 
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
+_connections: dict[Path, tuple[tuple[int, int], str]] = {}
 
 
 def public_uri(uri: str) -> str:
@@ -90,6 +96,7 @@ class CampaignRuns:
                 without_password(_first_line(error), info.tracking_uri)
             ) from None
         self.where = public_uri(self.store.uri)
+        self.conn_id = tracking_connection(info.path)
 
     @property
     def is_server(self) -> bool:
@@ -229,23 +236,55 @@ class CampaignRuns:
                     return runs
 
     def _reading(self, action: str) -> Any:
-        return _Reading(action, self.store.uri)
+        return _Reading(action, self.store.uri, self.conn_id)
+
+
+def tracking_connection(path: Path) -> str:
+    """The campaign file's ``backend.mlflow_conn_id`` ('' when it names none or does not
+    load), read again only when the file changes."""
+    from tuneloop.config.file import load_campaign
+
+    try:
+        stat = path.stat()
+    except OSError:
+        return ""
+    key = (stat.st_mtime_ns, stat.st_size)
+    with _clients_lock:
+        cached = _connections.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        conn_id = load_campaign(path).campaign.backend.mlflow_conn_id
+    except (TuneloopError, OSError, ValueError):
+        conn_id = ""
+    with _clients_lock:
+        _connections[path] = (key, conn_id)
+    return conn_id
 
 
 class _Reading:
-    """MLflow calls, quietly; a failure becomes RunsUnavailableError naming the store (without
-    its password)."""
+    """MLflow calls, quietly and with the campaign's credentials; a failure becomes
+    RunsUnavailableError naming the store (without its password)."""
 
-    def __init__(self, action: str, uri: str) -> None:
+    def __init__(self, action: str, uri: str, conn_id: str = "") -> None:
         self.action = action
         self.uri = uri
         self._quiet = quiet_mlflow()
+        self._credentials = mlflow_credentials(conn_id)
 
     def __enter__(self) -> None:
+        try:
+            self._credentials.__enter__()
+        except Exception as error:  # no connection, or Airflow could not be asked for it
+            message = f"could not {self.action} in MLflow at {public_uri(self.uri)}"
+            raise RunsUnavailableError(f"{message}: {_first_line(error)}") from None
         self._quiet.__enter__()
 
     def __exit__(self, kind: Any, error: BaseException | None, trace: Any) -> Literal[False]:
-        self._quiet.__exit__(kind, error, trace)
+        try:
+            self._quiet.__exit__(kind, error, trace)
+        finally:
+            self._credentials.__exit__(kind, error, trace)
         if error is None or isinstance(error, RunsUnavailableError):
             return False
         import requests
