@@ -30,6 +30,7 @@ Keys of a script:
 - ``line_interval``: seconds between two printed lines (default 0);
 - ``sleep``: seconds to wait before finishing (after the log lines);
 - ``wait_for``: a path; the job waits until that file exists (a test decides when it ends);
+- ``wait_after``: how many log lines to print before waiting for ``wait_for`` (default: all);
 - ``fail``: a message; the job raises ``RuntimeError(message)`` instead of writing outputs;
 - ``model_type`` / ``technique``: what checkpoint.json records (defaults: ``run.model_type`` of
   the recipe or ``tiny-chat``; ``lora`` when the recipe mentions LoRA, else ``full``).
@@ -60,16 +61,19 @@ def run(spec: Any, progress: Callable[[int, int | None], None]) -> dict[str, Any
     lines = script.get("log_lines", 0)
     if isinstance(lines, int):
         lines = [f"{spec.name} line {i}" for i in range(1, lines + 1)]
+    # Waiting part-way through the lines (wait_after) or, by default, after all and the sleep.
+    wait_after = int(script.get("wait_after", len(lines)))
     for number, line in enumerate(lines, start=1):
         print(line, flush=True)
         progress(number, len(lines))
+        if number == wait_after and number < len(lines):
+            _wait_for(script)
         if script.get("line_interval"):
             time.sleep(float(script["line_interval"]))
     if script.get("sleep"):
         time.sleep(float(script["sleep"]))
-    if script.get("wait_for"):
-        while not Path(script["wait_for"]).exists():
-            time.sleep(0.05)
+    if wait_after >= len(lines):
+        _wait_for(script)
     if script.get("fail"):
         raise RuntimeError(str(script["fail"]))
     if spec.kind == "eval":
@@ -77,6 +81,13 @@ def run(spec: Any, progress: Callable[[int, int | None], None]) -> dict[str, Any
         results = outputs.write_eval_results(output, "fake", metrics)
         return {"results": str(results), "metrics": metrics}
     return _write_checkpoint(output, spec, script)
+
+
+def _wait_for(script: Mapping[str, Any]) -> None:
+    """Until the file ``wait_for`` names exists (none named: not at all)."""
+    if script.get("wait_for"):
+        while not Path(script["wait_for"]).exists():
+            time.sleep(0.05)
 
 
 def script_for(spec: Any) -> dict[str, Any]:

@@ -86,7 +86,9 @@ class Script:
     few milliseconds, never on fixed sleeps. Leaving the ``with`` block stops a script still
     waiting (the run ended early) and raises what the script raised."""
 
-    def __init__(self, play: Callable[[Script], None], timeout: float = 30.0) -> None:
+    # Generous: the first dag.test() of a session starts Airflow's in-process API, slowly on a
+    # busy machine; the script waits only as long as the run takes.
+    def __init__(self, play: Callable[[Script], None], timeout: float = 180.0) -> None:
         self._play = play
         self._timeout = timeout
         self._stop = threading.Event()
@@ -119,7 +121,7 @@ class Script:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=60)
         if self._error is not None and exc_info[0] is None:
             raise self._error
 

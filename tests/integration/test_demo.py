@@ -19,6 +19,13 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+DEMO_LIMIT = 900.0
+"""Seconds a demo round may take (a real round's training, on a machine that may be busy)."""
+FAILING_LIMIT = 600.0
+"""Seconds a demo whose round fails at its data check may take."""
+CHECKS = 120.0
+"""pytest's limit for a demo test goes beyond the demo's by this much: the demo is stopped and
+its leftovers looked for after it ends."""
 
 
 class DemoRun(NamedTuple):
@@ -32,7 +39,7 @@ class DemoRun(NamedTuple):
         return "".join(self.lines)
 
 
-def run_demo(project: Path, *args: str, timeout: float = 900) -> DemoRun:
+def run_demo(project: Path, *args: str, timeout: float = DEMO_LIMIT) -> DemoRun:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -87,6 +94,7 @@ def assert_no_airflow_left(project: Path, started: dict[str, dict]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DEMO_LIMIT + CHECKS)
 def test_demo_runs_a_round_under_the_scheduler(tmp_path: Path) -> None:
     home = tmp_path / ".tuneloop" / "airflow"
     demo = run_demo(tmp_path, "--rounds", "1")
@@ -140,6 +148,7 @@ def test_demo_runs_a_round_under_the_scheduler(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(FAILING_LIMIT + CHECKS)
 def test_a_failing_round_names_the_task_and_shows_the_end_of_its_log(tmp_path: Path) -> None:
     from tuneloop.local.demo_task import FILES, write_demo_data
 
@@ -147,7 +156,7 @@ def test_a_failing_round_names_the_task_and_shows_the_end_of_its_log(tmp_path: P
     write_demo_data(data)
     train = data / FILES["train"]
     train.write_text("this line is not JSON\n" + train.read_text())
-    demo = run_demo(tmp_path, "--rounds", "1", timeout=600)
+    demo = run_demo(tmp_path, "--rounds", "1", timeout=FAILING_LIMIT)
     out = demo.out
     assert demo.returncode == 1, out[-6000:]
     assert "demo data: " in out and "(kept)" in out  # the broken file was not overwritten

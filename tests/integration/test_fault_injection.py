@@ -70,8 +70,8 @@ def jobs_created(backend: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize(
     ("crash_at", "handle_persisted", "job_state"),
     [
-        ("after_submit", False, {JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED}),
-        ("deferring", True, {JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED}),
+        ("after_submit", False, {JobState.PENDING, JobState.RUNNING}),
+        ("deferring", True, {JobState.PENDING, JobState.RUNNING}),
         ("after_complete", True, {JobState.SUCCEEDED}),
     ],
 )
@@ -84,8 +84,12 @@ def test_crash_then_clear_makes_one_job(
     handle_persisted: bool,
     job_state: set[JobState],
 ) -> None:
-    # Long enough to be running still when the task would defer (it concludes a job that ended).
-    job = make_job(tmp_path, log_lines=2, sleep=3.0 if crash_at == "deferring" else 0.5)
+    # The job waits for its release until the crash, so that it is still running when the task
+    # would defer (a task that finds its job ended concludes it without deferring).
+    release = tmp_path / "release"
+    job = make_job(tmp_path, log_lines=2, wait_for=str(release))
+    if crash_at == "after_complete":
+        release.touch()
     day = {"after_submit": 2, "after_complete": 3, "deferring": 5}[crash_at]
     when = datetime(2026, 1, day, tzinfo=UTC)
     child = airflow.run_dag_in_subprocess(
@@ -98,6 +102,7 @@ def test_crash_then_clear_makes_one_job(
     run_id = run_id_of("tuneloop_train", when)
     assert (stored_handle(run_id) is not None) is handle_persisted
 
+    release.touch()
     ti = airflow.rerun_task(dags["tuneloop_train"], run_id, "train")
     assert ti.state == "success"
     assert jobs_created(local_backend) == [job["name"]]
@@ -112,21 +117,25 @@ def test_crash_during_deferral_then_clear_adopts_the_running_job(
     when = datetime(2026, 1, 4, tzinfo=UTC)
     conf = {"backend": local_backend, "job": job}
     child = airflow.start_dag_in_subprocess("tuneloop_train", conf, when, tmp_path / "child.log")
+    backend = LocalJobBackend(local_backend["root"])
     try:
-        # The task has deferred (its handle is stored) and the trigger polls the running job.
-        deadline = time.monotonic() + 90
+        # The task has deferred (its handle is stored) and its job runs: it waits for release.
+        deadline = time.monotonic() + 240  # generous: the child starts Airflow on a busy machine
         while True:
             assert child.poll() is None, (tmp_path / "child.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the task never deferred"
+            assert time.monotonic() < deadline, "the task never deferred with its job running"
             run_id = run_id_of("tuneloop_train", when)
-            if run_id and stored_handle(run_id) is not None:
+            # A stored handle means the job was submitted: its status can be read.
+            if (
+                run_id
+                and stored_handle(run_id) is not None
+                and backend.status(job["name"]).state is JobState.RUNNING
+            ):
                 break
             time.sleep(0.2)
-        time.sleep(0.5)
     finally:
         os.killpg(child.pid, signal.SIGKILL)  # the worker and its in-line trigger die
         child.wait()
-    backend = LocalJobBackend(local_backend["root"])
     assert backend.status(job["name"]).state is JobState.RUNNING
 
     release.touch()

@@ -276,16 +276,22 @@ def test_log_lines_reach_the_task_log_once_across_a_retry(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # 10 lines over ~5 s; the deadline (3 s) ends try 1 half-way; try 2 reconnects.
-    job = make_job(tmp_path, log_lines=10, line_interval=0.5)
+    # The job prints 5 of its 10 lines, then waits until try 1 has reached its deadline (the
+    # DAG's retry callback releases it); try 2 reconnects and streams the rest.
+    release = tmp_path / "release"
+    job = make_job(tmp_path, log_lines=10, wait_after=5, wait_for=str(release))
     run = airflow.run_dag(dags["tuneloop_train_retry"], {"backend": local_backend, "job": job})
     assert run.state == "success"
+    assert release.exists()
     ti = airflow.task_instance("tuneloop_train_retry", run.run_id, "train")
     assert ti.try_number == 2
     out = capsys.readouterr().out
     assert "had not finished by the task's deadline" in out
     for i in range(1, 11):
         assert printed(out, job["name"], i) == 1, (i, out)
+    # The lines printed after the release reached try 2's log.
+    deadline_at = out.index("had not finished by the task's deadline")
+    assert all(out.index(f"{job['name']} line {i}") > deadline_at for i in range(6, 11)), out
     assert job_dirs(local_backend) == [job["name"]]
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from mlflow_server import MlflowServer, free_port
 from tuneloop.artifacts.training_metrics import flatten, read_tensorboard_scalars
 from tuneloop.tracking.mirror import CHAMPION_ALIAS, Tracker, TrackingError, resolve_store
 from tuneloop.tracking.report import write_report
@@ -203,7 +201,7 @@ def snapshot(tracker: Tracker) -> dict[str, Any]:
             "histories": histories,
             "artifacts": artifacts,
         }
-    versions = client.search_model_versions(f"name = '{MODEL}'")
+    versions = client.search_model_versions(f"name = '{tracker.model_name}'")
     state["versions"] = sorted(
         (v.version, v.source, v.run_id, tuple(sorted(v.tags.items()))) for v in versions
     )
@@ -554,16 +552,10 @@ def test_sagemaker_arn_without_the_plugin_says_what_to_install() -> None:
         assert raised.value.problems[0].path == "backend.mlflow_uri"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_an_unreachable_server_raises_a_tracking_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    uri = f"http://user:secret@127.0.0.1:{_free_port()}"
+    uri = f"http://user:secret@127.0.0.1:{free_port()}"
     tracker = Tracker(uri, CAMPAIGN)
     record = make_record(
         1,
@@ -573,70 +565,28 @@ def test_an_unreachable_server_raises_a_tracking_error(monkeypatch: pytest.Monke
         exact_match=0.5,
         checkpoint_root="s3://bucket/u",
     )
+    import mlflow  # noqa: F401  (its first import, slow on a busy machine, is not what is timed)
+
     started = time.monotonic()
     with pytest.raises(TrackingError, match=r"could not .*127\.0\.0\.1") as raised:
         tracker.log_round(record)
-    assert time.monotonic() - started < 20
+    # One try, no retries: MLflow's default seven retries back off for about four minutes.
+    assert time.monotonic() - started < 120
     assert str(raised.value).startswith("MLflow: could not log round 1 of campaign 'support-bot'")
     assert "secret" not in str(raised.value)
     assert "safe in the ledger" in str(raised.value)
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` in lean mode on a free port; its process group stopped after."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = (root / "server.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--default-artifact-root",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            # Answer to localhost only, so that another host name shows how a refusal reads.
-            "--allowed-hosts",
-            "localhost:*",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    url = f"http://localhost:{port}"
-    deadline = time.monotonic() + 90
+    # Answer to localhost only, so that another host name shows how a refusal reads.
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), allowed_hosts="localhost:*")
     try:
-        while True:
-            try:
-                health = f"http://127.0.0.1:{port}/health"  # /health answers any host
-                with urllib.request.urlopen(health, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
-            time.sleep(0.3)
-        yield url
+        server.start()
+        yield f"http://localhost:{server.port}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+        server.stop()
 
 
 @pytest.mark.slow
@@ -676,7 +626,7 @@ def test_rounds_logged_to_a_tracking_server(
     runs = tracker.client.search_runs([tracker.experiment_id], max_results=100)
     assert len(runs) == 1 + 2 * 4
     with urllib.request.urlopen(
-        f"{mlflow_server}/api/2.0/mlflow/runs/get?run_id={results[1]['round_run_id']}", timeout=5
+        f"{mlflow_server}/api/2.0/mlflow/runs/get?run_id={results[1]['round_run_id']}", timeout=60
     ) as response:
         run = json.load(response)["run"]
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
@@ -723,3 +673,35 @@ def test_rounds_mlflow_missed_are_caught_up_from_the_ledger(campaign: dict[str, 
     assert rounds == [1, 2, 3]
     assert tracker.catch_up(records) == []
     assert tracker.champion() == campaign["champions"][-1]
+
+
+def test_a_champion_mlflow_missed_gets_the_alias_once_it_is_caught_up(
+    campaign: dict[str, Any],
+) -> None:
+    """Round 2 (promoted) was missed; round 3 (a rollback to round 2) was logged while round 2
+    had no model version, so the alias stayed on round 1. Catching round 2 up registers its
+    version and moves the alias where the ledger says; catching up again changes nothing."""
+    tracker = Tracker(str(campaign["store"]), "late-champion")
+    jobs = str(campaign["root"] / "late-jobs")
+    common = {"checkpoint_root": jobs}
+    records = [
+        make_record(1, action="continue", promoted=True, champion=1, exact_match=0.5, **common),
+        make_record(2, action="continue", promoted=True, champion=2, exact_match=0.6, **common),
+        make_record(
+            3, action="rollback", promoted=False, champion=2, exact_match=0.4, base_round=2,
+            **common,
+        ),
+    ]  # fmt: skip
+    for record in records:
+        record["campaign"] = "late-champion"
+    tracker.log_round(records[0])
+    tracker.log_round(records[2])
+    assert tracker.champion() is not None and tracker.champion()[0] == 1  # stale, not removed
+
+    assert tracker.catch_up(records) == [2]
+    version = tracker.client.get_model_version_by_alias("tuneloop-late-champion", CHAMPION_ALIAS)
+    assert version.tags["tuneloop.round"] == "2"
+    assert tracker.champion() == (2, str(version.version))
+    before = snapshot(tracker)
+    assert tracker.catch_up(records) == []
+    assert snapshot(tracker) == before

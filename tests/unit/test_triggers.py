@@ -73,7 +73,7 @@ def run_trigger(trigger: JobTrigger) -> dict[str, Any]:
             return event.payload
         raise AssertionError("no event")
 
-    return asyncio.run(asyncio.wait_for(first_event(), timeout=20))
+    return asyncio.run(asyncio.wait_for(first_event(), timeout=120))
 
 
 def trigger_for(name: str, steps: list[Any], **kwargs: Any) -> JobTrigger:

@@ -292,7 +292,10 @@ class Tracker:
         ``decide`` could not reach the tracking server), oldest first; the round numbers logged.
 
         A round MLflow holds complete is left alone, even if its record now differs: that is a
-        rewritten ledger, which `log_round` reports when that round is logged again."""
+        rewritten ledger, which `log_round` reports when that round is logged again. Once
+        something was logged, the champion alias is put where the newest record says: a round
+        logged late may be the champion that a later round, logged while it was missing, named.
+        Catching up again logs nothing."""
         with self._calls(f"read the rounds of campaign {self.campaign!r}"):
             runs = self._campaign_runs()
         complete = {
@@ -300,10 +303,29 @@ class Tracker:
             for run in runs
             if self._is(run, "round") and run.data.tags.get(TAG_RECORD)
         }
-        missing = [r for r in records if int(r["round"]) not in complete]
-        for record in sorted(missing, key=lambda r: int(r["round"])):
+        missing = sorted(
+            (r for r in records if int(r["round"]) not in complete), key=lambda r: int(r["round"])
+        )
+        for record in missing:
             self.log_round(record)
-        return sorted(int(r["round"]) for r in missing)
+        newest = max(records, key=lambda r: int(r["round"]), default=None)
+        if missing and newest is not None and newest is not missing[-1]:
+            self._repoint_champion(newest)
+        return [int(r["round"]) for r in missing]
+
+    def _repoint_champion(self, record: Mapping[str, Any]) -> None:
+        """The alias where ``record`` (a round MLflow holds complete) says the champion is,
+        unless MLflow holds a newer round, which speaks for the champion instead."""
+        number = int(record["round"])
+        with self._calls(f"point the champion of campaign {self.campaign!r}"):
+            runs = self._campaign_runs()
+            rounds = [self._round_of(run) for run in runs if self._is(run, "round")]
+            campaign_run = self._find(runs, kind="campaign")
+            if number < max(rounds, default=number) or campaign_run is None:
+                return
+            champion = self._champion_target(record, self._version_of_round(number))
+            if champion is None or isinstance(champion, tuple):  # not UNCHANGED
+                self._point_alias(campaign_run.info.run_id, champion)
 
     def champion(self) -> tuple[int | None, str] | None:
         """(round, version) the ``champion`` alias names, or None."""

@@ -7,6 +7,8 @@ points the same DAG at its own job folder, backend and script.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from airflow.sdk import DAG, Param, task
 
@@ -23,6 +25,12 @@ FAST = {
     "max_retry_backoff": 1.0,
     "execution_timeout": timedelta(seconds=60),
 }
+
+
+def release_the_job(context: Any) -> None:
+    """Create the file the job's fake script waits for (``job.recipe.fake.wait_for``)."""
+    Path(context["params"]["job"]["recipe"]["fake"]["wait_for"]).touch()
+
 
 with DAG(
     "tuneloop_train",
@@ -57,15 +65,18 @@ with DAG(
     params=PARAMS,
     render_template_as_native_obj=True,
 ):
-    # A deadline shorter than the job: try 1 gives up, try 2 reconnects to the same job.
+    # The job waits for its ``wait_for`` file, which only try 1's retry creates: try 1 always
+    # reaches its deadline, try 2 reconnects to the same job and sees it end (the deadline is
+    # generous for that: the job needs a moment once released).
     TrainingJobOperator(
         task_id="train",
         backend="{{ params.backend }}",
         job="{{ params.job }}",
         poll_interval=0.2,
-        execution_timeout=timedelta(seconds=3),
+        execution_timeout=timedelta(seconds=10),
         retries=1,
         retry_delay=timedelta(seconds=0),
+        on_retry_callback=release_the_job,
     )
 
 with DAG(

@@ -28,14 +28,20 @@ def _record(spec: Any, name: str, text: str) -> None:
 
 
 def succeed(spec: Any, progress: Any) -> dict[str, Any]:
-    """Counts to `steps`, sleeping `sleep` seconds a step; prints a line a step."""
+    """Counts to `steps`, sleeping `sleep` seconds a step; prints a line a step. With `hold` (a
+    path), waits after step `hold_after` until that file exists: a test sees the job midway
+    for as long as it needs, however busy the machine."""
     params = _params(spec)
     steps, delay = int(params.get("steps", 5)), float(params.get("sleep", 0.05))
+    hold_after = int(params.get("hold_after", 0))
     _record(spec, "starts.txt", str(os.getpid()))
     for step in range(1, steps + 1):
         time.sleep(delay)
         print(f"step {step} of {steps} – loss {1 / step:.3f}")
         progress(step, steps)
+        if step == hold_after and params.get("hold"):
+            while not Path(params["hold"]).exists():
+                time.sleep(0.02)
     (spec.outputs_dir / "result.txt").write_text("done\n")
     return {"steps": steps, "output": spec.output}
 

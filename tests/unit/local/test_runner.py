@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,12 @@ def job(name: str, work: str, labels: dict[str, str] | None = None, **params: An
     )
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+# Generous deadlines: a job process starts and runs slowly on a busy machine; waits end as soon
+# as the condition holds.
+WAIT = 60.0
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = WAIT) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -104,20 +110,24 @@ def alive(pid: int) -> bool:
 # --- lifecycle ------------------------------------------------------------------------------------
 
 
-def test_job_succeeds_with_progress_eta_result_and_log(runner: LocalRunner) -> None:
-    first = runner.submit(job("ok", "succeed", steps=8, sleep=0.08))
+def test_job_succeeds_with_progress_eta_result_and_log(runner: LocalRunner, tmp_path: Path) -> None:
+    release = tmp_path / "release"  # the job holds after step 4 until this exists
+    params = {"steps": 8, "sleep": 0.08, "hold_after": 4, "hold": str(release)}
+    first = runner.submit(job("ok", "succeed", **params))
     assert first.state in (JobState.PENDING, JobState.RUNNING)
 
     def midway() -> JobStatus | None:
         status = runner.status("ok")
         p = status.progress
-        return status if p is not None and 2 <= p.step < 8 and p.eta_seconds else None
+        return status if p is not None and p.step == 4 else None
 
     running = wait_for(midway)
     assert running.state is JobState.RUNNING and running.progress.total == 8
-    assert 0 < running.progress.eta_seconds < 5 and running.progress.remaining() is not None
+    # 4 steps left at the rate of steps 1-4 (0.08 s each when the machine is idle).
+    assert 0 < running.progress.eta_seconds < WAIT and running.progress.remaining() is not None
+    release.touch()
 
-    done = runner.wait("ok", timeout=10, poll=0.05)
+    done = runner.wait("ok", timeout=WAIT, poll=0.05)
     assert done.state is JobState.SUCCEEDED and done.exit_code == 0
     assert (done.progress.step, done.progress.total, done.progress.eta_seconds) == (8, 8, 0.0)
     assert done.created_at <= done.started_at <= done.ended_at
@@ -129,14 +139,14 @@ def test_job_succeeds_with_progress_eta_result_and_log(runner: LocalRunner) -> N
     log = (directory / "job.log").read_text(encoding="utf-8")
     assert "step 8 of 8 – loss 0.125" in log and "job ok succeeded" in log
     spec = json.loads((directory / "job.json").read_text())
-    assert spec["recipe"] == {"steps": 8, "sleep": 0.08} and spec["kind"] == "sft"
+    assert spec["recipe"] == params and spec["kind"] == "sft"
     assert spec["created_at"] == done.created_at and "directory" not in spec
     assert not [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_job_that_raises_fails_with_message_reason_and_traceback(runner: LocalRunner) -> None:
     runner.submit(job("boom", "fail"))
-    status = runner.wait("boom", timeout=10, poll=0.05)
+    status = runner.wait("boom", timeout=WAIT, poll=0.05)
     assert status.state is JobState.FAILED and status.reason == REASON_ERROR
     assert status.message == "ValueError: bad batch 3: token id out of range"
     assert status.exit_code == 1 and status.progress.step == 1
@@ -156,7 +166,7 @@ def test_missing_entrypoint_fails_at_once(runner: LocalRunner, entrypoint, expec
     spec = job("missing", "succeed")
     spec.entrypoint = entrypoint
     runner.submit(spec)
-    status = runner.wait("missing", timeout=5, poll=0.05)
+    status = runner.wait("missing", timeout=WAIT, poll=0.05)
     assert status.state is JobState.FAILED and status.reason == REASON_ENTRYPOINT
     assert status.message.startswith(f"cannot import entry point {entrypoint!r}")
     assert expected in status.message
@@ -177,34 +187,40 @@ def test_submit_adopts_the_existing_job(runner: LocalRunner) -> None:
 
 
 RACE = """
-import sys, time
+import os, sys, time
 from tuneloop.local.runner import JobSpec, LocalRunner
-root, here, at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+root, here, go = sys.argv[1], sys.argv[2], sys.argv[3]
 spec = JobSpec("race", output="x", recipe={}, entrypoint="fake_jobs:hang", python_path=[here])
 runner = LocalRunner(root)
-time.sleep(max(0.0, at - time.time() - 0.02))
-while time.time() < at:
-    pass
+print("ready", flush=True)
+while not os.path.exists(go):  # every racer submits within a millisecond of the go
+    time.sleep(0.001)
 runner.submit(spec)
-deadline = time.time() + 10
+deadline = time.time() + 60
 while runner.status("race").pid is None and time.time() < deadline:
     time.sleep(0.01)
 print(runner.status("race").pid)
 """
 
 
-def test_concurrent_submits_of_one_name_start_one_process(runner: LocalRunner) -> None:
-    at = time.time() + 1.0
+def test_concurrent_submits_of_one_name_start_one_process(
+    runner: LocalRunner, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
     racers = [
         subprocess.Popen(
-            [sys.executable, "-c", RACE, str(runner.root), str(HERE), str(at)],
+            [sys.executable, "-c", RACE, str(runner.root), str(HERE), str(go)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(5)
     ]
-    results = [racer.communicate(timeout=20) for racer in racers]
+    for racer in racers:  # all started and ready to submit, however long that took
+        assert racer.stdout is not None
+        assert racer.stdout.readline() == "ready\n", racer.communicate(timeout=WAIT)[1]
+    go.touch()
+    results = [racer.communicate(timeout=WAIT * 2) for racer in racers]
     assert all(racer.returncode == 0 for racer in racers), [err for _, err in results]
     pids = {out.strip() for out, _ in results}
     assert len(pids) == 1 and pids != {"None"}
@@ -227,8 +243,9 @@ def test_cancel_stops_the_whole_process_group(runner: LocalRunner) -> None:
     stopped = runner.cancel("stop", grace=0.5)
     took = time.monotonic() - begin
     assert stopped.state is JobState.STOPPED and stopped.message == "stopped by cancel"
-    # The stubborn child ignores SIGTERM, so cancel waited the grace period, then SIGKILLed it.
-    assert 0.4 < took < 5
+    # The stubborn child ignores SIGTERM, so cancel waited the grace period, then SIGKILLed it
+    # (and no longer than it takes a busy machine to end the group).
+    assert 0.4 < took < WAIT
     assert not any(alive(pid) for pid in [leader, *children])
     assert "stopped by SIGTERM" in runner.logs("stop").text
 
@@ -239,7 +256,7 @@ def test_cancel_stops_the_whole_process_group(runner: LocalRunner) -> None:
 
 def test_cancelling_a_finished_job_changes_nothing(runner: LocalRunner) -> None:
     runner.submit(job("fin", "succeed", steps=1, sleep=0))
-    runner.wait("fin", timeout=10, poll=0.05)
+    runner.wait("fin", timeout=WAIT, poll=0.05)
     recorded = (runner.directory("fin") / "status.json").read_bytes()
     assert runner.cancel("fin").state is JobState.SUCCEEDED
     assert (runner.directory("fin") / "status.json").read_bytes() == recorded
@@ -250,9 +267,9 @@ def test_sigterm_to_the_job_process_marks_it_stopped(runner: LocalRunner) -> Non
     leader = started(runner, "term").pid
     children = [int(pid) for pid in outputs(runner, "term", "children.txt")]
     os.kill(leader, signal.SIGTERM)
-    status = runner.wait("term", timeout=5, poll=0.02)
+    status = runner.wait("term", timeout=WAIT, poll=0.02)
     assert status.state is JobState.STOPPED and status.exit_code == 128 + signal.SIGTERM
-    wait_for(lambda: not any(alive(pid) for pid in [leader, *children]), timeout=5)
+    wait_for(lambda: not any(alive(pid) for pid in [leader, *children]))
 
 
 def test_a_job_stopped_before_its_process_starts_never_runs(tmp_path: Path) -> None:
@@ -265,7 +282,7 @@ def test_a_job_stopped_before_its_process_starts_never_runs(tmp_path: Path) -> N
     subprocess.run(
         [sys.executable, "-m", "tuneloop.local.job", str(directory)],
         check=False,
-        timeout=20,
+        timeout=WAIT * 2,
         stderr=subprocess.DEVNULL,
     )
     assert jobs.status("early").state is JobState.STOPPED
@@ -279,7 +296,7 @@ def test_a_runner_killed_with_sigkill_is_reported_failed(runner: LocalRunner) ->
     runner.submit(job("killed", "hang"))
     pid = started(runner, "killed").pid
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not alive(pid), timeout=5)
+    wait_for(lambda: not alive(pid))
 
     status = runner.status("killed")
     assert status.state is JobState.FAILED and status.reason == REASON_DIED
@@ -294,7 +311,7 @@ def test_a_reused_pid_is_not_mistaken_for_the_job(runner: LocalRunner) -> None:
     runner.submit(job("reused", "hang"))
     pid = started(runner, "reused").pid
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not alive(pid), timeout=5)
+    wait_for(lambda: not alive(pid))
     # Another process now holds the job's recorded pid (as if the OS had reused it).
     other = subprocess.Popen(["sleep", "30"])
     try:
@@ -315,27 +332,37 @@ def test_a_reused_pid_is_not_mistaken_for_the_job(runner: LocalRunner) -> None:
 
 
 def test_a_pending_job_whose_process_never_registers_fails(tmp_path: Path) -> None:
-    jobs = LocalRunner(tmp_path / "jobs", start_timeout=0.2)
+    jobs = LocalRunner(tmp_path / "jobs", start_timeout=WAIT)
     jobs._launch = lambda directory: None  # type: ignore[method-assign]
     jobs.submit(job("orphan", "hang"))
     assert jobs.status("orphan").state is JobState.PENDING
-    time.sleep(0.3)
+    # The start timeout passes: the job was created longer ago than that.
+    path = jobs.directory("orphan") / "status.json"
+    recorded = json.loads(path.read_text())
+    long_ago = datetime.now(UTC) - timedelta(seconds=2 * WAIT)
+    path.write_text(json.dumps({**recorded, "created_at": long_ago.isoformat()}))
     status = jobs.status("orphan")
     assert status.state is JobState.FAILED and status.reason == "not_started"
+    assert status.message == f"the job process was not started within {WAIT:g}s"
 
 
 # --- logs and find --------------------------------------------------------------------------------
 
 
-def test_log_cursors_stream_new_text_across_calls(runner: LocalRunner) -> None:
-    runner.submit(job("stream", "succeed", steps=6, sleep=0.1))
+def test_log_cursors_stream_new_text_across_calls(runner: LocalRunner, tmp_path: Path) -> None:
+    release = tmp_path / "release"  # steps 4-6 come only once steps 1-3 were read
+    runner.submit(job("stream", "succeed", steps=6, sleep=0.1, hold_after=3, hold=str(release)))
     pieces, cursor = [], 0
+    deadline = time.monotonic() + WAIT
     while True:
         final = runner.status("stream").final
         text, cursor = runner.logs("stream", cursor)
         pieces.append(text)
+        if "step 3 of 6" in "".join(pieces):
+            release.touch()
         if final:
             break
+        assert time.monotonic() < deadline, "".join(pieces)
         time.sleep(0.05)
     whole = (runner.directory("stream") / "job.log").read_bytes()
     assert "".join(pieces) == whole.decode("utf-8") and cursor == len(whole)
@@ -355,7 +382,7 @@ def test_find_lists_jobs_by_labels(runner: LocalRunner, tmp_path: Path) -> None:
     runner.submit(job("a-2", "succeed", {"campaign": "bot", "round": "2"}, steps=0))
     runner.submit(job("b-1", "succeed", {"campaign": "other", "round": "1"}, steps=0))
     for name in ("a-1", "a-2", "b-1"):
-        runner.wait(name, timeout=10, poll=0.05)
+        runner.wait(name, timeout=WAIT, poll=0.05)
 
     def names(labels: dict[str, str] | None) -> list[str]:
         return [status.name for status in runner.find(labels)]
@@ -489,7 +516,7 @@ def test_cli_ctrl_c_detaches_and_the_job_keeps_running(
         jobs = LocalRunner(root)
         started(jobs, "cli-attach")
         attached.send_signal(signal.SIGINT)
-        _, err = attached.communicate(timeout=10)
+        _, err = attached.communicate(timeout=WAIT)
         assert attached.returncode == 130
         assert "detached; job cli-attach keeps running" in err
         assert "tuneloop local cancel cli-attach" in err
