@@ -25,14 +25,17 @@ endpoint and settings (and the ``AWS_*`` settings boto3 read when it was made): 
 thread-safe, making one is not (and loads the service model, tens of milliseconds). `clear`
 drops them.
 
-Credentials stay inside boto3 and the hook: nothing here logs, returns or stores them. boto3 and
-the provider are imported on first use, so modules a DAG file imports may import this one.
+Credentials stay inside boto3 and the hook: nothing here logs, returns or stores them, and in
+task processes the environment's secret key and session token are registered with Airflow's
+secrets masker (`mask_environment_secrets`). boto3 and the provider are imported on first use,
+so modules a DAG file imports may import this one.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 import sys
 import threading
@@ -88,6 +91,40 @@ def in_airflow() -> bool:
     # Looked up, never imported: a process that has not loaded the Task SDK runs no task.
     runner = sys.modules.get("airflow.sdk.execution_time.task_runner")
     return getattr(runner, "SUPERVISOR_COMMS", None) is not None
+
+
+# The AWS secrets boto3 reads from the environment (AWS_SECURITY_TOKEN: the older name of the
+# session token, still read by some SDKs). The access key id is an identifier, not a secret.
+SECRET_ENVIRONMENT = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+def mask_environment_secrets() -> None:
+    """Register the AWS secrets of this process's environment with Airflow's secrets masker,
+    so a task log line that quotes one (a botocore debug line, an error that echoes a request)
+    shows ``***``. Airflow masks a connection's secrets when it reads the connection; the
+    environment's are never read through it.
+
+    Nothing to do in a process that has not loaded Airflow (the command line, a job process):
+    it has no masker and no task log. Both maskers, as for the MLflow password: the Task SDK's
+    filters task logs, Airflow core's the API server's own lines."""
+    if "airflow" not in sys.modules:
+        return
+    secrets = [value for name in SECRET_ENVIRONMENT if (value := os.environ.get(name))]
+    if not secrets:
+        return
+    try:
+        from airflow.sdk.log import mask_secret
+
+        core = sys.modules.get("airflow._shared.secrets_masker")
+        for secret in secrets:
+            mask_secret(secret)
+            if core is not None:
+                core.mask_secret(secret)
+    except Exception as error:  # a logging setup without a masker: say so, never the secret
+        logging.getLogger(__name__).warning(
+            "Could not register the AWS secrets of the environment with Airflow's masker: %s",
+            error,
+        )
 
 
 def client(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import tempfile
 import threading
 import uuid
@@ -41,12 +42,50 @@ def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+# Characters a bucket name may hold here. S3's own rule is stricter (`recipes.s3_uri`, applied
+# where a URI is written); this one only keeps a URI from naming a bucket other than it shows.
+_BUCKET = re.compile(r"[A-Za-z0-9._\-]+\Z")
+
+
 def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/a/b`` -> (``bucket``, ``a/b``)."""
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise StorageError([Problem("", f"not an s3:// URI: {uri!r}")])
-    return parsed.netloc, parsed.path.lstrip("/")
+    """``s3://bucket/a/b`` -> (``bucket``, ``a/b``); the key is kept as written.
+
+    A URI parser would read ``s3://me@bucket/k`` as bucket ``bucket`` (or ``me@bucket``) and
+    ``s3://bucket:443/k`` as bucket ``bucket``, silently: such a URI is refused, its user info
+    never shown."""
+    scheme, separator, rest = uri.partition("://")
+    if not separator or scheme.lower() != "s3":
+        raise _bad_s3_uri(uri, "it does not begin with s3://")
+    bucket, _, key = rest.partition("/")
+    if "@" in bucket:
+        raise _bad_s3_uri(uri, "it has user info before the bucket")
+    if not bucket:
+        raise _bad_s3_uri(uri, "it names no bucket")
+    if ":" in bucket:
+        raise _bad_s3_uri(uri, "it has a port")
+    if not _BUCKET.match(bucket):
+        raise _bad_s3_uri(uri, "its bucket name holds characters no bucket name has")
+    return bucket, key.lstrip("/")
+
+
+def _bad_s3_uri(uri: str, reason: str) -> StorageError:
+    fix = (
+        "write it as s3://<bucket>/<key>, with no user info or port (S3 access comes from the "
+        "AWS connection)"
+    )
+    return StorageError(
+        [Problem("", f"{_redacted(uri)!r} is not a valid S3 URI: {reason}", fix=fix)]
+    )
+
+
+def _redacted(uri: str) -> str:
+    """``uri`` with any user info (which may be a secret) as ``***``, cut to one line."""
+    scheme, separator, rest = uri.partition("://")
+    if separator:
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            uri = f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+    return uri if len(uri) <= 200 else uri[:200] + "..."
 
 
 def local_path(uri: str) -> Path:

@@ -24,9 +24,12 @@ from hypothesis import strategies as st
 from tuneloop.config.cron import schedule_problems
 from tuneloop.config.file import load_campaign, parse_campaign
 from tuneloop.errors import CampaignError, DataLocationError, Problem, RecipeError
+from tuneloop.jobs.base import JobKind, JobSpec, UserJobError
+from tuneloop.jobs.smtj import training_job_request
 from tuneloop.recipes import compat
+from tuneloop.recipes.catalog import Platform
 from tuneloop.recipes.render import render_recipe
-from tuneloop.recipes.rules import RecipeContext
+from tuneloop.recipes.rules import RecipeContext, check_recipe
 from tuneloop.recipes.s3_uri import S3Uri, S3UriError, is_escrow, parse_s3_uri, shown
 from tuneloop.rounds.plan import plan_round
 
@@ -36,6 +39,7 @@ DEMO = CAMPAIGNS / "demo.yaml"
 CLAIMS = CAMPAIGNS / "examples" / "claims-smtj.yaml"
 HYPERPOD = CAMPAIGNS / "examples" / "support-bot-hyperpod.yaml"
 SFT_LORA = REPO / "recipes" / "nova" / "nova-2-lite" / "sft-lora.yaml"
+LOCAL_SFT = REPO / "recipes" / "local" / "sft-lora.yaml"
 ESCROW = "s3://customer-escrow-123456789012-smtj-abcde"
 
 
@@ -334,6 +338,107 @@ def test_a_recipe_may_start_from_an_escrow_checkpoint() -> None:
         context=RecipeContext(template=True),
     )
     assert rendered.data["run"]["model_name_or_path"] == f"{ESCROW}/job/step5"
+
+
+def _rules_errors(recipe: Path, platform: Platform, **run: str) -> dict[str, str]:
+    """The contextual rules' errors (dotted field -> message) for ``recipe`` with ``run``'s
+    fields set after validation: the rules judge a URI on their own, not only behind the
+    recipe model (a value with a template, or a model built elsewhere, reaches them unchecked)."""
+    ctx = RecipeContext(platform=platform, template=True)
+    rendered = render_recipe(recipe, context=ctx)
+    recipe_run = rendered.model.run  # type: ignore[attr-defined]
+    model = rendered.model.model_copy(update={"run": recipe_run.model_copy(update=run)})
+    found = check_recipe(model, rendered.method, ctx)
+    return {".".join(map(str, f.loc)): f.message for f in found.errors}
+
+
+@pytest.mark.parametrize(
+    ("field", "uri", "reason"),
+    [
+        ("data_s3_path", "s3://admin:pw-secret@acme-ml-data/x.jsonl", "has user info"),
+        ("validation_data_s3_path", "s3:///x.jsonl", "names no bucket"),
+        ("output_s3_path", "s3://acme-ml-data:9000/out/", "has a port"),
+        ("model_name_or_path", "s3://Bad_Bucket/step5", "other than lowercase letters"),
+    ],
+)
+def test_the_recipe_rules_check_the_whole_s3_uri(field: str, uri: str, reason: str) -> None:
+    errors = _rules_errors(SFT_LORA, Platform.HYPERPOD, **{field: uri})
+    message = errors[f"run.{field}"]
+    assert "is not a valid S3 URI" in message and reason in message
+    assert "admin" not in message and "pw-secret" not in message
+
+
+def test_the_recipe_rules_leave_a_templated_uri_to_its_rendering() -> None:
+    errors = _rules_errors(SFT_LORA, Platform.HYPERPOD, data_s3_path="s3://acme/{{ ds }}/x")
+    assert "run.data_s3_path" not in errors
+
+
+def test_the_local_backend_refuses_an_s3_uri_however_it_is_written() -> None:
+    errors = _rules_errors(LOCAL_SFT, Platform.LOCAL, data_s3_path="S3://me@acme-ml-data/x")
+    assert errors["run.data_s3_path"].startswith("'S3://***@acme-ml-data/x' is on S3")
+
+
+def _smtj_spec(**changes: Any) -> JobSpec:
+    body = yaml.safe_load(SFT_LORA.read_text(encoding="utf-8"))
+    body["run"].update(changes.pop("run", {}))
+    fields: dict[str, Any] = {
+        "name": "demo-r0001-sft",
+        "kind": JobKind.TRAIN,
+        "method": "sft",
+        "recipe": body,
+        "inputs": {"train": "s3://acme-ml-data/train.jsonl"},
+        "output_uri": "s3://acme-ml-data/outputs",
+        **changes,
+    }
+    return JobSpec(**fields)
+
+
+@pytest.mark.parametrize(
+    ("changes", "what", "reason"),
+    [
+        ({"output_uri": "s3://me@acme-ml-data/outputs"}, "output_uri", "user info"),
+        ({"output_uri": "s3:///outputs"}, "output_uri", "names no bucket"),
+        ({"inputs": {"train": "s3://acme-ml-data:443/t.jsonl"}}, "input train =", "port"),
+        ({"inputs": {"train": f"s3://me@{ESCROW[5:]}/t.jsonl"}}, "input train =", "user info"),
+        (
+            {"run": {"model_name_or_path": "s3://acme ml/step5"}},
+            "run.model_name_or_path",
+            "' ' at position 9",
+        ),
+    ],
+    ids=["output user info", "output no bucket", "input port", "input user info", "base space"],
+)
+def test_a_training_job_request_refuses_an_invalid_s3_uri(
+    changes: dict[str, Any], what: str, reason: str
+) -> None:
+    with pytest.raises(UserJobError) as error:
+        training_job_request(
+            _smtj_spec(**changes),
+            region="us-east-1",
+            role_arn="arn:aws:iam::123456789012:role/nova-training",
+            instance_type="ml.p5.48xlarge",
+            max_runtime_seconds=7200,
+        )
+    [problem] = error.value.problems
+    assert f"{what} '" in problem.message and "is not a valid S3 URI" in problem.message
+    assert reason in problem.message and problem.fix
+    assert "me@" not in str(error.value)
+
+
+def test_a_training_job_input_that_is_no_s3_uri_hides_its_user_info() -> None:
+    spec = _smtj_spec(inputs={"train": "https://admin:pw-Lq2-secret@data.example.com/t.jsonl"})
+    with pytest.raises(UserJobError) as error:
+        training_job_request(
+            spec,
+            region="us-east-1",
+            role_arn="arn:aws:iam::123456789012:role/nova-training",
+            instance_type="ml.p5.48xlarge",
+            max_runtime_seconds=7200,
+        )
+    assert "input train = 'https://admin:***@data.example.com/t.jsonl' is not an s3:// URI" in (
+        str(error.value)
+    )
+    assert "pw-Lq2" not in str(error.value)
 
 
 # --- through the command -----------------------------------------------------------------------

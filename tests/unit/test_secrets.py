@@ -16,6 +16,7 @@ import pytest
 from tuneloop.cli.main import main
 from tuneloop.config.file import parse_campaign
 from tuneloop.errors import CampaignError
+from tuneloop.recipes.tracking_uri import DATABASE_CREDENTIALS_FIX
 from tuneloop.tracking import credentials
 from tuneloop.tracking.credentials import (
     PASSWORD_ENV,
@@ -157,8 +158,14 @@ def test_a_stage_override_cannot_put_credentials_in_a_recipe(
     assert PASSWORD not in out + err
     (problem,) = err.strip().splitlines()
     found = PROBLEM_LINE.match(problem)
-    assert found and found["path"].startswith("stages[1].overrides."), problem
-    assert "run.mlflow_tracking_uri 'https://alice:***@" in problem
+    assert found, problem
+    # The recipe model refuses the value, at the campaign line that wrote it.
+    written = next(i for i, line in enumerate(text.splitlines(), 1) if PASSWORD in line)
+    assert (int(found["line"]), found["path"]) == (
+        written,
+        "stages[1].overrides.run.mlflow_tracking_uri",
+    )
+    assert "run.mlflow_tracking_uri: 'https://alice:***@" in problem
     assert "MLFLOW_TRACKING_PASSWORD" in problem
 
 
@@ -171,6 +178,55 @@ def test_recipes_carry_the_uri_as_written(
     plan = json.loads(capsys.readouterr().out)
     recipes = [stage["recipe"] for stage in plan["stages"]] + [plan["evaluation"]["recipe"]]
     assert [r["run"]["mlflow_tracking_uri"] for r in recipes] == [uri] * 3
+
+
+NOVA_RECIPE = REPO / "recipes" / "nova" / "nova-micro" / "sft-lora.yaml"
+
+
+@pytest.mark.parametrize("command", ["render", "validate"])
+@pytest.mark.parametrize(("uri", "shown"), URIS.values(), ids=URIS.keys())
+def test_a_recipe_file_cannot_carry_credentials(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, uri: str, shown: str, command: str
+) -> None:
+    lines = NOVA_RECIPE.read_text(encoding="utf-8").splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if "mlflow_tracking_uri:" in line)
+    lines[at] = f"  mlflow_tracking_uri: {json.dumps(uri)}\n"
+    recipe = tmp_path / "sft-lora.yaml"
+    recipe.write_text("".join(lines), encoding="utf-8")
+    code = main(["recipe", command, str(recipe)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert PASSWORD not in out + err
+    (problem,) = err.strip().splitlines()
+    found = PROBLEM_LINE.match(problem)
+    assert found, problem
+    assert (found["file"], int(found["line"]), found["path"]) == (
+        str(recipe),
+        at + 1,
+        "run.mlflow_tracking_uri",
+    )
+    assert repr(shown) in problem and "MLFLOW_TRACKING_PASSWORD" in problem
+
+
+def test_recipe_render_refuses_credentials_set_on_the_command_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(
+        [
+            "recipe",
+            "render",
+            str(NOVA_RECIPE),
+            "--set",
+            f"run.mlflow_tracking_uri=postgresql://mlflow:{PASSWORD}@db.internal/mlflow",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert PASSWORD not in out + err
+    assert err.strip().splitlines() == [
+        "--set: run.mlflow_tracking_uri: 'postgresql://mlflow:***@db.internal/mlflow' carries "
+        "credentials, which tuneloop never stores; fix: " + DATABASE_CREDENTIALS_FIX
+    ]
 
 
 # --- where the credentials come from -----------------------------------------------------------
@@ -212,6 +268,46 @@ def test_the_environment_password_is_masked(monkeypatch: pytest.MonkeyPatch) -> 
     with mlflow_credentials():
         assert os.environ[PASSWORD_ENV] == secret
     assert secret not in _redacted(f"a log line quoting {secret}")
+
+
+@pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"])
+def test_the_environments_aws_secrets_are_masked_by_every_round_task(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Each round task rebuilds its campaign through the same step that masks the MLflow
+    password; the AWS secret key and session token of the environment are masked there too."""
+    from tuneloop import aws
+    from tuneloop.pipeline.tasks import _campaign
+    from tuneloop.rounds.boxes import CampaignSnapshot
+
+    secret = f"aws-{name.lower()}-Vb93-unit-secret"
+    monkeypatch.setenv(name, secret)
+    import airflow.sdk  # noqa: F401  (this process runs Airflow code, as a task does)
+
+    assert secret in _redacted(f"before: {secret}")  # nothing masked it yet
+    connection = aws.connection_id()
+    try:
+        _campaign(CampaignSnapshot.read(DEMO))
+    finally:
+        aws.use_connection(connection)
+    assert secret not in _redacted(f"botocore quoted {secret} in a request")
+
+
+def test_the_job_operators_mask_the_environments_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """train_<stage> and evaluate run no campaign step; their operator masks the same secrets
+    itself, on execute and again when the task resumes after deferring (a new process)."""
+    from tuneloop.pipeline import operators
+
+    aws_secret = "aws-operator-Q7e2-unit-secret"
+    mlflow_secret = "mlflow-operator-Z81k-unit-secret"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_secret)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_secret)
+    import airflow.sdk  # noqa: F401  (this process runs Airflow code, as a task does)
+
+    assert aws_secret in _redacted(aws_secret) and mlflow_secret in _redacted(mlflow_secret)
+    operators._mask_environment_secrets()
+    said = _redacted(f"job said {aws_secret} and {mlflow_secret}")
+    assert aws_secret not in said and mlflow_secret not in said
 
 
 def test_one_campaign_at_a_time_holds_the_credentials(connection: str) -> None:

@@ -47,6 +47,60 @@ def s3_calls() -> Iterator[list[str]]:
         events.unregister("before-call.s3", record)
 
 
+# --- S3 URIs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "bucket", "key"),
+    [
+        ("s3://acme-ml-data/a/b.json", "acme-ml-data", "a/b.json"),
+        ("s3://acme-ml-data", "acme-ml-data", ""),
+        ("s3://acme-ml-data/", "acme-ml-data", ""),
+        ("s3://acme-ml-data/runs/r?1#x", "acme-ml-data", "runs/r?1#x"),  # a key as written
+    ],
+)
+def test_split_s3(uri: str, bucket: str, key: str) -> None:
+    assert storage.split_s3(uri) == (bucket, key)
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("s3://admin:pw-Kq7-secret@acme-ml-data/k", "user info"),
+        ("s3://pw-Kq7-secret@acme-ml-data/k", "user info"),
+        ("s3://acme-ml-data:443/k", "a port"),
+        ("s3:///k", "names no bucket"),
+        ("s3://", "names no bucket"),
+        ("s3://acme-ml-data?versionId=1", "characters no bucket name has"),
+        ("s3://acme ml-data/k", "characters no bucket name has"),
+        ("https://admin:pw-Kq7-secret@acme-ml-data/k", "does not begin with s3://"),
+        ("/srv/data/k", "does not begin with s3://"),
+    ],
+)
+def test_split_s3_refuses_what_would_name_another_bucket(uri: str, reason: str) -> None:
+    with pytest.raises(StorageError) as raised:
+        storage.split_s3(uri)
+    [problem] = raised.value.problems
+    assert "is not a valid S3 URI" in problem.message and reason in problem.message
+    assert problem.fix
+    assert "pw-Kq7" not in str(raised.value) and "admin" not in str(raised.value)
+    if "@" in uri:
+        assert "://***@acme-ml-data/k" in problem.message
+
+
+def test_a_uri_with_user_info_reaches_no_bucket(bucket: str, s3_calls: list) -> None:
+    """``s3://me@bucket`` is not read as ``bucket``: nothing is sent to S3."""
+    storage.s3_client().put_object(Bucket=bucket, Key="k.json", Body=b"{}")
+    s3_calls.clear()
+    with pytest.raises(StorageError, match="user info"):
+        storage.read_text(f"s3://me@{bucket}/k.json")
+    with pytest.raises(StorageError, match="user info"):
+        storage.exists(f"s3://me@{bucket}/k.json")
+    with pytest.raises(StorageError, match="a port"):
+        storage.write_once(f"s3://{bucket}:443/new.json", b"{}")
+    assert s3_calls == []
+
+
 # --- existence, reading, listing -------------------------------------------------------------
 
 

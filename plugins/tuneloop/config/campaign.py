@@ -29,6 +29,7 @@ from tuneloop.config import cron
 from tuneloop.recipes import s3_uri
 from tuneloop.recipes.catalog import MODELS, Method, Platform, Technique
 from tuneloop.recipes.strict import StrictModel, matching
+from tuneloop.recipes.tracking_uri import TrackingUri
 
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}\Z")
 STAGE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}\Z")
@@ -126,61 +127,7 @@ else:
 
 # --- backends ----------------------------------------------------------------------------------
 
-# URI schemes that name a place on this machine: an "@" in them is part of a path.
-_LOCAL_SCHEMES = frozenset({"file", "sqlite"})
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 CONNECTION_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}\Z")
-CREDENTIALS_FIX = (
-    "remove them from the URI and give them to the Airflow workers as "
-    "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the environment, or in an HTTP "
-    "Airflow connection (login and password) named by backend.mlflow_conn_id"
-)
-DATABASE_CREDENTIALS_FIX = (
-    "remove them from the URI and give them to the database client in the workers' "
-    "environment (PostgreSQL: PGUSER / PGPASSWORD), or track to an MLflow server instead"
-)
-
-
-def uri_user_info(uri: str) -> str | None:
-    """The user info (``user:password``) a network URI carries before an "@", or None.
-
-    Every "@" after the scheme counts, not only one a URL parser would put in the host part:
-    a password may hold "/", "?" or "#" (where a parser stops), and a secret read as a path
-    would still be copied wherever the URI goes."""
-    text = uri.strip()
-    scheme = _SCHEME.match(text)
-    if scheme is None or scheme[1].lower() in _LOCAL_SCHEMES:
-        return None
-    rest = text[scheme.end() :]
-    return rest.rpartition("@")[0] if "@" in rest else None
-
-
-def redacted_uri(uri: str) -> str:
-    """``uri`` with its password (or a lone user name, which may be a token) as ``***``:
-    ``https://user:***@host``."""
-    text = uri.strip()
-    scheme = _SCHEME.match(text)
-    if scheme is None or uri_user_info(text) is None:
-        return text
-    user_info, _, host = text[scheme.end() :].rpartition("@")
-    user, colon, _ = user_info.partition(":")
-    shown = f"{user}:***" if colon else "***"
-    return f"{text[: scheme.end()]}{shown}@{host}"
-
-
-def _without_credentials(uri: str) -> str:
-    """An MLflow URI is copied into recipes, the ledger, XCom and logs: refuse one that
-    carries credentials rather than strip them, since the campaign file itself (which rounds
-    snapshot) would still hold the secret."""
-    if uri_user_info(uri) is None:
-        return uri
-    scheme = uri.strip().partition("://")[0].lower()
-    fix = CREDENTIALS_FIX if scheme in ("http", "https") else DATABASE_CREDENTIALS_FIX
-    raise PydanticCustomError(
-        "uri_credentials",
-        "{uri} carries credentials, which tuneloop never stores; fix: {fix}",
-        {"uri": repr(redacted_uri(uri)), "fix": fix},
-    )
 
 
 def _connection_id(value: str) -> str:
@@ -193,7 +140,6 @@ def _connection_id(value: str) -> str:
     return value
 
 
-TrackingUri = Annotated[str, AfterValidator(_without_credentials)]
 ConnectionId = Annotated[str, AfterValidator(_connection_id)]
 
 

@@ -44,6 +44,7 @@ from tuneloop.jobs.base import (
     job_error,
     validate_job_name,
 )
+from tuneloop.recipes import s3_uri
 from tuneloop.recipes.catalog import (
     CatalogError,
     Method,
@@ -53,6 +54,7 @@ from tuneloop.recipes.catalog import (
     container_image,
     model_spec,
 )
+from tuneloop.recipes.tracking_uri import redacted_uri
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 RECIPE_CHANNEL = "recipe"
@@ -210,12 +212,12 @@ def training_job_request(
     image = _image(name, model, method, region, instance_type)
     replicas = _replicas(name, run)
     base = _base_model(name, run, model)
-    if not storage.is_s3(spec.output_uri):
-        raise _user_error(
-            name,
-            f"output_uri {spec.output_uri!r} is not an s3:// URI",
-            "training jobs write to S3; set the campaign's output root to s3://bucket/prefix",
-        )
+    _require_s3(
+        name,
+        "output_uri",
+        spec.output_uri,
+        "training jobs write to S3; set the campaign's output root to s3://bucket/prefix",
+    )
     hyperparameters = {"sagemaker_recipe_local_path": RECIPE_LOCAL_PATH}
     hyperparameters["base_model_location" if storage.is_s3(base) else "base_model"] = base
     channels, reward = _data_channels(spec, method, str(run.get("reward_lambda_arn") or ""))
@@ -296,7 +298,24 @@ def _base_model(name: str, run: Mapping[str, Any], model: ModelSpec) -> str:
             "run.model_name_or_path is empty",
             f"use the base model ({model.base_model}) or an earlier job's checkpoint_s3_bucket",
         )
+    if s3_uri.looks_like_s3(base):
+        _require_s3(name, "run.model_name_or_path", base, "")
     return base
+
+
+def _require_s3(name: str, what: str, uri: str, not_s3_fix: str) -> None:
+    """Refuse ``uri`` unless it is a whole, valid S3 URI: the service reads a URI with user
+    info, a port or a malformed bucket otherwise than the user meant, or fails on it after the
+    job was created. ``not_s3_fix`` is the fix for a value that is no S3 URI at all."""
+    if not s3_uri.looks_like_s3(uri):
+        # Whatever URI it is, its user info (which may be a secret) is not printed.
+        text = s3_uri.shown(redacted_uri(uri))
+        raise _user_error(name, f"{what} {text} is not an s3:// URI", not_s3_fix)
+    defect = s3_uri.s3_uri_defect(uri)
+    if defect is not None:
+        raise _user_error(
+            name, f"{what} {s3_uri.shown(uri)} is not a valid S3 URI: {defect.reason}", defect.fix
+        )
 
 
 def _data_channels(
@@ -314,12 +333,12 @@ def _data_channels(
             raise _user_error(
                 spec.name, "input channel 'recipe' is reserved for the recipe", "rename the input"
             )
-        if not storage.is_s3(uri):
-            raise _user_error(
-                spec.name,
-                f"input {channel} = {uri!r} is not an s3:// URI",
-                "training jobs read their data from S3; upload it to your own bucket",
-            )
+        _require_s3(
+            spec.name,
+            f"input {channel} =",
+            uri,
+            "training jobs read their data from S3; upload it to your own bucket",
+        )
         channels.append(_channel(channel, uri, data_type))
     return channels, reward
 

@@ -251,6 +251,7 @@ class JobOperator(ResumableJobMixin, BaseOperator):
     # -- entry points ----------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
+        _mask_environment_secrets()
         if not self.job:
             # The round DAG passes no job for a stage the run does not include.
             raise AirflowSkipException("no job to run: this stage is not part of this run")
@@ -272,6 +273,7 @@ class JobOperator(ResumableJobMixin, BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any], **resume: Any) -> Any:
         """Back from ``JobTrigger``: the job ended, or the deadline came first."""
+        _mask_environment_secrets()  # a resumed task is a new process
         self._restore(context, resume, TRY_KEY)
         store = context.get("task_state_store")
         waited = Handle.parse(store.get(HANDLE_KEY) if store is not None else resume.get("handle"))
@@ -681,3 +683,13 @@ def _status_event(status: JobStatus) -> dict[str, Any]:
 
 def _raise(error: BaseException) -> Any:
     raise error
+
+
+def _mask_environment_secrets() -> None:
+    """Register the AWS and MLflow secrets of this task process's environment with Airflow's
+    secrets masker, as the round's other tasks do: a job's log lines reach the task log."""
+    from tuneloop import aws
+    from tuneloop.tracking.credentials import mask_environment
+
+    mask_environment()
+    aws.mask_environment_secrets()

@@ -62,7 +62,8 @@ def _template_context(context: dict[str, Any]) -> dict[str, Any]:
 def _campaign(snapshot: CampaignSnapshot) -> CampaignFile:
     """The round's campaign from its snapshot; this process's storage calls then use the
     campaign's AWS connection (the ledger, checkpoints and results live under its output root),
-    and Airflow's masker knows the MLflow password of this process's environment."""
+    and Airflow's masker knows the MLflow password and the AWS secrets of this process's
+    environment."""
     from tuneloop import aws
     from tuneloop.config.backend import aws_connection
     from tuneloop.tracking.credentials import mask_environment
@@ -70,6 +71,7 @@ def _campaign(snapshot: CampaignSnapshot) -> CampaignFile:
     cf = snapshot.load()
     aws.use_connection(aws_connection(cf.campaign) or aws.DEFAULT_CONN_ID)
     mask_environment()
+    aws.mask_environment_secrets()
     return cf
 
 

@@ -25,6 +25,7 @@ from tuneloop.recipes.catalog import MODELS
 # Re-exported: the recipe models import them from here.
 from tuneloop.recipes.strict import StrictModel as StrictModel
 from tuneloop.recipes.strict import matching as matching
+from tuneloop.recipes.tracking_uri import TrackingUri
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -79,8 +80,10 @@ class RunConfig(StrictModel):
     """Optional validation data (JSONL), same rules as `data_s3_path`."""
     output_s3_path: PathOrS3Uri = ""
     """Where the job writes manifest.json and TensorBoard logs (required on HyperPod)."""
-    mlflow_tracking_uri: str = ""
-    """MLflow tracking server or SageMaker managed MLflow app ARN; empty disables MLflow."""
+    mlflow_tracking_uri: TrackingUri = ""
+    """MLflow tracking server or SageMaker managed MLflow app ARN; empty disables MLflow. Never
+    with credentials (``user:password@``): the recipe is copied into job requests, records and
+    logs; the MLflow client reads them from its environment."""
     mlflow_experiment_name: str = ""
     """MLflow experiment name."""
     mlflow_run_name: str = ""

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from tuneloop.documents import Loc, range_text
 from tuneloop.errors import CompatibilityError
-from tuneloop.recipes import compat
+from tuneloop.recipes import compat, s3_uri
 from tuneloop.recipes.catalog import (
     EVAL_TASKS,
     MODELS,
@@ -169,7 +169,8 @@ def _check_model_path(found: Findings, spec: ModelSpec, value: str, ctx: RecipeC
     if value.startswith(PLACEHOLDER_PREFIX):
         return
     if spec.is_nova:
-        if value.startswith("s3://"):
+        if s3_uri.looks_like_s3(value):
+            _check_s3_uri(found, loc, value)
             return
         bases = {m.base_model: m for m in _nova_models()}
         if value in bases and value != spec.base_model:
@@ -274,15 +275,34 @@ def _check_run_paths(found: Findings, run: Any, method: Method | None, ctx: Reci
 
 
 def _check_uri_scheme(found: Findings, loc: Loc, value: str, local: bool) -> None:
+    """A local backend reads local files; the others read whole, valid S3 URIs."""
     if local:
-        if value.startswith("s3://"):
+        if s3_uri.looks_like_s3(value):
             found.error(
                 loc,
-                f"{value} is on S3; the local backend reads local files",
+                f"{s3_uri.shown(value)} is on S3; the local backend reads local files",
                 allowed="a path or file:// URI",
             )
-    elif not value.startswith("s3://"):
-        found.error(loc, f"{value!r} is not an s3:// URI", allowed="s3://bucket/key")
+    elif not s3_uri.looks_like_s3(value):
+        found.error(loc, f"{s3_uri.shown(value)} is not an s3:// URI", allowed="s3://bucket/key")
+    else:
+        _check_s3_uri(found, loc, value)
+
+
+def _check_s3_uri(found: Findings, loc: Loc, value: str) -> None:
+    """The whole URI, not only its prefix: no user info, port or query, a real bucket name.
+    A value holding an Airflow template is left alone: it is checked once rendered, and when
+    it fails to render the template's own error already names the line."""
+    if "{{" in value or "{%" in value:
+        return
+    defect = s3_uri.s3_uri_defect(value)
+    if defect is not None:
+        found.error(
+            loc,
+            f"{s3_uri.shown(value)} is not a valid S3 URI: {defect.reason}",
+            allowed=s3_uri.ALLOWED,
+            fix=defect.fix,
+        )
 
 
 def _check_lr(

@@ -16,14 +16,7 @@ from typing import Any
 from tuneloop import storage
 from tuneloop.artifacts.manifest import Checkpoint, read_checkpoint, read_checkpoint_uri
 from tuneloop.config import checks as campaign_checks
-from tuneloop.config.campaign import (
-    CREDENTIALS_FIX,
-    Campaign,
-    Stage,
-    flatten_overrides,
-    redacted_uri,
-    uri_user_info,
-)
+from tuneloop.config.campaign import Campaign, Stage, flatten_overrides
 from tuneloop.config.file import CampaignFile, locate_recipe, resolve_base
 from tuneloop.config.paths import absolute, round_root
 from tuneloop.config.templating import render_template, sample_template_context
@@ -353,8 +346,6 @@ def _plan_stage(
         rendered = render(adjustments=_rollback_adjustments(cf, stage.name, rendered))
     if rendered is None:
         return None
-    if _tracking_credentials(cf, loc, stage.flat_overrides, rendered, problems):
-        return None
     if not _technique_matches(cf, stage, loc, rendered, problems):
         return None
     return PlannedStage(
@@ -369,37 +360,6 @@ def _plan_stage(
         recipe=rendered.data,
         warnings=[w.format() for w in rendered.warnings],
     )
-
-
-def _tracking_credentials(
-    cf: CampaignFile,
-    loc: Loc,
-    overrides: dict[str, Any],
-    rendered: RenderedRecipe,
-    problems: list[Problem],
-) -> bool:
-    """True (and a problem) when the rendered recipe's MLflow URI carries credentials: the
-    recipe goes to the job and into the ledger. The campaign's backend.mlflow_uri is refused
-    when it is loaded; this catches a template or a stage's overrides that write one."""
-    uri = (rendered.data.get("run") or {}).get("mlflow_tracking_uri")
-    if not isinstance(uri, str) or uri_user_info(uri) is None:
-        return False
-    key = "run.mlflow_tracking_uri"
-    if key not in overrides:
-        where: Loc = (*loc, "recipe")
-    elif (*loc, "overrides", key) in cf.document.lines:
-        where = (*loc, "overrides", key)
-    else:  # written as a nested mapping
-        where = (*loc, "overrides", "run", "mlflow_tracking_uri")
-    problems.append(
-        cf.problem(
-            where,
-            f"the recipe's run.mlflow_tracking_uri {redacted_uri(uri)!r} carries credentials, "
-            "which tuneloop never stores",
-            fix=CREDENTIALS_FIX,
-        )
-    )
-    return True
 
 
 def _check_reward_function(
@@ -497,8 +457,6 @@ def _plan_evaluation(
         task = campaign_checks.declared_task(cf, evaluation.recipe, evaluation.flat_overrides)
         if task in EVAL_TASKS:
             campaign_checks.check_gate_metrics(cf, task, problems)
-        return None
-    if _tracking_credentials(cf, loc, evaluation.flat_overrides, rendered, problems):
         return None
     task = rendered.data["evaluation"]["task"]
     metrics = campaign_checks.check_gate_metrics(cf, task, problems)
