@@ -92,6 +92,11 @@ class _Loader(yaml.SafeLoader):
             raise _ValueError(str(exc.problem), node) from None
         except (ValueError, TypeError, OverflowError) as exc:
             raise _ValueError(f"cannot read {shorten(node.value)}: {exc}", node) from None
+        except (AttributeError, KeyError, IndexError):
+            # PyYAML's own constructors fail this way on an explicit tag over text of another
+            # kind (``!!timestamp not-a-date``, ``!!bool maybe``).
+            tag = str(node.tag).rpartition(":")[2]
+            raise _ValueError(f"cannot read {shorten(node.value)} as !!{tag}", node) from None
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         digits = str(node.value).replace("_", "").lstrip("+-")
@@ -178,9 +183,10 @@ def parse_scalar(text: str, name: str | None = None) -> Any:
             refused = walk.problems[0]
             return _refuse_set(text, name, refused.message, refused.fix)
         return loader.construct_document(root)  # a SafeLoader subclass: safe
-    except (_LimitError, _IntegerTooLarge) as exc:
-        fix = exc.fix if isinstance(exc, _LimitError) else None
-        return _refuse_set(text, name, str(getattr(exc, "problem", exc)), fix)
+    except _LimitError as exc:
+        return _refuse_set(text, name, exc.message, exc.fix)
+    except _IntegerTooLarge as exc:
+        return _refuse_set(text, name, str(exc.problem), None)
     except yaml.YAMLError:
         return text
     finally:

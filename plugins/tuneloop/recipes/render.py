@@ -403,15 +403,21 @@ def _locator(document: Document, origins: Mapping[str, Origin]) -> Locate:
     """Where a problem at a recipe path was written: the override that set it, else the file."""
 
     def locate(loc: Loc, message: str, **kwargs: Any) -> Problem:
-        dotted = format_loc(loc)
+        # Compared part by part, not as text: a key written ``a[0]`` prints as ["a[0]"].
+        parts = tuple(str(part) for part in loc)
         in_file = tuple(loc) in document.lines
         for key, origin in origins.items():
-            inside = dotted == key or dotted.startswith(key + ".")
+            path = tuple(key.split("."))
+            inside = parts[: len(path)] == path
             # A parent the override created (the file never had it) is the override's doing too.
-            created = not in_file and key.startswith(dotted + ".")
+            created = not in_file and len(path) > len(parts) and path[: len(parts)] == parts
             if inside or created:
                 return Problem(
-                    origin.path or dotted, message, source=origin.source, line=origin.line, **kwargs
+                    origin.path or format_loc(loc),
+                    message,
+                    source=origin.source,
+                    line=origin.line,
+                    **kwargs,
                 )
         return document.problem(loc, message, **kwargs)
 

@@ -1,0 +1,1 @@
+"""Property-based fuzzing of what users hand to tuneloop: campaigns, recipes, datasets, options."""
