@@ -65,3 +65,12 @@ def test_local_run_refuses_a_recipe_it_cannot_train_before_starting_a_job(
     err = capsys.readouterr().err
     assert f"{recipe}:3" in err and "nest more than 64 levels" in err and "Traceback" not in err
     assert not (root / "deep").exists()  # no job process was started
+
+
+def test_more_errors_than_a_report_lists_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["data", "validate", DATA, "--format", "sft", "--model", "lite-2", "--max-errors"]
+    assert main([*argv, "10001"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-errors: 10001 is more errors than a report lists" in err
+    assert "(allowed: >= 0 and <= 10000)" in err
+    assert main([*argv, "10000"]) == 0

@@ -354,7 +354,7 @@ def _data_validate(args: argparse.Namespace) -> int:
 
     from tuneloop.data.registry import FORMATS, get_format, supports
     from tuneloop.data.rules import RELAXABLE
-    from tuneloop.data.validator import Options, validate_dataset
+    from tuneloop.data.validator import MAX_LISTED, Options, validate_dataset
     from tuneloop.recipes.catalog import MODELS
 
     problems = []
@@ -383,6 +383,14 @@ def _data_validate(args: argparse.Namespace) -> int:
     for flag, value in (("--max-errors", args.max_errors), ("--workers", args.workers)):
         if value < 0:
             problems.append(Problem(flag, f"{value} is negative", allowed=">= 0"))
+    if args.max_errors > MAX_LISTED:  # a report lists so many; the rest are counted per rule
+        problems.append(
+            Problem(
+                "--max-errors",
+                f"{args.max_errors} is more errors than a report lists",
+                allowed=f">= 0 and <= {MAX_LISTED}",
+            )
+        )
     if args.max_length is not None and args.max_length < 1:
         problems.append(
             Problem("--max-length", f"{args.max_length} is not a length", allowed=">= 1")

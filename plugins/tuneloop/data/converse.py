@@ -6,6 +6,7 @@ is looser (unknown keys ignored, whitespace-only text, case-insensitive token ma
 rejects ordinary prose) this module follows the documentation instead.
 """
 
+import re
 from collections.abc import Iterator
 from functools import cache
 from types import SimpleNamespace
@@ -36,6 +37,14 @@ IMAGE_FORMATS_NOVA2 = ("jpeg", "png", "gif")
 VIDEO_FORMATS = ("mov", "mkv", "mp4", "webm")
 VIDEO_FORMATS_NOVA2 = ("mov", "mkv", "mp4")
 DOCUMENT_FORMATS = ("pdf",)
+URI_CHARACTER = re.compile(r"[\w\-/.]")
+"""What the service accepts after ``s3://`` in a media URI (its pattern is ``^[\\w\\-/\\.]+$``:
+letters, digits, underscores, hyphens, slashes and dots). A URI with a space or a parenthesis
+would pass here and fail the training job."""
+SERVICE_URI_MESSAGE = (
+    "Invalid characters in 'uri'. Only alphanumeric, underscores, hyphens, slashes, and dots are "
+    "allowed"
+)
 MAX_IMAGES_PER_MESSAGE = 10
 BLOCK_KINDS = ("text", "image", "video", "document", "reasoningContent", "toolUse", "toolResult")
 
@@ -393,9 +402,30 @@ def _check_media(
             f"{media.format!r} is not a {kind} format {ctx.spec.display_name} accepts "
             f"(allowed: {', '.join(allowed)})",
         )
-    uri = media.source.s3Location.uri
-    if not uri.startswith("s3://") or len(uri) <= 5:
-        report("media", f"{path}.source.s3Location.uri", f"{uri!r} is not an s3:// URI")
+    _check_media_uri(media.source.s3Location.uri, f"{path}.source.s3Location.uri", report)
+
+
+def _check_media_uri(uri: str, path: str, report: Report) -> None:
+    """An object in S3, named with only the characters the service accepts."""
+    bucket, _, key = uri[5:].partition("/")
+    if not uri.startswith("s3://") or not bucket or not key:
+        report(
+            "media",
+            path,
+            f"{uri!r} is not an s3:// URI of an object (allowed: s3://BUCKET/KEY); write the "
+            "URI of the object in S3",
+        )
+        return
+    odd = sorted({char for char in uri[5:] if not URI_CHARACTER.fullmatch(char)})
+    if odd:
+        shown = ", ".join(repr(char) for char in odd[:10])
+        report(
+            "media",
+            path,
+            f"{uri!r} holds {shown}; the service allows only letters, digits, '_', '-', '/' and "
+            f"'.' after s3:// (its words: {SERVICE_URI_MESSAGE!r}); rename the object (and the "
+            "URI) with only those characters",
+        )
 
 
 def _check_reasoning(text: str, role: str, path: str, ctx: FormatContext, report: Report) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Protocol
 
 import msgspec
@@ -127,8 +127,22 @@ def count_keys(value: Any) -> int:
     return count
 
 
+SUGGEST_UP_TO = 100
+"""Keys longer than this are no typo of a defined key (all are short): no suggestion is looked
+for, and the message is not cached."""
+
+
 def unknown_key_message(name: str, *roots: Any) -> str:
     """'unknown key ...', with the closest key the format defines when one is close."""
+    if len(name) > SUGGEST_UP_TO:
+        return f"unknown key {name!r}"
+    return _unknown_key_message(name, roots)
+
+
+@lru_cache(maxsize=4096)
+def _unknown_key_message(name: str, roots: tuple[Any, ...]) -> str:
+    """Cached: a dataset often repeats the same unknown key on every line, and finding the
+    closest defined key takes far longer than checking the line."""
     import difflib
 
     names = sorted(set().union(*(_field_names(root) for root in roots)))

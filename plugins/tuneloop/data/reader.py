@@ -1,7 +1,8 @@
 """Stream a dataset's bytes in large chunks, from a local file or an S3 object.
 
 Large reads keep the per-line cost in the validator, not in I/O; an S3 object is streamed, never
-downloaded whole, so memory stays flat whatever the file size.
+downloaded whole, so memory stays flat whatever the file size. A local path is read only when it
+is a regular file: a FIFO would block, /dev/zero never ends.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import itertools
 import os
 import queue
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from tuneloop import storage
 from tuneloop.errors import Problem, StorageError
@@ -28,17 +30,14 @@ Chunk = TypeVar("Chunk")
 
 
 def read_chunks(uri: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-    """The bytes of ``uri`` from ``start`` to ``end`` (exclusive), in chunks of about 8 MB."""
+    """The bytes of ``uri`` from ``start`` to ``end`` (exclusive), in chunks of about 8 MB.
+
+    A StorageError when a local ``uri`` is missing or not a regular file (open_regular_file).
+    """
     if storage.is_s3(uri):
         yield from _s3_chunks(uri, start, end)
         return
-    path = storage.local_path(uri)
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed in the finally below, across yields
-    except FileNotFoundError:
-        raise StorageError([Problem("", "file not found", source=str(uri))]) from None
-    except OSError as exc:
-        raise StorageError([Problem("", f"cannot read: {exc}", source=str(uri))]) from None
+    handle = open_regular_file(uri)
     try:
         handle.seek(start)
         remaining = None if end is None else end - start
@@ -53,6 +52,70 @@ def read_chunks(uri: str, start: int = 0, end: int | None = None) -> Iterator[by
             yield chunk
     finally:
         handle.close()
+
+
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_a_regular_file(uri: str, mode: int) -> StorageError:
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+    return StorageError(
+        [
+            Problem(
+                "",
+                f"is {kind}, not a regular file: only regular files are read",
+                source=str(uri),
+                allowed="a regular file, or a symlink to one",
+                fix="give the path of a JSON Lines file",
+            )
+        ]
+    )
+
+
+def _cannot_read(uri: str, exc: OSError) -> StorageError:
+    message = "file not found" if isinstance(exc, FileNotFoundError) else f"cannot read: {exc}"
+    return StorageError([Problem("", message, source=str(uri))])
+
+
+def check_regular_file(uri: str) -> int:
+    """The size of the local file ``uri``; a StorageError, without opening it, when it is
+    missing or not a regular file.
+
+    A FIFO would block the open until someone writes to it, and /dev/zero or /dev/urandom never
+    end: only regular files have a size to validate.
+    """
+    try:
+        info = os.stat(storage.local_path(uri))
+    except OSError as exc:
+        raise _cannot_read(uri, exc) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise _not_a_regular_file(uri, info.st_mode)
+    return info.st_size
+
+
+def open_regular_file(uri: str) -> BinaryIO:
+    """The local file ``uri`` opened for reading, once it is known to be a regular file.
+
+    Checked before the open (check_regular_file) and again on the open file: opened without
+    blocking, so a FIFO swapped in between the two cannot hang the open either.
+    """
+    check_regular_file(uri)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(storage.local_path(uri), flags)
+    except OSError as exc:
+        raise _cannot_read(uri, exc) from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise _not_a_regular_file(uri, mode)
+    return os.fdopen(descriptor, "rb")
 
 
 def _s3_chunks(uri: str, start: int, end: int | None) -> Iterator[bytes]:
@@ -75,21 +138,37 @@ def _s3_chunks(uri: str, start: int, end: int | None) -> Iterator[bytes]:
 
 def line_aligned_ranges(path: Path, parts: int) -> list[tuple[int, int]]:
     """Split a file into ``parts`` byte ranges that each end just after a newline."""
-    size = os.path.getsize(path)
+    size = check_regular_file(str(path))
     if parts <= 1 or size < CHUNK:
         return [(0, size)]
     bounds = [0]
-    with open(path, "rb") as handle:
+    with open_regular_file(str(path)) as handle:
         for index in range(1, parts):
-            handle.seek(max(bounds[-1], size * index // parts))
-            handle.readline()
-            position = handle.tell()
+            position = _after_next_newline(handle, max(bounds[-1], size * index // parts))
             if position >= size:
                 break
             if position > bounds[-1]:
                 bounds.append(position)
     bounds.append(size)
     return list(itertools.pairwise(bounds))
+
+
+SEEK_BLOCK = 1 << 20
+
+
+def _after_next_newline(handle: BinaryIO, position: int) -> int:
+    """The offset just after the first newline at or after ``position`` (the end of the file
+    when there is none).
+
+    Read a block at a time, not with readline(): a line of a gigabyte would be held whole.
+    """
+    handle.seek(position)
+    while block := handle.read(SEEK_BLOCK):
+        found = block.find(b"\n")
+        if found >= 0:
+            return position + found + 1
+        position += len(block)
+    return position
 
 
 def prefetched(chunks: Iterable[bytes], each: Callable[[bytes], Any]) -> Iterator[bytes]:

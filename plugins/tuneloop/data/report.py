@@ -7,6 +7,7 @@ msgspec structs rather than pydantic models: the validator already decodes with 
 from __future__ import annotations
 
 import builtins
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -126,9 +127,27 @@ class DatasetReport(_Data, kw_only=True):
             total = sum(self.error_counts.values())
             lines.append(f"  first {shown} of {total} errors:")
             lines.extend(f"    {issue.format(self.uri)}" for issue in self.errors)
+            lines.extend(_not_listed(self.errors, self.error_counts))
         if self.warnings:
             lines.append(f"  first {len(self.warnings)} warnings:")
             lines.extend(f"    {issue.format(self.uri)}" for issue in self.warnings)
+            lines.extend(_not_listed(self.warnings, self.warning_counts))
         if self.allowed:
             lines.append(f"  relaxed: {', '.join(self.allowed)}")
         return "\n".join(lines) + "\n"
+
+
+SUMMARISED = frozenset({"truncated"})
+"""Rules whose one issue stands for every record it counts."""
+
+
+def _not_listed(listed: list[DataIssue], counts: dict[str, int]) -> list[str]:
+    """One line per rule with more issues than listed: only the first are kept, the rest
+    counted (so a file of a million bad lines takes no more memory than one of a hundred)."""
+    shown = Counter(issue.rule for issue in listed)
+    more = {rule: count - shown[rule] for rule, count in counts.items() if rule not in SUMMARISED}
+    return [
+        f"    and {count:,} more of rule {rule_id} (counted, not listed)"
+        for rule_id, count in sorted(more.items(), key=lambda kv: (-kv[1], kv[0]))
+        if count > 0
+    ]

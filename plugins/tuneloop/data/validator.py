@@ -18,7 +18,12 @@ key. The validating thread then runs one quick check per line, mapped in C, and 
 per chunk; a line the quick check does not vouch for, or that the scan matched, takes the full
 path above, and a repeated key there is looked for line by line. Reports are the same either way.
 
-Memory grows only with the duplicate index (one entry per record) and the length estimates.
+Memory is bounded whatever the input. An invalid line costs nothing that lasts: errors are
+counted per rule and only the first ``max_errors`` (at most MAX_LISTED) are kept, and a line with
+an error is left out of the duplicate index. What grows is that index, 16 bytes per valid
+record; lengths are counted per distinct value. Each chunk is split into lines a piece of about
+PIECE bytes at a time, so a chunk of tiny lines does not become millions of objects at once,
+and a line longer than MAX_LINE_BYTES is skipped, never held.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import operator
 import time
 from array import array
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -67,6 +72,10 @@ BOM = b"\xef\xbb\xbf"
 MEDIA = IMAGE | VIDEO
 # A longer line is reported and skipped rather than held in memory: no model's context comes close.
 MAX_LINE_BYTES = 64 << 20
+PIECE = 1 << 20
+"""Lines are split from a chunk about this many bytes at a time (see _pieces)."""
+MAX_LISTED = 10_000
+"""The most errors (and warnings) a report lists, whatever max_errors asks: the rest are counted."""
 CHARS_PER_TOKEN = 4
 SET_DIGESTS = 400_000
 _BLANK = -1
@@ -95,10 +104,13 @@ class _State:
     warnings: list[DataIssue] = field(default_factory=list)
     warning_counts: Counter[str] = field(default_factory=Counter)
     kinds: Counter[int] = field(default_factory=Counter)
-    lengths: array[int] = field(default_factory=lambda: array("I"))
+    lengths: Counter[int] = field(default_factory=Counter)
+    """Records by length in characters: a file of N bytes has fewer than sqrt(2N) lengths."""
     digests: array[int] = field(default_factory=lambda: array("Q"))
-    """Each record's digest, in line order (with digest_lines); duplicates are found from these
-    at the end, which takes 16 bytes a record instead of a dict's hundred."""
+    """The digest of each record without an error, in line order (with digest_lines);
+    duplicates are found from these at the end, which takes 16 bytes a record instead of a
+    dict's hundred. A record with an error is left out: it is invalid already, and indexing
+    every invalid line would let memory grow with them."""
     digest_lines: array[int] = field(default_factory=lambda: array("q"))
     duplicates: int = 0
     first_image: int = 0
@@ -117,12 +129,18 @@ class _Pass:
         self.decoder = self.lenient if "unknown-key" in self.allow else self.strict
         self.state = _State()
         self.line_no = 0
-        self.bad: set[int] = set()
-        """Record lines with at least one error (not relaxed)."""
+        self.listed = min(options.max_errors, MAX_LISTED)
+        """How many errors, and how many warnings, the report lists."""
+        self._counted = 0
+        """The line last counted in state.invalid. Lines are checked in order, so a report on
+        another line is on a line not counted yet; _revisit() handles the few reports made
+        after later lines were checked."""
         self.context_chars = ctx.spec.context_length * CHARS_PER_TOKEN
         self._scanner: ReservedScanner | None = None
         self._kinds: list[int] = []
         """Kinds of the records checked the full way since the last flush into state.kinds."""
+        self._lengths: list[int] = []
+        """Their lengths, likewise flushed into state.lengths."""
         quick_path = getattr(fmt, "quick_path", None)
         self.quick: QuickPath | None = None
         """The format's quick path, when it has one and the raw bytes can be scanned alongside
@@ -144,47 +162,65 @@ class _Pass:
         state = self.state
         if rule_id in self.allow:
             state.warning_counts[rule_id] += 1
-            _keep(state.warnings, self.line_no, path, rule_id, message, self.options.max_errors)
+            _keep(state.warnings, self.line_no, path, rule_id, message, self.listed)
             return
-        if self.line_no and rule_id != "blank-line":  # a blank line is not a record
-            self.bad.add(self.line_no)
+        # Line 0 is the whole dataset, and a blank line is not a record.
+        if self.line_no and self.line_no != self._counted and rule_id != "blank-line":
+            self._counted = self.line_no
+            state.invalid += 1
         state.error_counts[rule_id] += 1
-        _keep(state.errors, self.line_no, path, rule_id, message, self.options.max_errors)
+        _keep(state.errors, self.line_no, path, rule_id, message, self.listed)
+
+    def _revisit(self, line_no: int, invalid: bool) -> None:
+        """Report on ``line_no`` again, after later lines were checked; ``invalid``: whether it
+        is counted as invalid already."""
+        self.line_no = line_no
+        self._counted = line_no if invalid else 0
 
     # -- the pass ----------------------------------------------------------------------------
 
     def run(self, chunks: Iterable[bytes], first_chunk: bool = True) -> _State:
-        rest = b""
+        partial = _Partial()
         skipping = False
         line_no = 0
         for chunk in chunks:
             if first_chunk:
                 first_chunk = False
-                if chunk.startswith(BOM):
-                    self.line_no = 1
-                    self.report("bom", "$", "the file starts with a UTF-8 byte order mark")
-                    chunk = chunk[len(BOM) :]
-            if skipping:  # inside a line too long to hold in memory
-                newline = chunk.find(b"\n")
-                if newline == -1:
+                chunk = self._strip_bom(chunk)
+            for _, piece in _pieces(chunk):
+                if skipping:  # inside a line too long to hold in memory
+                    newline = piece.find(b"\n")
+                    if newline == -1:
+                        continue
+                    skipping, piece = False, piece[newline + 1 :]
+                cut = piece.rfind(b"\n") + 1
+                if cut == 0:
+                    partial.add(piece, 0)
+                    if partial.size > MAX_LINE_BYTES:
+                        line_no += 1
+                        self._line_too_large(line_no)
+                        partial.clear()
+                        skipping = True
                     continue
-                skipping, chunk = False, chunk[newline + 1 :]
-            buffer = rest + chunk if rest else chunk
-            cut = buffer.rfind(b"\n") + 1
-            if cut == 0:
-                rest = buffer
-                if len(rest) > MAX_LINE_BYTES:
-                    line_no += 1
-                    self._line_too_large(line_no)
-                    rest, skipping = b"", True
-                continue
-            rest = buffer[cut:]
-            line_no = self._lines(buffer, cut, line_no)
-        if rest:
-            self._lines(rest + b"\n", len(rest) + 1, line_no)
+                tail = len(piece) - cut
+                buffer = partial.take(piece)
+                cut = len(buffer) - tail
+                partial.add(buffer[cut:], 0)
+                line_no = self._lines(buffer, cut, line_no)
+        if partial.size:
+            rest = partial.take(b"\n")
+            self._lines(rest, len(rest), line_no)
         elif skipping:
             self.state.lines = line_no
         return self.state
+
+    def _strip_bom(self, chunk: bytes) -> bytes:
+        """The first chunk without its byte order mark, which is reported."""
+        if not chunk.startswith(BOM):
+            return chunk
+        self.line_no = 1
+        self.report("bom", "$", "the file starts with a UTF-8 byte order mark")
+        return chunk[len(BOM) :]
 
     def run_quick(
         self, items: Iterable[tuple[bytes | None, list[int]]], first_chunk: bool = True
@@ -197,7 +233,7 @@ class _Pass:
         """
         pending: deque[int] = deque()
         """StreamScan hits not yet given to a line, in the order of their offsets."""
-        rest, rest_at = b"", 0  # the partial last line and the offset of its first byte
+        partial = _Partial()  # the line begun and not yet ended
         at = 0  # the offset of the next chunk
         skipping = False
         line_no = 0
@@ -209,36 +245,33 @@ class _Pass:
             at += len(chunk)
             if first_chunk:
                 first_chunk = False
-                if chunk.startswith(BOM):
-                    self.line_no = 1
-                    self.report("bom", "$", "the file starts with a UTF-8 byte order mark")
-                    chunk, chunk_at = chunk[len(BOM) :], chunk_at + len(BOM)
-            if skipping:  # inside a line too long to hold in memory
-                newline = chunk.find(b"\n")
-                if newline == -1:
+                stripped = self._strip_bom(chunk)
+                chunk_at += len(chunk) - len(stripped)
+                chunk = stripped
+            for piece_at, piece in _pieces(chunk, chunk_at):
+                if skipping:  # inside a line too long to hold in memory
+                    newline = piece.find(b"\n")
+                    if newline == -1:
+                        continue
+                    skipping = False
+                    piece, piece_at = piece[newline + 1 :], piece_at + newline + 1
+                lines = piece.split(b"\n")
+                tail = lines.pop()
+                if not lines:  # no newline: the partial line grows
+                    partial.add(tail, piece_at)
+                    if partial.size > MAX_LINE_BYTES:
+                        line_no += 1
+                        self._line_too_large(line_no)
+                        partial.clear()
+                        skipping = True
                     continue
-                skipping = False
-                chunk, chunk_at = chunk[newline + 1 :], chunk_at + newline + 1
-            lines = chunk.split(b"\n")
-            tail = lines.pop()
-            if not lines:  # no newline: the partial line grows
-                if rest:
-                    rest += tail
-                else:
-                    rest, rest_at = tail, chunk_at
-                if len(rest) > MAX_LINE_BYTES:
-                    line_no += 1
-                    self._line_too_large(line_no)
-                    rest, skipping = b"", True
-                continue
-            start = chunk_at
-            if rest:
-                lines[0] = rest + lines[0]
-                start = rest_at
-            rest, rest_at = tail, at - len(tail)
-            line_no = self._quick_lines(lines, line_no, start, pending)
-        if rest:
-            self._quick_lines([rest], line_no, rest_at, pending)
+                start = partial.at if partial.size else piece_at
+                lines[0] = partial.take(lines[0])
+                partial.add(tail, piece_at + len(piece) - len(tail))
+                line_no = self._quick_lines(lines, line_no, start, pending)
+        if partial.size:
+            start = partial.at
+            self._quick_lines([partial.take(b"")], line_no, start, pending)
         elif skipping:
             self.state.lines = line_no
         return self.state
@@ -260,33 +293,44 @@ class _Pass:
         first_line = line_no + 1
         hits = self.scanner.lines_with_hits(buffer, end, first_line)
         state = self.state
-        digests, digest_lines = state.digests.append, state.digest_lines.append
-        digest_of = record_digest
         full_line = self._full_line
-        keys_per_line: list[int] = []
-        decoded_lines: list[int] = []
+        decoded = _Decoded()
+        valid: list[int] = []
+        """Indexes of the records without an error (so far), for the duplicate index."""
         records = 0
-        for line in lines:
+        for index, line in enumerate(lines):
             line_no += 1
             keys = full_line(line, line_no, line_no in hits)
             if keys == _BLANK:
                 continue  # not a record, so neither valid nor invalid
             records += 1
+            ok = self._counted != line_no
             if keys is not None:
-                keys_per_line.append(keys)
-                decoded_lines.append(line_no)
-            digests(digest_of(line))
-            digest_lines(line_no)
+                decoded.add(line_no, keys, ok)
+            if ok:
+                valid.append(index)
         state.records += records
-        self._flush_kinds()
-        if keys_per_line:
+        self._flush_facts()
+        spoiled: set[int] = set()
+        if decoded.lines:
             # One scan of the chunk; line by line only when the totals disagree (a relaxed
             # duplicate-key or unknown-key is still found, as a warning).
-            clean = len(decoded_lines) == len(lines)
-            if not clean or buffer.count(b'":', 0, end) != sum(keys_per_line):
-                self._repeated_keys_by_line(lines, first_line, decoded_lines, keys_per_line)
+            clean = len(decoded.lines) == len(lines)
+            if not clean or buffer.count(b'":', 0, end) != sum(decoded.keys):
+                spoiled = self._repeated_keys_by_line(lines, first_line, decoded)
+        self._index(lines, valid, first_line, spoiled)
         state.lines = line_no
         return line_no
+
+    def _index(
+        self, lines: list[bytes], valid: list[int], first_line: int, spoiled: set[int]
+    ) -> None:
+        """Add the records at ``valid`` (indexes in ``lines``) to the duplicate index, but for
+        the ``spoiled`` lines: found invalid after the rest (a repeated key)."""
+        if spoiled:
+            valid = [index for index in valid if first_line + index not in spoiled]
+        self.state.digests.extend([record_digest(lines[index]) for index in valid])
+        self.state.digest_lines.extend([first_line + index for index in valid])
 
     def _quick_lines(
         self, lines: list[bytes], line_no: int, start: int, pending: deque[int]
@@ -302,12 +346,17 @@ class _Pass:
         matched = _matched_lines(lines, start, pending) if pending else {}
         for index in matched:
             results[index] = NEEDS_FULL_CHECK
-        if NEEDS_FULL_CHECK in results or max(results) > self.quick_limit:
+        # (A line counted already has an error reported before its check: the byte order mark.)
+        if (
+            NEEDS_FULL_CHECK in results
+            or max(results) > self.quick_limit
+            or self._counted > line_no
+        ):
             return self._mixed_lines(lines, line_no, results, matched)
         state = self.state
         count = len(lines)
         state.records += count
-        state.lengths.extend(map(_CHARS_OF, results))
+        state.lengths.update(map(_CHARS_OF, results))
         state.kinds.update(map(_KINDS_OF, results))
         state.digests.extend(map(record_digest, lines))
         state.digest_lines.extend(range(line_no + 1, line_no + 1 + count))
@@ -322,33 +371,35 @@ class _Pass:
         state = self.state
         first_line = line_no + 1
         limit = self.quick_limit
-        digests, digest_lines = state.digests.append, state.digest_lines.append
-        digest_of = record_digest
         full_line = self._full_line
-        lengths = state.lengths.append
+        lengths = self._lengths.append
         kinds = self._kinds.append
-        keys_per_line: list[int] = []
-        decoded_lines: list[int] = []
+        decoded = _Decoded()
+        valid: list[int] = []
         records = 0
         for index, (line, packed) in enumerate(zip(lines, results, strict=True)):
             line_no += 1
             if 0 <= packed <= limit:
                 lengths(packed >> KIND_BITS)
                 kinds(packed & KIND_MASK)
+                if self._counted != line_no:
+                    valid.append(index)
             else:
                 keys = full_line(line, line_no, matched.get(index, False))
                 if keys == _BLANK:
                     continue
+                ok = self._counted != line_no
                 if keys is not None:
-                    keys_per_line.append(keys)
-                    decoded_lines.append(line_no)
+                    decoded.add(line_no, keys, ok)
+                if ok:
+                    valid.append(index)
             records += 1
-            digests(digest_of(line))
-            digest_lines(line_no)
         state.records += records
-        self._flush_kinds()
-        if decoded_lines:
-            self._repeated_keys_by_line(lines, first_line, decoded_lines, keys_per_line)
+        self._flush_facts()
+        spoiled: set[int] = set()
+        if decoded.lines:
+            spoiled = self._repeated_keys_by_line(lines, first_line, decoded)
+        self._index(lines, valid, first_line, spoiled)
         state.lines = line_no
         return line_no
 
@@ -381,7 +432,7 @@ class _Pass:
         keys, chars, kinds = self.fmt.check(record, self.ctx, self.report)
         if hit:
             self._check_reserved(record)
-        state.lengths.append(chars)
+        self._lengths.append(chars)
         self._kinds.append(kinds)
         if kinds & MEDIA:
             if kinds & IMAGE and not state.first_image:
@@ -397,9 +448,11 @@ class _Pass:
             )
         return keys
 
-    def _flush_kinds(self) -> None:
-        self.state.kinds.update(self._kinds)  # counted in C, once per chunk
+    def _flush_facts(self) -> None:
+        self.state.kinds.update(self._kinds)  # counted in C, once per piece
+        self.state.lengths.update(self._lengths)
         self._kinds.clear()
+        self._lengths.clear()
 
     def _decode_failed(self, line: bytes, exc: Exception) -> Any:
         if isinstance(exc, msgspec.ValidationError):
@@ -516,33 +569,42 @@ class _Pass:
                 )
 
     def _repeated_keys_by_line(
-        self, lines: list[bytes], first_line: int, decoded: list[int], keys: list[int]
-    ) -> None:
-        saved = self.line_no
-        for line_no, decoded_keys in zip(decoded, keys, strict=True):
+        self, lines: list[bytes], first_line: int, decoded: _Decoded
+    ) -> set[int]:
+        """Report repeated keys (and relaxed unknown keys) line by line; return the lines
+        without an error before that have one now."""
+        saved = self.line_no, self._counted
+        spoiled: set[int] = set()
+        for line_no, decoded_keys, ok in zip(decoded.lines, decoded.keys, decoded.ok, strict=True):
             line = lines[line_no - first_line]
             if line.count(b'":') - line.count(b'\\":') == decoded_keys:
                 continue
-            self.line_no = line_no
-            if self.decoder is self.lenient:
-                # The relaxed decoder dropped unknown keys: report them, as warnings.
-                try:
-                    # (with non-UTF-8 bytes replaced: this line has them only if relaxed)
-                    self.strict.decode(line.decode("utf-8", "replace").encode())
-                except msgspec.ValidationError as exc:
-                    self._schema_error(str(exc))
-                except (msgspec.DecodeError, RecursionError):
-                    pass  # NaN or deep nesting: reported already
-            repeated = _find_repeated_key(line)
-            if repeated is None:
-                continue  # a quote-colon inside a string, not a repeated key
-            self.report(
-                "duplicate-key",
-                repeated[0],
-                f"key {repeated[1]!r} appears twice in this object; only the last value would "
-                "be kept",
-            )
-        self.line_no = saved
+            self._revisit(line_no, invalid=not ok)
+            self._report_keys(line)
+            if ok and self._counted == line_no:
+                spoiled.add(line_no)
+        self.line_no, self._counted = saved
+        return spoiled
+
+    def _report_keys(self, line: bytes) -> None:
+        """Report a repeated key in a line whose raw text holds more keys than were decoded."""
+        if self.decoder is self.lenient:
+            # The relaxed decoder dropped unknown keys: report them, as warnings.
+            try:
+                # (with non-UTF-8 bytes replaced: this line has them only if relaxed)
+                self.strict.decode(line.decode("utf-8", "replace").encode())
+            except msgspec.ValidationError as exc:
+                self._schema_error(str(exc))
+            except (msgspec.DecodeError, RecursionError):
+                pass  # NaN or deep nesting: reported already
+        repeated = _find_repeated_key(line)
+        if repeated is None:
+            return  # a quote-colon inside a string, not a repeated key
+        self.report(
+            "duplicate-key",
+            repeated[0],
+            f"key {repeated[1]!r} appears twice in this object; only the last value would be kept",
+        )
 
 
 def issue_order(issue: DataIssue) -> tuple[int, str, str, str]:
@@ -550,20 +612,98 @@ def issue_order(issue: DataIssue) -> tuple[int, str, str, str]:
     return (issue.line, issue.path, issue.rule, issue.message)
 
 
+@dataclass
+class _Decoded:
+    """The lines of a piece that decoded into records, for the repeated-key check."""
+
+    lines: list[int] = field(default_factory=list)
+    keys: list[int] = field(default_factory=list)
+    """Keys decoded from each."""
+    ok: list[bool] = field(default_factory=list)
+    """Whether each was without an error."""
+
+    def add(self, line_no: int, keys: int, ok: bool) -> None:
+        self.lines.append(line_no)
+        self.keys.append(keys)
+        self.ok.append(ok)
+
+
+class _Partial:
+    """The start of a line not ended yet, as the pieces read so far: a line that spans many
+    chunks is joined once, when it ends, instead of copied again with every chunk."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.at = 0
+        """The offset of its first byte."""
+
+    def add(self, data: bytes, at: int) -> None:
+        """Append ``data``, read at offset ``at``."""
+        if not data:
+            return
+        if not self.parts:
+            self.at = at
+        self.parts.append(data)
+        self.size += len(data)
+
+    def take(self, end: bytes) -> bytes:
+        """The line so far followed by ``end``; afterwards nothing is held."""
+        if not self.parts:
+            return end
+        line = b"".join([*self.parts, end])
+        self.clear()
+        return line
+
+    def clear(self) -> None:
+        self.parts, self.size = [], 0
+
+
+def _pieces(chunk: bytes, at: int = 0) -> Iterator[tuple[int, bytes]]:
+    """``chunk`` in pieces of about PIECE bytes, each but the last ending with a newline, with
+    the offset of each (``at`` being that of the chunk).
+
+    Splitting bytes into lines makes an object per line: 8 MB of 3-byte lines would make almost
+    three million at once (over 100 MB). A piece makes at most a third of a million.
+    """
+    if len(chunk) <= PIECE:
+        yield at, chunk
+        return
+    start = 0
+    while start < len(chunk):
+        cut = chunk.find(b"\n", start + PIECE - 1) + 1 or len(chunk)
+        yield at + start, chunk[start:cut]
+        start = cut
+
+
 def _keep(
     issues: list[DataIssue], line: int, path: str, rule_id: str, message: str, limit: int
 ) -> None:
     """Keep the first ``limit`` issues in `issue_order`, whatever order they are found in
     (a repeated key is found after the rest of its chunk)."""
+    path, message = _clipped(path), _clipped(message)
     key = (line, path, rule_id, message)
     if len(issues) >= limit:
         if limit == 0 or key >= issue_order(issues[-1]):
             return
         issues.pop()
     fix = RULES[rule_id].fix if rule_id in RULES else None
-    issues.append(DataIssue(line=line, path=path, rule=rule_id, message=message, fix=fix))
-    if len(issues) > 1 and key < issue_order(issues[-2]):
-        issues.sort(key=issue_order)
+    issue = DataIssue(line=line, path=path, rule=rule_id, message=message, fix=fix)
+    if issues and key < issue_order(issues[-1]):
+        bisect.insort(issues, issue, key=issue_order)
+    else:
+        issues.append(issue)
+
+
+CLIP = 400
+"""The most characters of a path or message an issue keeps: a message quotes values from the
+line (a key, a URI), and a line may hold 64 MB."""
+
+
+def _clipped(text: str) -> str:
+    if len(text) <= CLIP:
+        return text
+    return f"{text[: CLIP - 50]}... ({len(text) - CLIP + 50:,} more characters)"
 
 
 def _matched_lines(lines: list[bytes], start: int, pending: deque[int]) -> dict[int, bool]:
@@ -664,7 +804,6 @@ def validate_dataset(
     else:
         state = _run_parallel(uri, fmt, ctx, options, ranges, validation, hashed)
     _report_duplicates(validation, state)
-    state.invalid = len(validation.bad)
     return _finish(
         uri,
         fmt,
@@ -687,7 +826,7 @@ def _ranges(uri: str, workers: int) -> list[tuple[int, int]]:
     try:
         return line_aligned_ranges(storage.local_path(uri), workers)
     except OSError:
-        return [(0, -1)]  # one pass, whose reader reports the missing or unreadable file
+        return [(0, -1)]  # one pass, whose reader reports the unreadable file
 
 
 record_digest: Callable[[bytes], int] = xxh3_64_intdigest
@@ -703,13 +842,12 @@ def _validate_range(
     spec: ModelSpec,
     platform: str,
     options: Options,
-) -> tuple[_State, set[int], int]:
+) -> _State:
     """One worker: validate a line-aligned byte range, numbering lines from 1."""
     from tuneloop.data.registry import get_format
 
     validation = _Pass(get_format(fmt_name), FormatContext(spec=spec, platform=platform), options)
-    state = _run(validation, read_chunks(uri, start, end), None, first_chunk=start == 0)
-    return state, validation.bad, state.lines
+    return _run(validation, read_chunks(uri, start, end), None, first_chunk=start == 0)
 
 
 def _run(
@@ -779,8 +917,7 @@ def _run_parallel(
     merged = _State()
     validation.state = merged
     offset = 0
-    all_bad: set[int] = set()
-    for state, bad_lines, line_count in parts:
+    for state in parts:
         for issue in (*state.errors, *state.warnings):
             issue.line += offset
         merged.errors.extend(state.errors)
@@ -788,27 +925,29 @@ def _run_parallel(
         merged.error_counts.update(state.error_counts)
         merged.warning_counts.update(state.warning_counts)
         merged.kinds.update(state.kinds)
-        merged.lengths.extend(state.lengths)
+        merged.lengths.update(state.lengths)
         merged.records += state.records
-        all_bad.update(line + offset for line in bad_lines)
+        merged.invalid += state.invalid
         if state.first_image and not merged.first_image:
             merged.first_image = state.first_image + offset
         if state.first_video and not merged.first_video:
             merged.first_video = state.first_video + offset
         merged.digests.extend(state.digests)
         merged.digest_lines.extend(line + offset for line in state.digest_lines)
-        offset += line_count
-    validation.bad = all_bad
+        offset += state.lines
     merged.lines = offset
     merged.errors.sort(key=issue_order)
     merged.warnings.sort(key=issue_order)
-    del merged.errors[options.max_errors :]
-    del merged.warnings[options.max_errors :]
+    del merged.errors[validation.listed :]
+    del merged.warnings[validation.listed :]
     return merged
 
 
 def _report_duplicates(validation: _Pass, state: _State) -> None:
     """Report each record that repeats an earlier one, in line order.
+
+    Only records without an error are indexed, so each duplicate is a record found valid so
+    far: reporting it (unless relaxed) makes it invalid.
 
     Sorting the digests finds which repeat without a dict over every record; only repeated
     digests are then followed, in file order, to name the first occurrence. Most files repeat
@@ -831,22 +970,21 @@ def _report_duplicates(validation: _Pass, state: _State) -> None:
         if earlier == line:
             continue
         state.duplicates += 1
-        validation.line_no = line
+        validation._revisit(line, invalid=False)
         validation.report("duplicate-record", "$", f"same as line {earlier}")
 
 
-def _token_stats(lengths: array[int], max_length: int | None, context_length: int) -> TokenStats:
+def _token_stats(counts: Counter[int], max_length: int | None, context_length: int) -> TokenStats:
     """p50, p95 and max of the records' characters, in tokens, and how many exceed max_length.
 
     Lengths repeat a lot (a file of N bytes has fewer than sqrt(2N) distinct ones), so counting
     them and sorting the distinct values is several times faster than sorting every record.
     """
     tokens = TokenStats(max_length=max_length, context_length=context_length)
-    if not lengths:
+    if not counts:
         return tokens
-    counts = Counter(lengths)
     values = sorted(counts)
-    total = len(lengths)
+    total = counts.total()
     wanted = [total // 2, min(total - 1, int(total * 0.95))]  # positions in the sorted lengths
     found: list[int] = []
     seen = 0
@@ -873,7 +1011,7 @@ def _check_dataset(
     validation.line_no = 0
     if state.first_image and state.first_video:
         later = max(state.first_image, state.first_video)
-        validation.line_no = later
+        validation._revisit(later, invalid=_was_invalid(state, later, options))
         validation.report(
             "mixed-modality",
             "$",
@@ -882,7 +1020,16 @@ def _check_dataset(
         )
         validation.line_no = 0
     bounds = SAMPLE_BOUNDS_BEDROCK.get((ctx.spec.family, fmt.name))
-    if ctx.platform == "bedrock" and bounds and options.role == "train":
+    applies = ctx.platform == "bedrock" and bounds is not None and options.role == "train"
+    if not state.records:
+        what = "is empty" if not state.lines else "holds only blank lines"
+        validation.report(
+            "sample-count",
+            "$",
+            f"no records: the file {what}, so a round would train on nothing "
+            f"(allowed: at least {_records(bounds[0] if applies and bounds else 1)})",
+        )
+    elif applies and bounds:
         low, high = bounds
         if not low <= state.records <= high:
             validation.report(
@@ -900,6 +1047,20 @@ def _check_dataset(
         validation.report(
             "not-supported", "$", "Nova 2 Lite SFT on Bedrock does not accept a validation dataset"
         )
+
+
+def _records(count: int) -> str:
+    return "1 record" if count == 1 else f"{count} records"
+
+
+def _was_invalid(state: _State, line_no: int, options: Options) -> bool:
+    """Whether the record on ``line_no`` has an error already, once duplicates are reported:
+    it was left out of the duplicate index, or repeats an earlier record in it."""
+    index = bisect.bisect_left(state.digest_lines, line_no)
+    if index == len(state.digest_lines) or state.digest_lines[index] != line_no:
+        return True
+    repeats = state.digests.index(state.digests[index]) < index
+    return repeats and "duplicate-record" not in options.allow
 
 
 def _finish(

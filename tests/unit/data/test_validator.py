@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from array import array
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -227,7 +227,7 @@ def test_token_stats_are_those_of_the_sorted_lengths(
 ) -> None:
     """Counting distinct lengths gives what indexing every sorted record length would."""
     ordered = sorted(lengths)
-    tokens = validator._token_stats(array("I", lengths), max_length, 300_000)
+    tokens = validator._token_stats(Counter(lengths), max_length, 300_000)
     assert tokens.p50 == ordered[len(ordered) // 2] // 4
     assert tokens.p95 == ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] // 4
     assert tokens.max == ordered[-1] // 4
@@ -294,8 +294,29 @@ def test_sha256_of_an_empty_file(tmp_path: Path) -> None:
     path.write_bytes(b"")
     report = validate(path)
     assert report.sha256 == hashlib.sha256(b"").hexdigest()
-    assert report.records == 0 and report.ok
-    assert validate(path, platform="bedrock").error_counts == {"sample-count": 1}
+    assert report.records == 0 and report.bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [(b"", "is empty"), (b"\n \n\t\n", "holds only blank lines"), (b"\r\n", "holds only blank")],
+)
+@pytest.mark.parametrize("platform", ["sagemaker", "bedrock"])
+def test_a_dataset_without_records_is_invalid(
+    tmp_path: Path, data: bytes, what: str, platform: str
+) -> None:
+    """A round would train on nothing: one dataset-level error, on every platform."""
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(data)
+    report = validate(path, platform=platform, allow=frozenset({"blank-line"}))
+    assert not report.ok and report.records == 0 and report.invalid_records == 0
+    assert report.error_counts == {"sample-count": 1}
+    (issue,) = report.errors
+    assert issue.line == 0 and what in issue.message and "at least" in issue.message
+    assert issue.fix == RULES["sample-count"].fix
+    text = report.to_text()
+    assert "INVALID" in text and f"{path}: $: [sample-count] no records" in text
+    same(validate(path, platform=platform, workers=2), validate(path, platform=platform))
 
 
 def test_max_errors_lists_the_first_and_counts_all() -> None:
@@ -383,6 +404,36 @@ def test_chunk_size_does_not_change_the_report(
     got = validate(path, allow=relaxed)
     monkeypatch.setattr(reader, "CHUNK", 8 << 20)
     same(got, validate(path, allow=relaxed))
+
+
+@pytest.mark.parametrize("piece", [1, 7, 100, 5000])
+def test_piece_size_does_not_change_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int
+) -> None:
+    """Lines are split from a chunk a piece at a time (memory bounded by the piece, not the
+    chunk); where the pieces end changes nothing, with the quick path or without it."""
+    path = _mixed_file(tmp_path / "mixed.jsonl", repeat=3)
+    monkeypatch.setattr(reader, "CHUNK", 6000)
+    relaxed = frozenset({"bom", "duplicate-key", "reserved-token", "unknown-key"})
+    expected = [validate(path, max_errors=1000), validate(path, allow=relaxed)]
+    monkeypatch.setattr(validator, "PIECE", piece)
+    same(validate(path, max_errors=1000), expected[0])
+    same(validate(path, allow=relaxed), expected[1])
+    same(validate(path, max_errors=1000, workers=2), expected[0])
+    monkeypatch.setattr(validator, "stream_scan_available", lambda: False)
+    same(validate(path, max_errors=1000), expected[0])
+
+
+def test_pieces_end_with_a_newline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(validator, "PIECE", 4)
+    chunk = b"ab\ncdefgh\n\n\nij\nklmnopq"
+    pieces = list(validator._pieces(chunk, 100))
+    assert b"".join(piece for _, piece in pieces) == chunk
+    assert all(piece.endswith(b"\n") for _, piece in pieces[:-1])
+    offsets = list(itertools.accumulate((len(piece) for _, piece in pieces), initial=100))
+    assert [at for at, _ in pieces] == offsets[:-1]
+    assert len(pieces) == 3
+    assert list(validator._pieces(b"abc", 7)) == [(7, b"abc")]
 
 
 @pytest.mark.slow
