@@ -22,6 +22,10 @@ from typing import Any
 
 import yaml
 
+from peak_memory import read_peak
+
+PEAK_RUNNER = Path(__file__).resolve().parents[1] / "peak_memory.py"
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 FILES = HERE / "files"
@@ -214,7 +218,8 @@ class Outcome:
     """The exit status; None when it ran past the time limit and was killed."""
     stdout: str
     stderr: str
-    max_rss_mb: float
+    max_rss_mb: float | None
+    """Peak memory of the command and its workers (tests/peak_memory.py); None if it was killed."""
 
     @property
     def output(self) -> str:
@@ -222,7 +227,14 @@ class Outcome:
 
 
 def run_case(case: Case, case_dir: Path) -> Outcome:
-    argv = [sys.executable, "-m", "tuneloop.cli", *(expand(arg, case_dir) for arg in case.run)]
+    peak_file = case_dir / ".peak"
+    argv = [
+        sys.executable,
+        str(PEAK_RUNNER),
+        str(peak_file),
+        "tuneloop.cli",
+        *(expand(arg, case_dir) for arg in case.run),
+    ]
     env = {key: value for key, value in os.environ.items() if key not in _CLEARED_ENV}
     env["TUNELOOP_LOCAL_ROOT"] = str(case_dir / "jobs")
     env.update({key: expand(value, case_dir) for key, value in case.env.items()})
@@ -238,12 +250,12 @@ def run_case(case: Case, case_dir: Path) -> Outcome:
             start_new_session=True,
             preexec_fn=_limit_address_space,
         )
-    code, rss = _wait_or_kill(process, case.timeout)
+    code = _wait_or_kill(process, case.timeout)
     return Outcome(
         code=code,
         stdout=out_path.read_text(encoding="utf-8", errors="replace"),
         stderr=err_path.read_text(encoding="utf-8", errors="replace"),
-        max_rss_mb=rss,
+        max_rss_mb=read_peak(peak_file),
     )
 
 
@@ -251,9 +263,8 @@ def _limit_address_space() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
 
 
-def _wait_or_kill(process: subprocess.Popen[bytes], timeout: float) -> tuple[int | None, float]:
-    """Wait for the command (wait4 gives its peak memory, its workers' included); a watchdog
-    kills its process group if it runs past ``timeout``."""
+def _wait_or_kill(process: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """Wait for the command; a watchdog kills its process group if it runs past ``timeout``."""
     reaped = threading.Event()
     killed = threading.Event()
     lock = threading.Lock()
@@ -267,14 +278,13 @@ def _wait_or_kill(process: subprocess.Popen[bytes], timeout: float) -> tuple[int
     watchdog = threading.Timer(timeout, kill)
     watchdog.start()
     try:
-        _, status, usage = os.wait4(process.pid, 0)
+        _, status = os.waitpid(process.pid, 0)
     finally:
         with lock:
             reaped.set()
         watchdog.cancel()
     process.returncode = os.waitstatus_to_exitcode(status)
-    code = None if killed.is_set() else process.returncode
-    return code, usage.ru_maxrss / 1024
+    return None if killed.is_set() else process.returncode
 
 
 # --- judging the output --------------------------------------------------------------------------

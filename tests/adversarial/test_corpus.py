@@ -45,6 +45,7 @@ def test_hostile_input_gets_one_clean_answer(case: Case, tmp_path: Path) -> None
     for name in case.absent:
         assert not (case_dir / name).exists(), f"the command created {name!r}"
     if case.max_rss_mb is not None:
+        assert outcome.max_rss_mb is not None, "the command wrote no peak memory"
         assert outcome.max_rss_mb < case.max_rss_mb, (
             f"peak memory {outcome.max_rss_mb:.0f} MB, over {case.max_rss_mb} MB"
         )
