@@ -71,7 +71,7 @@ test: $(STAMP)
 	$(MYPY)
 	$(IMPORTS)
 	@$(MAKE) --no-print-directory system-packages
-	$(VPY) -m pytest $(PYTEST_ARGS)
+	$(VPY) -m pytest --durations=30 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(RUFF) check .
