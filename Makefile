@@ -27,7 +27,7 @@ help:
 	@echo "  make lint      ruff check, ruff format --check, mypy (types) and lint-imports (layers,"
 	@echo "                 no import cycles; contracts in pyproject.toml)"
 	@echo "  make format    ruff format and ruff check --fix"
-	@echo "  make bench     run every benchmarks/*.py"
+	@echo "  make bench     run every benchmarks/*.py (not the _helpers)"
 	@echo "  make demo      the demo campaign through Airflow on the local backend (up to 3 rounds)"
 	@echo "  make airflow   Airflow standalone on dags/ and plugins/ (UI on http://localhost:8080)"
 	@echo "  make clean     remove .venv and caches"
@@ -84,7 +84,7 @@ format: $(STAMP)
 	$(RUFF) check --fix .
 
 bench: $(STAMP)
-	@shopt -s nullglob; files=(benchmarks/*.py); \
+	@shopt -s nullglob; files=(benchmarks/[!_]*.py); \
 	if [ $${#files[@]} -eq 0 ]; then echo "no benchmarks yet"; exit 0; fi; \
 	for f in "$${files[@]}"; do echo "== $$f"; $(VPY) "$$f" || exit $$?; done
 

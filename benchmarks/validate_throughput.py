@@ -33,12 +33,13 @@ import random
 import re
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from _child_process import run_child, validate_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_VERSION = "bedrock-conversation-2024"
@@ -243,25 +244,13 @@ class Run:
 
 def measure(run: Run, env: dict[str, str]) -> None:
     """Run ``run.command`` once in a fresh process; record wall time, peak RSS and output."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(run.command, stdout=out, stderr=err, env=env, cwd=ROOT)
-        # wait4 gives this child's own rusage; ru_maxrss also covers the worker processes it
-        # reaped (the largest one), like /usr/bin/time -f %M. Linux carries the peak RSS of
-        # the forked copy of this process over exec, so this process's own peak is a floor
-        # for every measurement: it is kept small and printed.
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        run.stdout = out.read().decode(errors="replace")
-        run.stderr = err.read().decode(errors="replace")
-    run.walls.append(wall)
+    child = run_child(run.command, env)
+    run.stdout, run.stderr = child.stdout, child.stderr
+    run.walls.append(child.wall)
     if run.stdout.startswith("{"):  # a tuneloop --json report: its own timing of the pass
-        run.own_seconds.append(json.loads(run.stdout).get("seconds") or wall)
-    run.rss_kb = max(run.rss_kb, usage.ru_maxrss)
-    run.exit_codes.append(proc.returncode)
+        run.own_seconds.append(json.loads(run.stdout).get("seconds") or child.wall)
+    run.rss_kb = max(run.rss_kb, child.rss_kb)
+    run.exit_codes.append(child.exit_code)
 
 
 def warm_page_cache(path: Path) -> None:
@@ -271,21 +260,7 @@ def warm_page_cache(path: Path) -> None:
 
 
 def tuneloop_command(path: Path, workers: int) -> list[str]:
-    return [
-        sys.executable,
-        "-c",
-        "import sys; from tuneloop.cli.main import main; sys.exit(main())",
-        "data",
-        "validate",
-        str(path),
-        "--format",
-        "sft",
-        "--model",
-        "lite",
-        "--workers",
-        str(workers),
-        "--json",
-    ]
+    return validate_command(path, "--workers", str(workers))
 
 
 def parse_reference(stdout: str) -> dict[str, int | bool | None]:

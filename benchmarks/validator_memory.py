@@ -31,12 +31,13 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from _child_process import run_child, validate_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_VERSION = "bedrock-conversation-2024"
@@ -106,46 +107,14 @@ class Run:
         return "1 process" if self.workers == 1 else f"{self.workers} workers"
 
 
-def command(path: Path, workers: int, max_errors: int) -> list[str]:
-    return [
-        sys.executable,
-        "-c",
-        "import sys; from tuneloop.cli.main import main; sys.exit(main())",
-        "data",
-        "validate",
-        str(path),
-        "--format",
-        "sft",
-        "--model",
-        "lite",
-        "--workers",
-        str(workers),
-        "--max-errors",
-        str(max_errors),
-        "--json",
-    ]
-
-
 def measure(run: Run, path: Path, max_errors: int, env: dict[str, str]) -> None:
     """Validate in a fresh process; record wall time, peak RSS and the report."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            command(path, run.workers, max_errors), stdout=out, stderr=err, env=env, cwd=ROOT
-        )
-        # wait4 gives this child's own rusage; ru_maxrss also covers the worker processes it
-        # reaped (the largest one). Linux carries the peak RSS of the forked copy of this
-        # process over exec, so this process's own peak is a floor: it is kept small.
-        _, status, usage = os.wait4(proc.pid, 0)
-        run.wall = time.perf_counter() - started
-        run.exit_code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout = out.read().decode(errors="replace")
-        run.stderr = err.read().decode(errors="replace")
-    run.rss_kb = usage.ru_maxrss
-    if stdout.startswith("{"):
-        run.report = json.loads(stdout)
+    options = ("--workers", str(run.workers), "--max-errors", str(max_errors))
+    child = run_child(validate_command(path, *options), env)
+    run.wall, run.exit_code, run.stderr = child.wall, child.exit_code, child.stderr
+    run.rss_kb = child.rss_kb
+    if child.stdout.startswith("{"):
+        run.report = json.loads(child.stdout)
 
 
 # -- main -----------------------------------------------------------------------------------
