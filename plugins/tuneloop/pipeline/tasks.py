@@ -23,7 +23,7 @@ from tuneloop.errors import TuneloopError
 
 if TYPE_CHECKING:
     from tuneloop.config.file import CampaignFile
-    from tuneloop.rounds.boxes import CampaignSnapshot
+    from tuneloop.rounds.boxes import CampaignSnapshot, RoundStart
     from tuneloop.rounds.decision import Decision
     from tuneloop.rounds.ledger import RoundRecord
 
@@ -98,7 +98,7 @@ def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
         datasets = datasets_to_validate(cf, plan)
         first_job = stage_job(plan, root, 0, plan.base_model, start.stages)
         if not start.dry_run:
-            _claim(cf, start.round, context)
+            _claim(cf, start, context)
     log.info(
         "Round %d of %s starts from %s%s%s (campaign file sha256 %s)",
         start.round,
@@ -155,14 +155,18 @@ def _dag_id(context: dict[str, Any]) -> str:
     return str(getattr(context["dag_run"], "dag_id", "") or context["dag"].dag_id)
 
 
-def _claim(cf: CampaignFile, number: int, context: dict[str, Any]) -> None:
-    """Claim the round in the ledger for this run before anything is spent on it."""
+def _claim(cf: CampaignFile, start: RoundStart, context: dict[str, Any]) -> None:
+    """Claim the round in the ledger for this run before anything is spent on it; the claim
+    names the round's base, which the lifecycle then keeps until the round is recorded."""
     from tuneloop.rounds.ledger import Ledger, RoundClaim
 
+    number = start.round
     claim = Ledger(campaign_root(cf.campaign)).claim(
         RoundClaim(
             campaign=cf.campaign.name,
             round=number,
+            base_output_uri=start.base_output_uri,
+            base_round=start.base_round,
             run_id=str(context["run_id"]),
             dag_id=_dag_id(context),
             logical_date=getattr(context["dag_run"], "logical_date", None),

@@ -191,6 +191,10 @@ class RoundClaim(_Record):
     dag_id: str = ""
     logical_date: datetime | None = None
     claimed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    base_output_uri: str = ""
+    """The output folder the round starts from (empty: the base model, or a claim written
+    before claims named their base): the lifecycle never archives it while the round runs."""
+    base_round: int | None = None
 
 
 class BaselineRecord(_Record):

@@ -52,13 +52,23 @@ def run_name(campaign: Campaign, round_number: int, stage: str) -> str:
 
 
 def plan_started_round(
-    cf: CampaignFile, start: RoundStart, template_context: dict[str, Any]
+    cf: CampaignFile,
+    start: RoundStart,
+    template_context: dict[str, Any],
+    *,
+    archived_base: Checkpoint | None = None,
 ) -> RoundPlan:
     """Plan the round ``start`` describes, from its base checkpoint and with the conf's data
     overrides, every local data path made absolute (fail before spending). ``cf`` is left as
-    it is: the round's data is a modified copy of the campaign."""
+    it is: the round's data is a modified copy of the campaign.
+
+    ``archived_base`` is the base's checkpoint as the ledger recorded it, for a base the
+    lifecycle archived: its manifest may not be readable until ``restore_base`` brings it back,
+    and the ledger knows everything planning reads from it."""
     base_uri = base = None
-    if start.base_output_uri:
+    if archived_base is not None:
+        base_uri, base = archived_base.uri, archived_base
+    elif start.base_output_uri:
         base_uri = read_checkpoint_uri(start.base_output_uri, path="conf.base_checkpoint")
         base = read_checkpoint(start.base_output_uri, path="conf.base_checkpoint")
     return plan_round(
