@@ -379,14 +379,61 @@ class Gate(StrictModel):
 
 
 class Retention(StrictModel):
-    """What happens to checkpoints and outputs of old rounds."""
+    """What the lifecycle keeps, archives and deletes of the rounds' checkpoints and outputs.
+
+    The retention set comes from the ledger alone: the champion, the last ``keep_last``
+    rounds, the base of a claimed or running round and of the next round, and pinned rounds
+    are kept; evaluation results and the baseline always stay. Every other round's outputs
+    are archived (or deleted, with ``delete_intermediates``)."""
 
     keep_last: Annotated[int, Field(ge=1)] = 3
-    """Rounds whose outputs stay in standard storage (the champion is always kept)."""
+    """How many of the latest recorded rounds are kept as they are (neither archived nor
+    deleted); the champion, pinned rounds and the base of a running or next round are kept
+    besides. With delete_intermediates, a kept round's intermediate stages may still go once a
+    newer round is recorded; its last stage stays."""
     archive_storage_class: Literal["GLACIER", "DEEP_ARCHIVE", "GLACIER_IR"] = "GLACIER"
-    """S3 storage class older round outputs move to."""
+    """The S3 storage class a round's outputs move to once no rule keeps them: GLACIER
+    (Flexible Retrieval: restores take minutes to hours), DEEP_ARCHIVE (cheapest, restores
+    take about 12 hours) or GLACIER_IR (read at once, no restore). On the local backend a
+    round's folder becomes a tarball under the campaign's archive/ instead."""
     delete_intermediates: bool = False
-    """Delete stage outputs that are not a round's final checkpoint once the round is done."""
+    """Delete, rather than archive, what no rule keeps: a round's intermediate stages (all
+    but its last) once a newer round's record exists, and whole superseded rounds. Pinned
+    rounds and the base of a running or next round are never deleted."""
+    archive_mode: Literal["copy", "tags"] = "copy"
+    """How S3 objects are archived: copy (each object is copied onto itself in the archive
+    class, multipart above 5 GB, checksums compared) or tags (each object is tagged and a
+    bucket lifecycle rule, written by ``tuneloop lifecycle apply-policy``, moves it)."""
+    restore_tier: Literal["Standard", "Bulk", "Expedited"] = "Standard"
+    """The retrieval tier asked for when a round's base is archived: Standard (3-5 hours,
+    about 12 from DEEP_ARCHIVE), Bulk (slower, cheaper) or Expedited (1-5 minutes; not
+    available for DEEP_ARCHIVE). GLACIER_IR objects need no restore."""
+    restore_days: Annotated[int, Field(ge=1, le=365)] = 7
+    """How many days a restored copy stays readable before S3 removes it again."""
+    min_archive_bytes: Annotated[int, Field(ge=0)] = 131072
+    """S3 objects smaller than this stay where they are: each archived object is billed
+    40 KB of overhead (GLACIER, DEEP_ARCHIVE) or at least 128 KB (GLACIER_IR), and lifecycle
+    rules skip objects under 128 KB by default."""
+    region: Region | None = None
+    """The AWS region whose storage prices the plan's cost estimates use; null: the
+    backend's region, or us-east-1 on the local backend."""
+
+    @field_validator("restore_tier")
+    @classmethod
+    def _tier_for_class(cls, value: str, info: ValidationInfo) -> str:
+        # S3 refuses an Expedited restore from DEEP_ARCHIVE: say so when the file is read,
+        # not when a rollback is waiting on its base.
+        if value == "Expedited" and info.data.get("archive_storage_class") == "DEEP_ARCHIVE":
+            raise PydanticCustomError(
+                "restore_tier",
+                "{text}",
+                {
+                    "text": "Expedited restores are not offered for DEEP_ARCHIVE; fix: use "
+                    "Standard or Bulk, or archive to GLACIER",
+                    "allowed": "Standard or Bulk with DEEP_ARCHIVE",
+                },
+            )
+        return value
 
 
 class BaseCheckpoint(StrictModel):

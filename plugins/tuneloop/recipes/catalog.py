@@ -1,4 +1,5 @@
-"""What each model supports: methods, platforms, replica counts, instance types and images.
+"""What each model supports: methods, platforms, replica counts, instance types and images;
+and what storing a checkpoint costs (S3 prices per region and class, checkpoint size estimates).
 
 Facts come from the Nova documentation and the published recipes (sagemaker-hyperpod-recipes,
 `nova_recipe_template_parameters.json`, `nova_metadata.json`, the SageMaker training-job
@@ -576,3 +577,108 @@ INSTANCE_RESOURCES: dict[str, InstanceResources] = {
     "ml.g6.24xlarge": InstanceResources(4, 0),
     "ml.g6.48xlarge": InstanceResources(8, 1),
 }
+
+
+# --- storage prices ------------------------------------------------------------------------
+
+STORAGE_PRICES_SOURCE = (
+    "Amazon S3 pricing (https://aws.amazon.com/s3/pricing/), storage, first 50 TB a month, "
+    "US East (N. Virginia), as quoted on 2026-03 by costnimbus.com's S3 storage class guide; "
+    "read 2026-12-05. Other regions are not in the table yet: they are priced as us-east-1."
+)
+"""Where `STORAGE_PRICES` comes from and when it was read: plans carry it beside their
+costs, so an estimate can be checked against the page it came from."""
+
+STORAGE_PRICES_DEFAULT_REGION = "us-east-1"
+"""The region whose prices stand in for a region the table does not list."""
+
+STORAGE_PRICES: dict[str, dict[str, float]] = {
+    # USD per GB-month, first tier (the first 50 TB a month of STANDARD; the archive classes
+    # have one tier). A region is listed only with all four classes from one source.
+    "us-east-1": {
+        "STANDARD": 0.023,
+        "GLACIER_IR": 0.004,
+        "GLACIER": 0.0036,  # S3 Glacier Flexible Retrieval
+        "DEEP_ARCHIVE": 0.00099,
+    },
+}
+"""Region -> storage class -> US dollars per GB-month (GB = 2**30 bytes)."""
+
+GB = 1024**3
+
+ARCHIVE_OBJECT_OVERHEAD_STANDARD_BYTES = 8 * 1024
+"""Each object in GLACIER or DEEP_ARCHIVE is billed 8 KB of S3 metadata at the STANDARD
+price (its name and user metadata, kept readable)..."""
+ARCHIVE_OBJECT_OVERHEAD_ARCHIVE_BYTES = 32 * 1024
+"""...and 32 KB of index at its own class's price: 40 KB per object in all, which is why
+archiving small objects costs more than it saves."""
+GLACIER_IR_MIN_BILLABLE_BYTES = 128 * 1024
+"""GLACIER_IR bills a smaller object as 128 KB."""
+MIN_STORAGE_DAYS: dict[str, int] = {"GLACIER_IR": 90, "GLACIER": 90, "DEEP_ARCHIVE": 180}
+"""An object deleted, overwritten or moved out of these classes sooner is billed for the
+rest of the period: archiving something that will be needed back soon is not a saving."""
+
+_LOCAL_CLASSES = {"LOCAL": "STANDARD"}
+"""A local folder is priced as if it were in S3 STANDARD, so a plan shows what the same
+campaign would pay on AWS (the local archive class is priced by the caller as its archive
+class)."""
+
+
+def storage_prices(region: str) -> dict[str, float]:
+    """The price list of ``region``; an unlisted region gets us-east-1's."""
+    return STORAGE_PRICES.get(region) or STORAGE_PRICES[STORAGE_PRICES_DEFAULT_REGION]
+
+
+def storage_monthly_cost(nbytes: int, storage_class: str, region: str) -> float:
+    """Estimated US dollars a month to store one object of ``nbytes`` in ``storage_class``.
+
+    Per-object overheads are included: 40 KB for GLACIER and DEEP_ARCHIVE (8 KB at the
+    STANDARD price, 32 KB at the class's), a 128 KB minimum for GLACIER_IR. ``LOCAL`` is
+    priced as STANDARD; an unknown class as STANDARD; an unlisted region as us-east-1.
+    """
+    prices = storage_prices(region)
+    storage_class = _LOCAL_CLASSES.get(storage_class, storage_class)
+    standard = prices["STANDARD"]
+    price = prices.get(storage_class, standard)
+    billed = max(nbytes, 0)
+    if storage_class in ("GLACIER", "DEEP_ARCHIVE"):
+        return (
+            (billed + ARCHIVE_OBJECT_OVERHEAD_ARCHIVE_BYTES) * price
+            + ARCHIVE_OBJECT_OVERHEAD_STANDARD_BYTES * standard
+        ) / GB
+    if storage_class == "GLACIER_IR":
+        billed = max(billed, GLACIER_IR_MIN_BILLABLE_BYTES)
+    return billed * price / GB
+
+
+# Estimated checkpoint sizes for escrow checkpoints this account may not list. Amazon does not
+# publish Nova parameter counts, so these are orders of magnitude, not measurements: about
+# 10 billion parameters for Micro, Lite and Nova 2 Lite, about 100 billion for Pro, at 2 bytes
+# a parameter (bf16 full weights). A LoRA checkpoint holds adapters only: estimated at 1% of
+# the full weights. They feed cost estimates only, and a plan marks them ``estimated``.
+_ORDER_OF_MAGNITUDE_PARAMETERS: dict[str, int] = {
+    "amazon.nova-micro-v1:0:128k": 10**10,
+    "amazon.nova-lite-v1:0:300k": 10**10,
+    "amazon.nova-pro-v1:0:300k": 10**11,
+    "amazon.nova-2-lite-v1:0:256k": 10**10,
+}
+BF16_BYTES_PER_PARAMETER = 2
+LORA_FRACTION_OF_FULL = 100
+"""A LoRA checkpoint is estimated at 1/100 of the full weights."""
+
+ESCROW_CHECKPOINT_BYTES: dict[str, int] = {
+    model_type: parameters * BF16_BYTES_PER_PARAMETER
+    for model_type, parameters in _ORDER_OF_MAGNITUDE_PARAMETERS.items()
+}
+"""Nova model type -> estimated bytes of a full-rank checkpoint (an order of magnitude: the
+parameter counts are not public)."""
+
+
+def estimated_checkpoint_bytes(model_type: str, technique: str) -> int:
+    """The estimated size of one escrow checkpoint of ``model_type`` trained with
+    ``technique`` (``full`` or ``lora``); 0 for a model with no escrow checkpoints (the local
+    backend's models, whose checkpoints are folders that are measured)."""
+    full = ESCROW_CHECKPOINT_BYTES.get(model_type, 0)
+    if str(technique) == Technique.LORA.value:
+        return full // LORA_FRACTION_OF_FULL
+    return full
