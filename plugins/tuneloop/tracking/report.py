@@ -6,6 +6,12 @@ this module needs neither the ledger nor the gate. Output depends on the records
 clock, no locale), so the same ledger always renders the same bytes: a report can be diffed,
 cached and logged as an artifact again without changing it.
 
+The report's "Storage" section comes from the lifecycle's records, plain mappings too: the
+latest plan (``LifecyclePlan``) and the latest apply (``ApplyReport``), as
+`tuneloop.tracking.lifecycle.storage_records` reads them. Bytes by storage class are the
+plan's, moved to their new class where the latest apply carried that plan out; the monthly
+cost is the plan's (or that apply's) estimate.
+
 matplotlib is imported inside `write_report`, through its object API with the Agg canvas: no
 pyplot, no global backend switched in the process that calls it.
 """
@@ -363,15 +369,136 @@ def write_report(
     campaign: str,
     primary_metric: str,
     baseline: Mapping[str, float] | None,
+    storage: Mapping[str, Any] | None = None,
 ) -> ReportPaths:
-    """Write ``report.md`` and ``report.png`` into ``folder``; the Markdown embeds the PNG."""
+    """Write ``report.md`` and ``report.png`` into ``folder``; the Markdown embeds the PNG.
+
+    ``storage``: ``{"plan": <latest lifecycle plan>, "apply": <latest apply or None>}`` adds
+    the "Storage" section (None: no lifecycle plan yet, no section)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     rows = build_rows(records, primary_metric=primary_metric, baseline=baseline)
     markdown = out / MARKDOWN_NAME
-    markdown.write_text(
-        render_markdown(rows, campaign=campaign, primary_metric=primary_metric),
-        encoding="utf-8",
-    )
+    text = render_markdown(rows, campaign=campaign, primary_metric=primary_metric)
+    if storage and storage.get("plan"):
+        text += "\n".join(render_storage(storage["plan"], storage.get("apply"))) + "\n"
+    markdown.write_text(text, encoding="utf-8")
     png = render_png(rows, out / PNG_NAME, campaign=campaign, primary_metric=primary_metric)
     return ReportPaths(markdown=markdown, png=png)
+
+
+# --- the storage section ------------------------------------------------------------------------
+
+OUTCOME_LABELS = (
+    ("archived", "archived"),
+    ("deleted", "deleted"),
+    ("retained_by_service", "retained by the service"),
+    ("failed", "failed"),
+)
+
+
+def human_bytes(count: int) -> str:
+    """``1.5 GiB``: binary units, at most three significant figures."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.1f} {unit}" if abs(value) < 100 else f"{value:.0f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def dollars(amount: float) -> str:
+    """``$12.34``; an amount under a cent with two significant figures (``$0.000041``), so the
+    small costs of a laptop campaign still read as numbers."""
+    if amount == 0:
+        return "$0.00"
+    if abs(amount) >= 0.01:
+        return f"${amount:,.2f}"
+    digits = 1 - math.floor(math.log10(abs(amount)))
+    return f"${amount:.{digits}f}"
+
+
+def storage_now(
+    plan: Mapping[str, Any], apply: Mapping[str, Any] | None
+) -> tuple[dict[str, tuple[int, int]], float]:
+    """(storage class -> (artifacts, bytes), estimated US dollars a month) as things stand: the
+    plan's artifacts where they were, or where ``apply`` (when it carried this plan out) moved
+    them; deleted ones are gone."""
+    applied = apply is not None and apply.get("sequence") == plan.get("sequence")
+    outcomes = {}
+    if applied:
+        assert apply is not None
+        outcomes = {str(r.get("uri")): r for r in apply.get("results") or []}
+    classes: dict[str, list[int]] = {}
+    for line in plan.get("actions") or []:
+        artifact = line.get("artifact") or {}
+        storage_class = str(artifact.get("storage_class") or "STANDARD")
+        result = outcomes.get(str(artifact.get("uri")))
+        if result is not None and result.get("outcome") == "deleted":
+            continue
+        if result is not None and result.get("outcome") == "archived" and line.get("target_class"):
+            storage_class = str(line["target_class"])
+        entry = classes.setdefault(storage_class, [0, 0])
+        entry[0] += 1
+        entry[1] += int(artifact.get("bytes") or 0)
+    cost = _number(apply.get("monthly_cost_after")) if applied and apply else None
+    if cost is None:
+        cost = _number(plan.get("monthly_cost_before")) or 0.0
+    return {name: (n, size) for name, (n, size) in sorted(classes.items())}, cost
+
+
+def render_storage(plan: Mapping[str, Any], apply: Mapping[str, Any] | None) -> list[str]:
+    """The "Storage" section: bytes by storage class, the estimated monthly cost now, what the
+    last apply did and saved, and the rounds the retention set keeps and why."""
+    classes, cost = storage_now(plan, apply)
+    created = str(plan.get("created_at") or "")[:19].replace("T", " ")
+    lines = ["## Storage", ""]
+    lines.append(
+        f"From lifecycle plan {plan.get('sequence')} ({created} UTC; keep_last "
+        f"{plan.get('keep_last')}, archive class {plan.get('archive_storage_class')}, "
+        f"prices of {plan.get('region')}: {_md(str(plan.get('prices_source') or ''))})."
+    )
+    lines.append("")
+    lines.append("| Storage class | Artifacts | Bytes |")
+    lines.append("|---|---|---|")
+    for name, (count, size) in classes.items():
+        lines.append(f"| {_md(name)} | {count} | {human_bytes(size)} |")
+    if not classes:
+        lines.append(f"| {NO_VALUE} | 0 | 0 B |")
+    lines.append("")
+    lines.append(f"- Estimated storage cost now: {dollars(cost)}/month")
+    lines.append(f"- Last apply: {_apply_text(apply)}")
+    if plan.get("first") and (apply is None or apply.get("sequence") != plan.get("sequence")):
+        lines.append("- This plan is the campaign's first: planned only, `apply` acts on it")
+    kept = sorted(plan.get("retained") or [], key=lambda r: int(r.get("round", 0)))
+    lines.append("- Rounds kept:" + ("" if kept else f" {NO_VALUE}"))
+    for entry in kept:
+        number = int(entry.get("round", 0))
+        label = "baseline" if number == 0 else f"round {number}"
+        lines.append(f"  - {label}: {_md(', '.join(str(r) for r in entry.get('reasons') or []))}")
+    lines.append("")
+    return lines
+
+
+def _apply_text(apply: Mapping[str, Any] | None) -> str:
+    if apply is None:
+        return "none yet"
+    counts: dict[str, list[int]] = {}
+    for result in apply.get("results") or []:
+        entry = counts.setdefault(str(result.get("outcome")), [0, 0])
+        entry[0] += 1
+        entry[1] += int(result.get("bytes") or 0)
+    parts = [
+        f"{label} {counts.get(outcome, [0, 0])[0]} ({human_bytes(counts.get(outcome, [0, 0])[1])})"
+        for outcome, label in OUTCOME_LABELS
+        if outcome in counts or outcome in ("archived", "deleted")
+    ]
+    before = _number(apply.get("monthly_cost_before")) or 0.0
+    after = _number(apply.get("monthly_cost_after")) or 0.0
+    ended = str(apply.get("ended_at") or "")[:19].replace("T", " ")
+    return (
+        f"plan {apply.get('sequence')} ({ended} UTC): {', '.join(parts)}; "
+        f"saved {dollars(round(before - after, 9))}/month"
+    )
