@@ -92,9 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     _add_campaign_commands(commands)
 
+    from tuneloop.cli.lifecycle import add_lifecycle_commands
     from tuneloop.cli.local import add_local_commands
 
     add_local_commands(commands)
+    add_lifecycle_commands(commands)
     return parser
 
 
