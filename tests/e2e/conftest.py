@@ -68,6 +68,7 @@ IDLE_CAMPAIGN = "e2e-idle"
 the DAG file loads, carries the file token with which tests ask for a parse, and shows that the
 stack's task policy applies (``_check_idle_dag``)."""
 IDLE_DAG_ID = "tuneloop_e2e_idle"
+IDLE_LIFECYCLE_DAG_ID = f"{IDLE_DAG_ID}_lifecycle"
 
 PARSE_REQUEST_INTERVAL = 5.0
 """Seconds between two parse requests while a test waits for what a parse shows (one parse of
@@ -90,7 +91,7 @@ class Stack:
     airflow: Any  # tuneloop.demo.embedded_airflow.AirflowProcesses
     timings: dict[str, float] = field(default_factory=dict)
     _client: Any = None
-    _file_token: str | None = None
+    _file_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def client(self) -> Any:
@@ -162,15 +163,18 @@ class Stack:
         return self.client.wait_for(seen, timeout=timeout, what=what, interval=0.5)
 
     def request_parse(self) -> None:
-        """Ask the dag-processor to parse the DAG file at once, as the UI's "Reparse" button does
-        (``PUT /api/v2/parseDagFile/{file_token}``); a no-op until a DAG of the file exists (the
-        token comes with it), when the dag-processor's own interval has to do."""
-        if self._file_token is None:
-            dag = self.client.dag(IDLE_DAG_ID)
-            if dag is None:
-                return
-            self._file_token = str(dag["file_token"])
-        self.client.request("PUT", f"parseDagFile/{self._file_token}")
+        """Ask the dag-processor to parse the DAG files at once, as the UI's "Reparse" button
+        does (``PUT /api/v2/parseDagFile/{file_token}``): the round DAG file and the lifecycle
+        DAG file, each a no-op until a DAG of the file exists (the token comes with it), when
+        the dag-processor's own interval has to do."""
+        for dag_id in (IDLE_DAG_ID, IDLE_LIFECYCLE_DAG_ID):
+            token = self._file_tokens.get(dag_id)
+            if token is None:
+                dag = self.client.dag(dag_id)
+                if dag is None:
+                    continue
+                token = self._file_tokens[dag_id] = str(dag["file_token"])
+            self.client.request("PUT", f"parseDagFile/{token}")
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         """task_id -> state (a mapped task: the states of its instances joined with ',')."""

@@ -101,8 +101,9 @@ def test_dry_run_plans_and_validates_without_a_job(stack: Stack) -> None:
     assert states["plan_round"] == "success"
     assert states["validate_data"] == "success"  # every mapped instance
     assert states["proceed"] == "success"
-    for task in ("train_sft", "train_rft", "evaluate", "evaluate_baseline", "decide"):
+    for task in ("restore_base", "train_sft", "train_rft", "evaluate", "evaluate_baseline"):
         assert states[task] == "skipped", (task, states)
+    assert states["decide"] == "skipped", states
     plan = plan_of(stack, dag_id, run_id)
     assert plan["start"]["dry_run"] is True and plan["start"]["round"] == 1
 

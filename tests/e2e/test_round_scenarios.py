@@ -180,7 +180,7 @@ def test_finished_campaign_refuses_another_round_before_any_job(stack: Stack) ->
     plan = task_instance(stack, dag_id, refused, "plan_round")
     assert plan["state"] == "failed" and plan["try_number"] == 1  # no retry of a refusal
     states = stack.task_states(dag_id, refused)
-    for task in ("train_sft", "evaluate", "evaluate_baseline", "decide"):
+    for task in ("restore_base", "train_sft", "evaluate", "evaluate_baseline", "decide"):
         assert states[task] in ("upstream_failed", "None", "skipped"), (task, states)
 
     log = task_log(stack, dag_id, refused, "plan_round", 1)
@@ -420,6 +420,7 @@ def test_broken_campaign_files_cost_only_their_own_dags(stack: Stack, gates: Gat
     gate = gates.hold(good, round=1, stage="sft")
     dag_id = good.dag_id
     stack.wait_for_dag(dag_id)
+    stack.wait_for_dag(f"{dag_id}_lifecycle")
     first = stack.client.trigger(dag_id, {})["dag_run_id"]
     wait_task(stack, dag_id, first, "train_sft", {"deferred"})
 
@@ -455,8 +456,9 @@ def test_broken_campaign_files_cost_only_their_own_dags(stack: Stack, gates: Gat
     # The good DAG is still there, active, and its round is still running.
     dag = stack.client.dag(dag_id)
     assert dag is not None and dag["is_stale"] is False, dag
+    # The pattern also matches the campaign's lifecycle DAG (dags/tuneloop_lifecycle.py).
     listed = stack.client.request("GET", "dags", params={"dag_id_pattern": dag_id})
-    assert [d["dag_id"] for d in listed["dags"]] == [dag_id]
+    assert sorted(d["dag_id"] for d in listed["dags"]) == [dag_id, f"{dag_id}_lifecycle"]
     assert stack.client.dag_run(dag_id, first)["state"] == "running"
     assert task_instance(stack, dag_id, first, "train_sft")["state"] == "deferred"
 

@@ -2,8 +2,9 @@
 
     wait_for_earlier_rounds -> plan_round (claims the round in the ledger)
       -> validate_data (one mapped task per dataset) -> proceed (stops a dry run)
+      -> restore_base (brings back an archived base; at once when there is none)
       -> train_<stage> -> checkpoint_<stage> -> ... -> evaluate  (+ evaluate_baseline, once)
-      -> decide (branch) -> next_round | rollback | finish
+      -> decide (branch; updates the campaign's rounds Asset) -> next_round | rollback | finish
 
 Round numbers and starting checkpoints come from the ledger, so a schedule, an Asset update, a
 UI trigger and a backfill all agree on what the next round is. The next round is a new run of
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, BaseSensorOperator, XComArg
     from airflow.sdk.definitions._internal.mixins import DependencyMixin
 
+    from tuneloop.config.campaign import Campaign
     from tuneloop.pipeline.operators import JobOperator
 
 DEFAULT_EXECUTION_TIMEOUT = timedelta(days=3)
@@ -40,6 +42,16 @@ LOCAL_POLL_SECONDS = 2.0
 
 
 BROKEN_DAG_PREFIX = "tuneloop_broken__"
+ASSET_SCHEME = "x-tuneloop"
+"""Airflow leaves ``x-`` schemes as they are: no provider is asked to normalise them (an
+unknown scheme would load every provider's Asset handlers, the Amazon one with boto3, while the
+DAG file is parsed) and no warning is given."""
+
+
+def lifecycle_asset_uri(campaign: Campaign) -> str:
+    """The Asset ``decide`` updates once a round is recorded, ``x-tuneloop://<campaign>/rounds``:
+    it starts the campaign's lifecycle DAG (`pipeline.lifecycle_dag`)."""
+    return f"{ASSET_SCHEME}://{campaign.name}/rounds"
 
 
 def campaign_dag(reference: str | Path) -> DAG:
@@ -62,26 +74,46 @@ def campaign_dags(folder: str | Path | None = None) -> dict[str, DAG]:
     the DAG file's own DAGs are untouched, so the good campaigns keep scheduling and their
     running rounds go on.
     """
+    return dags_per_campaign(campaign_dag, folder, report_broken=True)
+
+
+def campaign_files(folder: str | Path | None = None) -> list[Path]:
+    """The campaign files of ``folder`` (the campaigns folder by default), in name order."""
     folder = Path(folder) if folder else campaigns_folder()
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+
+
+def dags_per_campaign(
+    build: Callable[[Path], DAG], folder: str | Path | None = None, *, report_broken: bool
+) -> dict[str, DAG]:
+    """``{dag_id: DAG}``: ``build(path)`` for each campaign file of ``folder``.
+
+    A file that cannot be loaded, or that reuses a campaign name an earlier file has, gets no
+    DAG; with ``report_broken`` it gets a `BrokenCampaign` stand-in that files the problems as
+    the campaign file's import error. Only the round DAG file reports them: a second report of
+    the same file from another DAG file would only repeat it."""
     dags: dict[str, DAG] = {}
     sources: dict[str, Path] = {}
-    paths = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
-    for path in paths:
+    for path in campaign_files(folder):
         try:
-            dag = campaign_dag(path)
+            dag = build(path)
         except TuneloopError as exc:
-            _add_broken(dags, path, str(exc))  # every line names the file, line and field
+            if report_broken:
+                _add_broken(dags, path, str(exc))  # every line names the file, line and field
             continue
         except Exception as exc:  # a broken file must not take the other campaigns with it
-            _add_broken(dags, path, f"{path}: cannot be loaded: {type(exc).__name__}: {exc}")
+            if report_broken:
+                _add_broken(dags, path, f"{path}: cannot be loaded: {type(exc).__name__}: {exc}")
             continue
         if dag.dag_id in dags:
-            _add_broken(
-                dags,
-                path,
-                f"{path}: name: campaign name {dag.dag_id.removeprefix('tuneloop_')!r} is also "
-                f"used by {sources[dag.dag_id]}; fix: give each campaign file its own name",
-            )
+            if report_broken:
+                _add_broken(
+                    dags,
+                    path,
+                    f"{path}: name: campaign name "
+                    f"{dag.dag_id.removeprefix('tuneloop_')!r} is also used by "
+                    f"{sources[dag.dag_id]}; fix: give each campaign file its own name",
+                )
             continue
         dags[dag.dag_id] = dag
         sources[dag.dag_id] = path
@@ -382,6 +414,8 @@ class _Planned:
     first_job: XComArg
     validated: XComArg
     proceed: XComArg
+    restore: XComArg
+    """What planning found archived of the round's base (a `RestorePlan`, or None)."""
 
 
 def _wire(cf: CampaignFile) -> None:
@@ -400,7 +434,7 @@ def _wire(cf: CampaignFile) -> None:
         "evaluation": evaluate.output,
         "baseline": baseline.output,
     }
-    branch = _decide(outcome, train_ids)
+    branch = _decide(cf, outcome, train_ids)
     _wire_after_decision(wiring, planning.planned, branch)
 
 
@@ -445,6 +479,7 @@ def _wire_planning(wiring: _Wiring) -> _Planned:
     return _Planned(
         planned=planned,
         first_job=_pushed(datasets, "first_job"),
+        restore=_pushed(datasets, "restore"),
         validated=validated,
         proceed=proceed(planned, validated),
     )
@@ -465,15 +500,24 @@ def _baseline_spec(planned: XComArg) -> XComArg:
 def _wire_stages(
     wiring: _Wiring, planning: _Planned
 ) -> tuple[dict[str, XComArg], dict[str, str], JobOperator]:
-    """train_<stage> -> checkpoint_<stage> per stage, then evaluate: the checkpoint steps by
-    stage, the train task ids by stage, and the evaluate task."""
+    """restore_base, then train_<stage> -> checkpoint_<stage> per stage, then evaluate: the
+    checkpoint steps by stage, the train task ids by stage, and the evaluate task."""
     from tuneloop.pipeline.operators import EvaluationJobOperator, TrainingJobOperator
+    from tuneloop.pipeline.restore import RestoreBaseOperator
 
     checkpoints: dict[str, XComArg] = {}
     train_ids: dict[str, str] = {}
     previous: XComArg | None = None
     next_job = planning.first_job
-    last: DependencyMixin = planning.proceed
+    restore = RestoreBaseOperator(
+        task_id="restore_base",
+        planned=planning.planned,
+        restore=planning.restore,
+        execution_timeout=DEFAULT_EXECUTION_TIMEOUT,
+        retries=1,
+    )
+    planning.proceed >> restore
+    last: DependencyMixin = restore
     for index, stage in enumerate(wiring.cf.campaign.stages):
         train = wiring.job_operator(TrainingJobOperator, f"train_{stage.name}", next_job)
         last >> train
@@ -511,10 +555,17 @@ def _checkpoint(
     return checkpoint(planned, previous)
 
 
-def _decide(outcome: dict[str, Any], train_ids: dict[str, str]) -> XComArg:
-    from airflow.sdk import task
+def _decide(cf: CampaignFile, outcome: dict[str, Any], train_ids: dict[str, str]) -> XComArg:
+    """decide: gates and records the round. Its success updates the campaign's rounds Asset,
+    which starts the campaign's lifecycle DAG (`lifecycle_dag`)."""
+    from airflow.sdk import Asset, task
 
-    @task.branch(task_id="decide", retries=1, trigger_rule="none_failed")
+    @task.branch(
+        task_id="decide",
+        retries=1,
+        trigger_rule="none_failed",
+        outlets=[Asset(lifecycle_asset_uri(cf.campaign))],
+    )
     def decide(outcome: dict[str, XComValue], train_ids: dict[str, str], **context: Any) -> str:
         """``outcome`` is the round's `RoundOutcome` but for the training jobs' results, which
         are pulled (a skipped stage's argument would skip this task)."""

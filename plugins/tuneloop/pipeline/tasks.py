@@ -22,7 +22,9 @@ from tuneloop.config.paths import campaign_root
 from tuneloop.errors import TuneloopError
 
 if TYPE_CHECKING:
+    from tuneloop.artifacts.manifest import Checkpoint
     from tuneloop.config.file import CampaignFile
+    from tuneloop.lifecycle.records import RestorePlan
     from tuneloop.rounds.boxes import CampaignSnapshot, RoundStart
     from tuneloop.rounds.decision import Decision
     from tuneloop.rounds.ledger import RoundRecord
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BRANCHES = {"continue": "next_round", "rollback": "rollback", "finish": "finish", "stop": "finish"}
-REPORT_FOLDER = "report"
 
 
 @contextmanager
@@ -77,7 +78,11 @@ def _campaign(snapshot: CampaignSnapshot) -> CampaignFile:
 
 def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
     """Read the campaign file (the only time in the round), decide where the round starts,
-    plan and check every recipe, and claim the round in the ledger: a `PlannedRound`."""
+    plan and check every recipe, and claim the round in the ledger: a `PlannedRound`.
+
+    A base the lifecycle archived is planned from its checkpoint as the ledger recorded it (its
+    manifest may be in Glacier or a tarball); what ``restore_base`` must bring back goes to
+    XCom key ``restore`` (a `RestorePlan`, or ``{}``)."""
     from tuneloop.config.paths import round_root
     from tuneloop.rounds.boxes import CampaignSnapshot, PlannedRound
     from tuneloop.rounds.datasets import datasets_to_validate
@@ -93,7 +98,10 @@ def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
         cf = _campaign(snapshot)
         check_connection(cf)
         start = start_round(cf, conf)
-        plan = plan_started_round(cf, start, _template_context(context))
+        restore, archived_base = archived_base_of(cf, start)
+        plan = plan_started_round(
+            cf, start, _template_context(context), archived_base=archived_base
+        )
         root = round_root(cf.campaign, start.round)
         datasets = datasets_to_validate(cf, plan)
         first_job = stage_job(plan, root, 0, plan.base_model, start.stages)
@@ -108,6 +116,15 @@ def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
         f" ({start.reason})" if start.reason else "",
         snapshot.sha256[:12],
     )
+    if restore is not None:
+        log.info(
+            "Round %d's base (round %s) is archived: restore_base brings back %d item(s)",
+            start.round,
+            restore.base_round,
+            len(restore.items),
+        )
+    # {} rather than None: Airflow reads an XCom of None as missing.
+    context["ti"].xcom_push(key="restore", value=restore.model_dump(mode="json") if restore else {})
     planned = PlannedRound(
         campaign=snapshot,
         start=start,
@@ -119,6 +136,39 @@ def plan_round_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
         seconds=time.monotonic() - started,
     )
     return planned.model_dump(mode="json")
+
+
+def archived_base_of(
+    cf: CampaignFile, start: RoundStart
+) -> tuple[RestorePlan | None, Checkpoint | None]:
+    """What the lifecycle archived of the round's base: the `RestorePlan` that brings it back
+    and the base's checkpoint as the ledger recorded it; (None, None) when the round starts from
+    the base model or from a base that is not archived."""
+    from tuneloop.lifecycle.restore import restore_plan
+
+    if not start.base_output_uri:
+        return None, None
+    checkpoint = recorded_checkpoint(cf, start.base_output_uri)
+    plan = restore_plan(
+        cf.campaign,
+        start.base_output_uri,
+        start.base_round,
+        checkpoint.uri if checkpoint is not None else None,
+    )
+    return (plan, checkpoint) if plan is not None else (None, None)
+
+
+def recorded_checkpoint(cf: CampaignFile, output_uri: str) -> Checkpoint | None:
+    """The checkpoint the ledger recorded for the stage whose output folder is ``output_uri``
+    (None: no recorded stage wrote there, e.g. a base override from outside the campaign)."""
+    from tuneloop.rounds.ledger import Ledger
+
+    wanted = output_uri.rstrip("/")
+    for record in reversed(Ledger(campaign_root(cf.campaign)).records()):
+        for stage in record.stages:
+            if stage.output_uri.rstrip("/") == wanted and stage.checkpoint is not None:
+                return stage.checkpoint
+    return None
 
 
 ACTIVE_RUN_STATES = frozenset({"queued", "running"})
@@ -373,21 +423,24 @@ def mirror(cf: CampaignFile, records: list[RoundRecord], record: RoundRecord) ->
 
 
 def write_round_report(cf: CampaignFile, records: list[RoundRecord]) -> list[str]:
-    """The campaign's round report (Markdown and PNG) beside its ledger; [] on S3 roots."""
-    from tuneloop import storage
-    from tuneloop.rounds.record import shown_metrics
-    from tuneloop.tracking.report import write_report
+    """The campaign's round report (Markdown and PNG) beside its ledger, with the lifecycle's
+    "Storage" section; [] on S3 roots."""
+    from tuneloop.tracking.lifecycle import write_campaign_report
 
-    root = campaign_root(cf.campaign)
-    if storage.is_s3(root):
-        return []
-    shown = [shown_metrics(cf, r.model_dump(mode="json")) for r in records]
-    folder = str(storage.local_path(storage.join(root, REPORT_FOLDER)))
-    paths = write_report(
-        shown,
-        folder,
-        campaign=cf.campaign.name,
-        primary_metric=cf.campaign.gate.primary_metric,
-        baseline=shown[-1].get("baseline") if shown else None,
-    )
-    return [str(paths.markdown), str(paths.png)]
+    return write_campaign_report(cf, records)
+
+
+# --- restore_base --------------------------------------------------------------------------------
+
+
+def restore_base_plan(planned: dict[str, Any]) -> tuple[str, RestorePlan | None]:
+    """What of the round's base is archived now (asked again at run time: the lifecycle may
+    have archived it after planning), and the AWS connection the round's S3 calls use."""
+    from tuneloop import aws
+    from tuneloop.config.backend import aws_connection
+    from tuneloop.rounds.boxes import PlannedRound
+
+    box = PlannedRound.model_validate(planned)
+    cf = _campaign(box.campaign)
+    restore, _ = archived_base_of(cf, box.start)
+    return aws_connection(cf.campaign) or aws.DEFAULT_CONN_ID, restore
