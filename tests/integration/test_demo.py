@@ -1,6 +1,9 @@
 """`make demo` for one real round: Airflow's own scheduler runs the demo campaign's DAG on the
 local backend, progress is printed while the round runs, the round is recorded, the run it
-triggered stays queued in Airflow's history, and no Airflow process outlives the demo."""
+triggered stays queued in Airflow's history, the campaign's lifecycle DAG plans and applies (with
+one round there is nothing to archive: what an apply archives is tested in
+tests/integration/test_lifecycle_dag.py and tests/e2e/test_e2e_lifecycle.py), and no Airflow
+process outlives the demo."""
 
 from __future__ import annotations
 
@@ -144,6 +147,13 @@ def test_demo_runs_a_round_under_the_scheduler(tmp_path: Path) -> None:
     assert "password in " + str(home / "simple_auth_manager_passwords.json.generated") in out
     assert not (REPO / "models").exists()
 
+    # The lifecycle ran, with nothing to archive yet: round 1 is the champion.
+    assert "== lifecycle (keep_last 2): tuneloop_demo_lifecycle runs after each round" in out
+    assert "   rounds kept: round 1 (champion" in out
+    assert "   archived: nothing" in out
+    assert "   lifecycle: archived 0 folder(s), 0 B; deleted 0; estimated storage cost saved" in out
+
+    assert "## Storage" in (state_dir / "demo" / "report" / "report.md").read_text()
     assert_no_airflow_left(tmp_path, demo.started)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,24 @@ def test_an_airflow_left_running_is_found_and_stopped(
     (home / demo.STATE_FILE).write_text(json.dumps(state))
     assert demo.main(["--check-stopped", "--project-dir", str(tmp_path)]) == 0
     assert not (home / demo.STATE_FILE).exists()
+
+
+def test_the_lifecycle_lines_name_each_archived_folder_and_the_saving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After the demo's rounds: the rounds kept and why, each stage folder archived (shown from
+    the campaign's folder) with its tarball, and the bytes and monthly cost saved."""
+    from lifecycle_ledgers import build_tree
+    from tuneloop.demo.report import print_lifecycle
+    from tuneloop.lifecycle.service import apply_campaign
+
+    tree = build_tree(tmp_path, rounds=3, keep_last=2)
+    plan, report = apply_campaign(tree.cf, run_id="demo")
+    print_lifecycle(plan, [report], tree.root)
+    out = capsys.readouterr().out
+    assert "   rounds kept: round 2 (one of the last 2 rounds), round 3 (champion" in out
+    for stage in ("sft", "rft"):
+        folder = tree.folder(1, stage).relative_to(tree.root)
+        assert f"   archived {folder} -> archive/{folder}.tar.gz (" in out, out
+    assert "   lifecycle: archived 2 folder(s), " in out
+    assert re.search(r"estimated storage cost saved \$[\d.]+/month", out), out

@@ -75,6 +75,50 @@ def print_round(record: Any, seconds: float) -> None:
     print(f"   decision: {decision.action.value}. {decision.reason}")
 
 
+def print_lifecycle(plan: Any, applies: list[Any], campaign_dir: Path) -> None:
+    """What the lifecycle did during this demo: the rounds its latest ``plan`` keeps and why,
+    what ``applies`` (those recorded since the demo began) archived and deleted, the bytes and
+    the estimated storage cost saved."""
+    from tuneloop.tracking.report import dollars, human_bytes
+
+    kept = sorted(plan.retained, key=lambda r: r.round)
+    print(
+        "   rounds kept: "
+        + (", ".join(f"round {r.round} ({', '.join(r.reasons)})" for r in kept) or "none")
+    )
+    results = [r for a in applies for r in a.results]
+    archived = [r for r in results if r.outcome == "archived"]
+    deleted = [r for r in results if r.outcome == "deleted"]
+    failed = [r for r in results if r.outcome == "failed"]
+    if not archived and not deleted:
+        print(
+            f"   archived: nothing (no round outside the last {plan.keep_last} other than the "
+            "champion yet)"
+        )
+    for result in archived:
+        tarball = _folder(result.archive_uri or "", campaign_dir)
+        size = human_bytes(result.bytes)
+        print(f"   archived {_folder(result.uri, campaign_dir)} -> {tarball} ({size})")
+    for result in deleted:
+        print(f"   deleted {_folder(result.uri, campaign_dir)} ({human_bytes(result.bytes)})")
+    for result in failed:
+        print(f"   failed: {_folder(result.uri, campaign_dir)}: {result.detail}")
+    saved = sum(a.monthly_cost_saved for a in applies)
+    moved = sum(r.bytes for r in archived)
+    print(
+        f"   lifecycle: archived {len(archived)} folder(s), {human_bytes(moved)}; deleted "
+        f"{len(deleted)}; estimated storage cost saved {dollars(saved)}/month (local folders "
+        f"priced as S3 STANDARD, tarballs as {plan.archive_storage_class}; prices: "
+        f"{plan.prices_source})"
+    )
+
+
+def _folder(uri: str, campaign_dir: Path) -> str:
+    """A path inside the campaign's folder, shown from it."""
+    path = Path(uri)
+    return str(path.relative_to(campaign_dir)) if path.is_relative_to(campaign_dir) else uri
+
+
 def summarize(ledger: Any, campaign_dir: Path, seconds: float | None, cf: Any) -> None:
     """The rounds table and where the report, ledger and MLflow store are; ``seconds`` None:
     no time line (nothing ran now)."""

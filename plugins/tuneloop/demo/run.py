@@ -6,8 +6,12 @@ with the LocalExecutor; home ``<project>/.tuneloop/airflow``), waits until the D
 parsed, triggers one run with an empty conf through the REST API and follows the chain: each
 round's ``next_round`` / ``rollback`` task triggers the next run itself, and the scheduler runs
 it. Prints a line whenever the running task or its job's progress changes, a summary per round,
-then the rounds table, and says how to open the Airflow UI and MLflow on these runs. Every run
-stays in Airflow's history.
+then the lifecycle: the campaign's lifecycle DAG (``tuneloop_demo_lifecycle``) runs after each
+recorded round on its own, and once more at the end, triggered with ``apply: true``; the demo
+waits for that run and prints what the lifecycle archived (round folders older than the last
+``keep_last: 2`` rounds and not the champion become tarballs under ``.tuneloop/demo/archive/``)
+and the bytes and estimated storage cost saved. Then the rounds table, and how to open the
+Airflow UI and MLflow on these runs. Every run stays in Airflow's history.
 
     python -m tuneloop.demo [--rounds N] [--fresh] [--keep-running] [--project-dir DIR]
     python -m tuneloop.demo --stop       # stop an Airflow left up by --keep-running
@@ -28,7 +32,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +48,18 @@ from tuneloop.demo.embedded_airflow import (
     free_port,
     passwords_file,
 )
-from tuneloop.demo.report import ProgressLine, print_round, summarize, ui_hint
+from tuneloop.demo.report import (
+    ProgressLine,
+    print_lifecycle,
+    print_round,
+    summarize,
+    ui_hint,
+)
 from tuneloop.errors import MessageError
 
 REPO = Path(__file__).resolve().parents[3]
 DAG_ID = "tuneloop_demo"
+LIFECYCLE_DAG_ID = "tuneloop_demo_lifecycle"
 CAMPAIGN_FILE = REPO / "recipes" / "campaigns" / "demo.yaml"
 STATE_FILE = "demo-processes.json"
 """In the Airflow home: the processes a ``--keep-running`` demo left up (for ``--stop``)."""
@@ -58,6 +69,8 @@ JOB_POLL_SECONDS = 5.0
 """How often the REST API is asked while a job runs (its progress is read every second)."""
 PARSE_TIMEOUT = 180.0
 ROUND_TIMEOUT = 1800.0
+LIFECYCLE_TIMEOUT = 600.0
+"""The lifecycle run (behind any run the last round's record started) may take this long."""
 ACTIVE_STATES = ("queued", "running")
 TASK_ACTIVE = ("running", "deferred")
 UNDER_WAY = ("queued", "running", "success")
@@ -72,6 +85,10 @@ DEMO_SETTINGS = {
     "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
     "AIRFLOW__API__WORKERS": "1",
 }
+
+
+_CLOCK_SLACK = timedelta(seconds=5)
+"""Records are stamped by task processes: a little slack for their clocks' rounding."""
 
 
 class _Interrupted(Exception):
@@ -160,6 +177,7 @@ class Demo:
         self.home = home
         self.campaign_dir = campaign_dir
         self.began = time.monotonic()
+        self.started_at = datetime.now(UTC)
         self.airflow: AirflowProcesses | None = None
         self.client: AirflowClient | None = None
         self.paused = False
@@ -184,6 +202,8 @@ class Demo:
             self._start_airflow()
             rounds = self._follow_rounds()
             cf = _load_campaign()
+            if rounds is not None:
+                self._run_lifecycle(cf)
             summarize(self.ledger, self.campaign_dir, time.monotonic() - self.began, cf)
             keep_running = args.keep_running
             if rounds is None:
@@ -287,7 +307,7 @@ class Demo:
         self.client = self.airflow.client()
         print(f"  Airflow is up at {self.airflow.api_url} ({time.monotonic() - began:.0f} s)")
         self._wait_parsed(since=datetime.now(UTC))
-        self.client.unpause(DAG_ID)
+        self._unpause(DAG_ID)
 
     def _wait_parsed(self, since: datetime) -> None:
         """Wait until the dag-processor has parsed the DAG file since Airflow started; an
@@ -423,6 +443,69 @@ class Demo:
                 return followed
             run = next_run
 
+    # -- the lifecycle --
+
+    def _run_lifecycle(self, cf: Any) -> None:
+        """Trigger the lifecycle DAG with ``apply: true`` and wait for it: it runs after any
+        lifecycle run the last round's record started (one run at a time), so once it ends the
+        ledger's plan is carried out. Then print what the lifecycle did during this demo."""
+        client = self._client()
+        try:
+            client.wait_for(
+                lambda: client.dag(LIFECYCLE_DAG_ID),
+                timeout=PARSE_TIMEOUT,
+                what=f"the dag-processor parsing {LIFECYCLE_DAG_ID}",
+            )
+        except TimeoutError as exc:
+            raise DemoError(f"{exc}; see {self._airflow_log('dag-processor')}") from None
+        self._unpause(LIFECYCLE_DAG_ID)  # an earlier Airflow session may have paused it
+        run = client.trigger(LIFECYCLE_DAG_ID, {"apply": True})
+        run_id = run["dag_run_id"]
+        print(
+            f"\n== lifecycle (keep_last {cf.campaign.retention.keep_last}): {LIFECYCLE_DAG_ID} "
+            f"runs after each round; now run {run_id} with apply: true"
+        )
+        try:
+            final = client.wait_for_run(LIFECYCLE_DAG_ID, run_id, timeout=LIFECYCLE_TIMEOUT)
+        except TimeoutError as exc:
+            raise DemoError(f"the lifecycle run did not end: {exc}") from None
+        if final["state"] != "success":
+            self._explain_failure(run_id, dag_id=LIFECYCLE_DAG_ID)
+            raise DemoError(
+                f"the lifecycle run {run_id} {final['state']}; its tasks' logs are under "
+                f"{self.home / 'logs'}"
+            )
+        from tuneloop.lifecycle.store import LifecycleStore
+
+        store = LifecycleStore.for_campaign(cf.campaign)
+        plan = next((p for p in reversed(store.plans()) if p.run_id == run_id), None)
+        if plan is None:
+            raise DemoError(f"the lifecycle run {run_id} succeeded without recording a plan")
+        print_lifecycle(plan, self._since_demo(store), self.campaign_dir)
+
+    def _since_demo(self, store: Any) -> list[Any]:
+        """The applies recorded since this demo began (the runs after each round, and ours)."""
+        since = self.started_at - _CLOCK_SLACK
+        return [a for a in store.applies() if a.started_at >= since]
+
+    def _unpause(self, dag_id: str) -> None:
+        """Unpause ``dag_id``; a 5xx answer (SQLite busy while the dag-processor writes the
+        DAGs it parsed) is asked again, up to a minute."""
+        client = self._client()
+
+        def unpaused() -> bool:
+            client.unpause(dag_id)
+            return True
+
+        try:
+            client.wait_for(unpaused, timeout=60, what=f"unpausing {dag_id}")
+        except TimeoutError as exc:
+            raise DemoError(f"{exc}; see {self._airflow_log('api-server')}") from None
+
+    def _airflow_log(self, name: str) -> Path:
+        assert self.airflow is not None
+        return self.airflow.log_path(name)
+
     def _round_of(self, run_id: str) -> int:
         """The round a run plans: its claim in the ledger, else the ledger's next round."""
         with contextlib.suppress(Exception):
@@ -531,10 +614,10 @@ class Demo:
 
         return Path(job_backend_config(_load_campaign().campaign)["root"])
 
-    def _explain_failure(self, run_id: str) -> None:
+    def _explain_failure(self, run_id: str, dag_id: str = DAG_ID) -> None:
         client = self._client()
         try:
-            tis = client.task_instances(DAG_ID, run_id)
+            tis = client.task_instances(dag_id, run_id)
         except AirflowApiError as exc:
             print(f"(cannot list the run's tasks: {exc})", file=sys.stderr)
             return
@@ -547,7 +630,7 @@ class Demo:
             )
             try:
                 text = client.task_log(
-                    DAG_ID,
+                    dag_id,
                     run_id,
                     ti["task_id"],
                     int(ti.get("try_number") or 1),
