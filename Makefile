@@ -13,6 +13,9 @@ IMPORTS := $(VENV)/bin/lint-imports
 STAMP  := $(VENV)/.installed
 
 PYTEST_ARGS ?=
+# Two test processes (tests/conftest.py keeps the end-to-end tests together in one); 0 runs the
+# suite in this process only.
+PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 
@@ -21,9 +24,9 @@ PYTEST_ARGS ?=
 help:
 	@echo "tuneloop make targets:"
 	@echo "  make install   create .venv and install requirements + tuneloop (editable)"
-	@echo "  make test      ruff check, mypy and lint-imports, then pytest (pass extra args with"
-	@echo "                 PYTEST_ARGS=...); installs Debian's postgresql, redis-server and"
-	@echo "                 chromium when missing"
+	@echo "  make test      ruff check, mypy and lint-imports, then pytest in PYTEST_WORKERS=2"
+	@echo "                 processes (pass extra args with PYTEST_ARGS=...); installs Debian's"
+	@echo "                 postgresql, redis-server and chromium when missing"
 	@echo "  make lint      ruff check, ruff format --check, mypy (types) and lint-imports (layers,"
 	@echo "                 no import cycles; contracts in pyproject.toml)"
 	@echo "  make format    ruff format and ruff check --fix"
@@ -71,7 +74,7 @@ test: $(STAMP)
 	$(MYPY)
 	$(IMPORTS)
 	@$(MAKE) --no-print-directory system-packages
-	$(VPY) -m pytest --durations=30 $(PYTEST_ARGS)
+	$(VPY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(RUFF) check .

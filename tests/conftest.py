@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,9 +13,31 @@ import airflow_env  # noqa: F401  (sets the Airflow environment before anything 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The end-to-end tests run last: they share one real Airflow stack, started by the first
-    of them and stopped when the session ends, which the other tests need not wait for."""
+    of them and stopped when the session ends, which the other tests need not wait for. Under
+    pytest-xdist (``make test`` runs two processes) they are one group, so one process runs
+    them all on one stack while the other runs the rest."""
     e2e = Path(__file__).parent / "e2e"
     items.sort(key=lambda item: e2e in Path(str(item.fspath)).parents)
+    for item in items:
+        if e2e in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
+_WORKER_REPORTS: list[str] = []
+"""The end-to-end stack's start and stop lines, handed over by the pytest-xdist worker that ran
+the end-to-end tests (tests/e2e/conftest.py)."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    _WORKER_REPORTS.extend(getattr(node, "workeroutput", {}).get("e2e_stack_report", []))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _WORKER_REPORTS:
+        terminalreporter.section("end-to-end stack")
+        for line in _WORKER_REPORTS:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

@@ -449,6 +449,8 @@ def _format(timings: dict[str, float]) -> str:
 
 
 _REPORT: list[str] = []
+WORKER_REPORT_KEY = "e2e_stack_report"
+"""Where a pytest-xdist worker puts the lines for the controller (`pytest_sessionfinish`)."""
 
 
 def _report(line: str) -> None:
@@ -461,6 +463,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("end-to-end stack")
         for line in _REPORT:
             terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker, hand the lines to the controller, which prints them
+    (tests/conftest.py): a worker's own terminal summary is never shown."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None and _REPORT:
+        output[WORKER_REPORT_KEY] = list(_REPORT)
 
 
 def _kill_leftover_jobs(project_dir: Path) -> None:
