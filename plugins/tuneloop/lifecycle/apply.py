@@ -21,7 +21,10 @@ The rules:
 - Before each destructive step (removing a local folder, changing an object's storage class,
   deleting) the retention set is read afresh from the ledger (``still_protected``): an artifact
   that became protected since the plan was made (a round claimed it as its base, a person
-  pinned it) is skipped, and the report says why.
+  pinned it) is skipped, and the report says why. A local folder is asked about once more
+  after it is set aside (renamed) and before it is deleted: a round that claimed it in between
+  gets it back, and a round that looks after that finds it archived and restores it, so no
+  round ever starts from a folder that then disappears.
 - A delete happens only where the plan says delete and a round newer than the artifact's has
   been recorded (checked against the ledger, not the plan).
 - One artifact's failure (AccessDenied on a customer object, a tarball that does not verify)
@@ -158,13 +161,31 @@ class _Applier:
 
     def _check_not_protected(self, artifact: Artifact) -> None:
         """Skip the line when the ledger, read now, protects the artifact."""
+        why = self._protected_now(artifact)
+        if why is not None:
+            raise _Skip(why)
+
+    def _protected_now(self, artifact: Artifact) -> str | None:
+        """Why the ledger, read now, protects the artifact; None when it does not."""
         retained, protected = self.still_protected()
         if artifact.round in retained:
-            raise _Skip(f"round {artifact.round} is kept now (the ledger, read again, keeps it)")
+            return f"round {artifact.round} is kept now (the ledger, read again, keeps it)"
         for folder in self._folders_of(artifact):
             for kept in map(normalised, protected):
                 if folder == kept or folder.startswith(kept + "/"):
-                    raise _Skip(f"{kept} is now the base of a pending round")
+                    return f"{kept} is now the base of a pending round"
+        return None
+
+    def _remove_local(self, artifact: Artifact, folder: str) -> None:
+        """Remove a local folder unless a round claims it meanwhile: the ledger is asked once
+        more after the folder is set aside, so a round whose ``restore_base`` found the folder
+        in place (its claim came first) gets it back, and one that looks later finds it
+        archived and restores it."""
+        self._check_not_protected(artifact)
+        if not local_archive.remove_folder(
+            folder, keep_if=lambda: self._protected_now(artifact) is not None
+        ):
+            raise _Skip(self._protected_now(artifact) or "claimed while it was being removed")
 
     def _folders_of(self, artifact: Artifact) -> list[str]:
         """The URIs a protected folder is compared with: the artifact's own, and the output
@@ -247,8 +268,7 @@ class _Applier:
                 "failed",
                 f"{tarball} is missing or no longer matches {folder}; the folder is kept",
             )
-        self._check_not_protected(artifact)
-        local_archive.remove_folder(folder)
+        self._remove_local(artifact, folder)
         self._step("original-removed", artifact.uri)
         return _result(
             line, "archived", f"archived to {tarball}", archive_uri=tarball, digest=digest
@@ -364,8 +384,7 @@ class _Applier:
             local_archive.remove_folder(folder)
             self._record(line, "deleted")
             raise _Skip("the folder no longer exists")
-        self._check_not_protected(artifact)
-        local_archive.remove_folder(folder)
+        self._remove_local(artifact, folder)
         if tarball:
             local_archive.remove_tarball(tarball)
         self._step("deleted", artifact.uri)

@@ -31,7 +31,7 @@ import tarfile
 import tempfile
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, cast
 
@@ -195,10 +195,16 @@ def extract_tarball(tarball: str, folder: str, digest: str) -> None:
     _fsync_folder(target.parent)
 
 
-def remove_folder(folder: str) -> None:
+def remove_folder(folder: str, *, keep_if: Callable[[], bool] | None = None) -> bool:
     """Remove ``folder`` so that no half-removed folder is ever seen under its name: it is
     renamed to a hidden sibling first (atomic), then deleted. A leftover from an interrupted
-    removal is deleted too. Nothing when the folder does not exist."""
+    removal is deleted too. Nothing when the folder does not exist. True when it was removed.
+
+    ``keep_if`` is asked once the folder is set aside, before anything is deleted: when it
+    says True (a round has just claimed the folder as its base), the folder is put back and
+    False is returned. A reader that looked while it was aside found it missing and restored
+    it from its tarball; then the restored copy stays and the set-aside one is deleted.
+    """
     path = _normal(folder)
     trash = path.parent / f".{path.name}.removing"
     if path.is_dir() and not path.is_symlink():
@@ -206,8 +212,17 @@ def remove_folder(folder: str) -> None:
             shutil.rmtree(trash)
         os.rename(path, trash)
         _fsync_folder(path.parent)
+        if keep_if is not None and keep_if():
+            with contextlib.suppress(FileExistsError, OSError):
+                if not path.exists():
+                    os.rename(trash, path)
+                    _fsync_folder(path.parent)
+            if trash.exists():
+                shutil.rmtree(trash)
+            return False
     if trash.exists():
         shutil.rmtree(trash)
+    return True
 
 
 def remove_tarball(tarball: str) -> None:

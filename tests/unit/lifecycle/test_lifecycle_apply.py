@@ -31,7 +31,7 @@ from lifecycle_ledgers import (
     round_claim,
 )
 from tuneloop.lifecycle.apply import apply_plan
-from tuneloop.lifecycle.local_archive import read_digest, verify_tarball
+from tuneloop.lifecycle.local_archive import extract_tarball, read_digest, verify_tarball
 from tuneloop.lifecycle.records import LOCAL_ARCHIVE_CLASS, ApplyReport, LifecyclePlan
 from tuneloop.lifecycle.service import apply_campaign, plan_campaign, protection_now
 from tuneloop.rounds.ledger import RoundClaim
@@ -362,6 +362,54 @@ def test_a_base_claimed_before_its_removal_is_never_removed(tmp_path: Path, step
         assert tree.folder(2, stage).is_dir()
     assert outcomes[tree.folder(1, "rft")].outcome == "archived"
     assert outcomes[tree.folder(3, "rft")].outcome == "archived"
+
+
+def claimed_once_set_aside(
+    tree: Tree, base: Path, *, restore_meanwhile: bool
+) -> Callable[[], tuple[set[int], set[str]]]:
+    """The ledger as apply reads it, with a round claiming ``base`` the moment apply has set
+    the folder aside (the one point between its last look and the removal). With
+    ``restore_meanwhile``, that round's restore_base, looking then, found the folder missing
+    and extracted its tarball."""
+    looks = protection(tree)
+
+    def ledger_now() -> tuple[set[int], set[str]]:
+        aside = base.parent / f".{base.name}.removing"
+        if aside.is_dir() and not tree.ledger().claims(6):
+            claim_round(tree, base, 2)
+            if restore_meanwhile:
+                tarball = str(tree.tarball(base))
+                digest = read_digest(tarball)
+                assert digest is not None
+                extract_tarball(tarball, str(base), digest)
+        return looks()
+
+    return ledger_now
+
+
+@pytest.mark.parametrize("restore_meanwhile", [False, True], ids=["put-back", "restored"])
+def test_a_base_claimed_while_it_is_set_aside_stays(
+    tmp_path: Path, restore_meanwhile: bool
+) -> None:
+    """The claim lands after apply's last look but before the folder is deleted: apply asks
+    the ledger once more with the folder set aside and puts it back (or, when the round's
+    restore_base has already extracted it, keeps that copy). The round finds its base."""
+    tree = build_tree(tmp_path, rounds=5, keep_last=2)
+    before = snapshot(tree)
+    base = tree.folder(2, "rft")
+    plan = plan_campaign(tree.cf)
+    assert base in planned(plan, "archive")
+    report = apply_plan(
+        tree.campaign,
+        plan,
+        store=tree.store(),
+        still_protected=claimed_once_set_aside(tree, base, restore_meanwhile=restore_meanwhile),
+    )
+    (result,) = [r for r in report.results if Path(r.uri) == base]
+    assert result.outcome == "skipped" and "kept now" in result.detail, result
+    assert base.is_dir() and files_of(base) == before[base]
+    assert not (base.parent / f".{base.name}.removing").exists()
+    assert_nothing_lost(tree, before, set())
 
 
 def test_a_claim_racing_apply_never_loses_its_base(tmp_path: Path) -> None:
