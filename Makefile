@@ -74,7 +74,7 @@ test: $(STAMP)
 	$(MYPY)
 	$(IMPORTS)
 	@$(MAKE) --no-print-directory system-packages
-	$(VPY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS)
+	$(VPY) -m pytest -n $(PYTEST_WORKERS) --durations=30 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(RUFF) check .

@@ -10,17 +10,31 @@ import pytest
 
 import airflow_env  # noqa: F401  (sets the Airflow environment before anything imports Airflow)
 
+E2E_FOLDER = Path(__file__).parent / "e2e"
+E2E_NODEIDS = "tests/e2e/"
+"""How the end-to-end tests' node ids begin (relative to the repository, pytest's rootdir)."""
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The end-to-end tests run last: they share one real Airflow stack, started by the first
     of them and stopped when the session ends, which the other tests need not wait for. Under
-    pytest-xdist (``make test`` runs two processes) they are one group, so one process runs
-    them all on one stack while the other runs the rest."""
-    e2e = Path(__file__).parent / "e2e"
-    items.sort(key=lambda item: e2e in Path(str(item.fspath)).parents)
-    for item in items:
-        if e2e in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.xdist_group("e2e"))
+    pytest-xdist (``make test`` runs two processes) `pytest_xdist_make_scheduler` keeps them
+    together instead."""
+    items.sort(key=lambda item: E2E_FOLDER in Path(str(item.fspath)).parents)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's scheduler, with every end-to-end test in one work unit: one process runs
+    them all, on one Airflow stack, while the other runs the rest test by test. The unit is
+    the largest, so it is handed out first (xdist orders units by size)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EndToEndTogether(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return E2E_NODEIDS if nodeid.startswith(E2E_NODEIDS) else nodeid
+
+    return EndToEndTogether(config, log)
 
 
 _WORKER_REPORTS: list[str] = []
