@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from airflow.sdk import DAG
 
     from tuneloop.config.campaign import Campaign
-    from tuneloop.lifecycle.records import ApplyReport, LifecyclePlan
+    from tuneloop.lifecycle.records import LifecyclePlan
 
 LIFECYCLE_SUFFIX = "_lifecycle"
 LIFECYCLE_SCHEDULE = "@daily"
@@ -155,13 +155,15 @@ def _campaign(path: str) -> CampaignFile:
 
 def plan_lifecycle_task(path: str, context: dict[str, Any]) -> dict[str, Any]:
     """Plan the campaign's lifecycle from the ledger, record the plan, log it as a table."""
+    from tuneloop.config.paths import campaign_root
     from tuneloop.lifecycle.service import plan_campaign
     from tuneloop.pipeline.tasks import log, user_errors
+    from tuneloop.tracking.lifecycle_text import format_plan
 
     with user_errors():
         cf = _campaign(path)
         plan = plan_campaign(cf, run_id=str(context.get("run_id", "")))
-    log.info("Lifecycle plan %d of %s:\n%s", plan.sequence, cf.campaign.name, plan_table(plan))
+    log.info("%s", format_plan(plan, root=campaign_root(cf.campaign)))
     return plan.model_dump(mode="json")
 
 
@@ -186,9 +188,11 @@ def apply_lifecycle_task(
     once the report is recorded and pushed (XCom key ``report``) for the mirror."""
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+    from tuneloop.config.paths import campaign_root
     from tuneloop.lifecycle.records import LifecyclePlan
     from tuneloop.lifecycle.service import apply_campaign
     from tuneloop.pipeline.tasks import log, user_errors
+    from tuneloop.tracking.lifecycle_text import format_apply
 
     plan = LifecyclePlan.model_validate(planned)
     apply = (context.get("params") or {}).get(APPLY_PARAM)
@@ -200,7 +204,7 @@ def apply_lifecycle_task(
         _, report = apply_campaign(cf, run_id=str(context.get("run_id", "")), plan=plan)
     payload = report.model_dump(mode="json")
     context["ti"].xcom_push(key="report", value=payload)
-    log.info("Lifecycle plan %d applied:\n%s", plan.sequence, report_summary(report))
+    log.info("%s", format_apply(plan, report, root=campaign_root(cf.campaign)))
     failed = [r for r in report.results if r.outcome == "failed"]
     if failed:
         lines = "\n".join(f"  {r.uri}: {r.action}: {r.detail}" for r in failed)
@@ -230,64 +234,3 @@ def mirror_lifecycle_task(
         return {"mirrored": False, "error": str(exc)}
     log.info("Lifecycle plan %d mirrored: %s", plan.sequence, mirrored)
     return {"mirrored": True}
-
-
-# --- what the task logs show -------------------------------------------------------------------
-
-
-def plan_table(plan: LifecyclePlan) -> str:
-    """The plan as a fixed-width table: one line per artifact, then the totals."""
-    header = ("round", "stage", "owner", "bytes", "class", "action", "reason", "uri")
-    rows = [header] + [
-        (
-            str(a.artifact.round),
-            a.artifact.stage,
-            a.artifact.owner,
-            human_bytes(a.artifact.bytes) + ("~" if a.artifact.estimated else ""),
-            a.artifact.storage_class + (f" -> {a.target_class}" if a.target_class else ""),
-            a.action,
-            a.reason,
-            a.artifact.uri,
-        )
-        for a in plan.actions
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    lines = [
-        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
-        for row in rows
-    ]
-    kept = ", ".join(f"{r.round} ({'; '.join(r.reasons)})" for r in plan.retained) or "none"
-    lines += [
-        f"kept rounds: {kept}",
-        f"to archive: {human_bytes(plan.bytes_to_archive)} to {plan.archive_storage_class}; "
-        f"to delete: {human_bytes(plan.bytes_to_delete)}",
-        f"estimated storage: ${plan.monthly_cost_before:.2f}/month now, "
-        f"${plan.monthly_cost_after:.2f}/month after ({plan.region}; {plan.prices_source})",
-    ]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def report_summary(report: ApplyReport) -> str:
-    """What apply did, one line per action that changed or failed, then the totals."""
-    lines = [
-        f"  {r.outcome:<20} {r.uri}{f' -> {r.archive_uri}' if r.archive_uri else ''}"
-        f"{f' ({r.detail})' if r.detail else ''}"
-        for r in report.results
-        if r.outcome != "skipped"
-    ]
-    lines.append(
-        f"archived {human_bytes(report.bytes_archived)}, deleted "
-        f"{human_bytes(report.bytes_deleted)}; estimated ${report.monthly_cost_saved:.2f}/month "
-        "saved"
-    )
-    return "\n".join(lines)
-
-
-def human_bytes(count: int) -> str:
-    """``1.5 GB``-style sizes (powers of 1024)."""
-    size = float(count)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
