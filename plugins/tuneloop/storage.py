@@ -157,7 +157,7 @@ def read_if_exists(uri: str) -> str | None:
     try:
         body = s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if _error_code(exc) in _MISSING - {"NoSuchBucket"}:
+        if error_code(exc) in _MISSING - {"NoSuchBucket"}:
             return None
         raise _access_error(uri, "read", exc) from None
     except BotoCoreError as exc:
@@ -173,7 +173,7 @@ def _read_error(uri: str, exc: Exception) -> Exception:
     """What a failed S3 read means to the caller: a missing object or bucket is
     FileNotFoundError; anything else (access denied, no credentials, no network, a bad
     endpoint) a StorageError that says what to check."""
-    code = _error_code(exc)  # a ClientError's; BotoCoreError has none
+    code = error_code(exc)  # a ClientError's; BotoCoreError has none
     if code in _MISSING:
         return FileNotFoundError(uri)
     return StorageError([Problem("", f"cannot read {uri}: {code or exc}", fix=_ACCESS_FIX)])
@@ -201,7 +201,7 @@ def _head(uri: str) -> bool:
     try:
         s3_client().head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if _error_code(exc) in _MISSING:
+        if error_code(exc) in _MISSING:
             return False
         raise
     return True
@@ -314,7 +314,7 @@ def _write_once_s3(uri: str, data: bytes, content_type: str) -> bool:
             Bucket=bucket, Key=key, Body=data, ContentType=content_type, IfNoneMatch="*"
         )
     except ClientError as exc:
-        if _error_code(exc) in _CONDITION_REFUSED:
+        if error_code(exc) in _CONDITION_REFUSED:
             return False
         raise _access_error(uri, "write", exc) from None
     except BotoCoreError as exc:
@@ -380,7 +380,7 @@ def _conditional_put(uri: str, data: bytes, folder: str) -> bool:
     try:
         s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
     except ClientError as exc:
-        if _error_code(exc) in _CONDITION_REFUSED | _CONDITION_UNIMPLEMENTED:
+        if error_code(exc) in _CONDITION_REFUSED | _CONDITION_UNIMPLEMENTED:
             return False
         raise _access_error(folder, "write under", exc) from None
     except BotoCoreError as exc:
@@ -418,7 +418,9 @@ def _unsupported_error(folder: str, endpoint: str) -> ConditionalWritesUnsupport
     )
 
 
-def _error_code(exc: Exception) -> str:
+def error_code(exc: Exception) -> str:
+    """The code of a botocore ClientError (``NoSuchKey``, ``AccessDenied``, ``412``...); '' for
+    any other error."""
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
 

@@ -39,7 +39,7 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 from tuneloop.errors import Problem, StorageError
-from tuneloop.storage import s3_client, split_s3
+from tuneloop.storage import error_code, s3_client, split_s3
 
 COPY_OBJECT_LIMIT = 5 * 1024**3
 """The largest object one CopyObject call copies (5 GB); above it only a multipart copy works."""
@@ -152,11 +152,6 @@ RestoreState = Literal["not_archived", "not_requested", "in_progress", "restored
 # --- errors ----------------------------------------------------------------------------------
 
 
-def _code(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
 def _detail(exc: Exception) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
@@ -168,9 +163,9 @@ def _detail(exc: Exception) -> str:
 def _error(uri: str, action: str, exc: Exception) -> StorageError:
     """What a failed S3 call means: AccessDeniedError for a refusal, else a StorageError that
     names the URI and the action."""
-    if _code(exc) in _DENIED:
+    if error_code(exc) in _DENIED:
         return AccessDeniedError(uri, action, _detail(exc))
-    if _code(exc) in _ARCHIVED:
+    if error_code(exc) in _ARCHIVED:
         return StorageError(
             [
                 Problem(
@@ -251,7 +246,7 @@ def _head_response(uri: str, part_number: int | None = None) -> dict[str, Any] |
             Bucket=bucket, Key=key, ChecksumMode="ENABLED", **extra
         )
     except ClientError as exc:
-        if _code(exc) in _MISSING:
+        if error_code(exc) in _MISSING:
             return None
         raise _error(uri, "read", exc) from None
     except BotoCoreError as exc:
@@ -411,7 +406,7 @@ def _copy_whole(source: ObjectInfo, response: dict[str, Any], storage_class: str
 
 
 def _copy_error(uri: str, exc: Exception) -> StorageError:
-    if _code(exc) in _CHANGED:
+    if error_code(exc) in _CHANGED:
         return StorageError(
             [
                 Problem(
@@ -839,7 +834,7 @@ def request_restore(uri: str, *, days: int, tier: str) -> RestoreState:
             RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}},
         )
     except ClientError as exc:
-        if _code(exc) == "RestoreAlreadyInProgress":
+        if error_code(exc) == "RestoreAlreadyInProgress":
             return "in_progress"
         raise _error(uri, "restore", exc) from None
     except BotoCoreError as exc:
@@ -859,7 +854,7 @@ def delete_object(uri: str) -> None:
     try:
         s3_client().delete_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if _code(exc) in _MISSING:
+        if error_code(exc) in _MISSING:
             return
         raise _error(uri, "delete", exc) from None
     except BotoCoreError as exc:
@@ -921,7 +916,7 @@ def apply_policy(bucket: str, prefix: str, storage_class: str) -> list[dict[str,
     try:
         current = client.get_bucket_lifecycle_configuration(Bucket=bucket)
     except ClientError as exc:
-        if _code(exc) != "NoSuchLifecycleConfiguration":
+        if error_code(exc) != "NoSuchLifecycleConfiguration":
             raise _error(uri, "read the lifecycle configuration of", exc) from None
         current = {}
     except BotoCoreError as exc:
