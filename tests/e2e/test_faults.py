@@ -43,6 +43,10 @@ if TYPE_CHECKING:
     from e2e.campaigns import Campaign
     from e2e.conftest import Stack
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(900)]
+"""pytest's limit covers the waits below (a retry alone may take RETRY_TIMEOUT), as in the other
+end-to-end modules; the default 300 s cut a retry short on a busy machine."""
+
 WORKERS = ("worker-1", "worker-2")
 RETRY_TIMEOUT = 420.0
 """A killed worker's task is failed after the heartbeat timeout (30 s on the test stack), then
