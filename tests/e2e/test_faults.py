@@ -187,15 +187,13 @@ def test_worker_killed_while_the_training_task_runs_before_it_defers(
     worker, ti = caught
     task_id = ti["task_id"]
     stage = task_id.removeprefix("train_")
-    # Its process runs on its own; it says RUNNING once it has started (two loaded cores may
-    # take a moment for that).
-    job = wait_until(
-        lambda: _running_job(campaign, stage), timeout=60, what=f"the {stage} job RUNNING"
-    )
-
     stack.airflow.kill(worker)
-    (job,) = campaign.jobs(round="1", stage=stage)
-    assert job.state == JobState.RUNNING  # the job was on its own: it survives the worker
+    # The job's process runs on its own, so it survives the worker and says RUNNING once it
+    # has started. Only after the kill: the frozen task may have held the job directory's lock
+    # (it reads the job's status under it), which its death releases, as a lost machine's would.
+    job = wait_until(
+        lambda: _running_job(campaign, stage), timeout=120, what=f"the {stage} job RUNNING"
+    )
     restart_worker(stack, worker)
 
     # The dead try is failed by the scheduler (no heartbeat) and retried; the retry adopts the job.
