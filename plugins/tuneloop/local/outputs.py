@@ -2,15 +2,22 @@
 
 A training job's output folder holds ``manifest.json`` (``checkpoint_s3_bucket`` names the
 checkpoint), tuneloop's ``checkpoint.json`` (how the checkpoint was trained), the checkpoint itself
-under ``checkpoint/``, TensorBoard events under ``tensorboard/`` and ``training.log``. An
-evaluation job writes ``eval-result/results_<timestamp>.json`` with metrics under
-``results.all``, as the Nova evaluation container does.
+under ``checkpoint/``, TensorBoard events under ``tensorboard/`` and ``training.log``; an RFT job
+also ``reward_samples.jsonl`` (every step's rewards, for the distribution bands). An evaluation
+job writes ``eval-result/results_<timestamp>.json`` with metrics under ``results.all``, as the
+Nova evaluation container does.
+
+Metrics lines (`metrics_line`) take Nova's HyperPod form, ``global_step: N | name: value | ...``,
+so that one parser (``tuneloop.artifacts.series.LogMetrics``) reads the curves of every backend
+from its job log.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -19,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.artifacts.manifest import CHECKPOINT_RECORD, MANIFEST, Checkpoint
+from tuneloop.artifacts.series import REWARD_SAMPLES
 from tuneloop.recipes.catalog import Method, Platform, Technique
 
 CHECKPOINT_DIR = "checkpoint"
@@ -98,3 +106,34 @@ def tensorboard_writer(output_dir: Path) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(output_dir / TENSORBOARD_DIR))
+
+
+# Characters a metric name keeps in a metrics line; others (a reward function may name its
+# metrics freely) become "_", so that a name can never read as another pair or a step.
+_UNSAFE_NAME = re.compile(r"[^\w/@.\-]")
+
+
+def metrics_line(step: int, total: int | None, scalars: Mapping[str, float]) -> str:
+    """``step 3/20 | global_step: 3 | name: value | ...``: one step's metrics in Nova's HyperPod
+    log form (whole numbers as integers, the rest to 6 significant digits, NaN as ``nan``)."""
+    fields = {
+        "global_step": float(step),
+        **{k: v for k, v in scalars.items() if k != "global_step"},
+    }
+    shown = " | ".join(
+        f"{_UNSAFE_NAME.sub('_', name)}: {_number(value)}" for name, value in fields.items()
+    )
+    return f"step {step}/{total} | {shown}" if total else f"step {step} | {shown}"
+
+
+def _number(value: float) -> str:
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.6g}"
+
+
+def append_reward_samples(output_dir: Path, step: int, rewards: Sequence[float]) -> None:
+    """One line of ``reward_samples.jsonl``: the rewards a step's samples got (unscored samples
+    left out)."""
+    with (output_dir / REWARD_SAMPLES).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"step": step, "rewards": [float(r) for r in rewards]}) + "\n")

@@ -27,12 +27,24 @@ answer at the top level and under ``metadata``. A failed batch (exception, timeo
 output) is counted, logged and leaves its samples unscored (no advantage); failing more often
 than rewards.py allows ends the job.
 
+With validation prompts (``run.validation_data_s3_path``, RFT JSONL), the first
+``VALIDATION_PROMPTS`` of them are answered greedily and scored by the same reward function (its
+own failure count: a validation never ends the job) about ``VALIDATIONS`` times in the run and
+after the last step: ``val-score/rewards/mean@1``.
+
 The job output folder gets ``checkpoint/``, ``manifest.json``, ``checkpoint.json`` (lineage: the
-starting checkpoint's, plus ``rft``), ``training.log`` and TensorBoard scalars under Nova's RFT
-names: ``critic/rewards/{mean,max,min}``, ``response_length/{mean,max,min,clip_ratio}``,
-``actor/{pg_loss,entropy,kl_loss,grad_norm,pg_clipfrac,lr}``, ``perf/time_per_step``, plus
-``critic/rewards/failed`` (samples left unscored) and ``reward_metrics/<name>`` (the mean of each
-entry of the reward function's ``metrics_list``).
+starting checkpoint's, plus ``rft``), ``training.log``, ``reward_samples.jsonl`` (each step's
+scores, ``{"step": n, "rewards": [...]}``, from which the campaign's reward bands are counted)
+and TensorBoard scalars under Nova's RFT names: ``critic/rewards/{mean,std,max,min}``,
+``response_length/{mean,max,min,clip_ratio}``,
+``actor/{pg_loss,entropy,kl_loss,grad_norm,pg_clipfrac,lr}``, ``perf/time_per_step``,
+``val-score/rewards/mean@1``, plus ``critic/rewards/failed`` (samples left unscored),
+``critic/rewards/error_rate`` (failed / samples of the step), ``reward/latency_s`` (seconds per
+reward call in the step), ``actor/policy_updates`` (optimizer steps so far) and
+``reward_metrics/<name>`` (the mean of each entry of the reward function's ``metrics_list``).
+Every step also gets one metrics line in the job log, in Nova's HyperPod form under the same
+names (``step 3/40 | global_step: 3 | critic/rewards/mean: 0.41 | ...``), which
+``tuneloop.artifacts.series.LogMetrics`` reads while the job runs.
 """
 
 from __future__ import annotations
@@ -47,12 +59,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.artifacts.series import REWARD_SAMPLES
 from tuneloop.errors import ConfigError, Problem
 from tuneloop.local.rewards import make_sample
 from tuneloop.recipes.catalog import Method, Technique
 
 SEED = 42
 """The seed when ``rollout.generator.set_random_seed`` is true."""
+VALIDATION_PROMPTS = 16
+"""Validation prompts scored per validation: enough for a trend, cheap next to a step."""
+VALIDATIONS = 5
+"""About how many validations a run makes (and one after the last step)."""
+VALIDATION_REWARD = "val-score/rewards/mean@1"
 
 # TRL log keys -> Nova's RFT monitoring names.
 LOG_NAMES = {
@@ -98,6 +116,16 @@ class StepRewards:
     failed: int
     lengths: list[int]
     metrics: dict[str, float] = field(default_factory=dict)
+    calls: int = 0
+    """Reward function calls (batches) the step made."""
+    seconds: float = 0.0
+    """Seconds those calls took."""
+
+    @property
+    def error_rate(self) -> float:
+        """Share of the step's samples the reward function failed to score."""
+        samples = self.failed + len(self.scores)
+        return self.failed / samples if samples else 0.0
 
 
 class GrpoReward:
@@ -137,7 +165,8 @@ class GrpoReward:
                 extra if isinstance(extra, dict) else None,
             )
             samples.append(sample)
-        failed_before = self.function.stats.failed_calls
+        stats = self.function.stats
+        failed_before, calls_before, seconds_before = stats.failed_calls, stats.calls, stats.seconds
         results = self.function(samples)
         if self.function.stats.failed_calls > failed_before:
             self.log(
@@ -158,6 +187,8 @@ class GrpoReward:
                 failed=sum(r is None for r in results),
                 lengths=[len(c) for c in completion_ids or []],
                 metrics={name: sum(v) / len(v) for name, v in sums.items()},
+                calls=stats.calls - calls_before,
+                seconds=stats.seconds - seconds_before,
             )
         )
         return [None if r is None else r.score for r in results]
@@ -191,6 +222,8 @@ class GrpoSettings:
     reward_function: str
     data: str
     model: str
+    validation: str = ""
+    """Validation prompts (RFT JSONL), or empty."""
 
     @property
     def prompts_per_step(self) -> int:
@@ -261,6 +294,7 @@ def settings_from(recipe: Any) -> GrpoSettings:
         reward_function=reward,
         data=run.data_s3_path,
         model=run.model_name_or_path,
+        validation=run.validation_data_s3_path or "",
     )
 
 
@@ -305,61 +339,168 @@ def _prompt_lengths(tokenizer: Any, records: Sequence[Mapping[str, Any]]) -> int
     return longest
 
 
-# -- TensorBoard and progress -------------------------------------------------------------------
+# -- TensorBoard, metrics lines and progress ---------------------------------------------------
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {}
-    return {"mean": sum(values) / len(values), "max": max(values), "min": min(values)}
+    mean = sum(values) / len(values)
+    return {"mean": mean, "max": max(values), "min": min(values)}
 
 
-def _callback(
-    reward: GrpoReward,
-    writer: Any,
-    progress: Callable[[int, int], None],
-    total: int,
-    log: Callable[[str], None],
-) -> Any:
+def _std(values: Sequence[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def step_scalars(entry: StepRewards) -> dict[str, float]:
+    """One step's reward scalars under Nova's names (and tuneloop's local extras)."""
+    scalars = {f"critic/rewards/{name}": value for name, value in _stats(entry.scores).items()}
+    if entry.scores:
+        scalars["critic/rewards/std"] = _std(entry.scores)
+    lengths = _stats([float(n) for n in entry.lengths])
+    scalars.update({f"response_length/{name}": value for name, value in lengths.items()})
+    scalars["critic/rewards/failed"] = float(entry.failed)
+    scalars["critic/rewards/error_rate"] = entry.error_rate
+    if entry.calls:
+        scalars["reward/latency_s"] = entry.seconds / entry.calls
+    scalars.update({f"reward_metrics/{name}": value for name, value in entry.metrics.items()})
+    return scalars
+
+
+@dataclass
+class _Validation:
+    """The validation prompts, answered greedily and scored by the reward function."""
+
+    records: list[dict[str, Any]]
+    reward_function: Any
+    tokenizer: Any
+    max_new_tokens: int
+    interval: int
+    total: int
+
+    def due(self, step: int) -> bool:
+        return step % self.interval == 0 or step == self.total
+
+    def score(self, model: Any) -> tuple[float | None, int]:
+        """The mean reward of the model's answers, or None when none was scored; and the
+        number of prompts."""
+        from tuneloop.local.evaluate import generate
+
+        answers = generate(
+            model,
+            self.tokenizer,
+            [r["prompt"] for r in self.records],
+            max_new_tokens=self.max_new_tokens,
+        )
+        samples = [
+            make_sample(
+                f"validation-{index}",
+                r["prompt"],
+                answer,
+                r.get("reference_answer"),
+                r.get("metadata") if isinstance(r.get("metadata"), dict) else None,
+            )
+            for index, (r, answer) in enumerate(zip(self.records, answers, strict=True))
+        ]
+        scores = [r.score for r in self.reward_function(samples) if r is not None]
+        return (sum(scores) / len(scores) if scores else None), len(samples)
+
+
+@dataclass(frozen=True)
+class _Reporting:
+    """Where one run's metrics go: TensorBoard, the job log, the reward samples file."""
+
+    writer: Any
+    output: Path
+    progress: Callable[[int, int], None]
+    total: int
+    log: Callable[[str], None]
+    validation: _Validation | None = None
+
+
+def _callback(reward: GrpoReward, reporting: _Reporting) -> Any:
     from transformers import TrainerCallback
 
+    from tuneloop.local import outputs
+
+    writer, log, total = reporting.writer, reporting.log, reporting.total
+
     class NovaMetrics(TrainerCallback):
+        """Per step: Nova-named scalars, the step's rewards, validation when due; the metrics
+        line once TRL's own log of the step (losses, clip ratio) is in."""
+
         def __init__(self) -> None:
             self.written = 0
             self.step_started = time.perf_counter()
-            self.step_times: list[float] = []
+            self.pending: tuple[int, dict[str, float]] | None = None
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.step_started = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             elapsed = time.perf_counter() - self.step_started
-            self.step_times.append(elapsed)
+            self.flush()
             step = state.global_step
-            writer.add_scalar("perf/time_per_step", elapsed, step)
-            for entry in reward.steps[self.written :]:
-                for name, value in _stats(entry.scores).items():
-                    writer.add_scalar(f"critic/rewards/{name}", value, entry.step)
-                for name, value in _stats([float(n) for n in entry.lengths]).items():
-                    writer.add_scalar(f"response_length/{name}", value, entry.step)
-                writer.add_scalar("critic/rewards/failed", entry.failed, entry.step)
-                for name, value in entry.metrics.items():
-                    writer.add_scalar(f"reward_metrics/{name}", value, entry.step)
+            line = {"perf/time_per_step": elapsed, "actor/policy_updates": float(step)}
             fresh = reward.steps[self.written :]
             self.written = len(reward.steps)
+            for entry in fresh:
+                scalars = step_scalars(entry)
+                for name, value in scalars.items():
+                    writer.add_scalar(name, value, entry.step)
+                outputs.append_reward_samples(reporting.output, entry.step, entry.scores)
+                if entry.step == step:
+                    line.update(scalars)
+            line.update(self.validate(step, kwargs.get("model")))
+            for name in ("perf/time_per_step", "actor/policy_updates", VALIDATION_REWARD):
+                if name in line:
+                    writer.add_scalar(name, line[name], step)
+            writer.flush()
+            self.pending = (step, line)
             if fresh and (step == 1 or step % 10 == 0 or step == total):
                 scores = [s for entry in fresh for s in entry.scores]
                 mean = sum(scores) / len(scores) if scores else float("nan")
                 log(f"step {step}/{total}: reward mean {mean:.3f}, {elapsed:.2f} s/step")
-            progress(step, total)
+            reporting.progress(step, total)
+
+        def validate(self, step: int, model: Any) -> dict[str, float]:
+            validation = reporting.validation
+            if validation is None or model is None or not validation.due(step):
+                return {}
+            mean, prompts = validation.score(model)
+            if mean is None:
+                log(
+                    f"validation at step {step}: the reward function scored none of {prompts} "
+                    f"answers ({validation.reward_function.stats.last_error})"
+                )
+                return {}
+            return {VALIDATION_REWARD: mean}
 
         def on_log(
             self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
         ) -> None:
+            mapped = {}
             for key, value in (logs or {}).items():
                 name = LOG_NAMES.get(key)
-                if name and isinstance(value, int | float) and math.isfinite(value):
-                    writer.add_scalar(name, value, state.global_step)
+                if name and isinstance(value, int | float) and not isinstance(value, bool):
+                    mapped[name] = float(value)
+                    if math.isfinite(value):
+                        writer.add_scalar(name, value, state.global_step)
+            if self.pending is not None and self.pending[0] == state.global_step:
+                self.pending[1].update(mapped)
+                self.flush()
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.flush()
+
+        def flush(self) -> None:
+            """Write the pending step's metrics line to the job log."""
+            if self.pending is not None:
+                step, scalars = self.pending
+                self.pending = None
+                log(outputs.metrics_line(step, total, scalars))
 
     return NovaMetrics()
 
@@ -398,9 +539,14 @@ def train_rft(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> d
         f"completions up to {max_completion} tokens, lr {settings.lr:g}; reward function "
         f"{reward_function.name}"
     )
+    validation = _validation(settings, loaded.tokenizer, max_completion, log)
     bridge = GrpoReward(reward_function, log)
     trainer, seconds = _run_grpo(
-        settings, loaded, records, bridge, _GrpoRun(output, choice, max_completion, progress, log)
+        settings,
+        loaded,
+        records,
+        bridge,
+        _GrpoRun(output, choice, max_completion, progress, log, validation),
     )
     steps = trainer.state.global_step
 
@@ -479,6 +625,46 @@ class _GrpoRun:
     max_completion: int
     progress: Callable[[int, int], None]
     log: Callable[[str], None]
+    validation: _Validation | None = None
+
+
+def _validation(
+    settings: GrpoSettings, tokenizer: Any, max_completion: int, log: Callable[[str], None]
+) -> _Validation | None:
+    """The first validation prompts and how often they are scored, or None without a set."""
+    if not settings.validation:
+        return None
+    from tuneloop.local import convert
+    from tuneloop.local.rewards import RewardFunction
+
+    where = "run.validation_data_s3_path"
+    loaded = convert.load_records(settings.validation, "rft", limit=VALIDATION_PROMPTS)
+    if not loaded:
+        raise ConfigError(
+            [Problem(where, f"{settings.validation} holds no prompts", fix="add RFT prompts")]
+        )
+    records = [{k: v for k, v in r.items() if k != "tools"} for r in loaded]
+    room = min(max_completion, settings.max_length - _prompt_lengths(tokenizer, records))
+    if room < 1:
+        raise ConfigError(
+            [
+                Problem(
+                    "training_config.max_length",
+                    f"{settings.max_length} tokens leaves no room for a response after the "
+                    f"longest validation prompt of {settings.validation}",
+                    fix="raise max_length or shorten the validation prompts",
+                )
+            ]
+        )
+    interval = max(1, math.ceil(settings.max_steps / VALIDATIONS))
+    # Its own failure count: a validation that fails is reported, it never ends the job.
+    function = RewardFunction(settings.reward_function, max_failure_rate=1.0)
+    every = "every step" if interval == 1 else f"every {interval} steps and after the last"
+    log(
+        f"validation: {len(records)} prompts of {settings.validation}, answered greedily and "
+        f"scored {every}"
+    )
+    return _Validation(records, function, tokenizer, room, interval, settings.max_steps)
 
 
 def _grpo_config(settings: GrpoSettings, run: _GrpoRun, scratch: str) -> Any:
@@ -551,7 +737,11 @@ def _run_grpo(
     scratch = tempfile.TemporaryDirectory(prefix="tuneloop-grpo-")
     config = _grpo_config(settings, run, scratch.name)
     optimizers = _optimizers(settings, loaded.model)
+    (run.output / REWARD_SAMPLES).unlink(missing_ok=True)  # a retried job starts it again
     writer = outputs.tensorboard_writer(run.output)
+    reporting = _Reporting(
+        writer, run.output, run.progress, settings.max_steps, run.log, run.validation
+    )
     run.progress(0, settings.max_steps)
     started = time.perf_counter()
     try:
@@ -561,7 +751,7 @@ def _run_grpo(
             args=config,
             train_dataset=Dataset.from_list(records),
             processing_class=loaded.tokenizer,
-            callbacks=[_callback(bridge, writer, run.progress, settings.max_steps, run.log)],
+            callbacks=[_callback(bridge, reporting)],
             optimizers=optimizers,
         )
         trainer.remove_callback(PrinterCallback)  # every step's raw log line; we log our own

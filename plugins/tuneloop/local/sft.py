@@ -24,15 +24,19 @@ Everything a job writes goes to its output folder, in the layout Nova jobs use:
   technique, platform, lineage = the base's lineage + this method);
 - ``tensorboard/``: scalars under the names NeMo-based Nova training jobs log (METRIC_NAMES):
   ``reduced_train_loss``, ``lr``, ``grad_norm``, ``val_loss``, ``global_step``,
-  ``consumed_samples``, ``train_step_timing``;
-- ``training.log``: the settings, the ignored recipe fields, one line per logging step.
+  ``consumed_samples``, ``train_step_timing``, plus the throughput ``examples_per_s`` and
+  ``tokens_per_s`` (measured between two logging steps, validation time left out). NaN and
+  infinite values are written as they are: a diverging loss shows;
+- ``training.log``: the settings, the ignored recipe fields, and one metrics line per logging
+  step in Nova's HyperPod form (``step 20/20 | global_step: 20 | reduced_train_loss: 0.12 |
+  ...``), under the same names as the scalars, echoed to the job log, where
+  ``tuneloop.artifacts.series.LogMetrics`` reads the curves while the job runs.
 
 Progress goes to the ``progress(step, total)`` callback after every optimizer step.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import shutil
 import tempfile
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import storage
+from tuneloop.artifacts.series import EXAMPLES_PER_S, TOKENS_PER_S
 from tuneloop.errors import ConfigError, Problem
 from tuneloop.local import outputs
 from tuneloop.local.recipe_map import TrainerSettings, map_recipe
@@ -240,13 +245,13 @@ def _callback(
     from transformers import TrainerCallback
 
     class JobCallback(TrainerCallback):
-        """Progress after every optimizer step; Nova-named scalars and log lines per log."""
+        """Progress after every optimizer step; Nova-named scalars and a metrics line per log."""
 
         def __init__(self) -> None:
-            self.last: tuple[float, int] | None = None
+            self.throughput = _Throughput(settings.global_batch_size)
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.last = (time.monotonic(), state.global_step)
+            self.throughput.start(state.global_step)
             progress(state.global_step, state.max_steps)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
@@ -266,28 +271,62 @@ def _callback(
                 summary = ", ".join(f"{k} {logs[k]:.4g}" for k in _SUMMARY_KEYS if k in logs)
                 log(f"finished: {summary}")
                 return
-            scalars: dict[str, float] = {}
-            for key, value in logs.items():
-                if key.endswith(_SKIPPED_LOGS) or isinstance(value, bool):
-                    continue
-                if not isinstance(value, int | float) or not math.isfinite(value):
-                    continue
-                scalars[_metric_name(key)] = float(value)
+            scalars = _scalars(logs)
             if "loss" in logs:
                 history.append((step, float(logs["loss"])))
                 scalars["global_step"] = float(step)
                 scalars["consumed_samples"] = float(step * settings.global_batch_size)
-                now = time.monotonic()
-                if self.last is not None and step > self.last[1]:
-                    scalars["train_step_timing"] = (now - self.last[0]) / (step - self.last[1])
-                self.last = (now, step)
+                scalars.update(self.throughput.measure(step, logs.get("num_tokens")))
+            else:  # a validation: its time is no training time
+                self.throughput.pause(step)
             for name, value in scalars.items():
                 writer.add_scalar(name, value, step)
             writer.flush()
-            shown = ", ".join(f"{name} {value:.4g}" for name, value in scalars.items())
-            log(f"step {step}/{state.max_steps}: {shown}")
+            log(outputs.metrics_line(step, state.max_steps, scalars))
 
     return JobCallback()
+
+
+def _scalars(logs: dict[str, Any]) -> dict[str, float]:
+    """The numeric values of a Hugging Face log, under Nova's names; NaN and infinities are
+    kept (a diverging loss must show)."""
+    scalars: dict[str, float] = {}
+    for key, value in logs.items():
+        if key.endswith(_SKIPPED_LOGS) or isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            scalars[_metric_name(key)] = float(value)
+    return scalars
+
+
+class _Throughput:
+    """Seconds per step, examples and tokens per second between two training logs."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.last: tuple[float, int, float | None] | None = None
+        """(clock, step, tokens seen) at the previous training log."""
+
+    def start(self, step: int) -> None:
+        self.last = (time.monotonic(), step, 0.0)
+
+    def pause(self, step: int) -> None:
+        """Restart the clock after a validation run at the step of the last training log."""
+        if self.last is not None and self.last[1] == step:
+            self.last = (time.monotonic(), step, self.last[2])
+
+    def measure(self, step: int, tokens: Any) -> dict[str, float]:
+        now = time.monotonic()
+        seen = float(tokens) if isinstance(tokens, int | float) else None
+        measured: dict[str, float] = {}
+        if self.last is not None and step > self.last[1] and now > self.last[0]:
+            seconds, steps = now - self.last[0], step - self.last[1]
+            measured["train_step_timing"] = seconds / steps
+            measured[EXAMPLES_PER_S] = steps * self.batch_size / seconds
+            if seen is not None and self.last[2] is not None:
+                measured[TOKENS_PER_S] = (seen - self.last[2]) / seconds
+        self.last = (now, step, seen)
+        return measured
 
 
 def _metric_name(key: str) -> str:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tuneloop.artifacts import series as S
 from tuneloop.artifacts.manifest import read_checkpoint
+from tuneloop.artifacts.series import LogMetrics, read_series
 from tuneloop.errors import ConfigError
 from tuneloop.local import outputs
 from tuneloop.local.rewards import RewardFunction
@@ -248,6 +250,45 @@ def small_rft_data(demo_data: dict[str, Path], folder: Path, count: int = 12) ->
     return path
 
 
+def curves_of(log: str) -> S.Series:
+    """The canonical curves a job log's metrics lines give, read line by line."""
+    metrics = LogMetrics()
+    for line in log.splitlines():
+        metrics.feed(line)
+    return metrics.series()
+
+
+def check_curves(output: Path, log: str, calls: list[list[dict]]) -> None:
+    """The job log, the TensorBoard events and reward_samples.jsonl of a five-step run agree
+    with what the reward function returned."""
+    steps = [1, 2, 3, 4, 5]
+    rewards = [[r["aggregate_reward_score"] for r in varied_reward(batch)] for batch in calls]
+    with (output / "reward_samples.jsonl").open() as handle:
+        lines = [json.loads(line) for line in handle]
+    assert [line["step"] for line in lines] == steps
+    assert [line["rewards"] for line in lines] == rewards
+
+    live = curves_of(log)
+    finished = read_series(str(output), bands=(0.8, 0.2))
+    for name in (S.REWARD_MEAN, S.REWARD_STD, S.REWARD_MAX, S.REWARD_MIN, S.ROLLOUT_COMPLETION):
+        assert [step for step, _ in live[name]] == steps, name
+        for (_, shown), (_, written) in zip(live[name], finished[name], strict=True):
+            assert shown == pytest.approx(written, rel=1e-4, abs=1e-6), name
+    for step, batch in zip(steps, rewards, strict=True):
+        mean = sum(batch) / len(batch)
+        assert dict(live[S.REWARD_MEAN])[step] == pytest.approx(mean, rel=1e-4)
+        assert dict(live[S.REWARD_MAX])[step] == pytest.approx(max(batch), rel=1e-4)
+        high = sum(r >= 0.8 for r in batch) / len(batch)
+        low = sum(r < 0.2 for r in batch) / len(batch)
+        assert dict(finished[S.REWARD_HIGH])[step] == pytest.approx(high)
+        assert dict(finished[S.REWARD_LOW])[step] == pytest.approx(low)
+        assert dict(finished[S.REWARD_MEDIUM])[step] == pytest.approx(1 - high - low)
+    assert live[S.POLICY_UPDATES] == [(step, float(step)) for step in steps]
+    assert live[S.REWARD_ERROR_RATE] == [(step, 0.0) for step in steps]
+    assert all(seconds > 0 for _, seconds in live[S.REWARD_LATENCY_S])
+    assert all(0.0 <= share <= 1.0 for _, share in live[S.ROLLOUT_COMPLETION])
+
+
 def scalars(output: Path) -> dict[str, list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -314,7 +355,13 @@ def test_grpo_lora_runs_continues_and_survives_reward_failures(
     assert len(tags["response_length/mean"]) == 5 and "actor/pg_loss" in tags
     assert "reward_metrics/chars" in tags and "perf/time_per_step" in tags
     assert tags["critic/rewards/failed"] == [0.0] * 5
-    assert "reward mean" in (first / "training.log").read_text()
+    assert tags["critic/rewards/error_rate"] == [0.0] * 5
+    assert tags["actor/policy_updates"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert len(tags["critic/rewards/std"]) == 5 and len(tags["response_length/clip_ratio"]) == 5
+    assert len(tags["reward/latency_s"]) == 5 and all(s > 0 for s in tags["reward/latency_s"])
+    log = (first / "training.log").read_text()
+    assert "reward mean" in log
+    check_curves(first, log, calls)
 
     # A second round from the first job's output: the same adapter keeps training; the reward
     # function fails once, which is counted and logged but does not stop the job.
@@ -336,6 +383,9 @@ def test_grpo_lora_runs_continues_and_survives_reward_failures(
     log = (second / "training.log").read_text()
     assert "RuntimeError: reward backend unavailable" in log and "1 failed" in log
     assert scalars(second)["critic/rewards/failed"] == [0.0, 16.0, 0.0, 0.0, 0.0]
+    live = curves_of(log)
+    assert live[S.REWARD_ERROR_RATE] == [(1, 0.0), (2, 1.0), (3, 0.0), (4, 0.0), (5, 0.0)]
+    assert [step for step, _ in live[S.REWARD_MEAN]] == [1, 3, 4, 5]  # step 2 scored nothing
     record = read_checkpoint(str(second))
     assert record is not None and record.lineage == (Method.RFT, Method.RFT)
 
@@ -391,16 +441,35 @@ def test_grpo_full_rank_moves_the_whole_model(
     from tuneloop.local.rft import train_rft
 
     out = tmp_path / "rft-full"
+    validation = tmp_path / "validation.jsonl"
+    lines = demo_data["rft"].read_text(encoding="utf-8").splitlines()
+    validation.write_text("\n".join(lines[100:140]) + "\n", encoding="utf-8")
     recipe = rft_recipe(
         "full",
         **{
             "run.data_s3_path": str(small_rft_data(demo_data, tmp_path)),
+            "run.validation_data_s3_path": str(validation),
             "run.output_s3_path": str(out),
             "run.reward_lambda_arn": "tuneloop_rft_test_rewards:recording",
             "training_config.trainer.kl_loss_coef": 0.01,
         },
     )
     result = train_rft(recipe, JobSpec(name="rft-full", output=str(out)), lambda *a: None)
+
+    # Validation: the first 16 validation prompts, answered greedily, scored after every step
+    # (5 steps: one validation per step) by the same reward function.
+    checked = [b for b in reward_module.calls if b[0]["id"].startswith("validation-")]
+    assert len(checked) == 5 and all(len(batch) == 16 for batch in checked)
+    assert [s["messages"][1] for s in checked[0]] == [
+        json.loads(line)["messages"][1] for line in lines[100:116]
+    ]
+    expected = [
+        sum(r["aggregate_reward_score"] for r in varied_reward(batch)) / 16 for batch in checked
+    ]
+    assert scalars(out)["val-score/rewards/mean@1"] == pytest.approx(expected, rel=1e-6)
+    live = curves_of((out / "training.log").read_text())
+    assert [step for step, _ in live[S.VAL_REWARD_MEAN]] == [1, 2, 3, 4, 5]
+    assert [v for _, v in live[S.VAL_REWARD_MEAN]] == pytest.approx(expected, rel=1e-4)
     assert result["technique"] == "full" and result["steps"] == 5
     record = read_checkpoint(str(out))
     assert record is not None and record.technique is Technique.FULL

@@ -16,13 +16,16 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("trl")
 
+from tuneloop.artifacts import series as S  # noqa: E402
 from tuneloop.artifacts.manifest import read_checkpoint  # noqa: E402
+from tuneloop.artifacts.series import LogMetrics, read_series  # noqa: E402
 from tuneloop.errors import ConfigError  # noqa: E402
 from tuneloop.local import model as M  # noqa: E402
 from tuneloop.local.device import THREADS_ENV  # noqa: E402
+from tuneloop.local.outputs import metrics_line  # noqa: E402
 from tuneloop.local.recipe_map import map_recipe  # noqa: E402
 from tuneloop.local.runner import JobSpec, JobState, LocalRunner  # noqa: E402
-from tuneloop.local.sft import apply_dropouts, train_cpt, train_sft  # noqa: E402
+from tuneloop.local.sft import _scalars, apply_dropouts, train_cpt, train_sft  # noqa: E402
 from tuneloop.local.train import load_recipe, resolve_base, run_recipe  # noqa: E402
 from tuneloop.recipes.catalog import Method, Platform, Technique  # noqa: E402
 
@@ -104,6 +107,15 @@ def sequence_loss(model: Any, tokenizer: Any, path: Path, count: int = 16) -> fl
     return sum(losses) / len(losses)
 
 
+def finished_raw_timing(output: Path) -> list[tuple[int, float]]:
+    """The ``train_step_timing`` scalars of a job's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(output / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("train_step_timing")]
+
+
 def scalar_tags(output: Path) -> set[str]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -171,10 +183,30 @@ def test_full_rank_sft_learns_and_writes_a_nova_layout_output(
 
     tags = scalar_tags(output)
     assert {"reduced_train_loss", "lr", "grad_norm", "global_step", "consumed_samples"} <= tags
-    assert {"val_loss", "val_loss/again"} <= tags
+    assert {"val_loss", "val_loss/again", "examples_per_s", "tokens_per_s"} <= tags
     log = (output / "training.log").read_text()
     assert "ignored (no local meaning): run.replicas" in log
-    assert f"step {STEPS}/{STEPS}: reduced_train_loss" in log
+    assert f"step {STEPS}/{STEPS} | global_step: {STEPS} | reduced_train_loss: " in log
+
+    # The job log's metrics lines and the TensorBoard events give the same canonical curves.
+    from_log = LogMetrics()
+    for line in log.splitlines():
+        from_log.feed(line)
+    live, finished = from_log.series(), read_series(str(output))
+    logged_steps = [1, 10, 20]  # the first step, every logging_steps (10), the last
+    for name in (S.TRAIN_LOSS, S.EXAMPLES_PER_S, S.TOKENS_PER_S):
+        assert [step for step, _ in live[name]] == logged_steps, name
+        assert [step for step, _ in finished[name]] == logged_steps, name
+        for (_, shown), (_, written) in zip(live[name], finished[name], strict=True):
+            assert shown == pytest.approx(written, rel=1e-4)  # 6 digits in the log, float32 in TB
+    assert [step for step, _ in live[S.VAL_LOSS]] == [STEPS] == [s for s, _ in finished[S.VAL_LOSS]]
+    assert live[S.TRAIN_LOSS][-1][1] == pytest.approx(result["final_loss"], rel=1e-4)
+    # Examples per second: 32 per step over the step's seconds; every example has many tokens.
+    speeds = dict(finished[S.EXAMPLES_PER_S])
+    timings = dict(finished_raw_timing(output))
+    for step in logged_steps:
+        assert speeds[step] == pytest.approx(32 / timings[step], rel=1e-3)
+    assert all(tokens > speeds[step] for step, tokens in finished[S.TOKENS_PER_S])
     assert not [p.name for p in output.iterdir() if p.name.startswith(".")]  # scratch removed
 
 
@@ -318,6 +350,18 @@ def test_run_recipe_dispatches_on_the_method(
 
 
 # -- pieces -------------------------------------------------------------------------------------
+
+
+def test_a_nan_loss_is_logged_not_dropped() -> None:
+    nan = float("nan")
+    scalars = _scalars({"loss": nan, "eval_loss": float("inf"), "epoch": 0.5, "num_tokens": 9})
+    assert set(scalars) == {"reduced_train_loss", "val_loss"}
+    line = metrics_line(7, 20, scalars)
+    assert line == "step 7/20 | global_step: 7 | reduced_train_loss: nan | val_loss: inf"
+    found = LogMetrics().feed(f"[tuneloop] 2026-01-01 00:00:00Z {line}")
+    (point,) = found[S.TRAIN_LOSS]
+    assert point[0] == 7 and point[1] != point[1]  # NaN
+    assert found[S.VAL_LOSS] == [(7, float("inf"))]
 
 
 def test_base_resolution_reads_lineage_from_job_outputs(cpt_output: Path, tmp_path: Path) -> None:
