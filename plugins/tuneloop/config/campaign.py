@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from tuneloop.config import cron
+from tuneloop.config.monitoring import Monitoring, OutputFormat, RewardProbe
 from tuneloop.recipes import s3_uri
 from tuneloop.recipes.catalog import MODELS, Method, Platform, Technique
 from tuneloop.recipes.strict import StrictModel, matching
@@ -314,6 +315,12 @@ class Evaluation(StrictModel):
     """rft_eval only: reward Lambda ARN (module:function on the local backend)."""
     metrics: list[str] = Field(default_factory=list)
     """Metrics to record each round; the gate's metrics must be among them."""
+    output_format: OutputFormat | None = None
+    """The shape every answer must have (json, or a regex): evaluation then reports
+    ``format_compliance``, the share of answers that have it, which the gate may target."""
+    perplexity_dataset: DataUri = ""
+    """Local backend: text of the domain (JSONL, CPT format) on which evaluation reports
+    ``perplexity``."""
     allow: RelaxedRules = []
     """Dataset rules relaxed to warnings for the evaluation data."""
     overrides: dict[str, Any] = {}
@@ -370,6 +377,9 @@ class Gate(StrictModel):
     """Stop before a round would exceed this many GPU-hours in total."""
     rollback: Rollback = Rollback()
     """Adjustments for the round after a rollback."""
+    on_plateau: Literal["switch", "stop"] = "switch"
+    """After plateau_rounds: switch which stages the next rounds run (another method, as the
+    compatibility matrix allows), or stop."""
 
     def target_bounds(self) -> dict[str, Target]:
         return {
@@ -484,6 +494,10 @@ class Campaign(StrictModel):
     """Stop, continue and rollback rules."""
     retention: Retention = Retention()
     """Checkpoint lifecycle."""
+    monitoring: Monitoring = Monitoring()
+    """Detectors over the training curves and what each does when it fires."""
+    reward_probe: RewardProbe = RewardProbe()
+    """How an RFT stage's reward function is tried before its job."""
     schedule: str | None = None
     """Cron expression or preset (@daily, @weekly, ...) that starts rounds; null: manual only."""
     trigger_on_data: list[str] = []
