@@ -94,9 +94,11 @@ def _parser() -> argparse.ArgumentParser:
 
     from tuneloop.cli.lifecycle import add_lifecycle_commands
     from tuneloop.cli.local import add_local_commands
+    from tuneloop.cli.reward import add_reward_commands
 
     add_local_commands(commands)
     add_lifecycle_commands(commands)
+    add_reward_commands(commands)
     return parser
 
 

@@ -122,14 +122,16 @@ def cpt_record(a: int, b: int) -> dict[str, Any]:
 
 
 def rft_record(index: int, a: int, b: int) -> dict[str, Any]:
-    """One RFT prompt: OpenAI-style messages, the reference answer and a grader field."""
+    """One RFT prompt: OpenAI-style messages, the reference answer (the ideal reply, as the
+    reward function wants it: the reward probe scores it as the known good answer) and a
+    grader field."""
     return {
         "id": f"max-{index:05d}",
         "messages": [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": question(a, b)},
         ],
-        "reference_answer": str(max(a, b)),
+        "reference_answer": answer(a, b),
         "operands": [a, b],
     }
 

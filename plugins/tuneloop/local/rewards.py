@@ -15,6 +15,12 @@ rate is 0), RewardLimitError names the function, the count and the last error.
 
 A timed-out call cannot be stopped: its thread is left running as a daemon and its result is
 discarded.
+
+``local_invoker(name, timeout)`` calls a ``module:function`` one batch at a time for the
+reward-function probe (``tuneloop.rounds.reward_probe``), which judges the output itself: the
+output comes back unvalidated, and what went wrong is raised as an InvokeError that names the
+problem and its fix. The Lambda invoker raises the same classes: FunctionError (the function
+raised), FunctionTimeoutError, ThrottledError, AccessDeniedError, FunctionNotFoundError.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tuneloop.errors import TuneloopError
+from tuneloop.errors import Problem, TuneloopError
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_TIMEOUT_S = 60.0
@@ -52,7 +58,59 @@ class RewardLimitError(RewardError):
 
 
 class RewardOutputError(RewardError):
-    """A reward function returned something outside the contract (one batch)."""
+    """A reward function returned something outside the contract (one batch); its problem
+    names what is wrong and the fix."""
+
+
+def _output_error(message: str, fix: str) -> RewardOutputError:
+    return RewardOutputError([Problem("", message, fix=fix)])
+
+
+class InvokeError(RewardError):
+    """One call of a reward function failed before it returned an output to judge.
+
+    ``check`` names the kind of failure (the probe reports one problem per kind), ``message``
+    says what happened and ``fix`` what to change. Messages never carry credentials."""
+
+    check = "invoke"
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__([Problem("", message, fix=fix)])
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message}; fix: {self.fix}"
+
+
+class FunctionError(InvokeError):
+    """The function raised (a Lambda answered with a function error)."""
+
+    check = "function_error"
+
+
+class FunctionTimeoutError(InvokeError):
+    """The function did not answer within its time limit."""
+
+    check = "timeout"
+
+
+class ThrottledError(InvokeError):
+    """The call was refused for lack of concurrency (Lambda's TooManyRequestsException)."""
+
+    check = "throttled"
+
+
+class AccessDeniedError(InvokeError):
+    """The caller may not invoke the function."""
+
+    check = "access_denied"
+
+
+class FunctionNotFoundError(InvokeError):
+    """No function by that name."""
+
+    check = "not_found"
 
 
 @dataclass(frozen=True)
@@ -138,63 +196,95 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# The fixes validate_output's problems name.
+FIX_LIST = 'return a JSON list with one {"id", "aggregate_reward_score", "metrics_list"} per sample'
+FIX_JSON = "return plain JSON values (numbers, strings, lists, objects)"
+FIX_KEYS = (
+    "return only id, aggregate_reward_score and metrics_list (other values go in metrics_list)"
+)
+FIX_ID = "echo each input sample's id unchanged"
+FIX_SCORE = (
+    "return a finite number as aggregate_reward_score (score a sample you cannot judge 0, "
+    "never NaN, infinity or null)"
+)
+FIX_METRIC = (
+    'make each metrics_list entry {"name": str, "value": number, "type": "Reward" or "Metric"}'
+)
+FIX_MISSING = "return one entry for every input sample (score a sample you cannot judge 0)"
+
+
 def validate_output(output: Any, ids: Sequence[Any]) -> list[RewardResult]:
     """Check a reward function's output against the contract; return results in input order.
 
-    Raises RewardOutputError naming the first problem."""
+    Raises RewardOutputError naming the first problem and its fix."""
     if not isinstance(output, list | tuple):
-        raise RewardOutputError(f"returned {type(output).__name__}, not a list")
+        raise _output_error(f"returned {type(output).__name__}, not a list", FIX_LIST)
     try:
-        json.dumps(output, allow_nan=False)
+        # NaN passes here so that the score check below names the field it is in.
+        json.dumps(output)
     except (TypeError, ValueError) as exc:
-        raise RewardOutputError(f"returned something JSON cannot carry ({exc})") from None
+        raise _output_error(f"returned something JSON cannot carry ({exc})", FIX_JSON) from None
     position = {_key(sample_id): index for index, sample_id in enumerate(ids)}
     results: list[RewardResult | None] = [None] * len(ids)
     for index, entry in enumerate(output):
         where = f"output[{index}]"
         if not isinstance(entry, dict):
-            raise RewardOutputError(f"{where} is {type(entry).__name__}, not an object")
+            raise _output_error(f"{where} is {type(entry).__name__}, not an object", FIX_LIST)
         extra = set(entry) - OUTPUT_KEYS
         if extra:
-            raise RewardOutputError(f"{where} has unknown keys {sorted(extra)}")
+            raise _output_error(f"{where} has unknown keys {sorted(extra)}", FIX_KEYS)
         if "id" not in entry:
-            raise RewardOutputError(f"{where} has no id")
+            raise _output_error(f"{where} has no id", FIX_ID)
         sample_id = entry["id"]
         slot = position.get(_key(sample_id))
         if slot is None:
-            raise RewardOutputError(f"{where} answers id {sample_id!r}, which was not sent")
+            raise _output_error(f"{where} answers id {sample_id!r}, which was not sent", FIX_ID)
         if results[slot] is not None:
-            raise RewardOutputError(f"{where} answers id {sample_id!r} a second time")
+            raise _output_error(
+                f"{where} answers id {sample_id!r} a second time",
+                "return exactly one entry per sample id",
+            )
         score: Any = entry.get("aggregate_reward_score")  # a number once _number says so
         if not _number(score):
-            raise RewardOutputError(
-                f"{where}.aggregate_reward_score is {score!r}, not a finite number"
+            raise _output_error(
+                f"{where}.aggregate_reward_score is {score!r}, not a finite number", FIX_SCORE
             )
-        metrics = entry.get("metrics_list")
-        if metrics is None:
-            metrics = []
-        if not isinstance(metrics, list):
-            raise RewardOutputError(f"{where}.metrics_list is not a list")
-        parsed = []
-        for m_index, metric in enumerate(metrics):
-            m_where = f"{where}.metrics_list[{m_index}]"
-            if not isinstance(metric, dict) or set(metric) != METRIC_KEYS:
-                raise RewardOutputError(f"{m_where} must be an object with name, value and type")
-            if not isinstance(metric["name"], str) or not metric["name"]:
-                raise RewardOutputError(f"{m_where}.name is not a non-empty string")
-            if not _number(metric["value"]):
-                raise RewardOutputError(f"{m_where}.value is {metric['value']!r}, not a number")
-            if metric["type"] not in METRIC_TYPES:
-                raise RewardOutputError(
-                    f"{m_where}.type is {metric['type']!r}, not one of {', '.join(METRIC_TYPES)}"
-                )
-            parsed.append(Metric(metric["name"], float(metric["value"]), metric["type"]))
-        results[slot] = RewardResult(sample_id, float(score), tuple(parsed))
+        results[slot] = RewardResult(sample_id, float(score), _metrics(entry, where))
     missing = [ids[i] for i, result in enumerate(results) if result is None]
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise RewardOutputError(f"no answer for {len(missing)} of {len(ids)} ids ({shown})")
+        raise _output_error(
+            f"no answer for {len(missing)} of {len(ids)} ids ({shown})", FIX_MISSING
+        )
     return [result for result in results if result is not None]
+
+
+def _metrics(entry: dict[str, Any], where: str) -> tuple[Metric, ...]:
+    metrics = entry.get("metrics_list")
+    if metrics is None:
+        return ()
+    if not isinstance(metrics, list):
+        raise _output_error(f"{where}.metrics_list is not a list", FIX_METRIC)
+    parsed = []
+    for m_index, metric in enumerate(metrics):
+        m_where = f"{where}.metrics_list[{m_index}]"
+        if not isinstance(metric, dict) or set(metric) != METRIC_KEYS:
+            raise _output_error(
+                f"{m_where} must be an object with name, value and type", FIX_METRIC
+            )
+        if not isinstance(metric["name"], str) or not metric["name"]:
+            raise _output_error(f"{m_where}.name is not a non-empty string", FIX_METRIC)
+        if not _number(metric["value"]):
+            raise _output_error(
+                f"{m_where}.value is {metric['value']!r}, not a finite number", FIX_METRIC
+            )
+        if metric["type"] not in METRIC_TYPES:
+            raise _output_error(
+                f"{m_where}.type is {metric['type']!r}, not one of {', '.join(METRIC_TYPES)}",
+                FIX_METRIC,
+            )
+        parsed.append(Metric(metric["name"], float(metric["value"]), metric["type"]))
+    return tuple(parsed)
 
 
 def _lambda_style(fn: Callable[..., Any]) -> bool:
@@ -214,6 +304,65 @@ def _lambda_style(fn: Callable[..., Any]) -> bool:
 
 class _Timeout(Exception):
     pass
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...], timeout_s: float | None, name: str) -> Any:
+    """``fn(*args)``, raising _Timeout when it takes longer than ``timeout_s`` (None or 0: no
+    limit, in this thread). A call that runs over is left running in its daemon thread."""
+    if not timeout_s:
+        return fn(*args)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name=f"reward {name}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise _Timeout
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def local_invoker(name: str, timeout: float | None) -> Callable[[list[dict[str, Any]]], Any]:
+    """A callable that sends one batch to the reward function ``module:function`` as a Lambda
+    would get it (a JSON copy) and returns its output unvalidated.
+
+    Raises RewardLoadError at once when ``name`` cannot be loaded; each call raises
+    FunctionError when the function raises and FunctionTimeoutError when it takes longer than
+    ``timeout`` seconds (None or 0: no limit)."""
+    function = load_reward_function(name)
+    lambda_style = _lambda_style(function)
+
+    def invoke(batch: list[dict[str, Any]]) -> Any:
+        payload = json.loads(json.dumps(batch))
+        args = (payload, None) if lambda_style else (payload,)
+        try:
+            return _call(function, args, timeout, name)
+        except _Timeout:
+            raise FunctionTimeoutError(
+                f"{name} did not answer a batch of {len(batch)} within {timeout or 0:g} s",
+                "make the function faster (it must answer a batch well within "
+                "reward_probe.timeout_seconds and the 15-minute Lambda limit), or send fewer "
+                "samples per call",
+            ) from None
+        except Exception as exc:
+            raise FunctionError(
+                f"{name} raised {type(exc).__name__}: {_clipped(str(exc))}",
+                "make the function handle every sample: catch what it cannot score and give it 0",
+            ) from exc
+
+    return invoke
+
+
+def _clipped(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -286,24 +435,7 @@ class RewardFunction:
         fn = self.function
         assert callable(fn)
         args = (payload, None) if self._lambda_style else (payload,)
-        if not self.timeout_s:
-            return fn(*args)
-        outcome: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                outcome["value"] = fn(*args)
-            except BaseException as exc:
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=run, name=f"reward {self.name}", daemon=True)
-        worker.start()
-        worker.join(self.timeout_s)
-        if worker.is_alive():
-            raise _Timeout
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome.get("value")
+        return _call(fn, args, self.timeout_s, self.name)
 
     def _failed(self, message: str) -> None:
         stats = self.stats

@@ -150,7 +150,7 @@ def test_demo_files_convert(demo_data: dict[str, Path]) -> None:
     assert rft[0]["metadata"] == {
         "operands": json.loads(demo_data["rft"].open().readline())["operands"]
     }
-    answer = f"ANSWER: {rft[0]['reference_answer']}"
+    answer = rft[0]["reference_answer"]  # the ideal reply: "ANSWER: <n>"
     samples = [
         make_sample(r["id"], r["prompt"], answer, r["reference_answer"], r["metadata"]) for r in rft
     ]

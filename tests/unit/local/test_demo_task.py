@@ -47,7 +47,7 @@ def test_files_use_the_nova_formats(demo_data: dict[str, Path]) -> None:
     rft = rows(demo_data["rft"])
     assert len({r["id"] for r in rft}) == len(rft)
     assert rft[0]["messages"][0] == {"role": "system", "content": demo_task.SYSTEM_PROMPT}
-    assert rft[0]["reference_answer"] == str(max(rft[0]["operands"]))
+    assert rft[0]["reference_answer"] == f"ANSWER: {max(rft[0]['operands'])}"
     qa = rows(demo_data["eval"])[0]
     assert set(qa) == {"system", "query", "response"} and qa["response"].startswith("ANSWER: ")
     assert set(rows(demo_data["cpt"])[0]) == {"text"}

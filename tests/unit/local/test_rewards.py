@@ -121,7 +121,10 @@ def test_lambda_style_function_gets_event_and_context() -> None:
         (lambda out: [out[0], {**out[1], "score": 1}], "unknown keys"),
         (lambda out: [out[0], {**out[1], "aggregate_reward_score": "1"}], "not a finite"),
         (lambda out: [out[0], {**out[1], "aggregate_reward_score": True}], "not a finite"),
-        (lambda out: [out[0], {**out[1], "aggregate_reward_score": math.nan}], "JSON"),
+        (
+            lambda out: [out[0], {**out[1], "aggregate_reward_score": math.nan}],
+            r"output\[1\]\.aggregate_reward_score is nan, not a finite number",
+        ),
         (lambda out: [out[0], {**out[1], "metrics_list": {}}], "not a list"),
         (
             lambda out: [out[0], {**out[1], "metrics_list": [{"name": "m", "value": 1}]}],
@@ -139,7 +142,7 @@ def test_lambda_style_function_gets_event_and_context() -> None:
                 out[0],
                 {**out[1], "metrics_list": [{"name": "m", "value": None, "type": "Metric"}]},
             ],
-            "not a number",
+            "not a finite number",
         ),
         (lambda out: [out[0], "s1"], "not an object"),
         (lambda out: [out[0], {**out[1], "id": object()}], "JSON"),
@@ -148,8 +151,10 @@ def test_lambda_style_function_gets_event_and_context() -> None:
 def test_output_schema_is_strict(mutate, message) -> None:
     samples = batch(2)
     output = mutate(constant(samples))
-    with pytest.raises(RewardOutputError, match=message):
+    with pytest.raises(RewardOutputError, match=message) as raised:
         validate_output(output, ["s0", "s1"])
+    # Every contract problem says how to fix the function.
+    assert raised.value.problems[0].fix
 
 
 def test_output_in_any_order_and_without_metrics() -> None:
