@@ -475,3 +475,113 @@ def test_datasets_may_relax_only_relaxable_rules(tmp_path: Path) -> None:
         tmp_path, lambda d: d["stages"][0]["datasets"].update(allow=["blank-line"])
     )
     assert load_campaign(path).campaign.stages[0].datasets.allow == ["blank-line"]
+
+
+# --- metrics the round adds: format compliance and perplexity ----------------------------------
+
+
+def write_demo(tmp_path: Path, edit) -> Path:
+    """A copy of the local demo campaign (edited), placed where its recipes resolve."""
+    (tmp_path / "local").symlink_to(REPO / "recipes" / "local")
+    data = yaml.safe_load((CAMPAIGNS / "demo.yaml").read_text())
+    edit(data)
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_format_compliance_needs_an_output_format(tmp_path: Path) -> None:
+    def target(d):
+        d["gate"]["targets"]["format_compliance"] = 0.98
+        d["evaluation"]["metrics"].append("format_compliance")
+
+    path = write_campaign(tmp_path, target)
+    problems = problems_of(path)
+    assert [p.path for p in problems] == ["evaluation.metrics[3]", "gate.targets.format_compliance"]
+    line = _line_of(path, "format_compliance: 0.98")
+    assert problems[1].format() == (
+        f"{path}:{line}: gate.targets.format_compliance: 'format_compliance' is measured only "
+        "when the campaign declares an output format; fix: set evaluation.output_format (json, "
+        "or {regex: <pattern>})"
+    )
+
+    def with_format(fmt):
+        def edit(d):
+            target(d)
+            d["evaluation"]["output_format"] = fmt
+
+        return edit
+
+    for fmt in ("json", {"regex": r"ANSWER: \d+"}):
+        plan = plan_round(load_campaign(write_campaign(tmp_path, with_format(fmt))))
+        assert plan.evaluation.metrics == ["exact_match", "f1_score", "rougeL", "format_compliance"]
+
+
+def test_output_format_needs_an_evaluation_that_writes_answers(tmp_path: Path) -> None:
+    def benchmark(d):
+        d["evaluation"] = {
+            "recipe": "nova/nova-2-lite/eval-benchmark.yaml",
+            "metrics": ["accuracy"],
+            "output_format": "json",
+        }
+        d["gate"].update(primary_metric="accuracy", targets={"accuracy": 0.8})
+
+    path = write_campaign(tmp_path, benchmark)
+    [problem] = problems_of(path)
+    assert problem.path == "evaluation.output_format"
+    assert problem.line == _line_of(path, "output_format: json")
+    assert problem.message.endswith("writes no answers whose format could be checked")
+    assert problem.allowed == "an evaluation recipe whose task is gen_qa"
+    assert problem.fix == "evaluate with such a recipe, or remove evaluation.output_format"
+
+
+def test_perplexity_is_measured_by_the_local_backend_only(tmp_path: Path) -> None:
+    def perplexity(d):
+        d["evaluation"]["perplexity_dataset"] = "s3://acme-ml-data/support/domain.jsonl"
+        d["gate"]["targets"]["perplexity"] = {"at_most": 8.0}
+
+    path = write_campaign(tmp_path, perplexity)
+    problems = {p.path: p for p in problems_of(path)}
+    assert set(problems) == {"evaluation.perplexity_dataset", "gate.targets.perplexity"}
+    dataset = problems["evaluation.perplexity_dataset"]
+    assert dataset.format() == (
+        f"{path}:{_line_of(path, 'perplexity_dataset:')}: evaluation.perplexity_dataset: "
+        "perplexity is measured by the local backend only, not hyperpod; fix: remove "
+        "evaluation.perplexity_dataset, or run the campaign on the local backend"
+    )
+    assert problems["gate.targets.perplexity"].message == (
+        "'perplexity' is measured by the local backend only, not hyperpod"
+    )
+
+
+def test_a_local_campaign_may_gate_on_perplexity(tmp_path: Path) -> None:
+    def perplexity(d):
+        d["evaluation"]["perplexity_dataset"] = ".tuneloop/demo/data/domain.jsonl"
+        d["evaluation"]["metrics"].append("perplexity")
+        d["gate"]["targets"]["perplexity"] = {"at_most": 3.0}
+
+    plan = plan_round(load_campaign(write_demo(tmp_path, perplexity)))
+    assert plan.evaluation.metrics == ["exact_match", "f1_score", "rougeL", "perplexity"]
+
+
+def test_perplexity_is_lower_is_better(tmp_path: Path) -> None:
+    def wrong_way(d):
+        d["evaluation"]["perplexity_dataset"] = ".tuneloop/demo/data/domain.jsonl"
+        d["evaluation"]["metrics"] = ["perplexity", "exact_match"]
+        d["gate"].update(primary_metric="perplexity", targets={"perplexity": 3.0})
+
+    path = write_demo(tmp_path, wrong_way)
+    problems = {p.path: p for p in problems_of(path)}
+    assert set(problems) == {"gate.higher_is_better", "gate.targets.perplexity"}
+    assert problems["gate.higher_is_better"].fix == "set gate.higher_is_better: false"
+    assert problems["gate.targets.perplexity"].fix == "write perplexity: {at_most: <value>}"
+
+
+def test_perplexity_needs_a_domain_text_set(tmp_path: Path) -> None:
+    path = write_demo(tmp_path, lambda d: d["gate"]["targets"].update(perplexity={"at_most": 3}))
+    [problem] = problems_of(path)
+    assert problem.path == "gate.targets.perplexity"
+    assert problem.message == "'perplexity' is measured only on a domain text set"
+    assert problem.fix == (
+        'set evaluation.perplexity_dataset to a JSONL file of {"text": ...} records'
+    )

@@ -10,7 +10,11 @@ training job packs it into ``<output>/<job>/output/output.tar.gz`` as
 events). ``read_eval_metrics`` takes the job folder, the eval-result folder, a results file or the
 tarball, picks the newest results file (by name, which carries the timestamp; then by
 modification time) and returns the numbers under ``results.all``. A tarball is streamed: only the
-results files are held in memory.
+results files are held in memory. ``artifacts.format_compliance`` finds the job's answers
+(inference_output.jsonl) the same way.
+
+Beside the task's metrics, the local backend's results may hold ``perplexity`` (PERPLEXITY) on
+the campaign's domain texts.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from typing import Any
 from tuneloop import storage
 from tuneloop.errors import Problem, StorageError, TuneloopError
 
+PERPLEXITY = "perplexity"
+"""exp(mean negative log-likelihood per token) of the model on a domain text set; lower is
+better. The local backend's evaluation reports it beside the task's metrics."""
+
 EVAL_DIR = "eval-result"
 RESULTS_FILE = re.compile(r"^results_.*\.json$")
 # Where a training job's evaluation results are packed, relative to the job folder.
@@ -35,17 +43,23 @@ class EvalResultsError(TuneloopError):
     """An evaluation output folder holds no usable results."""
 
 
-def _local_candidates(folder: Path) -> list[tuple[str, float, str]]:
+def _local_candidates(
+    folder: Path, name_glob: str = "results_*.json", pattern: re.Pattern[str] = RESULTS_FILE
+) -> list[tuple[str, float, str]]:
+    """(name, mtime, path) of the regular files under ``folder`` whose name matches."""
     if not folder.is_dir():
         return []
     return [
         (path.name, path.stat().st_mtime, str(path))
-        for path in folder.rglob("results_*.json")
-        if path.is_file() and RESULTS_FILE.match(path.name)
+        for path in folder.rglob(name_glob)
+        if path.is_file() and pattern.match(path.name)
     ]
 
 
-def _s3_candidates(folder: str) -> list[tuple[str, float, str]]:
+def _s3_candidates(
+    folder: str, pattern: re.Pattern[str] = RESULTS_FILE
+) -> list[tuple[str, float, str]]:
+    """(name, last modified, URI) of the objects under ``folder`` whose name matches."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, prefix = storage.split_s3(folder)
@@ -56,7 +70,7 @@ def _s3_candidates(folder: str) -> list[tuple[str, float, str]]:
         for page in pages.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 name = item["Key"].rsplit("/", 1)[-1]
-                if RESULTS_FILE.match(name):
+                if pattern.match(name):
                     found.append(
                         (name, item["LastModified"].timestamp(), f"s3://{bucket}/{item['Key']}")
                     )
@@ -85,13 +99,33 @@ def find_results(output_uri: str) -> str:
         return output_uri
     base = output_uri.rstrip("/")
     folder = base if name == EVAL_DIR else storage.join(base, EVAL_DIR)
-    if storage.is_s3(folder):
-        candidates = _s3_candidates(folder)
-    else:
-        candidates = _local_candidates(storage.local_path(folder))
-    if not candidates:
+    found = newest_file(folder)
+    if found is None:
         raise _no_results(folder)
-    return max(candidates)[2]
+    return found
+
+
+def newest_file(
+    folder: str, name_glob: str = "results_*.json", pattern: re.Pattern[str] = RESULTS_FILE
+) -> str | None:
+    """The newest regular file under ``folder`` (local or s3://, searched recursively) whose
+    name matches ``pattern`` (``name_glob`` narrows a local search first): the greatest name,
+    then the latest modification time. None when there is none."""
+    if storage.is_s3(folder):
+        candidates = _s3_candidates(folder, pattern)
+    else:
+        candidates = _local_candidates(storage.local_path(folder), name_glob, pattern)
+    return max(candidates)[2] if candidates else None
+
+
+def job_tarballs(output_uri: str) -> list[str]:
+    """Where a SageMaker training job packed its output, relative to ``output_uri`` (the job
+    folder, or its ``output/`` folder)."""
+    base = output_uri.rstrip("/")
+    tarballs = [storage.join(base, JOB_TARBALL)]
+    if base.rsplit("/", 1)[-1] == "output":  # the job's output/ folder rather than the job's
+        tarballs.append(storage.join(base, "output.tar.gz"))
+    return tarballs
 
 
 def parse_eval_results(text: str | bytes, source: str = "") -> dict[str, float]:
@@ -115,7 +149,7 @@ def parse_eval_results(text: str | bytes, source: str = "") -> dict[str, float]:
     return metrics
 
 
-def _is_tarball(uri: str) -> bool:
+def is_tarball(uri: str) -> bool:
     return uri.rstrip("/").endswith(TARBALL_SUFFIXES)
 
 
@@ -157,7 +191,7 @@ def read_eval_metrics(output_uri: str) -> dict[str, float]:
     folder, a results file, or an output.tar.gz. A job folder without ``eval-result/`` is read
     from the ``output/output.tar.gz`` a SageMaker training job leaves there.
     """
-    if _is_tarball(output_uri):
+    if is_tarball(output_uri):
         try:
             return read_tarball_metrics(output_uri.rstrip("/"))
         except FileNotFoundError:
@@ -169,9 +203,7 @@ def read_eval_metrics(output_uri: str) -> dict[str, float]:
         if name == EVAL_DIR or RESULTS_FILE.match(name):
             raise
         base = output_uri.rstrip("/")
-        tarballs = [storage.join(base, JOB_TARBALL)]
-        if name == "output":  # a training job's output/ folder rather than the job folder
-            tarballs.append(storage.join(base, "output.tar.gz"))
+        tarballs = job_tarballs(base)
         for tarball in tarballs:
             try:
                 return read_tarball_metrics(tarball)

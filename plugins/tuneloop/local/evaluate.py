@@ -28,6 +28,15 @@ the output folder of a local training job):
 Generation is batched with left padding, greedy when ``inference.temperature`` is 0 and sampled
 (with ``top_k`` and ``top_p``) otherwise, up to ``inference.max_new_tokens`` tokens.
 
+With ``run.perplexity_data_path`` (JSONL of ``{"text"}``, the CPT format), either task also
+reports ``perplexity``: exp of the mean negative log-likelihood per token of the model over those
+texts, tokenized as CPT training tokenizes them (the tokenizer's own special tokens, then the end
+token), so it is exp of the loss a CPT job would report on the same data. A text longer than the
+model's context is scored in windows that overlap by one token, so every token but a text's
+first is predicted once, with up to a context of earlier tokens. At most
+``PERPLEXITY_MAX_TOKENS`` tokens are scored: the texts are read in file order until then, and
+the job log says when the cap cut the set short.
+
 The output folder gets ``eval-result/results_<timestamp>.json`` (metrics under
 ``results.all``, which ``tuneloop.artifacts.evaluation.read_eval_metrics`` reads) and
 ``eval-result/inference_output.jsonl`` with one ``{"prompt", "inference", "gold", "metadata"}``
@@ -44,10 +53,13 @@ import re
 import string
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneloop import storage
+from tuneloop.artifacts.evaluation import PERPLEXITY
 from tuneloop.errors import ConfigError, Problem
 
 GEN_QA, RFT_EVAL = "gen_qa", "rft_eval"
@@ -57,6 +69,14 @@ INFERENCE_OUTPUT = "inference_output.jsonl"
 EVAL_LOG = "evaluation.log"
 REWARD_METRIC = "lambda_reward_score"
 POSITIVE_REWARDS_METRIC = "positive_reward_fraction"
+PERPLEXITY_MAX_TOKENS = 200_000
+"""Most tokens scored for perplexity; the rest of a larger domain set is not read."""
+PERPLEXITY_BATCH_SIZE = 8
+PERPLEXITY_CONTEXT = 2048
+"""Window length for a model whose config names no context length."""
+_CHARS_PER_TOKEN_BOUND = 32
+"""A text is cut to this many characters per token still wanted before it is tokenized, so a
+huge text costs no more than the cap needs (no tokenizer makes tokens that long)."""
 
 # -- metrics ------------------------------------------------------------------------------------
 
@@ -268,6 +288,125 @@ def generate(
     return answers
 
 
+# -- perplexity ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    """Perplexity of a model over a set of texts, and how much of the set it covers."""
+
+    value: float
+    """exp(mean negative log-likelihood per scored token)."""
+    tokens: int
+    """Tokens scored (every token of a text but its first, up to the cap)."""
+    texts: int
+    """Texts read (the last one possibly cut by the cap)."""
+    capped: bool
+    """Whether the token cap stopped the reading before the end of the set."""
+
+
+def text_windows(ids: Sequence[int], context: int) -> list[list[int]]:
+    """``ids`` in windows of at most ``context`` tokens that overlap by one, so each token but
+    the first is predicted exactly once (from the window's earlier tokens)."""
+    if len(ids) < 2:
+        return []
+    step = max(context - 1, 1)
+    return [list(ids[start : start + context]) for start in range(0, len(ids) - 1, step)]
+
+
+def _tokens_of(tokenizer: Any, text: str) -> list[int]:
+    """A text's tokens as CPT training makes them: the tokenizer's special tokens (a
+    beginning-of-sequence token, for one that adds it), then the end token."""
+    ids = list(tokenizer(text)["input_ids"])
+    end = tokenizer.eos_token_id
+    if end is not None and (not ids or ids[-1] != end):
+        ids.append(end)
+    return ids
+
+
+def _context_length(model: Any) -> int:
+    config = getattr(model, "config", None)
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 1 else PERPLEXITY_CONTEXT
+
+
+def perplexity(
+    model: Any,
+    tokenizer: Any,
+    texts: Iterable[str],
+    *,
+    max_tokens: int = PERPLEXITY_MAX_TOKENS,
+    batch_size: int = PERPLEXITY_BATCH_SIZE,
+    context: int | None = None,
+) -> Perplexity:
+    """The model's perplexity over ``texts`` (read lazily, until ``max_tokens`` are scored).
+
+    ValueError when no text has a token to score."""
+    import torch
+
+    context = context or _context_length(model)
+    windows: list[list[int]] = []
+    scored = read = 0
+    capped = False
+    for text in texts:
+        remaining = max_tokens - scored
+        if remaining <= 0:
+            capped = True
+            break
+        read += 1
+        limit = (remaining + 1) * _CHARS_PER_TOKEN_BOUND
+        ids = _tokens_of(tokenizer, text[:limit])
+        if len(text) > limit or len(ids) > remaining + 1:
+            capped = True
+            ids = ids[: remaining + 1]  # the first token is context only
+        for window in text_windows(ids, context):
+            windows.append(window)
+            scored += len(window) - 1
+    if scored == 0:
+        raise ValueError("no text with at least two tokens to score")
+    device = next(model.parameters()).device
+    total = 0.0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(windows), batch_size):
+                total += _batch_nll(model, windows[start : start + batch_size], device)
+    finally:
+        model.train(was_training)
+    return Perplexity(math.exp(total / scored), scored, read, capped)
+
+
+def _batch_nll(model: Any, windows: Sequence[Sequence[int]], device: Any) -> float:
+    """Summed negative log-likelihood of every token but the first of each window."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(len(w) for w in windows)
+    ids = torch.zeros((len(windows), width), dtype=torch.long)
+    mask = torch.zeros((len(windows), width), dtype=torch.long)
+    for row, window in enumerate(windows):  # right padding: positions stay 0..n-1
+        ids[row, : len(window)] = torch.tensor(window, dtype=torch.long)
+        mask[row, : len(window)] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    return float(loss)
+
+
+def _perplexity_texts(uri: str) -> Iterator[str]:
+    from tuneloop.local import convert
+
+    for record in convert.iter_records(uri, "cpt"):
+        yield str(record["text"])
+
+
 # -- the job ------------------------------------------------------------------------------------
 
 
@@ -323,6 +462,23 @@ def _check(recipe: Any) -> tuple[str, str]:
         problems.append(
             Problem("inference.max_new_tokens", "0 generates nothing", allowed="at least 1")
         )
+    domain = getattr(model.run, "perplexity_data_path", "")
+    if domain and storage.is_s3(domain):
+        problems.append(
+            Problem(
+                "run.perplexity_data_path",
+                f"{domain} is on S3; the local backend reads local files",
+                allowed="a path or file:// URI",
+            )
+        )
+    elif domain and not storage.local_path(domain).is_file():
+        problems.append(
+            Problem(
+                "run.perplexity_data_path",
+                f"{domain} is not a file",
+                fix='name the JSONL file of domain texts ({"text": ...} per line)',
+            )
+        )
     if problems:
         raise ConfigError(problems)
     return task, reward
@@ -371,6 +527,17 @@ def evaluate(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> di
             **reward_function.stats.as_dict(),
         }
 
+    domain = getattr(model_recipe.run, "perplexity_data_path", "")
+    if domain:
+        measured = _domain_perplexity(loaded, domain, log)
+        metrics[PERPLEXITY] = measured.value
+        result["perplexity"] = {
+            "data": domain,
+            "tokens": measured.tokens,
+            "texts": measured.texts,
+            "capped": measured.capped,
+        }
+
     strategy = model_recipe.evaluation.strategy
     results_path = outputs.write_eval_results(output, f"{task}_{strategy}", metrics)
     _write_jsonl(output / outputs.EVAL_DIR / INFERENCE_OUTPUT, rows)
@@ -386,6 +553,23 @@ def evaluate(recipe: Any, spec: Any, progress: Callable[[int, int], None]) -> di
         "device": choice.describe(),
         **result,
     }
+
+
+def _domain_perplexity(loaded: Any, uri: str, log: Callable[[str], None]) -> Perplexity:
+    """The perplexity on the domain texts at ``uri``; ConfigError when they hold none."""
+    started = time.perf_counter()
+    try:
+        measured = perplexity(loaded.model, loaded.tokenizer, _perplexity_texts(uri))
+    except ValueError as exc:
+        raise ConfigError(
+            [Problem("run.perplexity_data_path", f"{uri}: {exc}", fix="name CPT text data")]
+        ) from None
+    cap = f" (capped at {PERPLEXITY_MAX_TOKENS} tokens)" if measured.capped else ""
+    log(
+        f"{PERPLEXITY} {measured.value:.4f} on {measured.tokens} tokens of {measured.texts} "
+        f"texts{cap} in {time.perf_counter() - started:.1f} s"
+    )
+    return measured
 
 
 def _answers(

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
+from tuneloop.recipes import s3_uri
+from tuneloop.recipes.catalog import MODELS
 from tuneloop.recipes.common import (
     NonNegativeInt,
     PathOrS3Uri,
@@ -39,6 +42,35 @@ class EvalRunConfig(RunConfig):
     """Instances; fixed at 1 on HyperPod, adjustable on training jobs."""
     data_s3_path: PathOrS3Uri = ""
     """Your evaluation data (gen_qa, judge and rft_eval tasks); must be empty for benchmarks."""
+    perplexity_data_path: PathOrS3Uri = ""
+    """Local models only: domain text (JSONL of {"text": ...}, the CPT format) on which the
+    evaluation also reports `perplexity`; campaigns fill it from evaluation.perplexity_dataset."""
+
+    @field_validator("perplexity_data_path")
+    @classmethod
+    def _local_only(cls, value: str, info: ValidationInfo) -> str:
+        # Nova's evaluation container has no such field: only the local backend measures it.
+        spec = MODELS.get(info.data.get("model_type", ""))
+        if value and spec is not None and spec.is_nova:
+            raise PydanticCustomError(
+                "local_only",
+                "{text}",
+                {
+                    "text": "perplexity is measured by the local backend only; fix: leave "
+                    "run.perplexity_data_path empty for Nova models",
+                    "allowed": "''",
+                },
+            )
+        if value and s3_uri.looks_like_s3(value):
+            raise PydanticCustomError(
+                "local_file",
+                "{text}",
+                {
+                    "text": f"{s3_uri.shown(value)} is on S3; the local backend reads local files",
+                    "allowed": "a path or file:// URI",
+                },
+            )
+        return value
 
 
 class EvaluationBlock(StrictModel):

@@ -49,6 +49,19 @@ def datasets_to_validate(cf: CampaignFile, round_plan: RoundPlan) -> list[Datase
                 aws_conn_id=connection,
             )
         )
+    domain = (evaluation.recipe.get("run") or {}).get("perplexity_data_path")
+    if domain:
+        items.append(
+            DatasetItem(
+                stage="evaluation",
+                channel="perplexity",
+                uri=domain,
+                format="cpt",
+                allow=list(campaign.evaluation.allow),
+                model_type=campaign.model_type,
+                aws_conn_id=connection,
+            )
+        )
     return items
 
 

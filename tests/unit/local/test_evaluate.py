@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from tuneloop.artifacts.evaluation import read_eval_metrics
+from tuneloop.artifacts.evaluation import PERPLEXITY, read_eval_metrics
 from tuneloop.errors import ConfigError
 from tuneloop.local import evaluate as E
 from tuneloop.local.runner import JobSpec
@@ -222,3 +223,180 @@ def test_rft_eval_scores_with_the_reward_function(
     assert len(rows) == 8 and "reward" in json.loads(rows[0])
     rewards = [json.loads(row)["reward"] for row in rows]
     assert metrics["positive_reward_fraction"] == sum(r > 0 for r in rewards) / len(rewards)
+
+
+# -- perplexity on domain texts -------------------------------------------------------------------
+
+
+def test_text_windows_predict_every_token_once() -> None:
+    assert E.text_windows([], 4) == []
+    assert E.text_windows([7], 4) == []
+    assert E.text_windows(list(range(10)), 4) == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    assert E.text_windows(list(range(5)), 4) == [[0, 1, 2, 3], [3, 4]]
+    for length in range(2, 30):
+        for context in (2, 3, 7, 64):
+            windows = E.text_windows(list(range(length)), context)
+            assert all(len(w) <= context for w in windows)
+            assert [t for w in windows for t in w[1:]] == list(range(1, length))
+
+
+def _causal_lm_loss(loaded, text: str) -> tuple[float, int]:
+    """(mean loss, tokens scored) of one text, from the model's own loss (labels = inputs)."""
+    import torch
+
+    ids = [*loaded.tokenizer(text)["input_ids"], loaded.tokenizer.eos_token_id]
+    with torch.no_grad():
+        tensor = torch.tensor([ids])
+        loss = loaded.model(input_ids=tensor, labels=tensor).loss
+    return float(loss), len(ids) - 1
+
+
+DOMAIN_TEXTS = [
+    "The largest of two numbers is the one that is not smaller.",
+    "max(12, 97) is 97.",
+    "Zürich – 名前 🙂, a text in more than one script.",
+]
+
+
+def test_perplexity_is_exp_of_the_causal_lm_loss(home: Path) -> None:
+    from tuneloop.local.model import load_model
+
+    loaded = load_model("tiny-chat", "cpu")
+    loss, tokens = _causal_lm_loss(loaded, DOMAIN_TEXTS[0])
+    one = E.perplexity(loaded.model, loaded.tokenizer, DOMAIN_TEXTS[:1])
+    assert (one.tokens, one.texts, one.capped) == (tokens, 1, False)
+    assert one.value == pytest.approx(math.exp(loss), rel=1e-4)
+    assert one.value > 1.0
+
+    # Several texts, batched with padding: exp of the token-weighted mean of their losses.
+    losses = [_causal_lm_loss(loaded, text) for text in DOMAIN_TEXTS]
+    total = sum(n for _, n in losses)
+    expected = math.exp(sum(loss * n for loss, n in losses) / total)
+    batched = E.perplexity(loaded.model, loaded.tokenizer, DOMAIN_TEXTS, batch_size=2)
+    assert (batched.tokens, batched.texts) == (total, 3)
+    assert batched.value == pytest.approx(expected, rel=1e-4)
+    assert loaded.model.training is False
+
+    # A context shorter than a text: windows, every token still scored once.
+    windowed = E.perplexity(loaded.model, loaded.tokenizer, DOMAIN_TEXTS[:1], context=16)
+    assert windowed.tokens == tokens
+    assert math.isfinite(windowed.value) and windowed.value != one.value
+
+
+def test_perplexity_reads_texts_only_up_to_the_token_cap(home: Path) -> None:
+    from tuneloop.local.model import load_model
+
+    loaded = load_model("tiny-chat", "cpu")
+    pulled: list[int] = []
+
+    def endless():
+        while True:
+            pulled.append(1)
+            yield "x" * 29  # 29 bytes + the end token: 29 tokens scored per text
+
+    capped = E.perplexity(loaded.model, loaded.tokenizer, endless(), max_tokens=50)
+    assert (capped.tokens, capped.texts, capped.capped) == (50, 2, True)
+    assert len(pulled) == 3  # the third text is where reading stops
+    exact = E.perplexity(loaded.model, loaded.tokenizer, ["x" * 29, "y" * 29], max_tokens=58)
+    assert (exact.tokens, exact.capped) == (58, False)
+    # A huge text costs only what the cap needs.
+    huge = E.perplexity(loaded.model, loaded.tokenizer, ["z" * 50_000_000], max_tokens=40)
+    assert (huge.tokens, huge.texts, huge.capped) == (40, 1, True)
+    with pytest.raises(ValueError, match="no text with at least two tokens"):
+        E.perplexity(loaded.model, loaded.tokenizer, ["", ""])
+
+
+def write_domain(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def test_evaluation_reports_perplexity_in_the_results_file(
+    home: Path, demo_data: dict[str, Path], tmp_path: Path
+) -> None:
+    from tuneloop.local.model import load_model
+
+    data = small_file(demo_data["eval"], tmp_path / "eval.jsonl", 4)
+    domain = write_domain(tmp_path / "domain.jsonl", DOMAIN_TEXTS)
+    out = tmp_path / "job-output"
+    recipe = eval_recipe(
+        "eval-gen-qa.yaml",
+        {
+            "run.data_s3_path": str(data),
+            "run.output_s3_path": str(out),
+            "run.perplexity_data_path": str(domain),
+        },
+    )
+    result = E.evaluate(recipe, JobSpec(name="eval", output=str(out)), lambda *a: None)
+
+    metrics = read_eval_metrics(str(out))
+    assert set(metrics) == {*EVAL_METRICS["gen_qa"], PERPLEXITY}
+    loaded = load_model("tiny-chat", "cpu")
+    direct = E.perplexity(loaded.model, loaded.tokenizer, DOMAIN_TEXTS)
+    assert metrics[PERPLEXITY] == pytest.approx(direct.value, rel=1e-5)
+    assert result["metrics"][PERPLEXITY] == metrics[PERPLEXITY]
+    assert result["perplexity"] == {
+        "data": str(domain),
+        "tokens": direct.tokens,
+        "texts": 3,
+        "capped": False,
+    }
+    log = (out / "evaluation.log").read_text()
+    assert f"perplexity {metrics[PERPLEXITY]:.4f} on {direct.tokens} tokens of 3 texts" in log
+
+
+def test_perplexity_data_problems_are_config_errors(
+    home: Path, demo_data: dict[str, Path], tmp_path: Path
+) -> None:
+    data = small_file(demo_data["eval"], tmp_path / "eval.jsonl", 2)
+    out = tmp_path / "job-output"
+    recipe = eval_recipe(
+        "eval-gen-qa.yaml", {"run.data_s3_path": str(data), "run.output_s3_path": str(out)}
+    )
+    spec = JobSpec(name="eval", output=str(out))
+    # The recipe rules refuse an S3 URI already; the job checks again.
+    recipe.model.run.perplexity_data_path = "s3://bucket/domain.jsonl"
+    with pytest.raises(ConfigError, match="is on S3; the local backend reads local files"):
+        E.evaluate(recipe, spec, lambda *a: None)
+    recipe.model.run.perplexity_data_path = str(tmp_path / "missing.jsonl")
+    with pytest.raises(ConfigError) as info:
+        E.evaluate(recipe, spec, lambda *a: None)
+    assert info.value.problems[0].format() == (
+        f"<input>: run.perplexity_data_path: {tmp_path}/missing.jsonl is not a file; fix: name "
+        'the JSONL file of domain texts ({"text": ...} per line)'
+    )
+    recipe.model.run.perplexity_data_path = str(write_domain(tmp_path / "blank.jsonl", ["", ""]))
+    with pytest.raises(ConfigError, match="no text with at least two tokens to score"):
+        E.evaluate(recipe, spec, lambda *a: None)
+
+
+def test_perplexity_data_path_is_a_local_file_for_local_models_only(tmp_path: Path) -> None:
+    from tuneloop.errors import RecipeError
+
+    nova = REPO / "recipes" / "nova" / "nova-2-lite" / "eval-gen-qa.yaml"
+    with pytest.raises(RecipeError) as info:
+        render_recipe(
+            nova,
+            {
+                "run.data_s3_path": "s3://acme/eval.jsonl",
+                "run.output_s3_path": "s3://acme/out/",
+                "run.perplexity_data_path": "/data/domain.jsonl",
+            },
+            context=RecipeContext(platform=Platform.HYPERPOD),
+        )
+    [problem] = info.value.problems
+    assert problem.path == "run.perplexity_data_path"
+    assert "perplexity is measured by the local backend only" in problem.message
+    with pytest.raises(RecipeError) as info:
+        eval_recipe(
+            "eval-gen-qa.yaml",
+            {"run.data_s3_path": "/eval.jsonl", "run.perplexity_data_path": "s3://acme/d.jsonl"},
+        )
+    [problem] = info.value.problems
+    assert problem.path == "run.perplexity_data_path"
+    assert "is on S3; the local backend reads local files" in problem.message
+    local = eval_recipe(
+        "eval-gen-qa.yaml",
+        {"run.data_s3_path": "/eval.jsonl", "run.perplexity_data_path": "/domain.jsonl"},
+    )
+    assert local.model.run.perplexity_data_path == "/domain.jsonl"
