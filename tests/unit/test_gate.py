@@ -1,4 +1,4 @@
-"""The gate: finish, rollback, continue, plateau switch or stop, budget, SFT-before-RFT advice."""
+"""The gate: finish, rollback, continue, plateau switch or stop, budget, SFT first, failures."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from tuneloop.rounds.gate import (
     RoundSummary,
     campaign_over,
     decide,
+    decide_failed,
     rft_readiness,
 )
 
@@ -302,12 +303,29 @@ def test_plateau_switches_sft_rounds_to_the_rft_stage() -> None:
     )
 
 
-def test_plateau_with_no_other_method_stops() -> None:
+def test_plateau_of_every_stage_switches_to_the_last_method_alone() -> None:
     g = gate(min_improvement=0.005, plateau_rounds=2)
     history = [summary(1, 0.800, stages=("sft", "rft"), promoted=True)]
     history.append(summary(2, 0.802, stages=("sft", "rft"), promoted=True))
     d = judge(g, summary(3, 0.803, stages=("sft", "rft")), history, stages=(SFT, RFT))
+    assert d.action is Action.CONTINUE and d.promoted and d.champion_round == 3
+    assert d.next_stages == ["rft"] and d.next_base == "s3://out/rounds/0003/last"
+    assert not d.rollback
+    assert d.reason.endswith(
+        "exact_match improved by less than 0.005 for 2 rounds in a row, so round 4 switches "
+        "from SFT + RFT to RFT (stages: rft), starting from its checkpoint."
+    )
+
+
+def test_plateau_with_no_other_method_stops() -> None:
+    g = gate(min_improvement=0.005, plateau_rounds=2)
+    sft_b = Stage(name="sft-b", method="sft", recipe="sft.yaml", datasets=SFT.datasets)
+    stages = ("sft", "sft-b")
+    history = [summary(1, 0.800, stages=stages, promoted=True)]
+    history.append(summary(2, 0.802, stages=stages, promoted=True))
+    d = judge(g, summary(3, 0.803, stages=stages), history, stages=(SFT, sft_b))
     assert d.action is Action.STOP and d.promoted and d.champion_round == 3
+    assert d.next_stages is None
     assert d.reason.endswith(
         "the campaign stops with round 3 as the champion: exact_match improved by less than "
         "0.005 for 2 rounds in a row and the campaign has no stage with another method to "
@@ -316,11 +334,17 @@ def test_plateau_with_no_other_method_stops() -> None:
 
 
 def test_a_method_that_plateaued_before_is_not_tried_again() -> None:
+    # Round 1's SFT gained 0.001 over the base model (a plateau of 1 round), round 2 switched
+    # to RFT, which plateaus in round 3: SFT is not tried again.
     g = gate(min_improvement=0.005, plateau_rounds=1)
     history = [summary(1, 0.80, promoted=True), summary(2, 0.81, stages=("rft",), promoted=True)]
-    d = judge(g, summary(3, 0.811, stages=("rft",)), history, stages=(SFT, RFT))
+    candidate = summary(3, 0.811, stages=("rft",), lineage=[Method.SFT, Method.RFT, Method.RFT])
+    d = judge(g, candidate, history, stages=(SFT, RFT), baseline={"exact_match": 0.799})
     assert d.action is Action.STOP
-    assert "SFT plateaued earlier in the campaign" in d.reason
+    assert d.reason.endswith(
+        "exact_match improved by less than 0.005 for 1 round in a row and no other stages "
+        "are left to switch to: SFT plateaued earlier in the campaign."
+    )
 
 
 def test_a_lineage_that_began_with_rft_cannot_switch_to_sft() -> None:
@@ -401,6 +425,106 @@ def test_rounds_without_a_reference_do_not_count_as_plateau() -> None:
     assert d.signals["plateau_count"] == 0 and d.action is Action.CONTINUE
 
 
+def walk(
+    g: Gate, values: list[float], *, stages=(SFT, RFT), **kw
+) -> tuple[list[list[str]], list[Decision]]:
+    """Rounds fed one after another as the round DAG does: each runs the stages the decision
+    before it named, from the checkpoint it named. Returns the stages each round ran and the
+    decisions."""
+    kw.setdefault("technique", Technique.LORA)
+    kw.setdefault("baseline", {"exact_match": values[0] - 0.001})
+    history: list[RoundSummary] = []
+    ran: list[list[str]] = []
+    decisions: list[Decision] = []
+    names = [s.name for s in stages]
+    methods = {s.name: s.method for s in stages}
+    lineage: list[Method] = []
+    for n, value in enumerate(values, start=1):
+        lineage = [*lineage, *(methods[name] for name in names)]
+        candidate = summary(n, value, stages=names, lineage=lineage)
+        d = decide(g, candidate, history, stages=list(stages), **kw)
+        ran.append(names)
+        decisions.append(d)
+        history.append(candidate.model_copy(update={"promoted": d.promoted, "action": d.action}))
+        if d.next_stages is None:
+            break
+        names = d.next_stages
+    return ran, decisions
+
+
+def test_technique_switching_runs_every_stage_then_rft_then_sft_then_stops() -> None:
+    g = gate(min_improvement=0.005, plateau_rounds=2, max_rounds=10)
+    values = [0.800, 0.801, 0.802, 0.803, 0.804, 0.805, 0.9]
+    ran, decisions = walk(g, values)
+    assert ran == [["sft", "rft"]] * 2 + [["rft"]] * 2 + [["sft"]] * 2
+    assert [d.action for d in decisions] == [Action.CONTINUE] * 5 + [Action.STOP]
+    assert "so round 3 switches from SFT + RFT to RFT (stages: rft), starting from its " in (
+        decisions[1].reason
+    )
+    assert "so round 5 switches from RFT to SFT (stages: sft), starting from its " in (
+        decisions[3].reason
+    )
+    assert decisions[-1].reason.endswith(
+        "the campaign stops with round 6 as the champion: exact_match improved by less than "
+        "0.005 for 2 rounds in a row and no other stages are left to switch to: RFT "
+        "plateaued earlier in the campaign."
+    )
+
+
+def test_a_three_method_campaign_switches_in_the_campaigns_order() -> None:
+    # Every stage, then the last method alone, then the others wrapping round: CPT, then SFT.
+    g = gate(min_improvement=0.005, plateau_rounds=1, max_rounds=10)
+    values = [0.800, 0.801, 0.802, 0.803, 0.804]
+    ran, decisions = walk(g, values, stages=(CPT, SFT, RFT), technique=Technique.FULL)
+    assert ran == [["cpt", "sft", "rft"], ["rft"], ["cpt"], ["sft"]]
+    assert decisions[-1].action is Action.STOP
+    assert "RFT plateaued earlier in the campaign" in decisions[-1].reason
+
+
+def test_the_switch_skips_a_group_the_matrix_refuses_and_takes_the_next() -> None:
+    # A LoRA campaign cannot run its full-rank CPT stage after a LoRA round: SFT comes next.
+    g = gate(min_improvement=0.005, plateau_rounds=1)
+    candidate = summary(2, 0.801, stages=("rft",), lineage=[Method.SFT, Method.RFT, Method.RFT])
+    d = judge(g, candidate, [summary(1, 0.8, promoted=True)], stages=(CPT, SFT, RFT))
+    assert d.next_stages == ["sft"]
+    assert "so round 3 switches from RFT to SFT (stages: sft)" in d.reason
+
+
+def test_a_stage_set_whose_every_group_is_refused_stops_naming_each_reason() -> None:
+    g = gate(min_improvement=0.005, plateau_rounds=1)
+    candidate = summary(2, 0.796, stages=("rft",), lineage=[Method.RFT, Method.RFT])
+    history = [summary(1, 0.795, stages=("rft",), promoted=True)]
+    d = judge(g, candidate, history, stages=(CPT, SFT, RFT), baseline={"exact_match": 0.79})
+    assert d.action is Action.STOP and d.next_stages is None
+    assert "no other stages are left to switch to: " in d.reason
+    assert "LoRA and full-rank checkpoints cannot be mixed" in d.reason
+    assert "a lineage that began with RFT (LoRA) may continue only with RFT (LoRA)" in d.reason
+
+
+def test_on_plateau_stop_stops_even_with_a_method_left() -> None:
+    g = gate(min_improvement=0.005, plateau_rounds=2, on_plateau="stop")
+    d = judge(g, summary(3, 0.803), flat_sft_rounds(), stages=(SFT, RFT))
+    assert d.action is Action.STOP and d.next_stages is None
+    assert d.reason.endswith(
+        "the campaign stops with round 3 as the champion: exact_match improved by less than "
+        "0.005 for 2 rounds in a row and gate.on_plateau is stop."
+    )
+
+
+def test_a_stage_set_that_never_plateaued_may_be_switched_to() -> None:
+    # Round 1 ran SFT alone by hand and improved; the rounds after it ran every stage. After
+    # their plateau RFT alone comes first, and after RFT's plateau SFT alone is still allowed.
+    g = gate(min_improvement=0.005, plateau_rounds=1)
+    history = [
+        summary(1, 0.9, promoted=True),
+        summary(2, 0.901, stages=("sft", "rft"), promoted=True),
+        summary(3, 0.902, stages=("rft",), promoted=True),
+    ]
+    candidate = summary(4, 0.9025, stages=("rft",), lineage=[Method.SFT, Method.RFT])
+    d = judge(g, candidate, history, stages=(SFT, RFT), baseline={"exact_match": 0.5})
+    assert d.action is Action.CONTINUE and d.next_stages == ["sft"]
+
+
 # --- SFT before RFT -----------------------------------------------------------------------------
 
 
@@ -448,6 +572,177 @@ def test_recorded_lineage_wins_over_the_rounds_own_methods() -> None:
     candidate = summary(1, 0.3, stages=("rft",), lineage=[Method.SFT, Method.RFT])
     d = judge(gate(), candidate, stages=(SFT, RFT), baseline_positive_reward_fraction=0.01)
     assert d.recommendation == ""
+
+
+LOW = {"baseline_positive_reward_fraction": 0.01, "low_positive_rewards": "sft_only"}
+LOW_TEXT = (
+    "only 1.0% of the starting model's rewards are positive (RFT needs at least 5% to learn) "
+    "and reward_probe.low_positive_rewards is sft_only"
+)
+
+
+def test_after_the_sft_round_every_stage_runs_again() -> None:
+    d = judge(gate(), summary(1, 0.4, lineage=[Method.SFT]), stages=(SFT, RFT), **LOW)
+    assert d.action is Action.CONTINUE and d.next_stages == ["sft", "rft"]
+    assert d.reason.endswith(
+        "round 1 trained with SFT first (reward_probe.low_positive_rewards: sft_only), so "
+        "round 2 switches from SFT to SFT + RFT (stages: sft, rft), starting from its "
+        "checkpoint."
+    )
+    assert d.recommendation == ""
+    # With "recommend" the rounds keep the stages they ran.
+    kept = judge(gate(), summary(1, 0.4), stages=(SFT, RFT), baseline_positive_reward_fraction=0.01)
+    assert kept.next_stages == ["sft"]
+
+
+def test_an_sft_round_on_a_trained_lineage_is_no_sft_first_round() -> None:
+    # Round 5 ran SFT alone after a plateau, from a lineage that had SFT: it keeps its stages.
+    candidate = summary(5, 0.81, lineage=[Method.SFT, Method.RFT, Method.SFT])
+    history = [summary(4, 0.8, stages=("rft",), promoted=True)]
+    d = judge(gate(max_rounds=9), candidate, history, stages=(SFT, RFT), **LOW)
+    assert d.next_stages == ["sft"] and "switches" not in d.reason
+
+
+def test_a_rollback_to_the_base_model_runs_only_sft_again() -> None:
+    # The first round ran every stage and regressed: the base model had no SFT, so under
+    # sft_only the restart trains SFT alone first.
+    candidate = summary(1, 0.3, stages=("sft", "rft"), lineage=[Method.SFT, Method.RFT])
+    d = judge(gate(), candidate, stages=(SFT, RFT), baseline={"exact_match": 0.5}, **LOW)
+    assert d.action is Action.ROLLBACK and d.rollback
+    assert d.next_stages == ["sft"] and d.next_base is None
+    assert d.reason.endswith(
+        f"{LOW_TEXT}, so round 2 switches from SFT + RFT to SFT (stages: sft), starting from "
+        "the base model with half the learning rate."
+    )
+    # The SFT round itself regressing: the same stages again, saying why.
+    sft = summary(1, 0.3, lineage=[Method.SFT])
+    d = judge(gate(), sft, stages=(SFT, RFT), baseline={"exact_match": 0.5}, **LOW)
+    assert d.next_stages == ["sft"]
+    assert d.reason.endswith(
+        "round 2 restarts from the base model with half the learning rate; round 2 runs only "
+        f"SFT (stages: sft) because {LOW_TEXT}."
+    )
+
+
+def test_sft_only_without_an_sft_stage_recommends() -> None:
+    d = judge(gate(), summary(1, 0.3, stages=("rft",)), stages=(RFT,), **LOW)
+    assert d.next_stages == ["rft"]
+    assert d.recommendation.startswith("RFT is unlikely to learn: only 1.0%")
+
+
+def test_the_switch_does_not_start_rft_on_an_untrained_model_under_sft_only() -> None:
+    # SFT rounds keep regressing below the base model (each restarts from it) and plateau:
+    # switching to RFT would start it from the base model, which sft_only forbids.
+    g = gate(min_improvement=0.005, plateau_rounds=2)
+    history = [summary(1, 0.40, action=Action.ROLLBACK)]
+    candidate = summary(2, 0.40, lineage=[Method.SFT])
+    d = judge(g, candidate, history, stages=(SFT, RFT), baseline={"exact_match": 0.5}, **LOW)
+    assert d.action is Action.STOP
+    assert d.reason.endswith(
+        "no other stages are left to switch to: RFT would train a model no SFT or CPT has "
+        f"touched although {LOW_TEXT}."
+    )
+
+
+# --- failed rounds ------------------------------------------------------------------------------
+
+WHY = "monitoring stopped stage rft at step 120: reward-function errors stayed over 20%"
+
+
+def fail(g: Gate, n: int, history=(), *, stop=False, **kw) -> Decision:
+    kw.setdefault("technique", Technique.LORA)
+    kw.setdefault("stages", [SFT, RFT])
+    return decide_failed(g, n, list(history), why=WHY, stop_campaign=stop, **kw)
+
+
+def champion_history() -> list[RoundSummary]:
+    return [
+        summary(1, 0.80, stages=("sft", "rft"), promoted=True, gpu_hours=4),
+        summary(2, 0.85, stages=("sft", "rft"), promoted=True, gpu_hours=4),
+    ]
+
+
+def test_a_failed_round_whose_monitor_stops_the_campaign_keeps_the_champion() -> None:
+    d = fail(gate(), 3, champion_history(), stop=True)
+    assert d.action is Action.STOP and not d.promoted and d.champion_round == 2
+    assert d.next_round is None and d.next_stages is None
+    assert d.reason == f"Round 3 failed: {WHY}; the campaign stops with round 2 as the champion."
+    assert d.signals["failed"] == 1
+    first = fail(gate(), 1, stop=True)
+    assert first.champion_round is None
+    assert first.reason.endswith("the campaign stops with the base model as the champion.")
+
+
+def test_a_failed_round_rolls_back_to_the_champion_with_the_same_stages() -> None:
+    d = fail(gate(), 3, champion_history(), ran=["rft"], gpu_hours=1.5)
+    assert d.action is Action.ROLLBACK and not d.promoted and d.champion_round == 2
+    assert d.next_round == 4 and d.next_base == "s3://out/rounds/0002/last"
+    assert d.next_base_round == 2 and d.rollback and d.next_stages == ["rft"]
+    assert d.reason == (
+        f"Round 3 failed: {WHY}; round 4 restarts from round 2's checkpoint with half the "
+        "learning rate."
+    )
+    assert d.signals["failed"] == 1 and d.signals["gpu_hours_spent"] == 9.5
+    assert d.signals["reference"] == "champion" and d.signals["reference_value"] == 0.85
+    assert Decision.model_validate_json(d.model_dump_json()) == d
+
+
+def test_a_failed_first_round_restarts_from_the_base_model() -> None:
+    d = fail(gate(), 1, baseline={"exact_match": 0.5})
+    assert d.action is Action.ROLLBACK and d.next_base is None and d.next_base_round is None
+    assert d.next_stages == ["sft", "rft"]
+    assert d.reason.endswith("round 2 restarts from the base model with half the learning rate.")
+    assert d.signals["reference"] == "baseline"
+
+
+def test_a_failed_last_round_stops_at_max_rounds() -> None:
+    d = fail(gate(max_rounds=3), 3, champion_history())
+    assert d.action is Action.STOP and d.champion_round == 2
+    assert d.reason == (
+        f"Round 3 failed: {WHY}; the campaign stops with round 2 as the champion: max_rounds 3 "
+        "reached."
+    )
+
+
+def test_a_failed_round_stops_before_the_budget_is_passed() -> None:
+    # 8 GPU-hours in the two rounds that finished, 3 in the failed one: the next round is
+    # estimated from the finished ones (4), and 11 + 4 passes 14.
+    d = fail(gate(budget_gpu_hours=14), 3, champion_history(), gpu_hours=3)
+    assert d.action is Action.STOP
+    assert d.signals["gpu_hours_next_estimate"] == 4
+    assert d.reason.endswith(
+        "the campaign stops with round 2 as the champion: 11 GPU-hours spent and a next round "
+        "of about 4 would pass the 14 GPU-hour budget."
+    )
+    assert fail(gate(budget_gpu_hours=15), 3, champion_history(), gpu_hours=3).action is (
+        Action.ROLLBACK
+    )
+
+
+def failed_summary(n: int, **extra) -> RoundSummary:
+    return summary(n, None, stages=("sft", "rft"), failed=True, action=Action.ROLLBACK, **extra)
+
+
+def test_rounds_after_a_failed_one_skip_it() -> None:
+    # Round 2 failed: round 3 is compared with round 1 (the champion), the plateau streak runs
+    # through the failed round, and the next round's cost comes from the rounds that finished.
+    g = gate(min_improvement=0.005, plateau_rounds=2, budget_gpu_hours=100)
+    history = [
+        summary(1, 0.800, stages=("sft", "rft"), promoted=True, gpu_hours=10),
+        failed_summary(2, gpu_hours=1),
+    ]
+    candidate = summary(3, 0.801, stages=("sft", "rft"), gpu_hours=10)
+    d = judge(g, candidate, history, stages=(SFT, RFT), baseline={"exact_match": 0.799})
+    assert "+0.001 over the champion (round 1, 0.8)" in d.reason
+    assert d.signals["plateau_count"] == 2 and d.next_stages == ["rft"]
+    assert d.signals["gpu_hours_spent"] == 21 and d.signals["gpu_hours_next_estimate"] == 10
+    assert d.signals["delta_vs_previous"] is None
+
+
+def test_a_failed_round_that_was_marked_promoted_is_never_the_champion() -> None:
+    history = [summary(1, 0.8, promoted=True), failed_summary(2, promoted=True)]
+    d = judge(gate(), summary(3, 0.81), history)
+    assert d.signals["previous_champion_round"] == 1
 
 
 # --- shapes -------------------------------------------------------------------------------------
@@ -507,3 +802,29 @@ def test_max_rounds_holds_until_it_is_raised_and_other_stops_hold() -> None:
     assert campaign_over(gate(max_rounds=4), history, at_max) is None
     plateau = ended(2, Action.STOP, 5, reason="The campaign stops: a plateau.")
     assert campaign_over(gate(max_rounds=9), history, plateau) == "The campaign stops: a plateau."
+
+
+def test_a_campaign_stopped_by_a_failed_round_stays_over() -> None:
+    history = [summary(1, 0.5, promoted=True), failed_summary(2)]
+    stopped = fail(gate(max_rounds=5), 2, history[:1], stop=True)
+    assert campaign_over(gate(max_rounds=5), history, stopped) == stopped.reason
+    # A failed round counts towards max_rounds, until max_rounds is raised.
+    at_max = fail(gate(max_rounds=2), 2, history[:1])
+    assert campaign_over(gate(max_rounds=2), history, at_max) == "round 2 reached max_rounds 2"
+    assert campaign_over(gate(max_rounds=3), history, at_max) is None
+    # A failed round that rolls back leaves the campaign going.
+    rolled_back = fail(gate(max_rounds=5), 2, history[:1])
+    assert campaign_over(gate(max_rounds=5), history, rolled_back) is None
+
+
+def test_targets_are_judged_on_the_champion_not_a_later_failed_round() -> None:
+    history = [summary(1, 0.93, promoted=True), failed_summary(2)]
+    latest = ended(1, Action.FINISH, 5)
+    assert campaign_over(gate(targets={"exact_match": 0.9}), history, latest) == (
+        "round 1 met every target (exact_match 0.93)"
+    )
+
+
+def test_a_failed_summary_round_trips_through_json() -> None:
+    s = failed_summary(2, gpu_hours=0.5)
+    assert RoundSummary.model_validate_json(s.model_dump_json()) == s and s.failed

@@ -20,11 +20,12 @@ class Action(StrEnum):
     CONTINUE = "continue"
     """Run the next round from this round's checkpoint (or the switched stages)."""
     ROLLBACK = "rollback"
-    """This round regressed: the next round restarts from the champion."""
+    """This round regressed or failed: the next round restarts from the champion."""
     FINISH = "finish"
     """Every target is met: the campaign is done."""
     STOP = "stop"
-    """No further round: max_rounds, budget, or a plateau with no technique left to try."""
+    """No further round: max_rounds, budget, a plateau with no technique left to try, or a
+    failed round whose monitor stops the campaign."""
 
 
 class RoundSummary(BaseModel):
@@ -51,6 +52,9 @@ class RoundSummary(BaseModel):
     """What was decided after it; None for a round not decided yet."""
     gpu_hours: float = Field(default=0.0, ge=0.0)
     """GPU-hours its jobs were billed (training and evaluation)."""
+    failed: bool = False
+    """Monitoring stopped its training, so it was never evaluated (no metrics): the gate skips
+    it when it compares rounds, counts plateaus or estimates the next round's cost."""
 
 
 class Decision(BaseModel):

@@ -7,18 +7,31 @@ gate returns a `Decision` whose ``reason`` is one sentence a person reads in the
 The rules, in the order they are applied:
 
 1. every target met: promote the round and finish;
-2. the primary metric fell behind the champion (or, before any round was promoted, the base
-   model) by more than ``regression_tolerance``: roll back, i.e. the next round restarts from the
-   champion with the campaign's rollback adjustments (half the learning rate by default);
-3. otherwise continue from the round, promoting it when it beats the champion;
-4. ``max_rounds`` reached: stop;
-5. plateau (gains under ``min_improvement`` for ``plateau_rounds`` rounds in a row with the same
-   stages): switch to another technique of the campaign when the compatibility matrix allows
-   it, otherwise stop;
+2. ``max_rounds`` reached: stop;
+3. the primary metric fell behind the champion (or, before any round was promoted, the base
+   model) by more than ``regression_tolerance``: roll back, i.e. the next round restarts from
+   the champion with the campaign's rollback adjustments (half the learning rate by default);
+   otherwise the next round continues from the round, which is promoted when it beats the
+   champion;
+4. plateau (gains under ``min_improvement`` for ``plateau_rounds`` rounds in a row with the same
+   stages): with ``on_plateau: stop``, stop; with ``switch`` (the default), the next rounds run
+   another group of the campaign's stages, from the same starting point. The groups are the
+   campaign's stages by method, in the campaign's order, tried from the method the round ended
+   with and wrapping round, so rounds of ``[sft, rft]`` switch to RFT alone and, after RFT's
+   plateau, to SFT alone. A group is skipped when its rounds had their plateau already, when the
+   compatibility matrix forbids it after the starting checkpoint's lineage, or when it would
+   start RFT against rule 5; none left: stop, saying why each was skipped;
+5. SFT first: when under 5% of the starting model's rewards are positive (the reward probe) and
+   the next round would train RFT on a model no SFT or CPT has touched, the decision recommends
+   SFT first; with ``reward_probe.low_positive_rewards: sft_only`` the next round runs only the
+   campaign's SFT and CPT stages instead, and the round after it every stage again;
 6. the GPU-hours spent plus an estimate of the next round would exceed ``budget_gpu_hours``:
    stop.
 
 A round may be promoted and still end the campaign (a stop keeps the best round as champion).
+A round whose training monitoring stopped has no evaluation: `decide_failed` judges it (stop
+when its monitor stops the campaign, at ``max_rounds`` or over the budget; otherwise roll back
+to the champion), and the rules above skip failed rounds when they compare rounds.
 """
 
 from __future__ import annotations
@@ -26,9 +39,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from itertools import pairwise
+from typing import Literal
 
-from tuneloop.config.campaign import Gate, Stage, Target
+from tuneloop.config.campaign import Gate, Rollback, Stage, Target
 from tuneloop.errors import CompatibilityError, Problem, TuneloopError
 from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import Method, Platform, Technique
@@ -37,6 +50,12 @@ from tuneloop.rounds.decision import Action, Decision, RoundSummary
 
 RFT_MIN_POSITIVE_FRACTION = 0.05
 """RFT rarely learns when fewer than this share of rewards is positive: train with SFT first."""
+
+LowPositiveRewards = Literal["recommend", "sft_only"]
+"""``reward_probe.low_positive_rewards``: what rule 5 does when rewards are rarely positive."""
+
+SUPERVISED = (Method.SFT, Method.CPT)
+"""Methods that teach from examples: a lineage with one of them is ready for RFT."""
 
 # Metric values come from JSON and subtractions of them (0.87 - 0.85 = 0.0200000000000000018);
 # comparisons with the tolerances allow this much slack so that "exactly at the tolerance"
@@ -54,6 +73,12 @@ def rft_readiness(positive_fraction: float | None) -> str | None:
     ``positive_fraction`` is the share (0..1) of positive rewards the model an RFT stage would
     start from earned on the RFT data (the reward probe); None means it was not measured.
     """
+    low = _low_share(positive_fraction)
+    return None if low is None else f"{low}, so train with SFT first"
+
+
+def _low_share(positive_fraction: float | None) -> str | None:
+    """What is wrong with the starting model's rewards, or None when RFT can learn from it."""
     if positive_fraction is None:
         return None
     if not 0.0 <= positive_fraction <= 1.0 or math.isnan(positive_fraction):
@@ -62,7 +87,7 @@ def rft_readiness(positive_fraction: float | None) -> str | None:
         return None
     return (
         f"only {positive_fraction:.1%} of the starting model's rewards are positive (RFT needs "
-        f"at least {RFT_MIN_POSITIVE_FRACTION:.0%} to learn), so train with SFT first"
+        f"at least {RFT_MIN_POSITIVE_FRACTION:.0%} to learn)"
     )
 
 
@@ -75,6 +100,7 @@ def decide(
     technique: Technique,
     baseline: Mapping[str, float] | None = None,
     baseline_positive_reward_fraction: float | None = None,
+    low_positive_rewards: LowPositiveRewards = "recommend",
     base_lineage: Sequence[Method] = (),
 ) -> Decision:
     """Judge ``candidate`` against the rounds before it and the gate's rules.
@@ -82,12 +108,213 @@ def decide(
     ``history`` holds the earlier rounds (later ones, and the candidate itself when a retried
     task reads it back from the ledger, are ignored). ``stages`` and ``technique`` are the
     campaign's; ``baseline`` the base model's metrics, the reference before any round is
-    promoted. ``baseline_positive_reward_fraction`` feeds the SFT-before-RFT advice (see
+    promoted. ``baseline_positive_reward_fraction`` (the reward probe's share of positive
+    rewards for the base model) and ``low_positive_rewards`` drive rule 5 (see
     `rft_readiness`), and ``base_lineage`` says how the campaign's base model was trained when
     it is an earlier checkpoint.
     """
-    return _Judgement(gate, candidate, history, stages, technique, baseline, base_lineage).decide(
-        baseline_positive_reward_fraction
+    campaign = _Campaign(
+        list(stages),
+        technique,
+        list(base_lineage),
+        baseline_positive_reward_fraction,
+        low_positive_rewards,
+    )
+    return _Judgement(gate, candidate, history, campaign, baseline).decide()
+
+
+def decide_failed(
+    gate: Gate,
+    round_number: int,
+    history: Sequence[RoundSummary],
+    *,
+    stages: Sequence[Stage],
+    technique: Technique,
+    why: str,
+    stop_campaign: bool,
+    baseline: Mapping[str, float] | None = None,
+    base_lineage: Sequence[Method] = (),
+    ran: Sequence[str] = (),
+    gpu_hours: float = 0.0,
+) -> Decision:
+    """Judge a round that failed before its evaluation could count: monitoring stopped a
+    training job (so it has no metrics), or a detector whose policy fails the round fired.
+
+    It is never promoted. ``why`` says what stopped it (one clause, no final period);
+    ``stop_campaign`` is true when the monitor that fired has the stop_campaign policy: then
+    the campaign stops with the champion. Otherwise the next round restarts from the champion
+    (the base model before any promotion) with the rollback adjustments and the stages the
+    round ran (``ran``; empty: every stage), unless ``max_rounds``, the compatibility matrix or
+    the GPU-hour budget stop the campaign. ``gpu_hours`` is what the round's jobs were billed
+    before they were stopped. ``stages``, ``technique`` and ``base_lineage`` are the
+    campaign's, as for `decide`.
+    """
+    campaign = _Campaign(list(stages), technique, list(base_lineage))
+    names = list(ran) or campaign.all_names()
+    failed = RoundSummary(
+        round=round_number,
+        metrics={},
+        checkpoint="",
+        stages=names,
+        methods=campaign.methods(names),
+        gpu_hours=gpu_hours,
+        failed=True,
+    )
+    return _FailedRound(gate, failed, history, campaign, why, baseline).decide(stop_campaign)
+
+
+# --- the campaign's side: stages, technique, lineage, readiness for RFT -------------------------
+
+
+@dataclass(frozen=True)
+class _Campaign:
+    """What the rules read about the campaign rather than the rounds."""
+
+    stages: list[Stage]
+    technique: Technique
+    base_lineage: list[Method]
+    positive_fraction: float | None = None
+    """The base model's share of positive rewards (the reward probe); None: not measured."""
+    policy: LowPositiveRewards = "recommend"
+
+    def all_names(self) -> list[str]:
+        return [stage.name for stage in self.stages]
+
+    def ran(self, summary: RoundSummary) -> list[str]:
+        return list(summary.stages) or self.all_names()
+
+    def methods(self, names: Sequence[str]) -> list[Method]:
+        by_name = {stage.name: stage.method for stage in self.stages}
+        return [by_name[name] for name in names if name in by_name]
+
+    def lineage(self, summary: RoundSummary | None) -> list[Method]:
+        """How the checkpoint a next round would start from was trained."""
+        if summary is None:
+            return self.base_lineage
+        if summary.lineage:
+            return list(summary.lineage)
+        methods = list(summary.methods) or self.methods(self.ran(summary))
+        return self.base_lineage + methods
+
+    def start_lineage(self, summary: RoundSummary) -> list[Method]:
+        """How the checkpoint ``summary``'s round started from was trained."""
+        lineage = self.lineage(summary)
+        own = list(summary.methods) or self.methods(self.ran(summary))
+        if own and lineage[-len(own) :] == own:
+            return lineage[: -len(own)]
+        return self.base_lineage
+
+    def groups(self) -> list[list[str]]:
+        """The stage sets a round may run on its own: the campaign's stages by method, in the
+        campaign's order."""
+        by_method: dict[Method, list[str]] = {}
+        for stage in self.stages:
+            by_method.setdefault(stage.method, []).append(stage.name)
+        return list(by_method.values())
+
+    def incompatible(self, base: str | None, lineage: list[Method], names: list[str]) -> str:
+        """Why the stages ``names`` may not follow a checkpoint trained with ``lineage``; ""
+        if they may."""
+        checkpoint = None
+        if lineage:
+            checkpoint = Checkpoint(
+                uri=base or "the base model",
+                model_type="(any)",
+                technique=compat.method_technique(lineage[-1], self.technique),
+                platform=Platform.LOCAL,
+                lineage=tuple(lineage),
+            )
+        try:
+            compat.check_lineage(
+                self.methods(names),
+                technique=self.technique,
+                model_type="(any)",
+                platform=Platform.LOCAL,
+                base=checkpoint,
+            )
+        except CompatibilityError as exc:
+            return exc.problems[0].message
+        return ""
+
+    # --- rule 5 ----------------------------------------------------------------------------------
+
+    def low_share(self) -> str | None:
+        return _low_share(self.positive_fraction)
+
+    def needs_sft_first(self, names: list[str], lineage: list[Method]) -> bool:
+        """Whether ``sft_only`` keeps a round of ``names`` from starting after ``lineage``: it
+        would train RFT, no SFT or CPT trained the model yet, and its rewards are rarely
+        positive."""
+        return (
+            self.policy == "sft_only"
+            and self.low_share() is not None
+            and Method.RFT in self.methods(names)
+            and not _supervised(lineage)
+        )
+
+    def supervised_stages(
+        self, base: str | None, lineage: list[Method]
+    ) -> tuple[list[str] | None, str]:
+        """The campaign's SFT and CPT stages, when they may run on their own after
+        ``lineage``; else None and why not."""
+        names = [stage.name for stage in self.stages if stage.method in SUPERVISED]
+        if not names:
+            return None, "the campaign has no SFT or CPT stage to run first"
+        problem = self.incompatible(base, lineage, names)
+        if problem:
+            return None, f"its SFT stages cannot run first: {problem}"
+        return names, ""
+
+    def sft_only_text(self) -> str:
+        return f"{self.low_share()} and reward_probe.low_positive_rewards is sft_only"
+
+    def recommendation_text(self) -> str:
+        return f"RFT is unlikely to learn: {rft_readiness(self.positive_fraction)}"
+
+    def recommendation(self, names: list[str], lineage: list[Method]) -> str:
+        """SFT-first advice when a round of ``names`` starts RFT on a model no SFT or CPT has
+        touched (before it, or earlier in the round) and the base model's rewards are almost
+        never positive."""
+        methods = self.methods(names)
+        if Method.RFT not in methods or self.low_share() is None:
+            return ""
+        before_rft = methods[: methods.index(Method.RFT)]
+        if _supervised([*lineage, *before_rft]):
+            return ""
+        return self.recommendation_text()
+
+
+def _supervised(lineage: Sequence[Method]) -> bool:
+    return any(method in SUPERVISED for method in lineage)
+
+
+def _failed(summary: RoundSummary) -> bool:
+    """Monitoring stopped the round: it has nothing the gate can compare."""
+    return summary.failed or not summary.metrics
+
+
+def _gpu_hours(
+    rounds: Sequence[RoundSummary], next_stages: list[str], campaign: _Campaign
+) -> tuple[float, float]:
+    """GPU-hours spent so far, and the next round's estimate: the mean of earlier rounds that
+    ran the same stages, else of every round that was billed (rounds that ran to the end;
+    failed ones only when no other was billed)."""
+    spent = sum(r.gpu_hours for r in rounds)
+    billed = [r for r in rounds if r.gpu_hours > 0]
+    billed = [r for r in billed if not _failed(r)] or billed
+    alike = [r for r in billed if campaign.ran(r) == next_stages] or billed
+    estimate = sum(r.gpu_hours for r in alike) / len(alike) if alike else 0.0
+    return spent, estimate
+
+
+def _over_budget(gate: Gate, spent: float, estimate: float) -> str:
+    """Why a next round of about ``estimate`` GPU-hours would pass the budget; "" if not."""
+    budget = gate.budget_gpu_hours
+    if budget is None or spent + estimate <= budget + _SLACK:
+        return ""
+    return (
+        f"{_num(spent)} GPU-hours spent and a next round of about {_num(estimate)} "
+        f"would pass the {_num(budget)} GPU-hour budget"
     )
 
 
@@ -122,8 +349,9 @@ class _Restart:
     stages: list[str]
     rollback: bool
     """The next round applies the gate's rollback adjustments."""
-    plateau_text: str = ""
-    """Why the stages switched to another method, when they did."""
+    why_stages: str = ""
+    """Why the next round runs other stages than the judged one (a plateau, SFT first), or
+    runs the same ones only because of SFT first."""
 
 
 @dataclass(frozen=True)
@@ -143,24 +371,20 @@ class _Judgement:
         gate: Gate,
         candidate: RoundSummary,
         history: Sequence[RoundSummary],
-        stages: Sequence[Stage],
-        technique: Technique,
+        campaign: _Campaign,
         baseline: Mapping[str, float] | None,
-        base_lineage: Sequence[Method],
     ) -> None:
         self.gate = gate
         self.candidate = candidate
         self.earlier = sorted(
             (h for h in history if h.round < candidate.round), key=lambda h: h.round
         )
-        self.stages = list(stages)
-        self.technique = technique
+        self.campaign = campaign
         self.baseline = dict(baseline or {})
-        self.base_lineage = list(base_lineage)
         self.primary = gate.primary_metric
         _check_metrics(gate, candidate)
 
-        self.champion = next((h for h in reversed(self.earlier) if h.promoted), None)
+        self.champion = _champion(self.earlier)
         self.value = candidate.metrics[self.primary]
         self.reference = self._reference()
         self.gain = (
@@ -172,6 +396,7 @@ class _Judgement:
             for name, bound in self.targets.items()
             if not _meets(candidate.metrics[name], bound)
         ]
+        self.streaks = self._streaks()
         self.next_estimate: float | None = None
         """GPU-hours the next round is expected to take, once the rules got that far."""
 
@@ -200,7 +425,7 @@ class _Judgement:
 
     # --- the rules -----------------------------------------------------------------------------
 
-    def decide(self, positive_fraction: float | None) -> Decision:
+    def decide(self) -> Decision:
         verdict = self._verdict()
         if verdict.targets_met:
             return self._decision(Action.FINISH, verdict, "")
@@ -212,13 +437,19 @@ class _Judgement:
             restart, why_not = self._after_plateau(restart, verdict.plateau)
             if why_not:
                 return self._stop(verdict, why_not)
-        over_budget = self._over_budget(restart.stages)
+        else:
+            restart = self._after_sft_first(restart)
+        restart = self._sft_first(restart)
+        spent, self.next_estimate = _gpu_hours(
+            [*self.earlier, self.candidate], restart.stages, self.campaign
+        )
+        over_budget = _over_budget(self.gate, spent, self.next_estimate)
         if over_budget:
             return self._stop(verdict, over_budget)
         following = _NextRound(
             number=self.candidate.round + 1,
             restart=restart,
-            recommendation=self._recommendation(restart.stages, restart.lineage, positive_fraction),
+            recommendation=self.campaign.recommendation(restart.stages, restart.lineage),
         )
         return self._decision(
             restart.action, verdict, self._next_text(verdict, following), following
@@ -239,7 +470,7 @@ class _Judgement:
             promoted=promoted,
             champion_round=self.candidate.round if promoted else _round_of(self.champion),
             outcome=self._outcome(regressed, promoted),
-            plateau=self._plateau_count(),
+            plateau=self.streaks[-1][1],
         )
 
     def _restart(self, regressed: bool) -> _Restart:
@@ -250,46 +481,106 @@ class _Judgement:
                 action=Action.ROLLBACK,
                 base=None if self.champion is None else self.champion.checkpoint,
                 base_round=_round_of(self.champion),
-                lineage=self._lineage(self.champion),
-                stages=self._ran(self.candidate),
+                lineage=self.campaign.lineage(self.champion),
+                stages=self.campaign.ran(self.candidate),
                 rollback=True,
             )
         return _Restart(
             action=Action.CONTINUE,
             base=self.candidate.checkpoint,
             base_round=self.candidate.round,
-            lineage=self._lineage(self.candidate),
-            stages=self._ran(self.candidate),
+            lineage=self.campaign.lineage(self.candidate),
+            stages=self.campaign.ran(self.candidate),
             rollback=False,
         )
 
     def _after_plateau(self, restart: _Restart, plateau: int) -> tuple[_Restart, str]:
-        """The restart with another method's stages after a plateau; or why the campaign
+        """The restart with another group of stages after a plateau; or why the campaign
         stops instead (then the restart is unchanged)."""
         gate = self.gate
         plateau_text = (
             f"{self.primary} improved by less than {_num(gate.min_improvement)} for "
             f"{plateau} round{'s' if plateau > 1 else ''} in a row"
         )
+        if gate.on_plateau == "stop":
+            return restart, f"{plateau_text} and gate.on_plateau is stop"
         switched, why_not = self._switch(restart.base, restart.lineage)
         if switched is None:
             return restart, f"{plateau_text} and {why_not}"
         # A new technique starts with its own recipe settings: the rollback's lower
         # learning rate was meant for retrying the stages that regressed.
-        return replace(restart, stages=switched, rollback=False, plateau_text=plateau_text), ""
+        return replace(restart, stages=switched, rollback=False, why_stages=plateau_text), ""
 
-    def _over_budget(self, next_stages: list[str]) -> str:
-        """Why a next round running ``next_stages`` would pass the GPU-hour budget; "" if not.
-        Remembers the next round's estimate for the signals."""
-        budget = self.gate.budget_gpu_hours
-        spent, estimate = self._gpu_hours(next_stages)
-        self.next_estimate = estimate
-        if budget is None or spent + estimate <= budget + _SLACK:
-            return ""
-        return (
-            f"{_num(spent)} GPU-hours spent and a next round of about {_num(estimate)} "
-            f"would pass the {_num(budget)} GPU-hour budget"
+    def _switch(self, base: str | None, lineage: list[Method]) -> tuple[list[str] | None, str]:
+        """The group of stages to run after a plateau, or None and why there is none.
+
+        Groups are the campaign's stages by method (`_Campaign.groups`), the stages the round
+        ran excluded, tried in the campaign's order from the group of the method the round
+        ended with, wrapping round: [sft, rft] -> [rft] -> [sft]. A group whose rounds had
+        their plateau is not tried again, and each must be allowed after the checkpoint's
+        lineage, by the compatibility matrix and by ``low_positive_rewards: sft_only``."""
+        current = self.campaign.ran(self.candidate)
+        groups = self.campaign.groups()
+        others = [names for names in groups if names != current]
+        if not others:
+            return None, "the campaign has no stage with another method to switch to"
+        ran_methods = self.campaign.methods(current)
+        firsts = [self.campaign.methods(names)[0] for names in groups]
+        last = ran_methods[-1] if ran_methods else None
+        start = firsts.index(last) if last in firsts else 0
+        others.sort(key=lambda names: (groups.index(names) - start) % len(groups))
+        plateaued = [ran for ran, count in self.streaks if count >= self.gate.plateau_rounds]
+        refused: list[str] = []
+        for names in others:
+            label = _methods_text(self.campaign.methods(names))
+            if names in plateaued:
+                refused.append(f"{label} plateaued earlier in the campaign")
+                continue
+            problem = self.campaign.incompatible(base, lineage, names)
+            if not problem and self.campaign.needs_sft_first(names, lineage):
+                problem = (
+                    f"{label} would train a model no SFT or CPT has touched although "
+                    f"{self.campaign.sft_only_text()}"
+                )
+            if problem:
+                refused.append(problem)
+                continue
+            return names, ""
+        return None, f"no other stages are left to switch to: {'; '.join(refused)}"
+
+    def _after_sft_first(self, restart: _Restart) -> _Restart:
+        """After a round that ran only the SFT and CPT stages because of
+        ``low_positive_rewards: sft_only`` (its model had no SFT or CPT yet), the next round
+        runs every stage of the campaign again."""
+        campaign, candidate = self.campaign, self.candidate
+        ran, everything = campaign.ran(candidate), campaign.all_names()
+        handed_back = (
+            campaign.policy == "sft_only"
+            and campaign.low_share() is not None
+            and ran != everything
+            and all(method in SUPERVISED for method in campaign.methods(ran))
+            and not _supervised(campaign.start_lineage(candidate))
+            and not campaign.incompatible(restart.base, restart.lineage, everything)
         )
+        if not handed_back:
+            return restart
+        why = (
+            f"round {candidate.round} trained with {_methods_text(campaign.methods(ran))} "
+            "first (reward_probe.low_positive_rewards: sft_only)"
+        )
+        return replace(restart, stages=everything, why_stages=why)
+
+    def _sft_first(self, restart: _Restart) -> _Restart:
+        """Under ``low_positive_rewards: sft_only``: a next round that would train RFT on a
+        model no SFT or CPT has touched, while the base model's rewards are rarely positive,
+        runs only the campaign's SFT and CPT stages (when they cannot run alone, the
+        decision's recommendation says why RFT is unlikely to learn)."""
+        if not self.campaign.needs_sft_first(restart.stages, restart.lineage):
+            return restart
+        supervised, _ = self.campaign.supervised_stages(restart.base, restart.lineage)
+        if supervised is None:
+            return restart
+        return replace(restart, stages=supervised, why_stages=self.campaign.sft_only_text())
 
     def _stop(self, verdict: _Verdict, why: str) -> Decision:
         champion = _champion_name(verdict.champion_round)
@@ -301,144 +592,61 @@ class _Judgement:
         """The second half of the reason for a round that is followed by another."""
         restart, number = following.restart, following.number
         start = _start_text(restart.base_round, self.candidate.round)
-        current = self._ran(self.candidate)
+        current = self.campaign.ran(self.candidate)
+        rollback = _rollback_text(self.gate.rollback) if restart.rollback else ""
+        stages = (
+            f"{_methods_text(self.campaign.methods(restart.stages))} (stages: "
+            f"{', '.join(restart.stages)})"
+        )
         if restart.stages != current:
             return (
-                f"{restart.plateau_text}, so round {number} switches from "
-                f"{_methods_text(self._methods(current))} to "
-                f"{_methods_text(self._methods(restart.stages))} (stages: "
-                f"{', '.join(restart.stages)}), starting from {start}"
+                f"{restart.why_stages}, so round {number} switches from "
+                f"{_methods_text(self.campaign.methods(current))} to {stages}, starting from "
+                f"{start}{rollback}"
             )
         if verdict.regressed:
-            return f"round {number} restarts from {start}{self._rollback_text()}"
-        why = f"round {number} continues from {start}"
-        if verdict.promoted:
-            return why
-        if verdict.champion_round is not None:
-            return f"{why} and {_champion_name(verdict.champion_round)} stays the champion"
-        return f"{why} while the base model stays the best so far"
+            text = f"round {number} restarts from {start}{rollback}"
+        elif verdict.promoted:
+            text = f"round {number} continues from {start}"
+        elif verdict.champion_round is not None:
+            text = (
+                f"round {number} continues from {start} and "
+                f"{_champion_name(verdict.champion_round)} stays the champion"
+            )
+        else:
+            text = (
+                f"round {number} continues from {start} while the base model stays the best so far"
+            )
+        if restart.why_stages:
+            text += f"; round {number} runs only {stages} because {restart.why_stages}"
+        return text
 
     # --- pieces of the rules -------------------------------------------------------------------
 
-    def _ran(self, summary: RoundSummary) -> list[str]:
-        return list(summary.stages) or [stage.name for stage in self.stages]
-
-    def _methods(self, names: Sequence[str]) -> list[Method]:
-        by_name = {stage.name: stage.method for stage in self.stages}
-        return [by_name[name] for name in names if name in by_name]
-
-    def _lineage(self, summary: RoundSummary | None) -> list[Method]:
-        """How the checkpoint a next round would start from was trained."""
-        if summary is None:
-            return self.base_lineage
-        if summary.lineage:
-            return list(summary.lineage)
-        methods = list(summary.methods) or self._methods(self._ran(summary))
-        return self.base_lineage + methods
-
-    def _plateau_count(self) -> int:
-        """Rounds in a row, ending with the candidate and running its stages, whose gain over
-        the champion of their time stayed under min_improvement."""
+    def _streaks(self) -> list[tuple[list[str], int]]:
+        """For each round that was evaluated, the candidate last: the stages it ran, and how
+        many rounds in a row, ending with it and running its stages, gained less than
+        min_improvement over the champion of their time (the base model before one)."""
         reference = self.baseline.get(self.primary)
-        gains: list[tuple[list[str], float | None]] = []
-        for summary in [*self.earlier, self.candidate]:
+        streaks: list[tuple[list[str], int]] = []
+        judged = [s for s in self.earlier if not _failed(s)]
+        for summary in [*judged, self.candidate]:
             value = summary.metrics.get(self.primary)
-            gain = None
-            if value is not None and reference is not None:
-                gain = self._improvement(value, reference)
-            gains.append((self._ran(summary), gain))
+            ran = self.campaign.ran(summary)
+            flat = (
+                value is not None
+                and reference is not None
+                and self._improvement(value, reference) < self.gate.min_improvement - _SLACK
+            )
+            before = streaks[-1] if streaks else None
+            count = 0
+            if flat:
+                count = 1 + (before[1] if before is not None and before[0] == ran else 0)
+            streaks.append((ran, count))
             promoted = summary.promoted if summary is not self.candidate else False
             if promoted and value is not None:
                 reference = value
-        current = self._ran(self.candidate)
-        count = 0
-        for ran, gain in reversed(gains):
-            if ran != current or gain is None or gain >= self.gate.min_improvement - _SLACK:
-                break
-            count += 1
-        return count
-
-    def _switch(self, base: str | None, lineage: list[Method]) -> tuple[list[str] | None, str]:
-        """Stages of another method to try after a plateau, or None and why there are none.
-
-        Candidates are the campaign's stages grouped by method, for methods the round did not
-        run, nearest after its last method first (SFT -> RFT, then wrapping round). A group the
-        campaign already switched away from has plateaued before and is not tried again. Each
-        must be allowed after the checkpoint's lineage by the compatibility matrix."""
-        current = self._ran(self.candidate)
-        ran_methods = self._methods(current)
-        groups: dict[Method, list[str]] = {}
-        for stage in self.stages:
-            groups.setdefault(stage.method, []).append(stage.name)
-        others = [m for m in groups if m not in ran_methods]
-        if not others:
-            return None, "the campaign has no stage with another method to switch to"
-        exhausted = _switched_away([self._ran(s) for s in [*self.earlier, self.candidate]])
-        order = list(groups)
-        last = ran_methods[-1] if ran_methods else None
-        start = order.index(last) + 1 if last in order else 0
-        others.sort(key=lambda m: (order.index(m) - start) % len(order))
-        refused: list[str] = []
-        for method in others:
-            names = groups[method]
-            if names in exhausted:
-                refused.append(f"{method.value.upper()} plateaued earlier in the campaign")
-                continue
-            problem = self._incompatible(base, lineage, self._methods(names))
-            if problem:
-                refused.append(problem)
-                continue
-            return names, ""
-        return None, "; ".join(refused)
-
-    def _incompatible(
-        self, base: str | None, lineage: list[Method], methods: list[Method]
-    ) -> str | None:
-        """Why ``methods`` may not follow a checkpoint trained with ``lineage``, if they may not."""
-        checkpoint = None
-        if lineage:
-            checkpoint = Checkpoint(
-                uri=base or "the base model",
-                model_type="(any)",
-                technique=compat.method_technique(lineage[-1], self.technique),
-                platform=Platform.LOCAL,
-                lineage=tuple(lineage),
-            )
-        try:
-            compat.check_lineage(
-                methods,
-                technique=self.technique,
-                model_type="(any)",
-                platform=Platform.LOCAL,
-                base=checkpoint,
-            )
-        except CompatibilityError as exc:
-            return exc.problems[0].message
-        return None
-
-    def _gpu_hours(self, next_stages: list[str]) -> tuple[float, float]:
-        """GPU-hours spent so far, and the next round's estimate: the mean of earlier rounds
-        that ran the same stages, else of every round that was billed."""
-        rounds = [*self.earlier, self.candidate]
-        spent = sum(r.gpu_hours for r in rounds)
-        billed = [r for r in rounds if r.gpu_hours > 0]
-        alike = [r for r in billed if self._ran(r) == next_stages] or billed
-        estimate = sum(r.gpu_hours for r in alike) / len(alike) if alike else 0.0
-        return spent, estimate
-
-    def _recommendation(
-        self, next_stages: list[str], lineage: list[Method], positive_fraction: float | None
-    ) -> str:
-        """SFT-first advice when the next round starts RFT on a model no SFT or CPT has
-        touched and the base model's rewards are almost never positive."""
-        methods = self._methods(next_stages)
-        if Method.RFT not in methods:
-            return ""
-        before_rft = methods[: methods.index(Method.RFT)]
-        if any(m in (Method.SFT, Method.CPT) for m in [*lineage, *before_rft]):
-            return ""
-        advice = rft_readiness(positive_fraction)
-        return f"RFT is unlikely to learn: {advice}" if advice else ""
+        return streaks
 
     # --- the sentence --------------------------------------------------------------------------
 
@@ -496,15 +704,6 @@ class _Judgement:
         if not self.unmet:
             return ""
         return f" with targets unmet ({', '.join(self._target_text(n) for n in self.unmet)})"
-
-    def _rollback_text(self) -> str:
-        rollback = self.gate.rollback
-        changes = []
-        if not math.isclose(rollback.lr_scale, 1.0):
-            changes.append(_scaled_lr(rollback.lr_scale))
-        if rollback.overrides:
-            changes.append(f"the rollback overrides for {', '.join(rollback.overrides)}")
-        return f" with {' and '.join(changes)}" if changes else " with the same settings"
 
     def _decision(
         self,
@@ -578,6 +777,101 @@ class _Judgement:
         }
 
 
+class _FailedRound:
+    """One decision about a round that monitoring stopped: no metrics, so no verdict."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        failed: RoundSummary,
+        history: Sequence[RoundSummary],
+        campaign: _Campaign,
+        why: str,
+        baseline: Mapping[str, float] | None,
+    ) -> None:
+        self.gate = gate
+        self.failed = failed
+        self.earlier = sorted((h for h in history if h.round < failed.round), key=lambda h: h.round)
+        self.campaign = campaign
+        self.baseline = dict(baseline or {})
+        self.champion = _champion(self.earlier)
+        self.outcome = f"Round {failed.round} failed: {why.strip().rstrip('.')}"
+        self.next_estimate: float | None = None
+
+    def decide(self, stop_campaign: bool) -> Decision:
+        if stop_campaign:
+            return self._stop("")
+        if self.failed.round >= self.gate.max_rounds:
+            return self._stop(f"max_rounds {self.gate.max_rounds} reached")
+        base = None if self.champion is None else self.champion.checkpoint
+        stages = self.campaign.ran(self.failed)
+        problem = self.campaign.incompatible(base, self.campaign.lineage(self.champion), stages)
+        if problem:
+            return self._stop(problem)
+        spent, self.next_estimate = _gpu_hours([*self.earlier, self.failed], stages, self.campaign)
+        over_budget = _over_budget(self.gate, spent, self.next_estimate)
+        if over_budget:
+            return self._stop(over_budget)
+        number = self.failed.round + 1
+        start = _start_text(_round_of(self.champion), self.failed.round)
+        return self._decision(
+            Action.ROLLBACK,
+            f"round {number} restarts from {start}{_rollback_text(self.gate.rollback)}",
+            next_round=number,
+            next_base=base,
+            next_base_round=_round_of(self.champion),
+            rollback=True,
+            next_stages=stages,
+        )
+
+    def _stop(self, why: str) -> Decision:
+        champion = _champion_name(_round_of(self.champion))
+        text = f"the campaign stops with {champion} as the champion"
+        return self._decision(Action.STOP, f"{text}: {why}" if why else text)
+
+    def _decision(self, action: Action, next_text: str, **following: object) -> Decision:
+        return Decision.model_validate(
+            {
+                "round": self.failed.round,
+                "action": action,
+                "reason": f"{self.outcome}; {next_text}.",
+                "promoted": False,
+                "champion_round": _round_of(self.champion),
+                **following,
+                "signals": self._signals(),
+            }
+        )
+
+    def _signals(self) -> dict[str, float | int | str | None]:
+        gate = self.gate
+        spent = sum(r.gpu_hours for r in [*self.earlier, self.failed])
+        # What the next round has to beat: the champion's primary metric, or the base model's.
+        kind, source = (
+            ("baseline", self.baseline)
+            if self.champion is None
+            else ("champion", self.champion.metrics)
+        )
+        reference = source.get(gate.primary_metric)
+        return {
+            "failed": 1,
+            "primary_metric": gate.primary_metric,
+            "value": None,
+            "reference": None if reference is None else kind,
+            "reference_value": reference,
+            "previous_champion_round": _round_of(self.champion),
+            "champion_round": _round_of(self.champion),
+            "regression_tolerance": gate.regression_tolerance,
+            "min_improvement": gate.min_improvement,
+            "plateau_rounds": gate.plateau_rounds,
+            "max_rounds": gate.max_rounds,
+            "gpu_hours_spent": _rounded(spent),
+            "gpu_hours_next_estimate": (
+                None if self.next_estimate is None else _rounded(self.next_estimate)
+            ),
+            "budget_gpu_hours": gate.budget_gpu_hours,
+        }
+
+
 def campaign_over(
     gate: Gate, history: Sequence[RoundSummary], latest: Decision | None
 ) -> str | None:
@@ -586,7 +880,9 @@ def campaign_over(
     Only a campaign whose latest decision was finish or stop can be over. It is judged again
     with today's settings, so raising ``max_rounds`` or a target reopens it: it stays over while
     the rounds recorded reach ``max_rounds``, while the champion meets every target, or when it
-    stopped for a reason settings do not undo (a plateau, the budget).
+    stopped for a reason settings do not undo (a plateau, the budget, a failed round whose
+    monitor stops the campaign). A failed round counts towards ``max_rounds`` and is never the
+    champion.
     """
     if latest is None or latest.action not in (Action.FINISH, Action.STOP) or not history:
         return None
@@ -594,7 +890,7 @@ def campaign_over(
     if last >= gate.max_rounds:
         return f"round {last} reached max_rounds {gate.max_rounds}"
     targets = gate.target_bounds()
-    champion = next((s for s in reversed(history) if s.promoted), None)
+    champion = _champion(history)
     if champion is not None and targets:
         met = [
             n
@@ -605,7 +901,7 @@ def campaign_over(
             values = ", ".join(f"{n} {_num(champion.metrics[n])}" for n in met)
             return f"round {champion.round} met every target ({values})"
     if latest.action is Action.STOP and last < int(latest.signals.get("max_rounds") or 0):
-        return latest.reason  # a plateau or the budget: not undone by new settings
+        return latest.reason  # a plateau, the budget, a failure: not undone by new settings
     return None
 
 
@@ -639,9 +935,18 @@ def _meets(value: float, bound: Target) -> bool:
     return value <= bound.at_most + _SLACK
 
 
-def _switched_away(stage_sets: list[list[str]]) -> list[list[str]]:
-    """Stage sets a later round moved away from: they have had their plateau."""
-    return [a for a, b in pairwise(stage_sets) if a != b]
+def _champion(earlier: Sequence[RoundSummary]) -> RoundSummary | None:
+    """The latest promoted round (a failed round never is)."""
+    return next((h for h in reversed(earlier) if h.promoted and not _failed(h)), None)
+
+
+def _rollback_text(rollback: Rollback) -> str:
+    changes = []
+    if not math.isclose(rollback.lr_scale, 1.0):
+        changes.append(_scaled_lr(rollback.lr_scale))
+    if rollback.overrides:
+        changes.append(f"the rollback overrides for {', '.join(rollback.overrides)}")
+    return f" with {' and '.join(changes)}" if changes else " with the same settings"
 
 
 def _round_of(summary: RoundSummary | None) -> int | None:
