@@ -101,7 +101,8 @@ def test_dry_run_plans_and_validates_without_a_job(stack: Stack) -> None:
     assert states["plan_round"] == "success"
     assert states["validate_data"] == "success"  # every mapped instance
     assert states["proceed"] == "success"
-    for task in ("restore_base", "train_sft", "train_rft", "evaluate", "evaluate_baseline"):
+    skipped = ("restore_base", "probe_reward", "train_sft", "train_rft", "evaluate")
+    for task in (*skipped, "evaluate_baseline"):
         assert states[task] == "skipped", (task, states)
     assert states["decide"] == "skipped", states
     plan = plan_of(stack, dag_id, run_id)

@@ -83,9 +83,11 @@ def test_the_lifecycle_dag_of_the_demo_campaign() -> None:
     param = dag.params.get_param("apply")
     assert param.value is None and "null" in param.schema["type"]
     dag.params.validate()
-    # restore_base sits between proceed and the first training stage.
+    # restore_base sits between proceed and the first training stage (after it, the reward
+    # probe of the demo's RFT stage).
     assert rounds.task_dict["restore_base"].upstream_task_ids >= {"proceed"}
-    assert rounds.task_dict["restore_base"].downstream_task_ids == {"train_sft"}
+    assert rounds.task_dict["restore_base"].downstream_task_ids == {"probe_reward"}
+    assert rounds.task_dict["probe_reward"].downstream_task_ids == {"train_sft"}
 
 
 def test_the_repository_campaigns_have_lifecycle_dags(airflow_db: Path) -> None:

@@ -96,6 +96,31 @@ def test_trigger_is_importable_from_its_classpath_and_rebuilt_from_kwargs() -> N
     assert type(rebuilt) is JobTrigger
     assert rebuilt.serialize() == (classpath, kwargs)
     assert kwargs["backend"]["cluster"] == "c1" and kwargs["cursor"] == "42"
+    assert (kwargs["monitoring"], kwargs["stage"], kwargs["method"]) == (None, "", "")
+
+
+def test_a_watching_trigger_keeps_its_monitoring_settings_through_serialization() -> None:
+    import json
+
+    from tuneloop.config.monitoring import Monitoring
+
+    settings = Monitoring.model_validate(
+        {"reward_errors": {"policy": "stop_campaign", "max_rate": 0.1, "for_steps": 5}}
+    ).model_dump(mode="json")
+    trigger = JobTrigger(
+        {"type": "smtj", "region": "us-east-1"},
+        "demo-r1-rft-0123456789",
+        monitoring=settings,
+        stage="rft",
+        method="rft",
+    )
+    classpath, kwargs = trigger.serialize()
+    # What the triggerer stores is JSON; what it rebuilds from it is the same trigger.
+    stored = json.loads(json.dumps(kwargs))
+    rebuilt = import_string(classpath)(**stored)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert (rebuilt.stage, rebuilt.method) == ("rft", "rft")
+    assert Monitoring.model_validate(rebuilt.monitoring).reward_errors.policy == "stop_campaign"
 
 
 def logged_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:

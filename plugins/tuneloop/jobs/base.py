@@ -56,6 +56,9 @@ class JobSpec(BaseModel):
     """Folder the job writes into; its results land in ``<output_uri>/<name>/``."""
     labels: dict[str, str] = {}
     """Labels to find the job by (campaign, round, stage); values are label-safe strings."""
+    monitoring: dict[str, Any] | None = None
+    """Training jobs: the campaign's monitoring settings (JSON) the waiting trigger watches the
+    job with; None: not watched live. Not part of the job's name digest."""
 
 
 class JobStatus(BaseModel):

@@ -3,7 +3,10 @@
     wait_for_earlier_rounds -> plan_round (claims the round in the ledger)
       -> validate_data (one mapped task per dataset) -> proceed (stops a dry run)
       -> restore_base (brings back an archived base; at once when there is none)
+      -> probe_reward (campaigns with RFT stages: each reward function tried on known good
+         and bad answers before any job; a failing probe fails the round here)
       -> train_<stage> -> checkpoint_<stage> -> ... -> evaluate  (+ evaluate_baseline, once)
+         (a job the monitors stop early ends the stages there: no later job, no evaluation)
       -> decide (branch; updates the campaign's rounds Asset) -> next_round | rollback | finish
 
 Round numbers and starting checkpoints come from the ledger, so a schedule, an Asset update, a
@@ -431,10 +434,10 @@ def _wire(cf: CampaignFile) -> None:
         "planned": planning.planned,
         "datasets": planning.validated,
         "checkpoints": checkpoints,
-        "evaluation": evaluate.output,
         "baseline": baseline.output,
     }
     branch = _decide(cf, outcome, train_ids)
+    evaluate >> branch  # its result is pulled (see _decide)
     _wire_after_decision(wiring, planning.planned, branch)
 
 
@@ -452,7 +455,9 @@ def _wire_planning(wiring: _Wiring) -> _Planned:
 
         planned = plan_round_task(path, context)
         context["ti"].xcom_push(key="round", value=planned)
-        context["ti"].xcom_push(key="first_job", value=planned["first_job"])
+        # {} rather than None (the run leaves the first stage out): Airflow reads an XCom of
+        # None as missing, and the first train task skips on an empty job.
+        context["ti"].xcom_push(key="first_job", value=planned["first_job"] or {})
         return list(planned["datasets"])
 
     @task(
@@ -518,6 +523,10 @@ def _wire_stages(
     )
     planning.proceed >> restore
     last: DependencyMixin = restore
+    if any(stage.method.value == "rft" for stage in wiring.cf.campaign.stages):
+        probe = _probe_reward(planning.planned)
+        restore >> probe
+        last = probe
     for index, stage in enumerate(wiring.cf.campaign.stages):
         train = wiring.job_operator(TrainingJobOperator, f"train_{stage.name}", next_job)
         last >> train
@@ -530,6 +539,20 @@ def _wire_stages(
     evaluate = wiring.job_operator(EvaluationJobOperator, "evaluate", next_job)
     last >> evaluate
     return checkpoints, train_ids, evaluate
+
+
+def _probe_reward(planned: XComArg) -> XComArg:
+    """probe_reward: every reward function of the RFT stages this run trains, tried before the
+    first job of the round (`rounds.reward_probe`); the reports go to the round record."""
+    from airflow.sdk import task
+
+    @task(task_id="probe_reward", retries=1)
+    def probe_reward(planned: XComValue) -> list[dict[str, Any]]:
+        from tuneloop.pipeline.tasks import probe_reward_task
+
+        return probe_reward_task(planned)
+
+    return probe_reward(planned)
 
 
 def _checkpoint(
@@ -557,8 +580,12 @@ def _checkpoint(
 
 def _decide(cf: CampaignFile, outcome: dict[str, Any], train_ids: dict[str, str]) -> XComArg:
     """decide: gates and records the round. Its success updates the campaign's rounds Asset,
-    which starts the campaign's lifecycle DAG (`lifecycle_dag`)."""
+    which starts the campaign's lifecycle DAG (`lifecycle_dag`). The training and evaluation
+    results are pulled, not passed: a job the monitors stopped skips what follows it, and a
+    skipped task's argument would skip decide too."""
     from airflow.sdk import Asset, task
+
+    has_probe = any(stage.method.value == "rft" for stage in cf.campaign.stages)
 
     @task.branch(
         task_id="decide",
@@ -573,7 +600,12 @@ def _decide(cf: CampaignFile, outcome: dict[str, Any], train_ids: dict[str, str]
 
         ti = context["ti"]
         stages = {stage: ti.xcom_pull(task_ids=task_id) for stage, task_id in train_ids.items()}
-        return decide_task({**outcome, "stages": stages}, context)
+        pulled = {
+            "stages": stages,
+            "evaluation": ti.xcom_pull(task_ids="evaluate"),
+            "probes": ti.xcom_pull(task_ids="probe_reward") if has_probe else [],
+        }
+        return decide_task({**outcome, **pulled}, context)
 
     return decide(outcome, train_ids)
 

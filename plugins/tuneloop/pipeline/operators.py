@@ -33,6 +33,18 @@ retried with exponential backoff, waiting deferred, until the deadline. User err
 (``UserJobError``, a non-retryable FAILED job) fail the task at once, without Airflow retries,
 with the backend's failure reason in the message.
 
+**Watching.** A training job given ``monitoring`` (the campaign's ``Monitoring``, as JSON; the
+argument, else the job's own ``monitoring`` field) is watched while the trigger waits: its log
+lines become curves, the detectors judge them, and a fail_round or stop_campaign finding stops
+the job (``pipeline.triggers``). The task then does not fail: it returns the job's status with
+``stopped_early`` (the reason), ``findings``, ``series`` (the curves read live) and
+``saved_gpu_hours``: the job's remaining steps at its pace so far, on ``run.replicas``
+instances of ``instance_type`` (the argument, else the backend's; an unknown type counts one
+GPU per instance, as the ledger does), or None when the job's total steps are unknown. The
+round then fails at its gate. A job that ran to its end returns the curves read live and the
+warnings as ``series`` and ``findings``. Clearing the task after a stop starts a new attempt,
+as for any STOPPED job.
+
 **Cancelling.** ``on_kill``, the trigger's ``on_kill`` (a person cleared or marked the deferred
 task) and the failure callback stop the job this task started or adopted, never any other job,
 and never after the task succeeded.
@@ -40,6 +52,7 @@ and never after the task succeeded.
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +64,7 @@ from airflow.sdk import BaseOperator, BaseOperatorLink, ResumableJobMixin
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from pydantic import ValidationError
 
+from tuneloop.config.monitoring import Monitoring
 from tuneloop.errors import Problem, TuneloopError
 from tuneloop.jobs import make_backend
 from tuneloop.jobs.base import (
@@ -67,7 +81,14 @@ from tuneloop.jobs.base import (
     validate_job_name,
 )
 from tuneloop.links import is_http, mlflow_link_url
-from tuneloop.pipeline.triggers import DEADLINE, SUCCESS, JobTrigger
+from tuneloop.pipeline.monitor import (
+    recipe_instances,
+    recipe_total_steps,
+    saved_gpu_hours,
+    series_from_json,
+    series_to_json,
+)
+from tuneloop.pipeline.triggers import DEADLINE, STOPPED, SUCCESS, JobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -202,6 +223,10 @@ class JobOperator(ResumableJobMixin, BaseOperator):
         retryable job failure; it doubles each time, up to ``max_retry_backoff``.
     :param mlflow_run_url: the stage's MLflow run URL (templated), shown as the "MLflow run"
         link; a task may instead push XCom ``mlflow_run_url`` itself.
+    :param monitoring: training jobs: the ``Monitoring`` settings (JSON) to watch the job with
+        while it runs; None: the job's own ``monitoring`` field, else not watched.
+    :param instance_type: what the job's instances are, for the GPU-hours a stop saves; None:
+        the backend's ``instance_type`` (the local backend has none: one GPU per instance).
     """
 
     template_fields: Sequence[str] = ("backend", "job", "mlflow_run_url")
@@ -223,6 +248,8 @@ class JobOperator(ResumableJobMixin, BaseOperator):
         retry_backoff: float = 60.0,
         max_retry_backoff: float = 1800.0,
         mlflow_run_url: str = "",
+        monitoring: dict[str, Any] | None = None,
+        instance_type: str | None = None,
         **kwargs: Any,
     ) -> None:
         # The job is cancelled first, then the user's callbacks run (from the call or the DAG's
@@ -241,6 +268,8 @@ class JobOperator(ResumableJobMixin, BaseOperator):
         self.retry_backoff = retry_backoff
         self.max_retry_backoff = max_retry_backoff
         self.mlflow_run_url = mlflow_run_url
+        self.monitoring = monitoring
+        self.instance_type = instance_type
         self._deadline: float | None = None
         self._ready = ""
         self._started: str = ""
@@ -283,7 +312,9 @@ class JobOperator(ResumableJobMixin, BaseOperator):
         outcome = event.get("outcome")
         status = JobStatus.model_validate(event["status"]) if event.get("status") else None
         if outcome == SUCCESS and status is not None:
-            return self._finish(context, status)
+            return self._finish(context, status, _watched(event))
+        if outcome == STOPPED:
+            return self._stopped(context, name, event, status)
         if outcome == DEADLINE:
             raise self._deadline_error(
                 f"{event.get('message')}; it keeps running and a retry reconnects to it"
@@ -304,6 +335,7 @@ class JobOperator(ResumableJobMixin, BaseOperator):
     def submit_job(self, context: Context) -> dict[str, Any]:
         """Adopt this task's job, or create it: see the module docstring for the rules."""
         spec = self.spec
+        _ = self.watching  # bad settings fail the task before a job is started
         store = context.get("task_state_store")
         stored = Handle.parse(store.get(HANDLE_KEY)) if store is not None else None
         reported = store.get(REPORTED_KEY) if store is not None else None
@@ -367,6 +399,9 @@ class JobOperator(ResumableJobMixin, BaseOperator):
                 poll_interval=self.poll_interval,
                 deadline=self._deadline,
                 stream_logs=self.stream_logs,
+                monitoring=self.watching,
+                stage=self.spec.labels.get("stage", "") or self.task_id,
+                method=self.spec.method,
             ),
             method_name="execute_complete",
             kwargs={"deadline": self._deadline},
@@ -413,6 +448,32 @@ class JobOperator(ResumableJobMixin, BaseOperator):
             )
         validate_job_name(spec.name)
         return spec
+
+    @cached_property
+    def watching(self) -> dict[str, Any] | None:
+        """The monitoring settings the trigger watches this job with (None: not watched)."""
+        if self.job_kind is not JobKind.TRAIN:
+            return None
+        value = self.monitoring
+        if value is None:
+            value = getattr(self.spec, "monitoring", None)
+        if value is None:
+            return None
+        if isinstance(value, Monitoring):
+            value = value.model_dump(mode="json")
+        try:
+            settings = Monitoring.model_validate(value)
+        except ValidationError as exc:
+            problems = [
+                Problem(
+                    "monitoring." + ".".join(str(p) for p in error["loc"]),
+                    error["msg"],
+                    fix="use the fields of the campaign's monitoring: section",
+                )
+                for error in exc.errors()
+            ]
+            raise TuneloopError(problems) from None
+        return settings.model_dump(mode="json") if settings.live else None
 
     @cached_property
     def job_backend(self) -> JobBackend:
@@ -473,14 +534,68 @@ class JobOperator(ResumableJobMixin, BaseOperator):
         self._report(context, handle.name)
         raise AirflowFailException(self._failure_message(handle.name, _status_event(status)))
 
-    def _finish(self, context: Context, status: JobStatus) -> dict[str, Any]:
-        """The task's return value for a SUCCEEDED job."""
+    def _finish(
+        self, context: Context, status: JobStatus, watched: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The task's return value for a SUCCEEDED job (with what watching it found)."""
         if self._result is None:
             self._push_console_url(context, status)
-            self._result = self.job_result(status)
+            self._result = {**self.job_result(status), **(watched or {})}
             self._succeeded = True
             self.log.info("Job %s succeeded: %s", status.name, status.result_uri)
         return self._result
+
+    def _stopped(
+        self, context: Context, name: str, event: dict[str, Any], status: JobStatus | None
+    ) -> dict[str, Any]:
+        """The task's return value for a job monitoring stopped: its status, why, what was
+        found and what stopping it saved. The task succeeds; the round's gate fails it."""
+        reason = str(event.get("reason") or event.get("message") or "monitoring stopped it")
+        status = self._settled(name, status, reason)
+        self._push_console_url(context, status)
+        spec = self.spec
+        step = _number(event.get("step"), int)
+        total = _number(event.get("total_steps"), int) or recipe_total_steps(spec.recipe)
+        saving = saved_gpu_hours(
+            step,
+            total,
+            _number(event.get("seconds_per_step"), float),
+            instances=recipe_instances(spec.recipe),
+            instance_type=self._instance_type,
+        )
+        saved = (
+            f"about {saving.gpu_hours:.3g} GPU-hours saved ({saving.basis()})"
+            if saving is not None
+            else "the GPU-hours saved are unknown (the job's total steps or pace are unknown)"
+        )
+        self.log.warning(
+            "Stopped job %s at step %s of %s: %s; %s",
+            name,
+            "?" if step is None else step,
+            "?" if total is None else total,
+            reason,
+            saved,
+        )
+        self._result = {
+            **JobOperator.job_result(self, status),
+            **_watched(event),
+            "stopped_early": reason,
+            "saved_gpu_hours": saving.gpu_hours if saving is not None else None,
+        }
+        self._succeeded = True
+        return self._result
+
+    def _settled(self, name: str, status: JobStatus | None, reason: str) -> JobStatus:
+        """The stopped job's status; stopped again when the trigger's wait for its end ran out
+        (never raises: a retry of this task would start the job anew)."""
+        if status is not None and status.final:
+            return status
+        self._cancel(name, why=f"monitoring stopped it: {reason}")
+        try:
+            status = self.job_backend.status(name)
+        except Exception as exc:
+            self.log.warning("Cannot look at stopped job %s: %s", name, exc)
+        return status or JobStatus(name=name, state=JobState.STOPPED, message=reason)
 
     def job_result(self, status: JobStatus) -> dict[str, Any]:
         """What the task returns (XCom): the final status as JSON."""
@@ -631,6 +746,15 @@ class JobOperator(ResumableJobMixin, BaseOperator):
         return JobDeadlineExceededError([Problem("", message, source=self._describe())])
 
     @property
+    def _instance_type(self) -> str | None:
+        if self.instance_type:
+            return self.instance_type
+        configured = (
+            dict(self.backend).get("instance_type") if isinstance(self.backend, dict) else None
+        )
+        return str(configured) if configured else None
+
+    @property
     def _kind(self) -> str:
         return str(self.backend.get("type", "?")) if isinstance(self.backend, dict) else "?"
 
@@ -683,6 +807,29 @@ def _status_event(status: JobStatus) -> dict[str, Any]:
 
 def _raise(error: BaseException) -> Any:
     raise error
+
+
+def _watched(event: dict[str, Any]) -> dict[str, Any]:
+    """What the trigger's watch found, as the task returns it: ``series`` and ``findings``
+    (nothing when the job was not watched)."""
+    if "series" not in event and "findings" not in event:
+        return {}
+    series = event.get("series")
+    findings = event.get("findings")
+    return {
+        # Through series_from_json and back: malformed points are dropped, order restored.
+        "series": series_to_json(series_from_json(series)) if isinstance(series, dict) else {},
+        "findings": list(findings) if isinstance(findings, list) else [],
+    }
+
+
+def _number(value: Any, kind: type[T]) -> T | None:
+    """``value`` as an int or float, or None when it is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value):
+        return None
+    return kind(value)  # type: ignore[call-arg]
 
 
 def _mask_environment_secrets() -> None:

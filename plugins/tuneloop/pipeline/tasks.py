@@ -320,9 +320,37 @@ def checkpoint_task(
     return point.model_dump(mode="json")
 
 
+def probe_reward_task(planned: dict[str, Any]) -> list[dict[str, Any]]:
+    """Try the reward function of every RFT stage this run trains on known good and bad
+    answers, before the round's first job; a failing probe fails the round here with its
+    reason and fix. Returns the reports (JSON) for the round record."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tuneloop.pipeline.round_artifacts import probe_round
+    from tuneloop.rounds.boxes import PlannedRound
+
+    box = PlannedRound.model_validate(planned)
+    with user_errors():
+        cf = _campaign(box.campaign)
+        reports = probe_round(cf, box)
+    for report in reports:
+        log.info("%s", report.reason())
+        for warning in report.warnings:
+            log.warning("Reward probe of %s: %s", report.function, warning)
+    failed = [report for report in reports if not report.ok]
+    if failed:
+        raise AirflowFailException(
+            "The reward function failed its probe, so no RFT job was started: "
+            + "; ".join(report.reason() for report in failed)
+        )
+    return [report.model_dump(mode="json") for report in reports]
+
+
 def decide_task(outcome: dict[str, Any], context: dict[str, Any]) -> str:
     """Gate the round, write its ledger record once, mirror it to MLflow and the report; pick
-    the branch. ``outcome`` is a `RoundOutcome` (the run id added here)."""
+    the branch. ``outcome`` is a `RoundOutcome` (the run id added here), completed with what
+    the jobs left (`round_artifacts.complete_outcome`) before it is judged."""
+    from tuneloop.pipeline.round_artifacts import complete_outcome
     from tuneloop.rounds.boxes import RoundOutcome
     from tuneloop.rounds.record import record_round
 
@@ -330,11 +358,13 @@ def decide_task(outcome: dict[str, Any], context: dict[str, Any]) -> str:
         {
             **outcome,
             "datasets": materialized(outcome["datasets"]),
+            "probes": outcome.get("probes") or [],
             "run_id": str(context.get("run_id", "")),
         }
     )
     with user_errors():
         cf = _campaign(box.planned.campaign)
+        box = complete_outcome(cf, box)
         recorded = record_round(cf, box)
     mirror(cf, recorded.records, recorded.record)
     record = recorded.record

@@ -29,6 +29,7 @@ from tuneloop.artifacts.manifest import Checkpoint
 from tuneloop.config.file import CampaignFile, for_jobs, parse_campaign, read_campaign_text
 from tuneloop.jobs.base import JobSpec, JobStatus
 from tuneloop.recipes.catalog import Method, Platform, Technique
+from tuneloop.rounds.findings import Finding
 from tuneloop.rounds.ledger import DatasetRecord
 
 # --- the campaign, read once per round ---------------------------------------------------------
@@ -150,6 +151,9 @@ class RoundPlan(BaseModel):
     base_model: str
     stages: list[PlannedStage]
     evaluation: PlannedEvaluation
+    monitoring: dict[str, Any] | None = None
+    """The campaign's monitoring settings (JSON) its training jobs are watched with while they
+    run; None when ``monitoring.live`` is false."""
 
 
 class DatasetItem(BaseModel):
@@ -197,10 +201,19 @@ class DatasetCheck(DatasetRecord):
 
 
 class StageOutcome(JobStatus):
-    """What a train_<stage> task returns: its job's final status."""
+    """What a train_<stage> task returns: its job's final status, and what watching it found."""
 
     # What an operator may add beyond the status is not the round's business.
     model_config = ConfigDict(extra="ignore")
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    """The curves read from the job's log while it ran (`artifacts.series` names)."""
+    findings: list[Finding] = []
+    """What the monitors found while the job ran."""
+    stopped_early: str = ""
+    """Why monitoring stopped the job ("" when it ran to its end)."""
+    saved_gpu_hours: float | None = None
+    """The GPU-hours the rest of a stopped job would have taken, estimated at its pace."""
 
 
 class EvalOutcome(StageOutcome):
@@ -217,6 +230,9 @@ class StageCheckpoint(BaseModel):
     uri: str
     """What the next stage or the evaluation starts from."""
     skipped: bool = False
+    stopped: str = ""
+    """Why monitoring stopped this stage's job or an earlier one ("" when none was): no later
+    stage and no evaluation runs, and the round is recorded as failed."""
     checkpoint: Checkpoint | None = None
     """The stage's checkpoint, its output folder included; None when the stage was skipped."""
     next_job: JobSpec | None = None
@@ -242,7 +258,17 @@ class RoundOutcome(BaseModel):
     stages: dict[str, StageOutcome | None]
     """Stage name -> its training job's status; None for a stage the run left out."""
     checkpoints: dict[str, StageCheckpoint | None]
-    evaluation: EvalOutcome
+    evaluation: EvalOutcome | None
+    """None when monitoring stopped a training job: the round failed before its evaluation."""
+    probes: list[dict[str, Any]] = []
+    """The reward-function probes (`rounds.reward_probe.ProbeReport` as JSON) run before the
+    round's RFT jobs."""
+    stage_series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    """Stage name -> its curves as the finished job left them (output folder, job's MLflow
+    run) merged with what was read live; `decide` reads them before the round is judged."""
+    baseline_positive_fraction: float | None = None
+    """The base model's share of positive rewards from the RFT reward function, when measured
+    (its evaluation answers scored by the probe)."""
     baseline: EvalOutcome
     """The base model's evaluation (one job for the whole campaign)."""
     run_id: str

@@ -20,6 +20,14 @@ def stage_checkpoint(
     next stage's, or the evaluation's after the last stage."""
     plan = planned.plan
     base = previous.uri if previous is not None else plan.base_model
+    # Monitoring stopped this stage's job (or an earlier one): what it left is no checkpoint
+    # to build on, so no later job runs (next_job None) and the round is recorded as failed.
+    name = plan.stages[index].name
+    if previous is not None and previous.stopped:
+        return StageCheckpoint(stage=name, uri=base, stopped=previous.stopped)
+    if result is not None and result.stopped_early:
+        why = f"monitoring stopped the {name} job: {result.stopped_early}"
+        return StageCheckpoint(stage=name, uri=base, stopped=why)
     point = _checkpoint(cf, planned, index, result, base)
     if index + 1 < len(plan.stages):
         next_job = stage_job(plan, planned.round_root, index + 1, point.uri, planned.start.stages)

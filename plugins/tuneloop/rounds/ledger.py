@@ -36,6 +36,7 @@ from tuneloop.config.paths import campaign_root
 from tuneloop.errors import Problem, TuneloopError
 from tuneloop.recipes.catalog import INSTANCE_RESOURCES, Method, Technique
 from tuneloop.rounds.decision import Action, Decision, RoundSummary
+from tuneloop.rounds.findings import Finding
 
 if TYPE_CHECKING:
     from tuneloop.config.campaign import Campaign
@@ -71,7 +72,9 @@ class RoundClaimedError(LedgerError):
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A NaN loss is what the divergence monitor reports: the curves keep it, written as the
+    # string "NaN" (JSON has no NaN; pydantic's default would write null and fail the read).
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
 
 
 class StageRecord(_Record):
@@ -92,6 +95,13 @@ class StageRecord(_Record):
     """Instance-seconds billed; None when the backend does not say."""
     training_metrics: dict[str, list[tuple[int, float]]] = {}
     """Training curves (metric -> [(step, value)]) where the job wrote them."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    """The normalized curves the monitors read (`artifacts.series` names: train_loss,
+    reward_mean, reward_error_rate, ...)."""
+    findings: list[Finding] = []
+    """What the training monitors found on this stage's curves."""
+    stopped_early: str = ""
+    """Why monitoring stopped the job before it ended ("" when it was not stopped)."""
 
 
 class DatasetRecord(_Record):
@@ -138,7 +148,13 @@ class RoundRecord(_Record):
     """Job name, result_uri and what else the evaluation step reports."""
     baseline: dict[str, float] = {}
     """The base model's metrics (evaluated once per campaign)."""
+    probes: list[dict[str, Any]] = []
+    """The reward-function probes run before the round's RFT stages (`rounds.reward_probe`
+    reports, as JSON)."""
     metrics: dict[str, float]
+    failed: str = ""
+    """Why the round failed before it could be judged on its evaluation (monitoring stopped a
+    training job, or a detector whose policy fails the round fired); "" for a judged round."""
     deltas: dict[str, dict[str, float]] = {}
     """``previous``, ``champion``, ``baseline`` -> metric -> this round's value minus theirs."""
     decision: Decision
@@ -172,6 +188,7 @@ class RoundRecord(_Record):
             promoted=self.decision.promoted,
             action=self.decision.action,
             gpu_hours=self.gpu_hours,
+            failed=bool(self.failed),
         )
 
 

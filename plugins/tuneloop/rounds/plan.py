@@ -37,6 +37,7 @@ from tuneloop.recipes import compat
 from tuneloop.recipes.catalog import (
     EVAL_TASKS,
     Method,
+    Platform,
 )
 from tuneloop.recipes.render import Origin, RenderedRecipe, render_recipe
 from tuneloop.recipes.rules import INSTANCE_TYPE, PLACEHOLDER_PREFIX, RecipeContext
@@ -89,7 +90,10 @@ def _with_round_data(cf: CampaignFile, start: RoundStart) -> CampaignFile:
         for stage in campaign.stages
     ]
     evaluation = campaign.evaluation.model_copy(
-        update={"dataset": absolute(campaign.evaluation.dataset)}
+        update={
+            "dataset": absolute(campaign.evaluation.dataset),
+            "perplexity_dataset": absolute(campaign.evaluation.perplexity_dataset),
+        }
     )
     round_campaign = campaign.model_copy(update={"stages": stages, "evaluation": evaluation})
     return dataclasses.replace(cf, campaign=round_campaign)
@@ -175,6 +179,9 @@ def plan_round(
         base_model=base_uri,
         stages=stages,
         evaluation=evaluation,
+        monitoring=campaign.monitoring.model_dump(mode="json")
+        if campaign.monitoring.live
+        else None,
     )
 
 
@@ -447,6 +454,12 @@ def _plan_evaluation(
     }
     if dataset:
         injected["run.data_s3_path"] = (dataset, (*loc, "dataset"))
+    if evaluation.perplexity_dataset and campaign.platform is Platform.LOCAL:
+        # Only the local evaluation measures perplexity; checks.py reports the field elsewhere.
+        domain = _render_value(
+            cf, (*loc, "perplexity_dataset"), evaluation.perplexity_dataset, context, problems
+        )
+        injected["run.perplexity_data_path"] = (domain, (*loc, "perplexity_dataset"))
     if evaluation.reward_function:
         injected["rl_env.reward_lambda_arn"] = (
             evaluation.reward_function,

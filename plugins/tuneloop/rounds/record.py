@@ -23,7 +23,8 @@ from tuneloop.jobs.base import JobStatus
 from tuneloop.recipes.catalog import Method
 from tuneloop.rounds.boxes import RoundOutcome
 from tuneloop.rounds.decision import Decision, RoundSummary
-from tuneloop.rounds.gate import decide
+from tuneloop.rounds.findings import failing, stops_campaign
+from tuneloop.rounds.gate import decide, decide_failed
 from tuneloop.rounds.ledger import (
     BaselineRecord,
     DatasetRecord,
@@ -36,6 +37,7 @@ from tuneloop.rounds.ledger import (
     gpu_hours,
     history_of,
 )
+from tuneloop.rounds.monitoring import detect
 from tuneloop.rounds.start import RoundError
 
 log = logging.getLogger(__name__)
@@ -83,14 +85,17 @@ def _round_record(
     campaign = cf.campaign
     planned, evaluation = outcome.planned, outcome.evaluation
     instance_type = getattr(campaign.backend, "instance_type", None)
-    stages = _stage_records(outcome)
-    billed = [s.billable_seconds for s in stages] + [evaluation.billable_seconds]
-    hours = sum(gpu_hours(seconds, instance_type) for seconds in billed)
     baseline = _stored_baseline(cf, ledger, outcome)
     base_metrics = baseline.metrics
-    metrics = dict(evaluation.metrics)
+    metrics = dict(evaluation.metrics) if evaluation is not None else {}
+    change = _evaluation_change(cf, records, outcome, metrics, base_metrics)
+    stages = _stage_records(cf, outcome, change)
+    billed = [s.billable_seconds for s in stages]
+    billed += [evaluation.billable_seconds] if evaluation is not None else []
+    hours = sum(gpu_hours(seconds, instance_type) for seconds in billed)
     previous = records[-1] if records else None
     champion = champion_of(records)
+    failed = _failure(outcome, stages)
     return RoundRecord(
         campaign=campaign.name,
         round=planned.start.round,
@@ -107,35 +112,57 @@ def _round_record(
             for d in outcome.datasets
         ],
         stages=stages,
-        evaluation={
+        evaluation={}
+        if evaluation is None
+        else {
             "job_name": evaluation.name,
             "result_uri": evaluation.result_uri,
             "console_url": evaluation.console_url,
             "metrics": metrics,
         },
         baseline=base_metrics,
+        probes=outcome.probes,
         metrics=metrics,
+        failed=failed,
         deltas=deltas(
             metrics,
             previous=previous.metrics if previous else None,
             champion=champion.metrics if champion else None,
             baseline=base_metrics or None,
         ),
-        decision=_judge(cf, outcome, stages, records, baseline, hours),
+        decision=_judge(cf, outcome, stages, records, baseline, hours, failed),
         timings=_timings(outcome),
         billable_seconds=sum(seconds or 0.0 for seconds in billed),
         gpu_hours=hours,
     )
 
 
-def _stage_records(outcome: RoundOutcome) -> list[StageRecord]:
-    """The stages that ran (a stage the run left out has no job and passed its base through)."""
+def _stage_records(
+    cf: CampaignFile, outcome: RoundOutcome, evaluation_change: float | None
+) -> list[StageRecord]:
+    """The stages that ran (a stage the run left out has no job and passed its base through),
+    with their curves and what the monitors found on them. A stage monitoring stopped is
+    recorded without a checkpoint, with the findings that stopped it."""
     stages = []
     for planned in outcome.planned.plan.stages:
         status = outcome.stages.get(planned.name)
         point = outcome.checkpoints.get(planned.name)
-        if status is None or point is None or point.checkpoint is None:
+        if status is None or point is None:
             continue
+        if point.checkpoint is None and not status.stopped_early:
+            continue
+        series = outcome.stage_series.get(planned.name) or status.series
+        if status.stopped_early:
+            findings = list(status.findings)
+        else:
+            findings = detect(
+                series,
+                cf.campaign.monitoring,
+                stage=planned.name,
+                method=planned.method,
+                final=True,
+                evaluation_change=evaluation_change,
+            )
         stages.append(
             StageRecord(
                 name=planned.name,
@@ -143,14 +170,53 @@ def _stage_records(outcome: RoundOutcome) -> list[StageRecord]:
                 technique=planned.technique,
                 job_name=status.name,
                 recipe=planned.recipe,
-                output_uri=status.result_uri or point.checkpoint.output_uri,
+                output_uri=status.result_uri
+                or (point.checkpoint.output_uri if point.checkpoint else ""),
                 checkpoint=point.checkpoint,
                 started_at=status.started_at,
                 ended_at=status.ended_at,
                 billable_seconds=status.billable_seconds,
+                series=series,
+                findings=findings,
+                stopped_early=status.stopped_early,
             )
         )
     return stages
+
+
+def _failure(outcome: RoundOutcome, stages: list[StageRecord]) -> str:
+    """Why the round failed before it could be judged ("" when it did not): monitoring
+    stopped a job, or a detector whose policy fails the round fired on a finished job."""
+    stopped = next((p.stopped for p in outcome.checkpoints.values() if p and p.stopped), "")
+    if stopped:
+        return stopped
+    for stage in stages:
+        fired = failing(stage.findings)
+        if fired:
+            return f"the {stage.name} job's {fired[0].detector} monitor fired: {fired[0].message}"
+    return ""
+
+
+def _evaluation_change(
+    cf: CampaignFile,
+    records: list[RoundRecord],
+    outcome: RoundOutcome,
+    metrics: dict[str, float],
+    baseline: dict[str, float],
+) -> float | None:
+    """How much the round's primary metric improved over what it started from (its base
+    round's, or the base model's), signed so that positive is better; None when unknown. The
+    overfitting monitor reads it when an RFT stage has no validation reward."""
+    gate = cf.campaign.gate
+    value = metrics.get(gate.primary_metric)
+    base_round = outcome.planned.start.base_round
+    base = next((r.metrics for r in records if r.round == base_round), None)
+    reference = (base if base_round is not None and base is not None else baseline).get(
+        gate.primary_metric
+    )
+    if value is None or reference is None:
+        return None
+    return value - reference if gate.higher_is_better else reference - value
 
 
 def _stored_baseline(cf: CampaignFile, ledger: Ledger, outcome: RoundOutcome) -> BaselineRecord:
@@ -158,17 +224,10 @@ def _stored_baseline(cf: CampaignFile, ledger: Ledger, outcome: RoundOutcome) ->
     recipe, model and data wins, so every round compares with the same numbers."""
     baseline = outcome.baseline
     metrics = dict(baseline.metrics)
-    eval_data = next((d.sha256 for d in outcome.datasets if d.stage == "evaluation"), "")
-    digest = baseline_digest(
-        outcome.planned.plan.evaluation.recipe,
-        # The baseline job's name digests the base model with the recipe and data.
-        model=baseline.name,
-        data_sha256=eval_data,
-    )
     stored = ledger.write_baseline(
         BaselineRecord(
             campaign=cf.campaign.name,
-            digest=digest,
+            digest=outcome_baseline_digest(outcome),
             model=baseline.name,
             run_id=outcome.run_id,
             evaluation={
@@ -177,12 +236,26 @@ def _stored_baseline(cf: CampaignFile, ledger: Ledger, outcome: RoundOutcome) ->
                 "console_url": baseline.console_url,
             },
             metrics=metrics,
-            # rft_eval reports the share of positive rewards (the local evaluator does; a Nova
-            # reward Lambda may add it to its metrics_list).
-            positive_reward_fraction=metrics.get("positive_reward_fraction"),
+            # The probe scores the base model's evaluation answers with the RFT reward function
+            # on every backend; else rft_eval reports the share itself (the local evaluator
+            # does; a Nova reward Lambda may add it to its metrics_list).
+            positive_reward_fraction=outcome.baseline_positive_fraction
+            if outcome.baseline_positive_fraction is not None
+            else metrics.get("positive_reward_fraction"),
         )
     )
     return stored if stored.metrics else stored.model_copy(update={"metrics": metrics})
+
+
+def outcome_baseline_digest(outcome: RoundOutcome) -> str:
+    """The digest the round's baseline evaluation is recorded under in the ledger."""
+    eval_data = next((d.sha256 for d in outcome.datasets if d.stage == "evaluation"), "")
+    return baseline_digest(
+        outcome.planned.plan.evaluation.recipe,
+        # The baseline job's name digests the base model with the recipe and data.
+        model=outcome.baseline.name,
+        data_sha256=eval_data,
+    )
 
 
 def _judge(
@@ -192,10 +265,31 @@ def _judge(
     records: list[RoundRecord],
     baseline: BaselineRecord,
     hours: float,
+    failed: str,
 ) -> Decision:
     campaign = cf.campaign
     start = outcome.planned.start
+    base_lineage: list[Method] = (
+        list(campaign.base_model.trained_with)
+        if isinstance(campaign.base_model, BaseCheckpoint)
+        else []
+    )
+    if failed:
+        return decide_failed(
+            campaign.gate,
+            start.round,
+            history_of(records),
+            stages=campaign.stages,
+            technique=campaign.technique,
+            why=failed,
+            stop_campaign=any(stops_campaign(s.findings) for s in stages),
+            baseline=baseline.metrics,
+            base_lineage=base_lineage,
+            gpu_hours=hours,
+            ran=list(outcome.planned.start.stages),
+        )
     last = stages[-1] if stages else None
+    assert outcome.evaluation is not None  # a round without evaluation failed (above)
     candidate = RoundSummary(
         round=start.round,
         metrics=dict(outcome.evaluation.metrics),
@@ -207,11 +301,6 @@ def _judge(
         lineage=list(last.checkpoint.lineage) if last and last.checkpoint else [],
         gpu_hours=hours,
     )
-    base_lineage: list[Method] = (
-        list(campaign.base_model.trained_with)
-        if isinstance(campaign.base_model, BaseCheckpoint)
-        else []
-    )
     return decide(
         campaign.gate,
         candidate,
@@ -221,6 +310,7 @@ def _judge(
         baseline=baseline.metrics,
         baseline_positive_reward_fraction=baseline.positive_reward_fraction,
         base_lineage=base_lineage,
+        low_positive_rewards=campaign.reward_probe.low_positive_rewards,
     )
 
 

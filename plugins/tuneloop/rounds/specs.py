@@ -28,6 +28,7 @@ def job_spec(
     recipe: dict[str, Any],
     inputs: dict[str, str],
     output_uri: str,
+    monitoring: dict[str, Any] | None = None,
 ) -> JobSpec:
     """A round's job: labels campaign/round/stage, and a name that digests the recipe and
     inputs (the recipe's run name is set to it after)."""
@@ -49,6 +50,7 @@ def job_spec(
         inputs=inputs,
         output_uri=output_uri,
         labels={"campaign": campaign, "round": str(round_number), "stage": stage},
+        monitoring=monitoring,
     )
 
 
@@ -79,6 +81,7 @@ def stage_job(
         recipe,
         inputs,
         round_root,
+        monitoring=round_plan.monitoring,
     )
 
 
