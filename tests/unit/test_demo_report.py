@@ -137,3 +137,67 @@ def test_the_lifecycle_lines_name_each_archived_folder_and_the_saving(
         assert f"   archived {folder} -> archive/{folder}.tar.gz (" in out, out
     assert "   lifecycle: archived 2 folder(s), " in out
     assert re.search(r"estimated storage cost saved \$[\d.]+/month", out), out
+
+
+def test_the_end_of_the_demo_shows_the_probe_verdicts_and_the_curves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The probes the rounds ran (a failed one with its problem and fix), the last round's
+    curves in one line with what the monitors found, and where the training plot is."""
+    from tuneloop.demo.report import print_curves, print_probes
+    from tuneloop.tracking.report import write_report
+
+    probe = {
+        "function": "tuneloop.local.demo_task:reward",
+        "ok": True,
+        "pairs": 8,
+        "separation": 1.0,
+        "good_mean": 1.0,
+        "bad_mean": 0.0,
+        "latency_p50_s": 0.002,
+        "latency_max_s": 0.01,
+        "positive_fraction": 0.5,
+    }
+    failed = {
+        **probe,
+        "ok": False,
+        "separation": 0.5,
+        "problems": [{"check": "separation", "message": "good above bad on 50% of pairs",
+                      "fix": "score the reference answer higher"}],
+    }  # fmt: skip
+    sft = {"name": "sft", "method": "sft", "series": {"train_loss": [[1, 2.1], [300, 0.4]]}}
+    rft = {
+        "name": "rft",
+        "method": "rft",
+        "series": {"reward_mean": [[1, 0.31], [40, 0.58]]},
+        "findings": [
+            {"detector": "plateau", "policy": "warn", "step": 40, "series": "reward_mean",
+             "message": "reward_mean rose by 0.001", "fix": ""}
+        ],
+    }  # fmt: skip
+    records = [
+        {"round": 1, "stages": [sft, rft], "probes": [failed], "metrics": {}},
+        {"round": 2, "stages": [sft, rft], "probes": [probe], "metrics": {}},
+        {"round": 3, "stages": [], "metrics": {}},  # no curves: the round before it shows
+    ]
+    report = write_report(records, tmp_path, campaign="demo", primary_metric="exact_match",
+                          baseline=None)  # fmt: skip
+    print_probes(records)
+    print_curves(records, tmp_path)
+    assert capsys.readouterr().out.splitlines() == [
+        "Reward probe: round 1 (tuneloop.local.demo_task:reward): FAILED: separation 50% of 8 "
+        "pairs, good mean 1.0000 vs bad mean 0.0000, latency p50 0.002 s / max 0.01 s, positive "
+        "share 50%",
+        "                separation: good above bad on 50% of pairs. Fix: score the reference "
+        "answer higher.",
+        "              round 2 (tuneloop.local.demo_task:reward): passed: separation 100% of 8 "
+        "pairs, good mean 1.0000 vs bad mean 0.0000, latency p50 0.002 s / max 0.01 s, positive "
+        "share 50%",
+        "Curves:       round 2: sft: loss 2.1 -> 0.4 over 300 steps; rft: reward mean 0.31 -> "
+        "0.58 over 40 steps",
+        "                rft: warn plateau at step 40 (reward_mean): reward_mean rose by 0.001.",
+        f"Curves plot:  {report.training}",
+    ]
+    print_probes([{"round": 1, "stages": []}])
+    print_curves([{"round": 1, "stages": [{"name": "sft"}]}], tmp_path / "none")
+    assert capsys.readouterr().out == ""

@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from tuneloop.tracking.plots import TRAINING_PNG_NAME
 from tuneloop.tracking.report import (
     MARKDOWN_NAME,
     PNG_NAME,
@@ -190,3 +191,173 @@ def test_local_checkpoints_link_as_file_uris(tmp_path: Path) -> None:
     link = checkpoint_link(str(tmp_path / "jobs" / "r1" / "sft" / "checkpoint"))
     assert link == (tmp_path / "jobs" / "r1" / "sft" / "checkpoint").as_uri()
     assert f"[sft]({link})" in paths.markdown.read_text(encoding="utf-8")
+
+
+# --- training curves, findings, reward probes, failed rounds --------------------------------------
+
+PROBE = {
+    "function": "arn:aws:lambda:us-east-1:123456789012:function:SageMaker-reward",
+    "ok": False,
+    "problems": [
+        {
+            "check": "constant_scores",
+            "message": "every sample scored 0.0",
+            "fix": "return a higher score for answers that match the reference",
+        }
+    ],
+    "warnings": ["calls take 500 s, more than half of the 900 s limit"],
+    "records": 8,
+    "calls": 3,
+    "pairs": 16,
+    "separated": 0,
+    "separation": 0.0,
+    "good_mean": 0.0,
+    "bad_mean": 0.0,
+    "latency_p50_s": 1.25,
+    "latency_max_s": 2.5,
+    "positive_fraction": 0.03,
+}
+
+
+def monitored(**extra: Any) -> list[dict[str, Any]]:
+    """Round 1 with curves and a warning; round 2 failed: its SFT loss went NaN and monitoring
+    stopped the job; its probe failed too."""
+    one = record(1, "continue", 0.5, promoted=True, champion=1)
+    one["stages"][0]["series"] = {
+        "train_loss": [[1, 2.0], [2, 1.2], [30, 0.4]],
+        "val_loss": [[10, 0.9], [30, 0.6]],
+    }
+    one["stages"][1]["series"] = {
+        "reward_mean": [[1, 0.31], [40, 0.58]],
+        "reward_std": [[1, 0.2], [40, 0.15]],
+        "reward_error_rate": [[1, 0.0], [40, 0.0]],
+    }
+    one["stages"][1]["findings"] = [
+        {
+            "detector": "plateau",
+            "policy": "warn",
+            "stage": "rft",
+            "step": 40,
+            "series": "reward_mean",
+            "message": "reward_mean rose by 0.001 over the last 10 steps",
+            "fix": "switch technique",
+        }
+    ]
+    two = record(2, "continue", 0.0, promoted=False, champion=1, base_round=1)
+    two["metrics"] = {}
+    two["failed"] = "monitoring stopped the sft job at step 12: train_loss is NaN"
+    two["decision"]["reason"] = "round 2 failed; the next round starts from round 1 again"
+    two["stages"] = [
+        {
+            "name": "sft",
+            "method": "sft",
+            "series": {"train_loss": [[1, 2.1], [12, None]]},
+            "stopped_early": "train_loss is NaN at step 12",
+            "findings": [
+                {
+                    "detector": "loss_divergence",
+                    "policy": "fail_round",
+                    "stage": "sft",
+                    "step": 12,
+                    "series": "train_loss",
+                    "message": "train_loss is NaN at step 12",
+                    "fix": "lower the learning rate",
+                }
+            ],
+        }
+    ]
+    two["probes"] = [PROBE]
+    return [one, {**two, **extra}]
+
+
+def test_the_training_section_has_the_plot_the_last_values_and_the_findings(
+    tmp_path: Path,
+) -> None:
+    paths = write_report(
+        monitored(), tmp_path, campaign="c", primary_metric="exact_match", baseline=None
+    )
+    text = paths.markdown.read_text(encoding="utf-8")
+    section = text[text.index("## Training") : text.index("## Reward probe")]
+    assert section.splitlines()[:8] == [
+        "## Training",
+        "",
+        f"![c: training curves]({TRAINING_PNG_NAME})",
+        "",
+        "- Round 1, `sft`: train_loss 2 → 0.4 over 30 steps; val_loss 0.6",
+        "- Round 1, `rft`: reward_mean 0.31 → 0.58 over 40 steps; reward_std 0.15; "
+        "reward_error_rate 0",
+        "  - warn plateau at step 40 (reward_mean): reward_mean rose by 0.001 over the last 10 "
+        "steps. Fix: switch technique.",
+        "- Round 2, `sft`: train_loss 2.1 → NaN over 12 steps",
+    ]
+    assert "  - stopped early: train_loss is NaN at step 12" in section
+    assert (
+        "  - **fail_round** loss_divergence at step 12 (train_loss): train_loss is NaN at step "
+        "12. Fix: lower the learning rate." in section
+    )
+
+
+def test_the_reward_probe_section_names_the_function_its_numbers_and_the_fix(
+    tmp_path: Path,
+) -> None:
+    paths = write_report(
+        monitored(), tmp_path, campaign="c", primary_metric="exact_match", baseline=None
+    )
+    text = paths.markdown.read_text(encoding="utf-8")
+    section = text[text.index("## Reward probe") :].splitlines()
+    assert section[2] == (
+        f"- Round 2, `{PROBE['function']}`: FAILED: separation 0% of 16 pairs, good mean 0.0000 "
+        "vs bad mean 0.0000, latency p50 1.25 s / max 2.5 s, positive share 3%"
+    )
+    assert section[3] == (
+        "  - problem: constant_scores: every sample scored 0.0. Fix: return a higher score for "
+        "answers that match the reference."
+    )
+    assert section[4] == "  - warning: calls take 500 s, more than half of the 900 s limit"
+
+
+def test_a_failed_round_shows_as_failed_with_its_reason(tmp_path: Path) -> None:
+    paths = write_report(
+        monitored(), tmp_path, campaign="c", primary_metric="exact_match", baseline=None
+    )
+    lines = paths.markdown.read_text(encoding="utf-8").splitlines()
+    (row,) = [line for line in lines if line.startswith("| 2 |")]
+    assert (
+        "| **—** | — | — | failed (continue) | monitoring stopped the sft job at step 12: "
+        "train_loss is NaN; round 2 failed; the next round starts from round 1 again |" in row
+    )
+    assert "- Last decision: failed (continue): monitoring stopped the sft job" in "\n".join(lines)
+    table = format_table(monitored(), primary_metric="exact_match", reason_width=200)
+    assert "failed (continue)  monitoring stopped the sft job at step 12" in table
+    # A decision whose reason already says why the round failed is not repeated.
+    said = monitored()
+    said[1]["decision"]["reason"] = f"the round failed: {said[1]['failed']}"
+    rows = build_rows(said, primary_metric="exact_match")
+    assert rows[-1].reason_text == said[1]["decision"]["reason"]
+
+
+def test_the_training_plot_is_written_beside_the_report_and_goes_with_its_curves(
+    tmp_path: Path,
+) -> None:
+    records = monitored()
+    paths = write_report(
+        records, tmp_path, campaign="c", primary_metric="exact_match", baseline=None
+    )
+    assert paths.training == tmp_path / TRAINING_PNG_NAME
+    assert paths.training.read_bytes()[:8] == PNG_SIGNATURE
+    assert list(paths) == [paths.markdown, paths.png, paths.training]
+    again = write_report(
+        records[::-1], tmp_path / "again", campaign="c", primary_metric="exact_match", baseline=None
+    )
+    assert again.training is not None
+    assert again.training.read_bytes() == paths.training.read_bytes()
+    assert again.markdown.read_bytes() == paths.markdown.read_bytes()
+    # Records without curves: no training plot, no section; an old plot is removed.
+    plain = write_report(
+        campaign(), tmp_path, campaign="c", primary_metric="exact_match", baseline=None
+    )
+    assert plain.training is None and not (tmp_path / TRAINING_PNG_NAME).exists()
+    assert list(plain) == [plain.markdown, plain.png]
+    text = plain.markdown.read_text(encoding="utf-8")
+    assert "## Training" not in text and "## Reward probe" not in text
+    assert text.endswith("](report.png)\n")

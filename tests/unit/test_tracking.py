@@ -117,6 +117,7 @@ def make_record(
                     "reduced_train_loss": [[1, 2.0], [2, 1.5], [3, 1.2]],
                     "lr": [[1, lr], [2, lr], [3, lr]],
                 },
+                **(SFT_CURVES if method == "sft" else RFT_CURVES),
             }
         )
     metrics = {"exact_match": exact_match, "f1_score": exact_match + 0.05}
@@ -169,11 +170,57 @@ def make_record(
             "signals": {"plateau": 0, "gpu_hours_left": 100.0, "why": "text is no metric"},
         },
         "timings": {"train_sft": 3600.0, "evaluate": 120.0},
+        "probes": [PROBE],
         "recorded_at": f"{day}T03:00:01Z",
         "gpu_hours": 16.0 * number,
         "billable_seconds": 7200.0 * number,
         "an_unknown_key": "ignored",
     }
+
+
+SFT_CURVES: dict[str, Any] = {
+    # A NaN loss (null in JSON) stays out of MLflow, which refuses it.
+    "series": {"train_loss": [[1, 2.0], [2, None], [3, 1.25]], "val_loss": [[3, 0.75]]},
+    "findings": [
+        {
+            "detector": "loss_divergence",
+            "policy": "fail_round",
+            "stage": "sft",
+            "step": 2,
+            "series": "train_loss",
+            "message": "train_loss is NaN at step 2",
+            "fix": "lower the learning rate",
+        }
+    ],
+    "stopped_early": "train_loss is NaN at step 2",
+}
+RFT_CURVES: dict[str, Any] = {
+    "series": {"reward_mean": [[1, 0.25], [2, 0.5]], "reward_std": [[1, 0.125], [2, 0.25]]},
+    "findings": [
+        {
+            "detector": "overfitting",
+            "policy": "warn",
+            "stage": "rft",
+            "step": None,
+            "series": "reward_mean",
+            "message": "the evaluation fell while the training reward rose",
+            "fix": "",
+        }
+    ],
+}
+PROBE: dict[str, Any] = {
+    "function": "tuneloop.local.demo_task:reward",
+    "ok": True,
+    "problems": [],
+    "warnings": [],
+    "pairs": 16,
+    "separation": 0.9375,
+    "good_mean": 0.875,
+    "bad_mean": 0.0625,
+    "latency_p50_s": 0.5,
+    "latency_max_s": None,
+    "positive_fraction": 0.25,
+}
 
 
 def snapshot(tracker: Tracker) -> dict[str, Any]:
@@ -356,6 +403,7 @@ def test_params_metrics_tags_and_artifacts(campaign: dict[str, Any]) -> None:
     assert {f.path for f in client.list_artifacts(round3.info.run_id, "report")} == {
         "report/report.md",
         "report/report.png",
+        "report/training.png",
     }
     data_report = json.loads(
         Path(
@@ -378,6 +426,29 @@ def test_params_metrics_tags_and_artifacts(campaign: dict[str, Any]) -> None:
     recipe_file = client.download_artifacts(sft1.info.run_id, "recipe.yaml", str(campaign["root"]))
     assert "lr: 1.0e-05" in Path(recipe_file).read_text()
     assert sft1.info.start_time == 1772326800000  # 2026-03-01T01:00:00Z, from the record
+
+    # The normalized series, per step, finite points only, stamped with the stage's start.
+    series = client.get_metric_history(sft1.info.run_id, "series/train_loss")
+    assert [(m.step, m.value, m.timestamp) for m in series] == [
+        (1, 2.0, 1772326800000),
+        (3, 1.25, 1772326800000),
+    ]
+    assert sft1.data.metrics["series/val_loss"] == 0.75
+    assert sft1.data.tags["tuneloop.findings"] == "loss_divergence fail_round@2 train_loss"
+    assert sft1.data.tags["tuneloop.stopped_early"] == "train_loss is NaN at step 2"
+    rft3 = _run(tracker, kind="stage", round="3", stage="rft")
+    reward = client.get_metric_history(rft3.info.run_id, "series/reward_mean")
+    assert [(m.step, m.value) for m in reward] == [(1, 0.25), (2, 0.5)]
+    assert rft3.data.tags["tuneloop.findings"] == "overfitting warn reward_mean"
+    assert "tuneloop.stopped_early" not in rft3.data.tags
+    # The reward probe: its function and verdict as params, its numbers as metrics.
+    assert params["probe.1.function"] == "tuneloop.local.demo_task:reward"
+    assert params["probe.1.ok"] == "true"
+    assert metrics["probe.1.separation"] == 0.9375
+    assert metrics["probe.1.good_mean"] == 0.875
+    assert metrics["probe.1.positive_fraction"] == 0.25
+    assert metrics["probe.1.problems"] == 0.0
+    assert "probe.1.latency_max_s" not in metrics
 
     evaluation = _run(tracker, kind="evaluation", round="2")
     assert evaluation.data.metrics["exact_match"] == pytest.approx(0.4)
@@ -632,6 +703,19 @@ def test_rounds_logged_to_a_tracking_server(
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["tuneloop.decision.action"] == "rollback"
     assert tags["tuneloop.champion_round"] == "1"
+    # The stage run's series, per step, through the server's REST API.
+    stage = next(
+        r
+        for r in runs
+        if r.data.tags.get("tuneloop.stage") == "rft"
+        and r.data.tags.get("mlflow.parentRunId") == results[1]["round_run_id"]
+    )
+    query = f"run_id={stage.info.run_id}&metric_key=series/reward_mean"
+    with urllib.request.urlopen(
+        f"{mlflow_server}/api/2.0/mlflow/metrics/get-history?{query}", timeout=60
+    ) as response:
+        history = json.load(response)["metrics"]
+    assert sorted((int(m.get("step", 0)), m["value"]) for m in history) == [(1, 0.25), (2, 0.5)]
 
 
 @pytest.mark.slow
@@ -655,6 +739,27 @@ def test_a_minimal_record_is_logged(campaign: dict[str, Any]) -> None:
     assert run.data.tags["tuneloop.round"] == "1"
     assert result["model_version"] == "" and result["champion_version"] == ""
     assert tracker.champion() is None
+
+
+def test_a_failed_round_says_why_and_has_no_evaluation_run(campaign: dict[str, Any]) -> None:
+    tracker = Tracker(str(campaign["store"]), "failing")
+    record = make_record(
+        1, action="continue", promoted=False, champion=None, exact_match=0.5,
+        checkpoint_root="s3://bucket/f",
+    )  # fmt: skip
+    record.update(
+        campaign="failing",
+        evaluation={},
+        metrics={},
+        failed="monitoring stopped the sft job at step 2: train_loss is NaN",
+    )
+    result = tracker.log_round(record)
+    run = tracker.client.get_run(result["round_run_id"])
+    assert run.data.tags["tuneloop.failed"] == record["failed"]
+    children = tracker.client.search_runs(
+        [tracker.experiment_id], f"tags.`mlflow.parentRunId` = '{result['round_run_id']}'"
+    )
+    assert sorted(c.data.tags["tuneloop.kind"] for c in children) == ["stage", "stage"]
 
 
 def test_rounds_mlflow_missed_are_caught_up_from_the_ledger(campaign: dict[str, Any]) -> None:

@@ -8,7 +8,13 @@ values MLflow already holds:
   written), never from the clock unless the record has no time at all;
 - values longer than MLflow's limits are cut here, the same way on every call;
 - `record_digest` ignores when the record was written (``recorded_at``): a record rebuilt on a
-  task retry has the digest of the first.
+  task retry has the digest of the first;
+- a stage's normalized series (``series``) are metrics under ``series/<name>`` (`SERIES_PREFIX`:
+  ``series/reward_mean``, ``series/train_loss``), apart from the job's raw names, one point per
+  step, finite values only (a NaN loss stays in the record and the report, MLflow refuses it);
+  what the monitors found is a compact tag (`findings_tag`);
+- each reward probe of a round is ``probe.<key>.<field>`` (`probe_key`: the stage it ran for,
+  else its place in the list from 1): the function and verdict as params, its numbers as metrics.
 
 tensorboard is imported inside `read_tensorboard_scalars`: DAG files import this module at parse
 time.
@@ -117,7 +123,8 @@ def finite_scalars(values: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 def round_params(record: Mapping[str, Any]) -> dict[str, str]:
-    """What a round was made of: its base, data digests, job names, checkpoints, hyperparameters.
+    """What a round was made of: its base, data digests, job names, checkpoints, hyperparameters,
+    and the reward probes' functions and verdicts (`probe_params`).
 
     Each stage's ``training_config`` is flattened under the stage's name (``sft.optim_config.lr``)
     so that comparing round runs shows what changed between rounds (a rollback halves lr)."""
@@ -142,6 +149,7 @@ def round_params(record: Mapping[str, Any]) -> dict[str, str]:
     evaluation = record.get("evaluation") or {}
     if evaluation.get("job_name"):
         params["job.evaluation"] = param_value(evaluation["job_name"])
+    params.update(probe_params(record))
     return params
 
 
@@ -159,8 +167,9 @@ def stage_params(stage: Mapping[str, Any]) -> dict[str, str]:
 
 
 def round_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """A round run's single values: eval metrics, baseline, deltas, timings, billable time, and
-    the gate's numeric signals (plateau count, GPU-hours so far...)."""
+    """A round run's single values: eval metrics, baseline, deltas, timings, billable time, the
+    gate's numeric signals (plateau count, GPU-hours so far...) and the reward probes' numbers
+    (`probe_metrics`)."""
     metrics = finite_scalars(
         record.get("metrics") or (record.get("evaluation") or {}).get("metrics")
     )
@@ -175,6 +184,7 @@ def round_metrics(record: Mapping[str, Any]) -> dict[str, float]:
             metrics[key] = value
     signals = (record.get("decision") or {}).get("signals")
     metrics.update({f"signal.{k}": v for k, v in finite_scalars(signals).items()})
+    metrics.update(probe_metrics(record))
     return metrics
 
 
@@ -253,6 +263,92 @@ def read_tensorboard_scalars(folder: Path) -> dict[str, Curve]:
         name: [(step, value, wall) for step, (value, wall) in sorted(points.items())]
         for name, points in sorted(by_name.items())
     }
+
+
+SERIES_PREFIX = "series/"
+"""Where a stage run holds the normalized series (``series/reward_mean``)."""
+PROBE_NUMBERS = (
+    "separation",
+    "pairs",
+    "good_mean",
+    "bad_mean",
+    "records",
+    "calls",
+    "failed_calls",
+    "latency_p50_s",
+    "latency_max_s",
+    "step_seconds",
+    "positive_fraction",
+)
+"""The fields of a reward probe report (`tuneloop.rounds.reward_probe.ProbeReport`) that become
+metrics of the round run."""
+
+
+def series_curves(stage: Mapping[str, Any], default_ms: int) -> dict[str, Curve]:
+    """A stage's normalized series as metric curves under `SERIES_PREFIX`: finite values only,
+    stamped with the stage's start (from the record, so logging again writes the same rows)."""
+    start = millis(stage.get("started_at")) or default_ms
+    curves: dict[str, Curve] = {}
+    for name, points in sorted((stage.get("series") or {}).items()):
+        by_step: dict[int, float] = {}
+        for point in points or []:
+            if len(point) < 2:
+                continue
+            value = finite_number(point[1])
+            if value is not None:
+                by_step[int(point[0])] = value
+        if by_step:
+            key = metric_key(f"{SERIES_PREFIX}{name}")
+            curves[key] = [(step, value, start) for step, value in sorted(by_step.items())]
+    return curves
+
+
+def findings_tag(findings: Any) -> str:
+    """What the monitors found, compact: ``plateau warn@32 reward_mean; loss_divergence
+    fail_round@21 train_loss`` (no step: judged on the whole curve); "" for none."""
+    parts = []
+    for finding in findings or []:
+        step = finding.get("step")
+        where = f"@{step}" if step is not None else ""
+        series = f" {finding['series']}" if finding.get("series") else ""
+        parts.append(f"{finding.get('detector')} {finding.get('policy')}{where}{series}")
+    return tag_value("; ".join(parts))
+
+
+def probe_key(probe: Mapping[str, Any], index: int, probes: Any) -> str:
+    """The name of a probe in MLflow: its stage when the record's probes name distinct stages,
+    else its place in the list, from 1."""
+    stages = [str(p.get("stage") or "") for p in probes or []]
+    stage = str(probe.get("stage") or "")
+    unique = stage and stages.count(stage) == 1
+    return metric_key(stage if unique else str(index + 1))
+
+
+def probe_params(record: Mapping[str, Any]) -> dict[str, str]:
+    """Each probe's function and verdict: ``probe.<key>.function``, ``probe.<key>.ok``."""
+    probes = record.get("probes") or []
+    params: dict[str, str] = {}
+    for index, probe in enumerate(probes):
+        key = f"probe.{probe_key(probe, index, probes)}"
+        if probe.get("function"):
+            params[f"{key}.function"] = param_value(str(probe["function"]))
+        params[f"{key}.ok"] = "true" if probe.get("ok") else "false"
+    return params
+
+
+def probe_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """Each probe's numbers (`PROBE_NUMBERS`) and its count of problems, as
+    ``probe.<key>.separation``, ``probe.<key>.problems``..."""
+    probes = record.get("probes") or []
+    metrics: dict[str, float] = {}
+    for index, probe in enumerate(probes):
+        key = f"probe.{probe_key(probe, index, probes)}"
+        for field in PROBE_NUMBERS:
+            value = finite_number(probe.get(field))
+            if value is not None:
+                metrics[metric_key(f"{key}.{field}")] = value
+        metrics[metric_key(f"{key}.problems")] = float(len(probe.get("problems") or []))
+    return metrics
 
 
 def round_checkpoint(record: Mapping[str, Any]) -> Mapping[str, Any] | None:

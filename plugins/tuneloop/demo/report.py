@@ -1,12 +1,13 @@
 """What ``make demo`` prints: progress while a round runs, a summary per round as it ends, then
-the table and where to look."""
+the table, the reward probes' verdicts, the last round's curves in one line, and where to look
+(the report, its plots, the ledger, MLflow)."""
 
 from __future__ import annotations
 
 import shlex
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -141,6 +142,8 @@ def summarize(ledger: Any, campaign_dir: Path, seconds: float | None, cf: Any) -
         where = last.output_uri if last else champion.base
         value = champion.metrics.get(PRIMARY)
         print(f"Champion: round {champion.round} ({PRIMARY} {value:.3f}), {where}")
+    print_probes(records)
+    print_curves(records, report.parent)
     print(f"Round report: {report} (the plot: {report.with_suffix('.png')})")
     print(f"Ledger:       {campaign_dir / 'rounds'}/")
     print(
@@ -148,6 +151,56 @@ def summarize(ledger: Any, campaign_dir: Path, seconds: float | None, cf: Any) -
         + shlex.quote(f"sqlite:///{store}")
         + " --port 5000   (then open http://127.0.0.1:5000)"
     )
+
+
+LABEL_WIDTH = len("Round report: ")
+"""The final lines' labels are this wide, so that what follows them lines up."""
+
+
+def _labelled(label: str, lines: Sequence[str]) -> None:
+    """``label`` before the first line, the others indented under it."""
+    for index, line in enumerate(lines):
+        print((label if index == 0 else "").ljust(LABEL_WIDTH) + line)
+
+
+def print_probes(records: Sequence[Mapping[str, Any]]) -> None:
+    """The verdict of each reward probe the rounds ran before their RFT stages, with the
+    problems of a probe that failed and their fixes."""
+    from tuneloop.tracking.report import probe_summary, problem_line
+
+    lines = []
+    for record in records:
+        for probe in record.get("probes") or []:
+            lines.append(
+                f"round {record['round']} ({probe.get('function', '?')}): {probe_summary(probe)}"
+            )
+            lines += [f"  {problem_line(problem)}" for problem in probe.get("problems") or []]
+    _labelled("Reward probe:", lines)
+
+
+def print_curves(records: Sequence[Mapping[str, Any]], report_folder: Path) -> None:
+    """The last round's curves in one line (``sft: loss 2.1 -> 0.4 over 300 steps; rft: reward
+    mean 0.31 -> 0.58 over 40 steps``), what the monitors found in it, and the training plot."""
+    from tuneloop.tracking.plots import TRAINING_PNG_NAME
+    from tuneloop.tracking.report import finding_line, stage_summary
+
+    curved = [r for r in records if any(stage_summary(s) for s in r.get("stages") or [])]
+    if not curved:
+        return
+    last = curved[-1]
+    parts = [
+        f"{s.get('name')}: {stage_summary(s)}" for s in last.get("stages") or [] if stage_summary(s)
+    ]
+    lines = [f"round {last['round']}: " + "; ".join(parts)]
+    for stage in last.get("stages") or []:
+        if stage.get("stopped_early"):
+            lines.append(f"  {stage.get('name')} stopped early: {stage['stopped_early']}")
+        for finding in stage.get("findings") or []:
+            lines.append(f"  {stage.get('name')}: {finding_line(finding).replace('**', '')}")
+    _labelled("Curves:", lines)
+    plot = report_folder / TRAINING_PNG_NAME
+    if plot.is_file():
+        _labelled("Curves plot:", [str(plot)])
 
 
 def ui_hint(home: Path, running_url: str | None) -> str:

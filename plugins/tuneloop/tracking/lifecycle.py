@@ -228,7 +228,7 @@ def refresh_report(cf: CampaignFile) -> list[str]:
 
 
 def write_campaign_report(cf: CampaignFile, records: list[RoundRecord]) -> list[str]:
-    """The campaign's round report (Markdown and PNG) beside its ledger, from ``records`` and
+    """The campaign's round report (Markdown and PNGs) beside its ledger, from ``records`` and
     the lifecycle's latest plan and apply (its "Storage" section); [] on S3 roots. Both the
     round DAG's ``decide`` and the lifecycle write it, so neither drops the other's part."""
     from tuneloop import storage
@@ -248,4 +248,4 @@ def write_campaign_report(cf: CampaignFile, records: list[RoundRecord]) -> list[
         baseline=shown[-1].get("baseline") if shown else None,
         storage=storage_records(cf),
     )
-    return [str(paths.markdown), str(paths.png)]
+    return [str(path) for path in paths.files]

@@ -12,6 +12,13 @@ everything here is idempotent and keyed on the ledger's identities, never on tim
 - a round run holds the record's digest once it is complete: logging the same record again
   only re-checks the champion alias.
 
+What each run holds: a stage run its rendered recipe (params and ``recipe.yaml``), the job's raw
+training curves, the normalized series as per-step metrics ``series/<name>`` (finite points only),
+what the monitors found (tag ``tuneloop.findings``) and why monitoring stopped it (tag
+``tuneloop.stopped_early``); a round run the evaluation's metrics, deltas, timings, the reward
+probes (``probe.<stage or n>.separation``, ...), why it failed (tag ``tuneloop.failed``), the
+record as ``round.json`` and the round report (``report/``: report.md, report.png, training.png).
+
 One registered model per campaign (``tuneloop-<campaign>``) gets a version per promoted round.
 No weights are logged: the version's source is the checkpoint URI itself when it is remote
 (``s3://...``); a local checkpoint folder is not accepted as a source by an MLflow server (it
@@ -56,6 +63,7 @@ from tuneloop.artifacts.training_metrics import (
     MAX_TAG_VALUE,
     METRICS_PER_BATCH,
     PARAMS_PER_BATCH,
+    findings_tag,
     finite_number,
     finite_scalars,
     flatten,
@@ -68,6 +76,7 @@ from tuneloop.artifacts.training_metrics import (
     round_note,
     round_params,
     round_times,
+    series_curves,
     stage_params,
     tag_value,
     training_curves,
@@ -89,6 +98,12 @@ TAG_ROUND = "tuneloop.round"
 TAG_STAGE = "tuneloop.stage"
 TAG_RECORD = "tuneloop.record_sha256"
 """Set on a round run when everything of the record is logged: the run is complete."""
+TAG_FINDINGS = "tuneloop.findings"
+"""On a stage run: what the monitors found (`training_metrics.findings_tag`)."""
+TAG_STOPPED_EARLY = "tuneloop.stopped_early"
+"""On a stage run: why monitoring stopped its job."""
+TAG_FAILED = "tuneloop.failed"
+"""On a round run: why the round failed before its evaluation."""
 TAG_PARENT = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"
 
@@ -237,7 +252,7 @@ class Tracker:
     ) -> dict[str, str]:
         """Mirror one ledger record (``RoundRecord.model_dump(mode="json")``); idempotent.
 
-        ``report_files`` (the round report's Markdown and PNG) go to the round run's and the
+        ``report_files`` (the round report's Markdown and PNGs) go to the round run's and the
         campaign run's ``report/`` artifacts; the Markdown also becomes the campaign run's
         description. Returns the run ids, ``round_url`` (the run in the MLflow UI),
         ``open_with`` (for a local store: the command that serves that UI), ``model_version``
@@ -572,6 +587,8 @@ class Tracker:
         }
         if decision.get("recommendation"):
             tags["tuneloop.decision.recommendation"] = tag_value(decision["recommendation"])
+        if record.get("failed"):
+            tags[TAG_FAILED] = tag_value(record["failed"])
         metrics = [(k, v, number, end) for k, v in round_metrics(record).items()]
         self._log(round_run, round_params(record), metrics, tags)
         with tempfile.TemporaryDirectory(prefix="tuneloop-mlflow-") as scratch:
@@ -628,15 +645,20 @@ class Tracker:
             stage=name,
             tags={"tuneloop.method": tag_value(stage.get("method"))},
         )
+        curves = {**training_curves(stage, start), **series_curves(stage, start)}
         metrics = [
             (key, value, step, stamp)
-            for key, curve in training_curves(stage, start).items()
+            for key, curve in curves.items()
             for step, value, stamp in curve
         ]
         billable = finite_number(stage.get("billable_seconds"))
         if billable is not None:
             metrics.append(("billable_seconds", billable, 0, end))
         tags = {"tuneloop.job_name": tag_value(stage.get("job_name"))}
+        if stage.get("findings"):
+            tags[TAG_FINDINGS] = findings_tag(stage["findings"])
+        if stage.get("stopped_early"):
+            tags[TAG_STOPPED_EARLY] = tag_value(stage["stopped_early"])
         self._log(run, stage_params(stage), metrics, tags)
         if stage.get("recipe"):
             self._log_recipe(run.info.run_id, stage["recipe"])

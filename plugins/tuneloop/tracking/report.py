@@ -1,6 +1,19 @@
 """The round report: a Markdown table of a campaign's rounds, a PNG of its metrics per round, and
 the same table as fixed-width text for a terminal.
 
+The Markdown's sections after the table:
+
+- "Training" (when a stage recorded curves, findings or an early stop): ``training.png``
+  (`tuneloop.tracking.plots`), then per round and stage its headline curve from first to last
+  value, the last value of its other main series, why monitoring stopped it, and each finding
+  with its policy and fix;
+- "Reward probe" (when a round ran one): per probe its function, verdict, separation, good vs bad
+  mean, latency and positive share, then its problems with their fixes and its warnings;
+- "Storage" (see below).
+
+A round that failed before its evaluation (the record's ``failed``) reads ``failed (<action>)``
+in the table, with why it failed before the decision's reason.
+
 Input is the ledger's records as plain mappings (``RoundRecord.model_dump(mode="json")``), so
 this module needs neither the ledger nor the gate. Output depends on the records alone (no
 clock, no locale), so the same ledger always renders the same bytes: a report can be diffed,
@@ -12,18 +25,31 @@ latest plan (``LifecyclePlan``) and the latest apply (``ApplyReport``), as
 plan's, moved to their new class where the latest apply carried that plan out; the monthly
 cost is the plan's (or that apply's) estimate.
 
-matplotlib is imported inside `write_report`, through its object API with the Agg canvas: no
-pyplot, no global backend switched in the process that calls it.
+matplotlib is imported inside the functions that draw, through its object API with the Agg
+canvas: no pyplot, no global backend switched in the process that calls it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import quote, urlparse
+
+from tuneloop.artifacts.series import (
+    REWARD_ERROR_RATE,
+    REWARD_HIGH,
+    REWARD_LOW,
+    REWARD_MEAN,
+    REWARD_STD,
+    ROLLOUT_COMPLETION,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    VAL_REWARD_MEAN,
+)
+from tuneloop.tracking.plots import TRAINING_PNG_NAME, fails, points_of, render_training
 
 MARKDOWN_NAME = "report.md"
 PNG_NAME = "report.png"
@@ -33,9 +59,23 @@ OTHER_COLOURS = ("C1", "C2", "C4", "C5", "C6", "C7", "C8", "C9")
 """matplotlib's cycle without C0 (the primary metric) and C3 (red: rollbacks)."""
 
 
-class ReportPaths(NamedTuple):
+@dataclass(frozen=True)
+class ReportPaths:
+    """The files `write_report` wrote; iterating gives each of them (what
+    `Tracker.log_round`'s ``report_files`` takes)."""
+
     markdown: Path
     png: Path
+    training: Path | None = None
+    """The training curves (`tuneloop.tracking.plots`); None when no stage recorded a curve."""
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file written: the Markdown, the rounds plot, the training plot if any."""
+        return [self.markdown, self.png, *([self.training] if self.training else [])]
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self.files)
 
 
 @dataclass(frozen=True)
@@ -55,10 +95,26 @@ class Row:
     champion: bool = False
     checkpoints: tuple[tuple[str, str], ...] = ()
     """(stage, checkpoint URI) of every stage that produced one."""
+    failed: str = ""
+    """Why the round failed before its evaluation ("" for a judged round)."""
 
     @property
     def is_rollback(self) -> bool:
         return self.action == "rollback"
+
+    @property
+    def decision_text(self) -> str:
+        """The decision, after "failed" for a round that failed ("" when there is none)."""
+        if not self.failed:
+            return self.action
+        return f"failed ({self.action})" if self.action else "failed"
+
+    @property
+    def reason_text(self) -> str:
+        """Why: a failed round's failure first, then the decision's reason when it adds to it."""
+        if not self.failed or self.failed in self.reason:
+            return self.reason
+        return f"{self.failed}; {self.reason}" if self.reason else self.failed
 
 
 def _number(value: Any) -> float | None:
@@ -133,6 +189,7 @@ def build_rows(
                 action=str(decision.get("action") or ""),
                 reason=" ".join(str(decision.get("reason") or "").split()),
                 champion=number == champion,
+                failed=" ".join(str(record.get("failed") or "").split()),
                 checkpoints=tuple(
                     (str(s.get("name") or s.get("method")), str(s["checkpoint"]["uri"]))
                     for s in stages
@@ -209,7 +266,8 @@ def render_markdown(
     else:
         lines.append("- Champion: none yet")
     if rounds:
-        lines.append(f"- Last decision: {rounds[-1].action or NO_VALUE}: {_md(rounds[-1].reason)}")
+        last = rounds[-1]
+        lines.append(f"- Last decision: {last.decision_text or NO_VALUE}: {_md(last.reason_text)}")
     lines.append("")
 
     header = ["Round", "Base", "Stages"]
@@ -230,8 +288,8 @@ def render_markdown(
             _md(row.stages) or NO_VALUE,
             *values,
             _delta(row.delta),
-            row.action or NO_VALUE,
-            _md(row.reason) or NO_VALUE,
+            row.decision_text or NO_VALUE,
+            _md(row.reason_text) or NO_VALUE,
             links or NO_VALUE,
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -256,7 +314,7 @@ def format_table(
     header = ["round", "base", "stages", *names, "Δ prev", "decision", "reason"]
     table = [header]
     for row in rows:
-        reason = row.reason
+        reason = row.reason_text
         if len(reason) > reason_width:
             reason = reason[: reason_width - 1] + "…"
         table.append(
@@ -266,7 +324,7 @@ def format_table(
                 row.stages.replace(" → ", ">") or "-",
                 *(_value(row.metrics.get(name)).replace(NO_VALUE, "-") for name in names),
                 _delta(row.delta).replace(NO_VALUE, "-"),
-                row.action or "-",
+                row.decision_text or "-",
                 reason or "-",
             ]
         )
@@ -371,20 +429,197 @@ def write_report(
     baseline: Mapping[str, float] | None,
     storage: Mapping[str, Any] | None = None,
 ) -> ReportPaths:
-    """Write ``report.md`` and ``report.png`` into ``folder``; the Markdown embeds the PNG.
+    """Write ``report.md``, ``report.png`` and, when a stage recorded curves, ``training.png``
+    into ``folder``; the Markdown embeds the PNGs. A ``training.png`` left by an earlier report
+    goes when the records have no curve: the folder shows these records only.
 
     ``storage``: ``{"plan": <latest lifecycle plan>, "apply": <latest apply or None>}`` adds
     the "Storage" section (None: no lifecycle plan yet, no section)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     rows = build_rows(records, primary_metric=primary_metric, baseline=baseline)
+    training = render_training(records, out / TRAINING_PNG_NAME, campaign)
+    if training is None:
+        (out / TRAINING_PNG_NAME).unlink(missing_ok=True)
     markdown = out / MARKDOWN_NAME
     text = render_markdown(rows, campaign=campaign, primary_metric=primary_metric)
+    sections = render_training_section(
+        records, campaign=campaign, png_name=TRAINING_PNG_NAME if training else None
+    )
+    sections += render_probes(records)
     if storage and storage.get("plan"):
-        text += "\n".join(render_storage(storage["plan"], storage.get("apply"))) + "\n"
+        sections += render_storage(storage["plan"], storage.get("apply"))
+    if sections:
+        text += "\n" + "\n".join(sections) + "\n"
     markdown.write_text(text, encoding="utf-8")
     png = render_png(rows, out / PNG_NAME, campaign=campaign, primary_metric=primary_metric)
-    return ReportPaths(markdown=markdown, png=png)
+    return ReportPaths(markdown=markdown, png=png, training=training)
+
+
+# --- the training section -----------------------------------------------------------------------
+
+HEADLINE_SERIES = (REWARD_MEAN, TRAIN_LOSS)
+"""Shown from first to last value; the other main series by their last value."""
+MAIN_SERIES = (
+    REWARD_MEAN,
+    REWARD_STD,
+    VAL_REWARD_MEAN,
+    REWARD_HIGH,
+    REWARD_LOW,
+    REWARD_ERROR_RATE,
+    ROLLOUT_COMPLETION,
+    TRAIN_LOSS,
+    VAL_LOSS,
+)
+SHORT_NAMES = {REWARD_MEAN: "reward mean", TRAIN_LOSS: "loss"}
+"""How the one-line summary of a stage names its headline series."""
+
+
+def curve_value(value: float, digits: int = 4) -> str:
+    """A point's value: ``digits`` significant figures, ``NaN`` or ``inf`` when not finite."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}g}"
+
+
+def _headline(name: str, points: Sequence[tuple[int, float]], arrow: str, digits: int) -> str:
+    first, last = points[0], points[-1]
+    label = SHORT_NAMES.get(name, name) if arrow == "->" else name
+    if len(points) == 1:
+        return f"{label} {curve_value(last[1], digits)} at step {last[0]}"
+    return (
+        f"{label} {curve_value(first[1], digits)} {arrow} {curve_value(last[1], digits)} "
+        f"over {last[0]} steps"
+    )
+
+
+def stage_summary(stage: Mapping[str, Any]) -> str:
+    """One line on a stage's headline curve (reward mean, else loss), as a terminal shows it:
+    ``reward mean 0.31 -> 0.58 over 40 steps``; "" when it recorded neither."""
+    series = stage.get("series") or {}
+    for name in HEADLINE_SERIES:
+        points = points_of(series.get(name))
+        if points:
+            return _headline(name, points, "->", 3)
+    return ""
+
+
+def stage_line(stage: Mapping[str, Any]) -> str:
+    """The main series of a stage: the headline from first to last value, the others' last."""
+    series = {name: points_of(raw) for name, raw in sorted((stage.get("series") or {}).items())}
+    series = {name: points for name, points in series.items() if points}
+    if not series:
+        return "no curves recorded"
+    parts = [_headline(name, series[name], "→", 4) for name in HEADLINE_SERIES if name in series]
+    parts += [
+        f"{name} {curve_value(series[name][-1][1])}"
+        for name in MAIN_SERIES
+        if name in series and name not in HEADLINE_SERIES
+    ]
+    return "; ".join(parts) or "curves: " + ", ".join(series)
+
+
+def _sentence(text: Any) -> str:
+    """``text`` on one line, ending with a full stop (a fix follows it)."""
+    words = " ".join(str(text or "").split())
+    return words if not words or words.endswith((".", "!", "?")) else words + "."
+
+
+def finding_line(finding: Mapping[str, Any]) -> str:
+    """``**fail_round** loss_divergence at step 12 (train_loss): message. Fix: ...``"""
+    policy = str(finding.get("policy") or "warn")
+    where = f" at step {finding['step']}" if finding.get("step") is not None else ""
+    series = f" ({finding['series']})" if finding.get("series") else ""
+    text = f"{finding.get('detector')}{where}{series}: {_sentence(finding.get('message'))}"
+    if finding.get("fix"):
+        text += f" Fix: {_sentence(finding['fix'])}"
+    shown = f"**{policy}**" if fails(finding) else policy
+    return f"{shown} {_md(' '.join(text.split()))}"
+
+
+def render_training_section(
+    records: Sequence[Mapping[str, Any]], *, campaign: str, png_name: str | None
+) -> list[str]:
+    """The "Training" section: the training plot, then per round and stage its main series, why
+    monitoring stopped it, and what the monitors found (with their policy). [] when no stage
+    recorded curves, findings or an early stop."""
+    ordered = _ordered(records)
+    stages = [(int(r["round"]), s) for r in ordered for s in r.get("stages") or []]
+    if not any(s.get("series") or s.get("findings") or s.get("stopped_early") for _, s in stages):
+        return []
+    lines = ["## Training", ""]
+    if png_name:
+        lines += [f"![{_md(campaign)}: training curves]({png_name})", ""]
+    for number, stage in stages:
+        name = str(stage.get("name") or stage.get("method") or "stage")
+        method = str(stage.get("method") or "")
+        label = f"`{_md(name)}`" + (f" ({method})" if method and method != name else "")
+        lines.append(f"- Round {number}, {label}: {_md(stage_line(stage))}")
+        if stage.get("stopped_early"):
+            lines.append(f"  - stopped early: {_md(' '.join(str(stage['stopped_early']).split()))}")
+        for finding in stage.get("findings") or []:
+            lines.append(f"  - {finding_line(finding)}")
+    lines.append("")
+    lines.append("Policies: warn is noted; **fail_round** and **stop_campaign** fail the round.")
+    lines.append("")
+    return lines
+
+
+# --- the reward probe section --------------------------------------------------------------------
+
+
+def _share(value: Any) -> str:
+    number = _number(value)
+    return NO_VALUE if number is None else f"{number:.0%}"
+
+
+def _seconds(value: Any) -> str:
+    number = _number(value)
+    return NO_VALUE if number is None else f"{number:.3g} s"
+
+
+def probe_summary(probe: Mapping[str, Any]) -> str:
+    """A probe's verdict and numbers on one line (no function name): ``passed: separation 100%
+    of 8 pairs, good mean 0.95 vs bad mean 0.02, latency p50 0.01 s / max 0.02 s, positive share
+    12%``."""
+    verdict = "passed" if probe.get("ok") else "FAILED"
+    parts = [
+        f"separation {_share(probe.get('separation'))} of {probe.get('pairs', 0)} pairs",
+        f"good mean {_value(_number(probe.get('good_mean')))} vs bad mean "
+        f"{_value(_number(probe.get('bad_mean')))}",
+        f"latency p50 {_seconds(probe.get('latency_p50_s'))} / max "
+        f"{_seconds(probe.get('latency_max_s'))}",
+    ]
+    if _number(probe.get("positive_fraction")) is not None:
+        parts.append(f"positive share {_share(probe.get('positive_fraction'))}")
+    return f"{verdict}: " + ", ".join(parts)
+
+
+def problem_line(problem: Mapping[str, Any]) -> str:
+    """``check: message. Fix: fix.`` of one problem a probe found, on one line."""
+    text = f"{problem.get('check', '')}: {_sentence(problem.get('message'))}"
+    return text + (f" Fix: {_sentence(problem['fix'])}" if problem.get("fix") else "")
+
+
+def render_probes(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The "Reward probe" section: per probe run before a round's RFT stages, its function,
+    verdict and numbers, then each problem with its fix and each warning. [] without probes."""
+    probes = [(int(r["round"]), p) for r in _ordered(records) for p in r.get("probes") or [] if p]
+    if not probes:
+        return []
+    lines = ["## Reward probe", ""]
+    for number, probe in probes:
+        function = _md(str(probe.get("function") or "?"))
+        lines.append(f"- Round {number}, `{function}`: {_md(probe_summary(probe))}")
+        for problem in probe.get("problems") or []:
+            lines.append(f"  - problem: {_md(problem_line(problem))}")
+        for warning in probe.get("warnings") or []:
+            text = warning if isinstance(warning, str) else warning.get("message", "")
+            lines.append(f"  - warning: {_md(' '.join(str(text).split()))}")
+    lines.append("")
+    return lines
 
 
 # --- the storage section ------------------------------------------------------------------------
