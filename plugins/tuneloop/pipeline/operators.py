@@ -81,13 +81,6 @@ from tuneloop.jobs.base import (
     validate_job_name,
 )
 from tuneloop.links import is_http, mlflow_link_url
-from tuneloop.pipeline.monitor import (
-    recipe_instances,
-    recipe_total_steps,
-    saved_gpu_hours,
-    series_from_json,
-    series_to_json,
-)
 from tuneloop.pipeline.triggers import DEADLINE, STOPPED, SUCCESS, JobTrigger
 
 if TYPE_CHECKING:
@@ -550,6 +543,9 @@ class JobOperator(ResumableJobMixin, BaseOperator):
     ) -> dict[str, Any]:
         """The task's return value for a job monitoring stopped: its status, why, what was
         found and what stopping it saved. The task succeeds; the round's gate fails it."""
+        # Here, not at module level: DAG files import this module, the detectors need not load.
+        from tuneloop.pipeline.monitor import recipe_instances, recipe_total_steps, saved_gpu_hours
+
         reason = str(event.get("reason") or event.get("message") or "monitoring stopped it")
         status = self._settled(name, status, reason)
         self._push_console_url(context, status)
@@ -814,6 +810,8 @@ def _watched(event: dict[str, Any]) -> dict[str, Any]:
     (nothing when the job was not watched)."""
     if "series" not in event and "findings" not in event:
         return {}
+    from tuneloop.pipeline.monitor import series_from_json, series_to_json
+
     series = event.get("series")
     findings = event.get("findings")
     return {

@@ -41,7 +41,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -56,7 +56,9 @@ from tuneloop.jobs.base import (
     alogs,
     astatus,
 )
-from tuneloop.pipeline.monitor import LiveWatch
+
+if TYPE_CHECKING:
+    from tuneloop.pipeline.monitor import LiveWatch
 
 SUCCESS = "success"
 FAILURE = "failure"
@@ -271,6 +273,8 @@ class JobTrigger(BaseTrigger):
             return None
         try:
             settings = Monitoring.model_validate(self.monitoring)
+            from tuneloop.pipeline.monitor import LiveWatch  # the detectors load when used
+
             watch = LiveWatch(settings, stage=self.stage, method=self.method)
         except ValueError as exc:  # pydantic's ValidationError, or an unknown method
             self.log.error(
