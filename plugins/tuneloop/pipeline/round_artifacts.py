@@ -151,13 +151,22 @@ def stage_series(cf: CampaignFile, outcome: RoundOutcome) -> dict[str, dict[str,
         parts = []
         if status.result_uri:
             try:
-                parts.append(read_series(status.result_uri, bands=(bands.high, bands.low)))
+                folder = job_folder(status.result_uri)
+                parts.append(read_series(folder, bands=(bands.high, bands.low)))
             except Exception as exc:  # the record stands without the curves
                 log.warning("Could not read the %s job's curves: %s", planned.name, exc)
         parts.append(_job_run_series(cf, planned.recipe))
         parts.append(status.series)
         curves[planned.name] = merge(*parts)
     return curves
+
+
+def job_folder(result_uri: str) -> str:
+    """The folder a job's outputs are under: a training job's result is
+    ``<job>/output/output.tar.gz`` and its TensorBoard events are beside it, under
+    ``<job>/tensorboard/``; other backends' results are the folder itself."""
+    suffix = "/output/output.tar.gz"
+    return result_uri[: -len(suffix) + 1] if result_uri.endswith(suffix) else result_uri
 
 
 def _job_run_series(cf: CampaignFile, recipe: Mapping[str, Any]) -> dict[str, Any]:
