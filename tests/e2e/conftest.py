@@ -283,13 +283,16 @@ def _airflow_settings(
         "AIRFLOW__API__WORKERS": "2",
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
         # A task whose process died (a killed worker) is seen within half a minute, not five:
-        # its supervisor heartbeats every 5 s, so 30 s is six missed beats, and the scheduler
-        # looks every 2 s instead of 10.
+        # its supervisor heartbeats every few seconds (below), so 30 s is many missed beats,
+        # and the scheduler looks every 2 s instead of 10.
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
         # A round is a dozen tasks one after another; an idle scheduler looks for the next one
         # twice a second (as the demo's does), not once.
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+        # Workers notice a deferred task's exit within a second, and its trigger waits 2 s
+        # (pipeline.triggers.settle_seconds) rather than 8 s at the default interval.
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
     }
 

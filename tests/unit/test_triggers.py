@@ -182,3 +182,20 @@ def test_triggers_with_one_config_share_one_backend() -> None:
     config = {"type": StepBackend.type, "region": "eu-west-1"}
     assert shared_backend(config) is shared_backend(dict(reversed(list(config.items()))))
     assert shared_backend(config) is not shared_backend({**config, "region": "us-east-1"})
+
+
+def test_an_event_waits_until_the_deferring_worker_has_let_go_of_the_task() -> None:
+    """A job that ends at once still fires only at ``not_before``: until then the worker that
+    ran the deferring try may not have reported its exit, and a resume queued before that
+    report is failed by the scheduler as a task whose state changed externally."""
+    import time
+
+    from tuneloop.pipeline.triggers import settle_seconds
+
+    assert settle_seconds(5.0) > 5.0  # beyond the worker's heartbeat interval
+    not_before = time.time() + 0.5
+    payload = run_trigger(trigger_for("quick-eval", ["SUCCEEDED"], not_before=not_before))
+    assert payload["outcome"] == SUCCESS
+    assert time.time() >= not_before
+    classpath, kwargs = trigger_for("quick-eval", ["SUCCEEDED"], not_before=12.5).serialize()
+    assert import_string(classpath)(**kwargs).not_before == 12.5

@@ -189,6 +189,10 @@ def airflow_env(
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
         "AIRFLOW__DAG_PROCESSOR__PRINT_STATS_INTERVAL": "300",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # A worker notices a deferred task's exit within a second, so a job's trigger fires 2 s
+        # after the task deferred at the earliest (pipeline.triggers.settle_seconds), not 8 s:
+        # the demo's evaluations take seconds.
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
     }
     env.update(extra or {})
     return env

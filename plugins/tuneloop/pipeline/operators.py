@@ -81,7 +81,7 @@ from tuneloop.jobs.base import (
     validate_job_name,
 )
 from tuneloop.links import is_http, mlflow_link_url
-from tuneloop.pipeline.triggers import DEADLINE, STOPPED, SUCCESS, JobTrigger
+from tuneloop.pipeline.triggers import DEADLINE, STOPPED, SUCCESS, JobTrigger, settle_seconds
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -395,6 +395,7 @@ class JobOperator(ResumableJobMixin, BaseOperator):
                 monitoring=self.watching,
                 stage=self.spec.labels.get("stage", "") or self.task_id,
                 method=self.spec.method,
+                not_before=time.time() + _settle_seconds(),
             ),
             method_name="execute_complete",
             kwargs={"deadline": self._deadline},
@@ -803,6 +804,13 @@ def _status_event(status: JobStatus) -> dict[str, Any]:
 
 def _raise(error: BaseException) -> Any:
     raise error
+
+
+def _settle_seconds() -> float:
+    """`triggers.settle_seconds` for this deployment's ``[workers] min_heartbeat_interval``."""
+    from airflow.configuration import conf
+
+    return settle_seconds(conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0))
 
 
 def _watched(event: dict[str, Any]) -> dict[str, Any]:

@@ -92,6 +92,17 @@ def shared_backend(config: dict[str, Any]) -> JobBackend:
     return backend
 
 
+def settle_seconds(min_heartbeat_interval: float) -> float:
+    """How long after a task defers its trigger may fire at the earliest.
+
+    A worker notices that the task process it ran has exited (having deferred) within its
+    ``[workers] min_heartbeat_interval``; when the trigger fires before the executor reported
+    that exit, the scheduler has already queued the task to resume, reads the late report as a
+    task whose state "changed externally" and fails the try (a retry, a minute later). A job
+    that ends seconds after it was submitted (a small evaluation) would meet that every time."""
+    return 1.5 * min_heartbeat_interval + 0.5
+
+
 def backoff(failures: int, base: float, cap: float = MAX_BACKOFF) -> float:
     """Exponential backoff with full jitter: spreads a thousand triggers hit by one outage."""
     return random.uniform(0.5, 1.0) * min(cap, base * 2 ** max(0, failures - 1))
@@ -142,6 +153,7 @@ class JobTrigger(BaseTrigger):
         metrics and stop it on a failing finding (None, or ``live`` false: only wait).
     :param stage: the stage the job trains (findings name it).
     :param method: sft, cpt or rft: which detectors apply.
+    :param not_before: epoch seconds before which no event fires (see `settle_seconds`).
     """
 
     def __init__(
@@ -156,6 +168,7 @@ class JobTrigger(BaseTrigger):
         monitoring: dict[str, Any] | None = None,
         stage: str = "",
         method: str = "",
+        not_before: float | None = None,
     ) -> None:
         super().__init__()
         self.backend = dict(backend)
@@ -168,6 +181,7 @@ class JobTrigger(BaseTrigger):
         self.monitoring = dict(monitoring) if monitoring is not None else None
         self.stage = stage
         self.method = method
+        self.not_before = not_before
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -183,10 +197,17 @@ class JobTrigger(BaseTrigger):
                 "monitoring": self.monitoring,
                 "stage": self.stage,
                 "method": self.method,
+                "not_before": self.not_before,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        async for event in self._wait():
+            if self.not_before is not None:
+                await asyncio.sleep(max(0.0, self.not_before - time.time()))
+            yield event
+
+    async def _wait(self) -> AsyncIterator[TriggerEvent]:
         backend = shared_backend(self.backend)
         watch = self._watch()
         failures = 0
