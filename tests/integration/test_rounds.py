@@ -480,3 +480,14 @@ def test_real_local_round(airflow_db: Path, tmp_path: Path, data: Path) -> None:
     assert "exact_match" in record.metrics and "exact_match" in record.baseline
     assert record.decision.action in ("continue", "rollback", "stop")
     assert record.timings["train sft"] > 0
+    # What the round watched: each stage's curves, read live and from its output folder; the
+    # probe of the RFT stage's reward function; the base model's share of positive rewards
+    # (its evaluation answers scored by that function: the untrained model scores none).
+    sft, rft = record.stages
+    assert [step for step, _ in sft.series["train_loss"]][-1] == 8
+    assert [step for step, _ in rft.series["reward_mean"]] == [1, 2, 3, 4, 5]
+    assert {"reward_std", "reward_error_rate", "reward_high"} <= set(rft.series)
+    (probe,) = record.probes
+    assert probe["ok"] and probe["function"] == "tuneloop.local.demo_task:reward"
+    (baseline,) = [json.loads(f.read_text()) for f in tmp_path.rglob("baselines/*.json")]
+    assert baseline["positive_reward_fraction"] == 0.0

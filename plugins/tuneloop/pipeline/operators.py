@@ -807,10 +807,14 @@ def _raise(error: BaseException) -> Any:
 
 
 def _settle_seconds() -> float:
-    """`triggers.settle_seconds` for this deployment's ``[workers] min_heartbeat_interval``."""
+    """``[tuneloop] trigger_settle_seconds`` when set, else `triggers.settle_seconds` for this
+    deployment's ``[workers] min_heartbeat_interval``."""
     from airflow.configuration import conf
 
-    return settle_seconds(conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0))
+    configured = str(conf.get("tuneloop", "trigger_settle_seconds", fallback="") or "").strip()
+    if configured:
+        return max(0.0, float(configured))
+    return settle_seconds(conf.getint("workers", "min_heartbeat_interval", fallback=5))
 
 
 def _watched(event: dict[str, Any]) -> dict[str, Any]:
