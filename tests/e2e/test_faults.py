@@ -14,6 +14,7 @@ fault is chosen by the test, not by timing.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,10 +131,11 @@ def test_worker_killed_while_the_training_task_is_deferred(stack: Stack, gates: 
 
 def _catch_task_between_submit_and_defer(
     stack: Stack, campaign: Campaign, dag_id: str, run_id: str, stage: str
-) -> tuple[str, dict[str, Any]] | None:
+) -> tuple[str, dict[str, Any], list[Any]] | None:
     """Freeze both workers the moment the stage's job runs on its own (its launcher has exited)
     and look at the training task: if it is still running, not yet deferred, return the worker
-    running it (still frozen) and the task instance; otherwise thaw them and return None."""
+    running it, the task instance and that worker's frozen processes (still frozen); otherwise
+    thaw them and return None."""
     runner = campaign.backend().runner
     labels = {"campaign": campaign.name, "round": "1", "stage": stage}
     task_id = f"train_{stage}"
@@ -158,7 +160,7 @@ def _catch_task_between_submit_and_defer(
         for name, processes in frozen.items():
             if name != worker:
                 thaw(processes)
-        return worker, ti
+        return worker, ti, frozen[worker]
     for processes in frozen.values():
         thaw(processes)
     return None
@@ -184,10 +186,14 @@ def test_worker_killed_while_the_training_task_runs_before_it_defers(
         # Missed: this stage's task deferred first; let its job end so the next stage starts.
         release(held[stage])
     assert caught is not None, "the training task deferred before the workers could be frozen"
-    worker, ti = caught
+    worker, ti, frozen = caught
     task_id = ti["task_id"]
     stage = task_id.removeprefix("train_")
+    # A lost machine: the worker and every process of its tree die. The task's process is in a
+    # process group of its own (Airflow's supervisor starts it so), so killing the worker's
+    # group alone would leave it frozen, holding what it held.
     stack.airflow.kill(worker)
+    kill_all(frozen)
     # The job's process runs on its own, so it survives the worker and says RUNNING once it
     # has started. Only after the kill: the frozen task may have held the job directory's lock
     # (it reads the job's status under it), which its death releases, as a lost machine's would.
@@ -220,6 +226,15 @@ def test_worker_killed_while_the_training_task_runs_before_it_defers(
     assert history[0]["state"] in ("failed", "up_for_retry"), history
     assert history[-1]["state"] == "success", history
     _check_one_job_per_stage(campaign, SFT_THEN_RFT)
+
+
+def kill_all(processes: list[Any]) -> None:
+    """SIGKILL each process (stopped ones too); those already gone are skipped."""
+    import psutil
+
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def _running_job(campaign: Campaign, stage: str) -> Any:

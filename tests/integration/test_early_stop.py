@@ -122,9 +122,11 @@ def test_reward_errors_stop_a_real_rft_job_early(
     assert max(errors) == stopped_at < MAX_STEPS
     assert [errors[s] for s in range(1, stopped_at + 1)] == [0.0] * GOOD + [1.0] * FAILING
     assert len(result["series"]["reward_mean"]) == GOOD  # failed steps have no reward
-    # The trainer's own limit never ended it: its last call was still waiting for an answer.
+    # The trainer's own failure limit never ended it (STOPPED, not FAILED): the call after the
+    # failing run blocks, and the trainer may or may not have started it before the stop came.
     calls = record.read_text().split()
-    assert calls == ["good"] * GOOD + ["error"] * FAILING + ["blocked"]
+    assert calls[: GOOD + FAILING] == ["good"] * GOOD + ["error"] * FAILING
+    assert calls[GOOD + FAILING :] in ([], ["blocked"])
 
     # What stopping it saved, counted on the campaign's instance type.
     hours = result["saved_gpu_hours"]
