@@ -350,8 +350,11 @@ def job_process_detached(runner: Any, labels: dict[str, str]) -> Any | None:
             continue
         try:
             parent = psutil.Process(status.pid).parent()
+            # A launcher that is exiting reads as an empty command line until the kernel has
+            # handed its children over: the job is still its child (and in the worker's tree).
+            command = " ".join(parent.cmdline()) if parent is not None else ""
         except psutil.Error:
-            return status  # ended already: it is on its own too
-        if parent is None or "--launch" not in " ".join(parent.cmdline()):
+            return status  # ended already, or its parent is gone: it is on its own too
+        if parent is None or (command and "--launch" not in command):
             return status
     return None

@@ -147,6 +147,12 @@ def _catch_task_between_submit_and_defer(
             raise AssertionError(f"no {stage} job started:\n{stack.run_report(dag_id, run_id)}")
         time.sleep(0.005)
     frozen = {name: freeze(stack, name) for name in WORKERS if stack.airflow.running(name)}
+    job_pids = {status.pid for status in runner.find(labels)}
+    if any(process.pid in job_pids for processes in frozen.values() for process in processes):
+        # Still in a worker's tree after all (its launcher was handing it over): not the moment.
+        for processes in frozen.values():
+            thaw(processes)
+        return None
     ti = task_instance(stack, dag_id, run_id, task_id)
     worker = worker_running(stack, ti.get("pid"))
     others = [
