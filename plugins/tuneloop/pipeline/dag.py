@@ -523,7 +523,7 @@ def _wire_stages(
     )
     planning.proceed >> restore
     last: DependencyMixin = restore
-    if any(stage.method.value == "rft" for stage in wiring.cf.campaign.stages):
+    if _probes_rewards(wiring.cf):
         probe = _probe_reward(planning.planned)
         restore >> probe
         last = probe
@@ -539,6 +539,11 @@ def _wire_stages(
     evaluate = wiring.job_operator(EvaluationJobOperator, "evaluate", next_job)
     last >> evaluate
     return checkpoints, train_ids, evaluate
+
+
+def _probes_rewards(cf: CampaignFile) -> bool:
+    """Whether the round DAG has a probe_reward task: the campaign has an RFT stage."""
+    return any(stage.method.value == "rft" for stage in cf.campaign.stages)
 
 
 def _probe_reward(planned: XComArg) -> XComArg:
@@ -585,7 +590,7 @@ def _decide(cf: CampaignFile, outcome: dict[str, Any], train_ids: dict[str, str]
     skipped task's argument would skip decide too."""
     from airflow.sdk import Asset, task
 
-    has_probe = any(stage.method.value == "rft" for stage in cf.campaign.stages)
+    has_probe = _probes_rewards(cf)
 
     @task.branch(
         task_id="decide",
