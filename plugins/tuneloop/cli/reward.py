@@ -92,9 +92,9 @@ def add_reward_commands(commands: Any) -> None:
     probe.add_argument(
         "--responses",
         default=None,
-        metavar="FILE",
-        help="the starting model's answers (an evaluation's inference_output.jsonl): report "
-        "the share with a positive reward",
+        metavar="PATH",
+        help="the starting model's answers (an evaluation's inference_output.jsonl, or its "
+        "output folder or tarball): report the share with a positive reward",
     )
     probe.add_argument(
         "--hyperpod",
@@ -141,16 +141,17 @@ def _seconds(text: str) -> float:
 
 
 def _probe(args: argparse.Namespace) -> int:
+    from tuneloop.artifacts.format_compliance import read_inference_outputs
     from tuneloop.config.monitoring import RewardProbe
     from tuneloop.local.rewards import RewardLoadError
     from tuneloop.rounds import reward_probe
-    from tuneloop.rounds.probe_data import read_inference_output, read_rft_records
+    from tuneloop.rounds.probe_data import read_rft_records
 
     chosen = {"sample": args.sample, "batch_size": args.batch_size, "timeout_seconds": args.timeout}
     settings = RewardProbe(**{key: value for key, value in chosen.items() if value is not None})
     kind = reward_probe.function_kind(args.function)
     records = read_rft_records(args.data, settings.sample)
-    rows = read_inference_output(args.responses) if args.responses else None
+    rows = list(read_inference_outputs(args.responses)) if args.responses else None
     if kind == "local" and os.getcwd() not in sys.path:
         # A module in the current directory is found, as `python -m` would find it.
         sys.path.insert(0, os.getcwd())

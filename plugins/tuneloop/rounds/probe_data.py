@@ -1,5 +1,6 @@
-"""The reward probe's inputs, read as the dataset validator reads them: the first records of an
-RFT dataset, and an evaluation's ``inference_output.jsonl`` (the starting model's answers).
+"""The reward probe's input, read as the dataset validator reads it: the first records of an RFT
+dataset. (The starting model's answers come from `artifacts.format_compliance`, which reads an
+evaluation's ``inference_output.jsonl`` in every backend's layout.)
 
 Bad lines are a ConfigError naming the file, the line, the field and the fix; a missing or
 irregular file a StorageError. Only the records asked for are read.
@@ -65,32 +66,6 @@ def read_rft_records(uri: str, limit: int) -> list[dict[str, Any]]:
             ]
         )
     return records
-
-
-def read_inference_output(uri: str) -> list[dict[str, Any]]:
-    """The rows of an evaluation's ``inference_output.jsonl`` (``{"prompt", "inference",
-    "gold", "metadata"}``); ConfigError for a row without an answer."""
-    rows: list[dict[str, Any]] = []
-    problems: list[Problem] = []
-    fix = "pass the inference_output.jsonl an evaluation wrote (eval-result/ in its output)"
-    for line_no, row in _lines(uri, None):
-        if not isinstance(row, dict) or "inference" not in row:
-            problems.append(
-                Problem(
-                    "$.inference",
-                    "the row has no 'inference' (the model's answer)",
-                    source=uri,
-                    line=line_no,
-                    fix=fix,
-                )
-            )
-            continue
-        rows.append(row)
-    if problems:
-        raise ConfigError(problems[:MAX_LISTED])
-    if not rows:
-        raise ConfigError([Problem("", "holds no answers", source=uri, fix=fix)])
-    return rows
 
 
 def _lines(uri: str, limit: int | None) -> Iterator[tuple[int, Any]]:
