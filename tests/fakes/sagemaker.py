@@ -6,6 +6,10 @@ implement StopTrainingJob. This server speaks the protocol botocore uses for Sag
 unchanged. It implements CreateTrainingJob, DescribeTrainingJob, StopTrainingJob,
 ListTrainingJobs, Search (tag filters), AddTags and ListTags.
 
+Like the service, it refuses (ValidationException) a CreateTrainingJob that breaks a constraint
+of botocore's SageMaker model that botocore itself does not check on the client: name pattern,
+maximum lengths and sizes, enums (``fakes.service_constraints``).
+
 A job walks through a script of (TrainingJobStatus, SecondaryStatus, FailureReason) steps, one
 step per DescribeTrainingJob, and stays on the last. Tests can queue service errors per
 operation, count the creates, and run a callback as a job completes (to write its outputs where
@@ -25,7 +29,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from fakes.service_constraints import request_problems
+
 Step = tuple[str, str, str]
+# Operations whose requests are checked against the service model as the service checks them.
+VALIDATED = frozenset({"CreateTrainingJob"})
 
 STARTING: Step = ("InProgress", "Starting", "")
 DOWNLOADING: Step = ("InProgress", "Downloading", "")
@@ -107,6 +115,7 @@ class FakeSageMaker:
             self.jobs: dict[str, FakeJob] = {}
             self.calls: Counter[str] = Counter()
             self.creates: Counter[str] = Counter()
+            self.refused: list[tuple[str, list[str]]] = []
             self._scripts: deque[list[Step]] = deque()
             self._failures: dict[str, deque[Failure]] = {}
             self._race_next_create = False
@@ -158,6 +167,7 @@ class FakeSageMaker:
                 target = self.headers.get("X-Amz-Target", "")
                 operation = target.rsplit(".", 1)[-1]
                 try:
+                    fake.validate(operation, body)
                     status, answer = 200, fake.handle(operation, body)
                 except ServiceError as error:
                     status = error.status
@@ -183,6 +193,21 @@ class FakeSageMaker:
             self._server.server_close()
 
     # -- the service --
+
+    def validate(self, operation: str, body: dict[str, Any]) -> None:
+        """Refuse a request the service's model does not allow, in the service's words."""
+        if operation not in VALIDATED:
+            return
+        found = request_problems("sagemaker", operation, body)
+        if found:
+            with self._lock:
+                self.calls[operation] += 1
+                self.refused.append((operation, found))
+            count = len(found)
+            raise ServiceError(
+                "ValidationException",
+                f"{count} validation error{'s' if count > 1 else ''} detected: " + "; ".join(found),
+            )
 
     def handle(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:

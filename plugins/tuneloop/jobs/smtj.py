@@ -1,11 +1,13 @@
 """SageMaker training jobs: Nova fine-tuning and evaluation as ``CreateTrainingJob`` calls.
 
 There is no training script. A Nova job is the Nova container for the method and region, the
-rendered recipe shipped as the input channel ``recipe`` (the container reads it from
-``sagemaker_recipe_local_path``), the base model as a hyperparameter (``base_model`` for a model
-id, ``base_model_location`` for an s3:// checkpoint) and the data as the ``train`` and
-``validation`` channels. This is the request the SageMaker Python SDK builds from a Nova recipe;
-building it here keeps the SDK off Airflow workers and lets submission be idempotent.
+rendered recipe shipped as the input channel ``recipe`` (the container reads it from the
+hyperparameter ``sagemaker_recipe_local_path``), the base model as a hyperparameter
+(``base_model`` for a model id, ``base_model_location`` for an s3:// checkpoint), the reward
+Lambda of RFT as ``reward_lambda_arn`` and the data as the ``train`` and ``validation``
+channels. This is the request AWS's own Nova tooling sends (``training_job_request`` names the
+sources); building it here keeps the SageMaker SDK off Airflow workers and lets submission be
+idempotent.
 
 Submission is describe-before-create on a deterministic name: a job that exists is adopted
 (running or finished), never started twice. SageMaker rejects a second job of the same name, so
@@ -23,7 +25,8 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -60,11 +63,28 @@ LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 RECIPE_CHANNEL = "recipe"
 RECIPE_FILE = "recipe.yaml"
 RECIPE_LOCAL_PATH = f"/opt/ml/input/data/{RECIPE_CHANNEL}/{RECIPE_FILE}"
+# The data channels the Nova containers read: aws/nova-forge-sdk
+# src/amzn_nova_forge/manager/runtime_manager.py (SMTJRuntimeManager.execute) sends these two,
+# as does the notebook of AWS's guide to Nova on SageMaker training jobs. An evaluation job's
+# one dataset is "train" too, whatever the job spec calls its input (the Forge SDK's
+# evaluator/forge_evaluator.py passes it as the data path that becomes "train").
+DATA_CHANNELS = ("train", "validation")
+EVAL_DATA_CHANNEL = "train"
 MANAGED_BY_TAG = "tuneloop:managed-by"
 MANAGED_BY = "tuneloop"
-# Nova checkpoints go to the service's escrow bucket, not the instance volume; the volume only
-# holds the downloaded data (and instances with NVMe storage ignore it).
+# The SageMaker SDK's default volume. Nova checkpoints go to the service's escrow bucket, not
+# the instance volume; the volume only holds the downloaded data (and instances with NVMe
+# storage, such as p5, use that instead).
 VOLUME_SIZE_GB = 30
+# CreateTrainingJob's limits, from its service model (botocore's sagemaker service-2.json).
+MAX_TAGS = 50
+MAX_TAG_KEY = 128
+MAX_TAG_VALUE = 256
+MAX_SUBNETS = 16
+MAX_SECURITY_GROUPS = 5
+_VPC_ID = re.compile(r"[-0-9a-zA-Z]{1,32}\Z")
+_KMS_KEY = re.compile(r"[a-zA-Z0-9:/_-]{1,2048}\Z")
+_TAG_PUNCTUATION = frozenset("_.:/=+-@")
 # CloudWatch Logs pages per stream and call: bounds one call's work; the cursor keeps the rest.
 MAX_LOG_PAGES = 20
 
@@ -195,15 +215,38 @@ def training_job_request(
     role_arn: str,
     instance_type: str,
     max_runtime_seconds: int,
+    kms_key_id: str = "",
+    subnets: Sequence[str] = (),
+    security_group_ids: Sequence[str] = (),
+    encrypt_inter_container_traffic: bool = False,
+    tags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``CreateTrainingJob`` request for a job spec (pure: no AWS call).
 
-    Each input becomes a channel of that name (``train``, ``validation``), except a Lambda ARN,
-    which is the RFT reward function (it wins over ``run.reward_lambda_arn``; evaluation recipes
-    carry theirs in the recipe). Raises UserJobError for anything the service would refuse
-    after the request was sent, or accept and then fail on: not a Nova model, no image for the
-    method in the region, an instance type the model cannot use, data outside S3, RFT without a
-    reward function.
+    Each input becomes a channel of that name (``train``, ``validation``; an evaluation's one
+    dataset is ``train``), except a Lambda ARN, which is the RFT reward function (it wins over
+    ``run.reward_lambda_arn``; evaluation recipes carry theirs in the recipe). Raises
+    UserJobError for anything the service would refuse after the request was sent, or accept
+    and then fail on: not a Nova model, no image for the method in the region, an instance type
+    the model cannot use, data outside S3, RFT without a reward function, a KMS key, subnet,
+    security group or tag the service's model does not allow.
+
+    What AWS's Nova tooling sends, and so what this sends (aws/nova-forge-sdk
+    ``src/amzn_nova_forge/manager/runtime_manager.py`` ``SMTJRuntimeManager.execute``, which
+    calls aws/sagemaker-python-sdk ``ModelTrainer.from_recipe``:
+    ``sagemaker-train/src/sagemaker/train/sm_recipes/utils.py`` ``_get_args_from_nova_recipe``
+    and ``model_trainer.py`` ``_create_training_job_args``):
+
+    - the recipe as channel ``recipe`` and ``sagemaker_recipe_local_path`` pointing at it;
+      hyperparameter values are strings;
+    - ``OutputDataConfig`` with the optional ``KmsKeyId``; ``VpcConfig`` from subnets and
+      security groups; ``StoppingCondition.MaxRuntimeInSeconds``; ``TensorBoardOutputConfig``;
+    - no ``CheckpointConfig``: Nova jobs write checkpoints to the service's escrow bucket and
+      name it in manifest.json; no ``Environment``; no ``EnableNetworkIsolation``: RFT calls
+      the reward Lambda and judge evaluations call Bedrock from the job;
+    - no ``ResourceConfig.VolumeKmsKeyId``: the service refuses one on instance types with
+      local NVMe storage (p4d, p5, p5en, g5, g6: every type Nova jobs run on), whose volumes
+      the instance's hardware encrypts.
     """
     name = spec.name
     run = _run_section(spec)
@@ -223,26 +266,111 @@ def training_job_request(
     channels, reward = _data_channels(spec, method, str(run.get("reward_lambda_arn") or ""))
     hyperparameters.update(_lambda_hyperparameters(spec, method, reward))
     channels.append(_channel(RECIPE_CHANNEL, recipe_prefix(spec.output_uri, name), "S3Prefix"))
-    tags = [{"Key": key, "Value": value} for key, value in sorted(spec.labels.items())]
-    tags.append({"Key": MANAGED_BY_TAG, "Value": MANAGED_BY})
-    return {
+    output: dict[str, str] = {"S3OutputPath": spec.output_uri}
+    if kms_key_id:
+        output["KmsKeyId"] = _kms_key(name, kms_key_id)
+    request: dict[str, Any] = {
         "TrainingJobName": name,
         "AlgorithmSpecification": {"TrainingImage": image, "TrainingInputMode": "File"},
         "RoleArn": role_arn,
         "HyperParameters": hyperparameters,
         "InputDataConfig": channels,
-        "OutputDataConfig": {"S3OutputPath": spec.output_uri},
+        "OutputDataConfig": output,
         "ResourceConfig": {
             "InstanceType": instance_type,
             "InstanceCount": replicas,
             "VolumeSizeInGB": VOLUME_SIZE_GB,
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": max_runtime_seconds},
+        # Beside the job's output folder, where tuneloop reads the curves back
+        # (``pipeline.round_artifacts.job_folder``).
         "TensorBoardOutputConfig": {
             "S3OutputPath": storage.join(spec.output_uri, name, "tensorboard")
         },
-        "Tags": tags,
+        "Tags": _tags(name, spec.labels, tags or {}),
     }
+    vpc = _vpc_config(name, subnets, security_group_ids)
+    if vpc:
+        request["VpcConfig"] = vpc
+    if encrypt_inter_container_traffic:
+        request["EnableInterContainerTrafficEncryption"] = True
+    return request
+
+
+def _kms_key(name: str, key: str) -> str:
+    if not _KMS_KEY.match(key):
+        raise _user_error(
+            name,
+            f"kms_key_id {key[:80]!r} is not a KMS key id, ARN or alias",
+            "use a key id (1234abcd-...), a key ARN (arn:aws:kms:...:key/...) or an alias "
+            "(alias/my-key): letters, digits and ':/_-'",
+        )
+    return key
+
+
+def _vpc_config(
+    name: str, subnets: Sequence[str], security_group_ids: Sequence[str]
+) -> dict[str, list[str]] | None:
+    """``VpcConfig``, or None without subnets and security groups (the job runs in the
+    service's network). The service needs both, or neither."""
+    subnets, groups = list(subnets), list(security_group_ids)
+    if not subnets and not groups:
+        return None
+    if not subnets or not groups:
+        raise _user_error(
+            name,
+            "a VPC needs both subnets and security_group_ids; one of them is empty",
+            "set both (the job then runs in your VPC), or neither",
+        )
+    for field, values, most in (
+        ("subnets", subnets, MAX_SUBNETS),
+        ("security_group_ids", groups, MAX_SECURITY_GROUPS),
+    ):
+        if len(values) > most:
+            raise _user_error(name, f"{len(values)} {field} given", f"set at most {most} {field}")
+        bad = [value for value in values if not _VPC_ID.match(value)]
+        if bad:
+            raise _user_error(
+                name,
+                f"{field} value {bad[0][:40]!r} is not a subnet or security group id",
+                "use ids such as subnet-0abc123 and sg-0abc123 (letters, digits and '-', at "
+                "most 32 characters)",
+            )
+    return {"SecurityGroupIds": groups, "Subnets": subnets}
+
+
+def _tag_text_ok(text: str) -> bool:
+    """Tag keys and values allow letters, digits, spaces and ``_.:/=+-@`` (the service model's
+    ``[\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*``)."""
+    return all(unicodedata.category(char)[0] in "LZN" or char in _TAG_PUNCTUATION for char in text)
+
+
+def _tags(name: str, labels: Mapping[str, str], extra: Mapping[str, str]) -> list[dict[str, str]]:
+    """The job's labels, the backend's own tags and the managed-by tag, as ``Tags``."""
+    merged = dict(extra)
+    for key, value in extra.items():
+        problem = ""
+        if not 1 <= len(key) <= MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
+            problem = f"keys are 1-{MAX_TAG_KEY} characters, values at most {MAX_TAG_VALUE}"
+        elif not _tag_text_ok(key) or not _tag_text_ok(value):
+            problem = "keys and values allow letters, digits, spaces and _.:/=+-@"
+        elif key.lower().startswith("aws:"):
+            problem = "the aws: prefix is reserved for AWS"
+        elif key in labels or key == MANAGED_BY_TAG:
+            problem = "tuneloop sets this key itself to find its jobs again"
+        if problem:
+            raise _user_error(
+                name, f"tag {key[:60]!r} is not allowed: {problem}", "change or remove the tag"
+            )
+    merged.update(labels)
+    merged[MANAGED_BY_TAG] = MANAGED_BY
+    if len(merged) > MAX_TAGS:
+        raise _user_error(
+            name,
+            f"the job would carry {len(merged)} tags",
+            f"set at most {MAX_TAGS - len(labels) - 1} tags of your own",
+        )
+    return [{"Key": key, "Value": value} for key, value in sorted(merged.items())]
 
 
 def _run_section(spec: JobSpec) -> dict[str, Any]:
@@ -325,17 +453,29 @@ def _data_channels(
     ``reward``, the recipe's)."""
     data_type = _data_type(method)
     channels = []
-    for channel, uri in sorted(spec.inputs.items()):
-        if _is_lambda(uri):
-            reward = uri
-            continue
-        if channel == RECIPE_CHANNEL:
+    inputs = sorted(spec.inputs.items())
+    data = [(name, uri) for name, uri in inputs if not _is_lambda(uri)]
+    lambdas = [uri for _, uri in inputs if _is_lambda(uri)]
+    if lambdas:
+        reward = lambdas[-1]
+    if method is None and len(data) > 1:
+        raise _user_error(
+            spec.name,
+            f"an evaluation reads one dataset; it was given {len(data)} "
+            f"({', '.join(name for name, _ in data)})",
+            "give the evaluation job one dataset",
+        )
+    for input_name, uri in data:
+        channel = EVAL_DATA_CHANNEL if method is None else input_name
+        if channel not in DATA_CHANNELS:
             raise _user_error(
-                spec.name, "input channel 'recipe' is reserved for the recipe", "rename the input"
+                spec.name,
+                f"input {input_name!r} is not a channel Nova training jobs read",
+                f"name the inputs {' and '.join(DATA_CHANNELS)}",
             )
         _require_s3(
             spec.name,
-            f"input {channel} =",
+            f"input {input_name} =",
             uri,
             "training jobs read their data from S3; upload it to your own bucket",
         )
@@ -539,6 +679,11 @@ class TrainingJobsBackend:
     the default chain. ``endpoint_url`` points the SageMaker client elsewhere (a VPC endpoint, a
     test server); CloudWatch Logs uses the connection's or boto3's configured endpoint and S3
     also honours TUNELOOP_S3_ENDPOINT_URL, as ``tuneloop.storage`` does.
+
+    ``kms_key_id`` encrypts the job's output in ``output_uri`` (the checkpoints in the escrow
+    bucket always use SageMaker's own keys); ``subnets`` and ``security_group_ids`` run the jobs
+    in your VPC (it must reach S3, and for RFT the reward Lambda); ``tags`` are added to every
+    job beside its labels.
     """
 
     type: ClassVar[str] = "smtj"
@@ -553,6 +698,11 @@ class TrainingJobsBackend:
         endpoint_url: str | None = None,
         verify: bool | str | None = None,
         botocore_config: dict[str, Any] | None = None,
+        kms_key_id: str = "",
+        subnets: list[str] | None = None,
+        security_group_ids: list[str] | None = None,
+        encrypt_inter_container_traffic: bool = False,
+        tags: dict[str, str] | None = None,
     ) -> None:
         self.region = region
         self.role_arn = role_arn
@@ -562,6 +712,11 @@ class TrainingJobsBackend:
         self.endpoint_url = endpoint_url
         self.verify = verify
         self.botocore_config = dict(botocore_config) if botocore_config else None
+        self.kms_key_id = kms_key_id
+        self.subnets = list(subnets) if subnets else None
+        self.security_group_ids = list(security_group_ids) if security_group_ids else None
+        self.encrypt_inter_container_traffic = encrypt_inter_container_traffic
+        self.tags = dict(tags) if tags else None
 
     def config(self) -> dict[str, Any]:
         return constructor_config(self)
@@ -620,6 +775,11 @@ class TrainingJobsBackend:
             role_arn=self.role_arn,
             instance_type=self.instance_type,
             max_runtime_seconds=self.max_runtime_seconds,
+            kms_key_id=self.kms_key_id,
+            subnets=self.subnets or (),
+            security_group_ids=self.security_group_ids or (),
+            encrypt_inter_container_traffic=self.encrypt_inter_container_traffic,
+            tags=self.tags,
         )
         self._upload_recipe(spec)
         from botocore.exceptions import BotoCoreError, ClientError

@@ -586,7 +586,16 @@ def test_config_round_trips_through_the_registry(backend: TrainingJobsBackend) -
         "endpoint_url": None,
         "verify": None,
         "botocore_config": None,
+        "kms_key_id": "",
+        "subnets": None,
+        "security_group_ids": None,
+        "encrypt_inter_container_traffic": False,
+        "tags": None,
     }
+    vpc = TrainingJobsBackend(
+        REGION, ROLE, subnets=["subnet-1"], security_group_ids=["sg-1"], tags={"team": "ml"}
+    )
+    assert make_backend(json.loads(json.dumps(vpc.config()))).config() == vpc.config()
 
 
 def test_recipe_yaml_is_stable() -> None:
