@@ -10,6 +10,8 @@ The stack, everything on 127.0.0.1 with free ports and state in temporary folder
   dag-processor, triggerer and two Celery workers (``worker-1``, ``worker-2``, two slots each)
   with the CeleryExecutor. DAGS_FOLDER is the repository's dags/ (the product's DAG file), so
   every campaign file a test writes into ``stack.campaigns_dir`` becomes a DAG within seconds.
+  The components and their settings are in ``topology.py``, which docker-compose.yaml is held
+  to.
 
 Where a test waits for the dag-processor (a new campaign's DAG, an import error), it asks for a
 parse of the DAG file as the UI's "Reparse" does (``stack.wait_for_dag``, ``stack.wait_for_parse``)
@@ -40,14 +42,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from e2e import services
+from e2e import services, topology
 from e2e.campaigns import DATA_SIZES, Campaign, FakeJobs, campaign_text, write_atomically
 
 T = TypeVar("T")
 
-REPO = Path(__file__).resolve().parents[2]
-WORKERS = ("worker-1", "worker-2")
-WORKER_SLOTS = 2
+WORKERS = topology.WORKERS
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -259,46 +259,6 @@ class Stack:
         )
 
 
-def _worker(name: str) -> Any:
-    from tuneloop.demo.embedded_airflow import Component, free_port
-
-    return Component(
-        name,
-        ["celery", "worker", "-H", f"{name}@%h", "-c", str(WORKER_SLOTS)],
-        env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())},
-    )
-
-
-def _airflow_settings(
-    *, redis: services.RedisServer, postgres: services.PostgresServer, database: str
-) -> dict[str, str]:
-    """CeleryExecutor on Redis and PostgreSQL, sized for a 2-core machine."""
-    return {
-        "AIRFLOW__CELERY__BROKER_URL": redis.url,
-        # psycopg 3 for the sync and the async engine (Airflow would pick asyncpg otherwise).
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": postgres.url(database),
-        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + postgres.url(database),
-        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_SLOTS),
-        "AIRFLOW__CORE__PARALLELISM": "8",
-        "AIRFLOW__API__WORKERS": "2",
-        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-        # A task whose process died (a killed worker) is seen within half a minute, not five:
-        # its supervisor heartbeats every few seconds (below), so 30 s is many missed beats,
-        # and the scheduler looks every 2 s instead of 10.
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
-        # A round is a dozen tasks one after another; an idle scheduler looks for the next one
-        # twice a second (as the demo's does), not once.
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
-        # Workers notice a deferred task's exit within a second, and its trigger waits 2 s
-        # (pipeline.triggers.settle_seconds) rather than 8 s at the default interval; the wait
-        # is the one derived from that interval (the dag.test tests turn it off).
-        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
-        "AIRFLOW__TUNELOOP__TRIGGER_SETTLE_SECONDS": "",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-    }
-
-
 RETRY_DELAY_SECONDS = 5
 """The round DAG's retry_delay on this stack (the DAG's own is a minute; see
 ``_write_local_settings``)."""
@@ -335,7 +295,7 @@ def _write_local_settings(airflow_home: Path) -> None:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """PostgreSQL, Redis, MLflow and Airflow (CeleryExecutor, two workers), started once."""
-    from tuneloop.demo.embedded_airflow import AirflowProcesses, airflow_env, default_components
+    from tuneloop.demo.embedded_airflow import AirflowProcesses
     from tuneloop.local.demo_task import write_demo_data
 
     started = time.monotonic()
@@ -356,35 +316,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     timings: dict[str, float] = {}
     try:
         postgres.start()
-        database = "airflow"
-        postgres.create_database(database)
+        postgres.create_database(topology.DATABASE)
         redis.start()
         mlflow.start()  # takes a few seconds; Airflow migrates meanwhile
         timings["postgres+redis"] = time.monotonic() - started
 
-        port = services.free_port()
-        env = airflow_env(
+        env = topology.stack_env(
             root / "airflow",
-            port=port,
-            dags_folder=REPO / "dags",
-            plugins_folder=REPO / "plugins",
-            sql_alchemy_conn=postgres.url(database),
-            executor="CeleryExecutor",
-            extra={
-                **_airflow_settings(redis=redis, postgres=postgres, database=database),
-                "TUNELOOP_CAMPAIGNS_DIR": str(campaigns_dir),
-                "TUNELOOP_PROJECT_DIR": str(project_dir),
-                "TUNELOOP_FAKE_JOBS": str(fake_jobs.path),
-                "TUNELOOP_HOME": str(project_dir / "home"),
-                # Not inherited from the test process: no crash points, no test DAG folders.
-                "TUNELOOP_CRASH_AT": "",
-                "TUNELOOP_TEST_CAMPAIGNS": "",
-            },
+            port=services.free_port(),
+            database_url=postgres.url(topology.DATABASE),
+            broker_url=redis.url,
+            campaigns_dir=campaigns_dir,
+            project_dir=project_dir,
+            fake_jobs=fake_jobs.path,
         )
         _write_local_settings(root / "airflow")
-        airflow = AirflowProcesses(
-            env, [*default_components(), *(_worker(n) for n in WORKERS)], log_dir=log_dir
-        )
+        airflow = AirflowProcesses(env, topology.components(WORKERS), log_dir=log_dir)
         result = Stack(
             root=root,
             log_dir=log_dir,

@@ -63,6 +63,10 @@ SIMPLE_AUTH_MANAGER = (
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 PASSWORDS_FILE_ENV = "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
 
+MIGRATE_ARGV = ("db", "migrate")
+"""What creates or upgrades the metadata database before any component starts (``migrate``;
+docker-compose.yaml's airflow-init service runs the same)."""
+
 HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 """The first argv word of a component -> its entry in /api/v2/monitor/health."""
 
@@ -310,7 +314,7 @@ class AirflowProcesses:
         """``airflow db migrate`` (creates or upgrades the metadata database)."""
         self.home.mkdir(parents=True, exist_ok=True)
         try:
-            self.cli("db", "migrate", timeout=600)
+            self.cli(*MIGRATE_ARGV, timeout=600)
         except AirflowCliError as exc:
             raise AirflowStartError(f"the metadata database could not be migrated: {exc}") from None
         self._migrated = True
