@@ -19,7 +19,7 @@ PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install system-packages test lint format bench demo airflow clean
+.PHONY: help install system-packages test lint format bench demo airflow mwaa clean
 
 help:
 	@echo "tuneloop make targets:"
@@ -33,6 +33,8 @@ help:
 	@echo "  make bench     run every benchmarks/*.py (not the _helpers)"
 	@echo "  make demo      the demo campaign through Airflow on the local backend (up to 3 rounds)"
 	@echo "  make airflow   Airflow standalone on dags/ and plugins/ (UI on http://localhost:8080)"
+	@echo "  make mwaa      build/mwaa/: plugins.zip, requirements.txt and startup.sh for Amazon MWAA"
+	@echo "                 (Airflow 3.3.1); prints what to upload where (MWAA_BUCKET=s3://...)"
 	@echo "  make clean     remove .venv and caches"
 	@echo "Python used for .venv: $(PYTHON)  (override with PYTHON=...)"
 
@@ -118,6 +120,13 @@ airflow: $(STAMP)
 	AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
 	AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://localhost:$(AIRFLOW_PORT)/execution/" \
 	$(VENV)/bin/airflow standalone
+
+# Amazon MWAA: the plugins zip, the requirements on MWAA's constraints and the startup script,
+# under build/mwaa/ (deploy/mwaa/build.py; standard library only, so no .venv is needed).
+MWAA_BUCKET ?= s3://<your-mwaa-bucket>
+mwaa:
+	@test -n "$(PYTHON)" || { echo "no python3.11, python3.12 or python3 found; set PYTHON=..." >&2; exit 1; }
+	$(PYTHON) deploy/mwaa/build.py --out build/mwaa --bucket "$(MWAA_BUCKET)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist
