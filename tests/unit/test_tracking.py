@@ -609,20 +609,6 @@ def test_store_kinds(tmp_path: Path) -> None:
         resolve_store("arn:aws:sagemaker:us-east-1:123456789012:endpoint/x")
 
 
-def test_sagemaker_arn_without_the_plugin_says_what_to_install() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("sagemaker_mlflow") is not None:
-        pytest.skip("sagemaker-mlflow is installed here")
-    for arn in (
-        "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/tuneloop",
-        "arn:aws:sagemaker:us-east-1:123456789012:mlflow-app/app-abc",
-    ):
-        with pytest.raises(TrackingError, match=r"sagemaker-mlflow.*requirements\.txt") as raised:
-            Tracker(arn, CAMPAIGN)
-        assert raised.value.problems[0].path == "backend.mlflow_uri"
-
-
 def test_an_unreachable_server_raises_a_tracking_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")

@@ -43,7 +43,7 @@ def read_mlflow_series(
     client = MlflowClient(tracking_uri=store.uri)
     what = f"run {run_id}" if run_id else f"run {run_name!r} of experiment {experiment!r}"
     try:
-        with quiet_mlflow():
+        with quiet_mlflow(store.uri):
             run = _run(client, run_id, experiment, run_name)
             if run is None:
                 return {}

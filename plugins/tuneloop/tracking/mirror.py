@@ -34,9 +34,10 @@ Where tracking goes (``Tracker(tracking_uri=...)``):
 - ``sqlite:///path.db``: artifacts in ``artifacts/`` beside the database file;
 - ``http(s)://host:port``: an MLflow tracking server (its artifact settings apply);
 - ``arn:aws:sagemaker:<region>:<account>:mlflow-tracking-server/<name>`` or ``.../mlflow-app/<id>``:
-  SageMaker managed MLflow. This needs the ``sagemaker-mlflow`` package (MLflow's plugin that
-  signs requests with the worker's AWS credentials): add ``sagemaker-mlflow`` to the
-  requirements.txt of the Airflow workers (MWAA: the environment's requirements file).
+  SageMaker managed MLflow, through the ``sagemaker-mlflow`` package that the workers'
+  requirements.txt installs (MLflow's plugin that signs requests with the worker's AWS
+  credentials); `sagemaker_mlflow` keeps its request hooks to ARNs, so other URIs go without
+  its header and its warnings.
 
 An unreachable server raises `TrackingError` (after MLflow's own HTTP retries, tuned with
 ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT``); the caller decides
@@ -173,26 +174,21 @@ def resolve_store(tracking_uri: str) -> TrackingStore:
 
 
 def _sagemaker_store(uri: str) -> TrackingStore:
-    import importlib.util
+    from tuneloop.tracking import sagemaker_mlflow
 
-    resource = uri.split(":", 5)[-1] if uri.count(":") >= 5 else ""
-    if (
-        not uri.startswith("arn:aws")
-        or ":sagemaker:" not in uri
-        or not resource.startswith(("mlflow-tracking-server/", "mlflow-app/"))
-    ):
+    if not sagemaker_mlflow.is_arn(uri):
         raise _config_error(
             f"{uri!r} is not a SageMaker managed MLflow ARN",
             "copy the ARN of the tracking server "
             "(arn:aws:sagemaker:<region>:<account>:mlflow-tracking-server/<name>) "
             "or of the MLflow app (...:mlflow-app/<id>) from the SageMaker console",
         )
-    if importlib.util.find_spec("sagemaker_mlflow") is None:
+    if not sagemaker_mlflow.available():
         raise _config_error(
             "a SageMaker managed MLflow ARN needs the sagemaker-mlflow package, "
             "which is not installed",
-            "add sagemaker-mlflow to the requirements.txt of the Airflow workers "
-            "(MWAA: the environment's requirements file) and reinstall",
+            "install the workers' requirements.txt again (it pins sagemaker-mlflow; "
+            "MWAA: the requirements.txt `make mwaa` builds)",
         )
     return TrackingStore(uri=uri, kind="sagemaker")
 
@@ -217,14 +213,23 @@ def _is_remote(uri: str) -> bool:
 
 
 @contextlib.contextmanager
-def quiet_mlflow() -> Iterator[None]:
-    """MLflow's INFO chatter and warnings off for the duration; errors still pass."""
+def quiet_mlflow(uri: str | None = None) -> Iterator[None]:
+    """MLflow's INFO chatter and warnings off for the duration; errors still pass.
+
+    With ``uri``, the calls inside talk to that tracking URI as far as the sagemaker-mlflow
+    plugin is concerned: signed when it is a SageMaker MLflow ARN, left alone (no header, no
+    warning) when it is not (`sagemaker_mlflow.tracking_to`)."""
+    from tuneloop.tracking import sagemaker_mlflow
+
+    plugin = sagemaker_mlflow.tracking_to(uri) if uri is not None else contextlib.nullcontext()
+    if uri is None:
+        sagemaker_mlflow.install()
     loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings():
+        with plugin, warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
             warnings.filterwarnings("ignore", module=r"alembic(\.|$)")
             yield
@@ -397,7 +402,7 @@ class Tracker:
             return
         self._calling = True
         try:
-            with quiet_mlflow():
+            with quiet_mlflow(self.store.uri):
                 yield
         except TrackingError:
             raise

@@ -269,7 +269,7 @@ class _Reading:
     def __init__(self, action: str, uri: str, conn_id: str = "") -> None:
         self.action = action
         self.uri = uri
-        self._quiet = quiet_mlflow()
+        self._quiet = quiet_mlflow(uri)
         self._credentials = mlflow_credentials(conn_id)
 
     def __enter__(self) -> None:
