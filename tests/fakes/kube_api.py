@@ -106,6 +106,55 @@ def matches_selector(labels: Mapping[str, str], selector: str) -> bool:
     return True
 
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?\Z")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z")
+# Kinds whose pod template the API server validates (a custom resource's is not).
+_POD_TEMPLATES = {"statefulsets", "deployments", "jobs"}
+
+
+def _is_subdomain(name: str) -> bool:
+    return 0 < len(name) <= 253 and all(_DNS_LABEL.match(p) for p in name.split("."))
+
+
+def invalid_fields(plural: str, body: dict[str, Any]) -> list[str]:
+    """What the API server's validation would refuse in a created object: names (a DNS
+    subdomain; a DNS-1035 label for a Service; a Job's name becomes a label value, so at most
+    63), label values, and pod templates that mount a volume they do not declare."""
+    meta = body.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    problems = []
+    if plural == "services":
+        if len(name) > 63 or not _DNS_1035_LABEL.match(name):
+            problems.append(f"metadata.name: Invalid value: {name!r}: a DNS-1035 label")
+    elif not _is_subdomain(name):
+        problems.append(f"metadata.name: Invalid value: {name!r}: a DNS-1123 subdomain")
+    if plural == "jobs" and len(name) > 63:
+        problems.append(f"metadata.name: Invalid value: {name!r}: must be no more than 63")
+    template = (body.get("spec") or {}).get("template") or {}
+    labelled = [("metadata.labels", meta.get("labels") or {})]
+    if plural in _POD_TEMPLATES:
+        labelled.append(
+            ("spec.template.metadata.labels", (template.get("metadata") or {}).get("labels") or {})
+        )
+    for where, labels in labelled:
+        for key, value in labels.items():
+            if len(str(value)) > 63 or not _LABEL_VALUE.match(str(value)):
+                problems.append(f"{where}: Invalid value: {value!r} ({key})")
+    if plural in _POD_TEMPLATES:
+        pod = template.get("spec") or {}
+        declared = {v.get("name") for v in pod.get("volumes") or []}
+        for group in ("initContainers", "containers"):
+            for container in pod.get(group) or []:
+                for mount in container.get("volumeMounts") or []:
+                    if mount.get("name") not in declared:
+                        problems.append(
+                            f"spec.template.spec.{group}.volumeMounts.name: Not found: "
+                            f"{mount.get('name')!r}"
+                        )
+    return problems
+
+
 @dataclass
 class _Failure:
     method: str
@@ -432,6 +481,15 @@ class FakeKube:
 
     def _create(self, bucket: dict, plural: str, ns: str, body: dict) -> tuple[int, Any]:
         name = body.get("metadata", {}).get("name", "")
+        problems = invalid_fields(plural, body)
+        if problems:
+            kind = _KINDS.get(plural, plural)
+            return 422, status_body(
+                422,
+                "Invalid",
+                f'{kind} "{name}" is invalid: {"; ".join(problems)}',
+                {"name": name, "kind": plural},
+            )
         if name in bucket:
             return 409, status_body(
                 409,

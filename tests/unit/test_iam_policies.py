@@ -581,7 +581,7 @@ MLFLOW_CALLS = {
     "delete_registered_model_alias": "DeleteRegisteredModelAlias",
 }
 # Calls that need no permission: sts:GetCallerIdentity is always allowed (jobs/hyperpod.py asks
-# it for the account; the EKS token is a presigned GetCallerIdentity URL, eks_get_token).
+# it for the account; the EKS token is a presigned GetCallerIdentity URL, hyperpod.eks_token).
 NO_PERMISSION = {("sts", "GetCallerIdentity")}
 # What the training job and the HyperPod pods do under their execution role.
 EXECUTION_NEEDS = _needs(
@@ -651,7 +651,7 @@ def _calls_in_code() -> frozenset[tuple[str, str]]:
                 found.add((service, match[1]))
         if "invoke_lambda(" in text:  # the provider's LambdaHook: Lambda's Invoke
             found.add(("lambda", "Invoke"))
-        if "fetch_access_token_for_cluster(" in text:  # a presigned GetCallerIdentity
+        if "eks_token(" in text:  # a presigned GetCallerIdentity
             found.add(("sts", "GetCallerIdentity"))
     return frozenset(found)
 

@@ -377,10 +377,12 @@ def test_rollback_overrides_must_name_a_stage(tmp_path: Path) -> None:
 
 
 def test_rft_needs_a_region_where_its_images_are_published(tmp_path: Path) -> None:
-    path = write_campaign(tmp_path, lambda d: d["backend"].update(region="eu-west-2"))
+    # The HyperPod example: the launcher deploys RFT in us-east-1, ap-northeast-1, eu-central-1
+    # and eu-west-2, not us-west-2.
+    path = write_campaign(tmp_path, lambda d: d["backend"].update(region="us-west-2"))
     [problem] = problems_of(path)
     assert problem.path == "backend.region"
-    assert "Nova RFT recipes are not supported for region 'eu-west-2'" in problem.message
+    assert "Nova RFT recipes are not supported for region 'us-west-2'" in problem.message
 
 
 def test_unknown_region(tmp_path: Path) -> None:

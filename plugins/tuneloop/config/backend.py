@@ -36,12 +36,15 @@ def job_backend_config(campaign: Campaign) -> dict[str, Any]:
         "instance_type": backend.instance_type,
     }
     if isinstance(backend, HyperPodBackend):
-        return {
+        config = {
             "type": "hyperpod",
             "cluster": backend.cluster,
             "namespace": backend.namespace,
             **common,
         }
+        if backend.service_account_name:
+            config["service_account_name"] = backend.service_account_name
+        return config
     return {
         "type": "smtj",
         "role_arn": backend.role_arn,

@@ -112,6 +112,7 @@ if TYPE_CHECKING:
     Region: TypeAlias = str
     InstanceType: TypeAlias = str
     Namespace: TypeAlias = str
+    ServiceAccountName: TypeAlias = str
     RoleArn: TypeAlias = str
 else:
     Region = matching(r"^[a-z]{2}(-gov)?-[a-z]+-\d$", "an AWS region", "us-east-1")
@@ -119,6 +120,13 @@ else:
         r"^ml\.[a-z0-9]+\.[a-z0-9]+$", "a SageMaker instance type", "ml.p5.48xlarge"
     )
     Namespace = matching(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "a Kubernetes namespace", "kubeflow")
+    # A DNS-1123 subdomain of at most 253 characters (or empty), as the API server checks
+    # service account names.
+    ServiceAccountName = matching(
+        r"^(?=.{0,253}$)([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$",
+        "a Kubernetes service account name",
+        "nova-jobs",
+    )
     RoleArn = matching(
         r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$",
         "an IAM role ARN",
@@ -203,6 +211,9 @@ class HyperPodBackend(_AwsBackend):
     """HyperPod cluster name."""
     namespace: Namespace = "kubeflow"
     """Kubernetes namespace the jobs run in."""
+    service_account_name: ServiceAccountName = ""
+    """Kubernetes service account the jobs' pods run as (for example one bound to an IAM role);
+    empty: the namespace's default service account."""
 
     @property
     def platform(self) -> Platform:

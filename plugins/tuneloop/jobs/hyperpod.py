@@ -7,15 +7,21 @@ ignores helm's exit code. Creating the objects directly gives each job our deter
 so a retried or cleared task finds the job it already started (describe-before-create), and
 every object is found again by name on the next submit.
 
-RFT: we create the side workloads the launcher's RFT chart creates (``<job>-vllm`` generation
-StatefulSet and Service, ``<job>-hubcli`` rollout hub, ``<job>-nats-server`` message bus and
-Service, ``<job>-redis`` when the rollout delegates) instead of driving the launcher and adopting
-its job by label. Driving the launcher would make exactly-once depend on a helm release whose
-name we do not choose; creating the objects by name means a partly created set (a crash between
-two creates) is completed by the next submit, never duplicated. Every side object carries an
-ownerReference to the PyTorchJob, so deleting the job also lets Kubernetes collect them. The
-first status check that sees the training job finished deletes them, so they stop holding GPU
-nodes; the PyTorchJob and its ConfigMap stay as the record of the run.
+RFT: we create the services the launcher's RFT chart creates (vLLM generation, rollout hub,
+prompter and reward-based scoring, the NATS message bus with its bootstrap Job, Redis when the
+rollout delegates; each with its own ConfigMap, see ``hyperpod_objects``) instead of driving
+the launcher and adopting its job by label. Driving the launcher would make exactly-once depend
+on a helm release whose name we do not choose; creating the objects by name means a partly
+created set (a crash between two creates) is completed by the next submit, never duplicated.
+Every side object carries an ownerReference to the PyTorchJob, so deleting the job also lets
+Kubernetes collect them. The first status check that sees the training job finished deletes
+them, so they stop holding nodes; the PyTorchJob and its training ConfigMap stay as the record
+of the run.
+
+Each container gets the environment the launcher sets: ``X_AMZ_SOURCE_ACCOUNT`` (the backend's
+``source_account``, or, when it connects through EKS, the account of its AWS credentials),
+``INSTANCE_TYPE`` and ``AWS_REGION``. ``service_account_name`` names the service account the
+pods run as (the launcher's ``cluster.service_account_name``).
 
 Authentication: with ``kubeconfig`` the file is used as it is. Without it, HyperPod's
 DescribeCluster names the EKS cluster (``Orchestrator.Eks.ClusterArn``), EKS's DescribeCluster
@@ -33,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -71,8 +78,10 @@ from tuneloop.jobs.hyperpod_objects import (
     KubeObject,
     build_job_objects,
     config_map_name,
+    is_dns_subdomain,
     owned_by,
     rft_companion_names,
+    rft_record_config_map,
 )
 
 # Seconds an API call may take before we call the cluster unreachable.
@@ -81,6 +90,7 @@ REQUEST_TIMEOUT = 30
 TOKEN_LIFETIME = 10 * 60
 _IMAGE_ERRORS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName"})
 _RUNNING_CONDITIONS = frozenset({"Created", "Running", "Restarting", "Suspended"})
+_ACCOUNT = re.compile(r"^[0-9]{12}\Z")
 
 
 class _NotFound(Exception):
@@ -122,6 +132,8 @@ class HyperPodJobBackend:
         instance_type: str = "ml.p5.48xlarge",
         max_restarts: int = 5,
         log_lines: int = 50,
+        service_account_name: str = "",
+        source_account: str = "",
     ) -> None:
         self.cluster = cluster
         self.region = region
@@ -132,6 +144,25 @@ class HyperPodJobBackend:
         self.instance_type = instance_type
         self.max_restarts = max_restarts
         self.log_lines = log_lines
+        if service_account_name and not is_dns_subdomain(service_account_name):
+            raise _setting_error(
+                UserJobError,
+                "service_account_name",
+                f"{service_account_name!r} is not a Kubernetes service account name",
+                "use lowercase letters, digits, '-' and '.', at most 253 characters, starting "
+                "and ending with a letter or digit (or leave it empty for the namespace's "
+                "default service account)",
+            )
+        self.service_account_name = service_account_name
+        if source_account and not _ACCOUNT.match(source_account):
+            raise _setting_error(
+                UserJobError,
+                "source_account",
+                f"{source_account!r} is not an AWS account id",
+                "use the 12-digit account id, or leave it empty to look it up",
+            )
+        self.source_account = source_account
+        self._looked_up_account: str | None = None
         self._client: Any = None
         self._client_lock = threading.Lock()
 
@@ -151,7 +182,12 @@ class HyperPodJobBackend:
     def submit(self, spec: JobSpec) -> JobStatus:
         validate_job_name(spec.name)
         objects = build_job_objects(
-            spec, namespace=self.namespace, region=self.region, instance_type=self.instance_type
+            spec,
+            namespace=self.namespace,
+            region=self.region,
+            instance_type=self.instance_type,
+            source_account=self._source_account(),
+            service_account=self.service_account_name,
         )
         job = self._get_job(spec.name)
         if job is None:
@@ -255,6 +291,27 @@ class HyperPodJobBackend:
         )
         # Found jobs are described from their own status only; status(name) adds pod health.
         return [self._status_of(job, with_pods=False) for job in jobs]
+
+    def _source_account(self) -> str:
+        """``X_AMZ_SOURCE_ACCOUNT``: the configured account; through EKS, the account of the
+        credentials in use (STS GetCallerIdentity, once); with a kubeconfig and none
+        configured, none (the launcher, too, leaves it out when it cannot tell)."""
+        if self.source_account or self.kubeconfig:
+            return self.source_account
+        if self._looked_up_account is None:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            sts = aws.client("sts", self.region, conn_id=self.aws_conn_id)
+            try:
+                self._looked_up_account = str(sts.get_caller_identity()["Account"])
+            except (BotoCoreError, ClientError) as exc:
+                raise _setting_error(
+                    TransientJobError,
+                    "aws_conn_id",
+                    f"cannot tell the AWS account of the connection: {exc}",
+                    "set the backend's source_account, or check the connection's credentials",
+                ) from None
+        return self._looked_up_account
 
     # --- status ---------------------------------------------------------------------------
 
@@ -370,7 +427,7 @@ class HyperPodJobBackend:
             ),
         )
         if _decoded(listing).get("items"):
-            self._delete_companions(name, rft=True, keep_config=True)
+            self._delete_companions(name, rft=True, keep_record=True)
 
     # --- logs -----------------------------------------------------------------------------
 
@@ -447,10 +504,13 @@ class HyperPodJobBackend:
         with contextlib.suppress(_NotFound):
             self._call("delete", kind, job, self._ops(kind, obj)["delete"])
 
-    def _delete_companions(self, job: str, *, rft: bool, keep_config: bool = False) -> None:
-        names = [] if keep_config else [("ConfigMap", config_map_name(job))]
-        if rft:
-            names += rft_companion_names(job)
+    def _delete_companions(self, job: str, *, rft: bool, keep_record: bool = False) -> None:
+        """Delete what submit created beside the PyTorchJob; ``keep_record`` keeps the
+        ConfigMap holding the training recipe."""
+        record = ("ConfigMap", rft_record_config_map(job) if rft else config_map_name(job))
+        names = rft_companion_names(job) if rft else []
+        if not keep_record:
+            names.append(record)
         for kind, obj in names:
             self._delete(kind, obj, job)
 
@@ -469,13 +529,14 @@ class HyperPodJobBackend:
                 "create": lambda: api.create_namespaced_custom_object(*args, body, **raw),
                 "delete": lambda: api.delete_namespaced_custom_object(*args, name, **background),
             }
-        core, apps = self._core(), self._apps()
+        core, apps, batch = self._core(), self._apps(), self._batch()
         methods = {
             "Pod": (core, "pod"),
             "ConfigMap": (core, "config_map"),
             "Service": (core, "service"),
             "StatefulSet": (apps, "stateful_set"),
             "Deployment": (apps, "deployment"),
+            "Job": (batch, "job"),
         }
         api, suffix = methods[kind]
         return {
@@ -537,7 +598,7 @@ class HyperPodJobBackend:
                 f"not allowed to {what}: {message}",
                 "the IAM role mapped in the EKS cluster's access entries needs Kubernetes RBAC "
                 f"to create, get, list and delete pytorchjobs.{KUBEFLOW_GROUP}, configmaps, "
-                f"services, statefulsets, deployments and to read pods and pods/log in "
+                f"services, statefulsets, deployments, jobs.batch and to read pods and pods/log in "
                 f"namespace {self.namespace!r} (bind it to a Role or ClusterRole granting these)",
             )
         if code == 429 or code >= 500 or code == 0:
@@ -575,6 +636,11 @@ class HyperPodJobBackend:
 
         return AppsV1Api(self._api())
 
+    def _batch(self) -> Any:
+        from kubernetes.client import BatchV1Api
+
+        return BatchV1Api(self._api())
+
     def _connect(self) -> Any:
         if self.kubeconfig:
             return self._client_from_kubeconfig()
@@ -599,9 +665,6 @@ class HyperPodJobBackend:
     def _client_from_eks(self) -> Any:
         import base64
 
-        from airflow.providers.amazon.aws.utils.eks_get_token import (
-            fetch_access_token_for_cluster,
-        )
         from kubernetes.client import ApiClient, Configuration
 
         eks_name = self._eks_cluster_name()
@@ -613,7 +676,7 @@ class HyperPodJobBackend:
         )
 
         def token() -> str:
-            return fetch_access_token_for_cluster(eks_name, sts_url, self.region, session=session)
+            return eks_token(session, eks_name, sts_url)
 
         configuration = Configuration()
         configuration.host = cluster["endpoint"]
@@ -680,6 +743,50 @@ class HyperPodJobBackend:
 
 
 # --- pure helpers ------------------------------------------------------------------------
+
+
+EKS_TOKEN_PREFIX = "k8s-aws-v1."
+EKS_TOKEN_URL_SECONDS = 60
+"""How long the presigned URL inside a token may be used: what EKS's own tooling asks for; the
+API server accepts the token for 15 minutes from the signature."""
+
+
+def eks_token(session: Any, cluster_name: str, sts_url: str) -> str:
+    """A bearer token for an EKS cluster, made with ``session``'s credentials (the Airflow
+    connection's, not the process's): a presigned STS GetCallerIdentity URL that names the
+    cluster in its signed ``x-k8s-aws-id`` header, base64url without padding, after
+    ``k8s-aws-v1.``. This is what ``aws eks get-token`` prints. It is made here rather than
+    with the Amazon provider's helper because that helper took no session before provider
+    9.35, and Amazon MWAA's Airflow 3.3.1 ships 9.34.0."""
+    import base64
+
+    from botocore.signers import RequestSigner
+
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise JobError("no AWS credentials to sign an EKS token with")
+    signer = RequestSigner(
+        service_id=session.client("sts").meta.service_model.service_id,
+        region_name=session.region_name,
+        signing_name="sts",
+        signature_version="v4",
+        credentials=credentials,
+        event_emitter=session.events,
+    )
+    url = signer.generate_presigned_url(
+        request_dict={
+            "method": "GET",
+            "url": sts_url,
+            "body": {},
+            "headers": {"x-k8s-aws-id": cluster_name},
+            "context": {},
+        },
+        region_name=session.region_name,
+        expires_in=EKS_TOKEN_URL_SECONDS,
+        operation_name="",
+    )
+    encoded = base64.urlsafe_b64encode(url.encode("utf-8")).decode("ascii")
+    return EKS_TOKEN_PREFIX + encoded.rstrip("=")
 
 
 def _setting_error(cls: type[JobError], setting: str, message: str, fix: str = "") -> JobError:

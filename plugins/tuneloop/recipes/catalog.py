@@ -288,15 +288,25 @@ def allowed_instance_types(model_type: str, method: Method | None) -> tuple[str,
 
 # --- container images ------------------------------------------------------------------------
 
-# Account that hosts the Nova images in each region.
+# Account that hosts the Nova images in each region: the regions the Nova launcher accepts for
+# any Nova job (aws/sagemaker-hyperpod-recipes@2631995,
+# launcher/nova/constants/init_container_constants.py, INIT_CONTAINER_REGION_ACCOUNT_MAP).
 IMAGE_ACCOUNTS: dict[str, str] = {
     "us-east-1": "708977205387",
     "us-west-2": "176779409107",
     "ap-northeast-1": "878185805882",
+    "eu-central-1": "874160969292",
     "eu-west-2": "470633809225",
 }
-# Regions where the RFT images are published.
-RFT_REGIONS = frozenset({"us-east-1", "us-west-2", "ap-northeast-1"})
+# Regions where the RFT images are published, per platform. HyperPod: the regions the Nova
+# launcher deploys RFT to (same repository, launcher/nova/constants/rft_container_constants.py,
+# RFT_REGION_ACCOUNT_MAP; it has no us-west-2). Training jobs: the regions with an
+# SM-TJ-RFT-V2 image (launcher/recipe_templatization/nova/nova_regional_parameters.json, the
+# nova_lite_v2_smtj_*_rft recipes).
+RFT_REGIONS: dict[Platform, frozenset[str]] = {
+    Platform.HYPERPOD: frozenset({"us-east-1", "ap-northeast-1", "eu-central-1", "eu-west-2"}),
+    Platform.SMTJ: frozenset({"us-east-1", "us-west-2", "ap-northeast-1"}),
+}
 
 # (recipe family, method or "eval", platform) -> repository:tag
 _IMAGES: dict[tuple[str, str, Platform], str] = {
@@ -341,10 +351,11 @@ def container_image(model_type: str, method: Method | None, platform: Platform, 
             f"Nova recipes are not supported for region '{region}' "
             f"(images are published in {', '.join(sorted(IMAGE_ACCOUNTS))})"
         )
-    if method is Method.RFT and region not in RFT_REGIONS:
+    rft_regions = RFT_REGIONS.get(platform, frozenset())
+    if method is Method.RFT and region not in rft_regions:
         raise CatalogError(
-            f"Nova RFT recipes are not supported for region '{region}' "
-            f"(RFT images are published in {', '.join(sorted(RFT_REGIONS))})"
+            f"Nova RFT recipes are not supported for region '{region}' on {platform.value} "
+            f"(RFT images are published there in {', '.join(sorted(rft_regions))})"
         )
     key = (spec.recipe_shape, method.value if method else "eval", platform)
     repo_tag = _IMAGES.get(key)

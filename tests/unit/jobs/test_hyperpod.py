@@ -626,12 +626,101 @@ def test_config_round_trips_through_make_backend(backend: HyperPodJobBackend) ->
         "instance_type",
         "max_restarts",
         "log_lines",
+        "service_account_name",
+        "source_account",
     }
+
+
+def test_launcher_environment_and_service_account_reach_every_pod(
+    fake_kube: FakeKube,  # noqa: F811
+) -> None:
+    backend = HyperPodJobBackend(
+        cluster="nova-hp",
+        region="us-east-1",
+        kubeconfig=str(fake_kube.kubeconfig),
+        service_account_name="nova-jobs",
+        source_account="210987654321",
+    )
+    spec = _spec()
+    backend.submit(spec)
+    job = fake_kube.get("pytorchjobs", spec.name)
+    for replica in job["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        assert pod["serviceAccountName"] == "nova-jobs"
+        assert "hostNetwork" not in pod  # only evaluations call their Lambda from the node
+        for container in pod["initContainers"] + pod["containers"]:
+            env = {e["name"]: e["value"] for e in container["env"]}
+            assert env == {
+                "X_AMZ_SOURCE_ACCOUNT": "210987654321",
+                "INSTANCE_TYPE": "ml.p5.48xlarge",
+                "AWS_REGION": "us-east-1",
+            }
+        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes[mounts["/tmp"]]["hostPath"]["path"] == "/opt/dlami/nvme"
+        assert volumes[mounts["/var/log/aws/clusters"]]["hostPath"]["path"] == (
+            "/var/log/aws/clusters"
+        )
+        assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
+
+    evaluation = _spec(
+        "camp-r1-eval-0123456789",
+        kind=JobKind.EVAL,
+        method="eval",
+        recipe=_recipe("eval-benchmark.yaml"),
+        inputs={},
+    )
+    backend.submit(evaluation)
+    pod = fake_kube.get("pytorchjobs", evaluation.name)["spec"]["pytorchReplicaSpecs"]
+    assert pod["Master"]["template"]["spec"]["hostNetwork"] is True
+    assert pod["Master"]["template"]["spec"]["dnsPolicy"] == "ClusterFirstWithHostNet"
+
+
+def test_regions_are_the_launchers() -> None:
+    """The launcher deploys Nova jobs in five regions and RFT in four of them (not us-west-2);
+    the init container comes from the region's Nova account."""
+    frankfurt = build_job_objects(
+        _rft_spec(), namespace="kubeflow", region="eu-central-1", instance_type="ml.p5.48xlarge"
+    )
+    prompter = next(
+        o for o in frankfurt.companions if o.name.endswith("-prompter") and o.kind == "Job"
+    )
+    [init] = prompter.body["spec"]["template"]["spec"]["initContainers"]
+    assert init["image"] == (
+        "874160969292.dkr.ecr.eu-central-1.amazonaws.com/init-container-repo:latest"
+    )
+    with pytest.raises(UserJobError, match="not supported for region 'us-west-2' on hyperpod"):
+        build_job_objects(
+            _rft_spec(), namespace="kubeflow", region="us-west-2", instance_type="ml.p5.48xlarge"
+        )
+    build_job_objects(
+        _spec(), namespace="kubeflow", region="us-west-2", instance_type="ml.p5.48xlarge"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("service_account_name", "Nova_Jobs"),
+        ("service_account_name", "-nova"),
+        ("source_account", "12345"),
+    ],
+)
+def test_backend_settings_the_cluster_would_refuse_are_named(setting: str, value: str) -> None:
+    with pytest.raises(UserJobError) as info:
+        HyperPodJobBackend(cluster="nova-hp", region="us-east-1", **{setting: value})
+    [problem] = info.value.problems
+    assert problem.path == f"backend.{setting}"
+    assert repr(value) in problem.message
+    assert problem.fix
 
 
 # --- RFT ---------------------------------------------------------------------------------
 
-_RFT_PARTS = {"statefulsets": 2, "services": 2, "deployments": 1, "configmaps": 1}
+# As the launcher's RFT chart: vLLM and NATS StatefulSets; the hub Deployment; the prompter,
+# scoring and NATS bootstrap Jobs; Services for vLLM, hub, prompter, scoring and NATS (client
+# and headless); one ConfigMap per service plus nats.conf.
+_RFT_PARTS = {"statefulsets": 2, "services": 6, "deployments": 1, "jobs": 3, "configmaps": 7}
 
 
 def test_rft_creates_its_workloads_exactly_once(
@@ -703,12 +792,13 @@ def test_rft_cancel_and_finish_release_the_side_workloads(
 
     assert done.state is JobState.SUCCEEDED
     assert [j["metadata"]["name"] for j in fake_kube.objects("pytorchjobs")] == [finished.name]
-    for plural in ("statefulsets", "deployments", "services"):
+    for plural in ("statefulsets", "deployments", "services", "jobs"):
         assert fake_kube.objects(plural) == []
     # The finished job keeps its recipe; the cancelled one's is gone.
     assert [c["metadata"]["name"] for c in fake_kube.objects("configmaps")] == [
-        f"training-config-{finished.name}"
+        f"{finished.name}-training-config"
     ]
+    assert fake_kube.objects("jobs") == []
     assert done.billable_seconds is None or done.billable_seconds >= 0
 
 
@@ -745,9 +835,43 @@ def test_eks_connection_builds_a_client_with_a_presigned_token(
     api = backend._api()
 
     assert api.configuration.host == cluster["endpoint"]
-    assert api.configuration.api_key["BearerToken"].startswith("k8s-aws-v1.")
+    token = api.configuration.api_key["BearerToken"]
+    assert token.startswith("k8s-aws-v1.") and not token.endswith("=")
     assert api.configuration.api_key_prefix["BearerToken"] == "Bearer"
+    # What `aws eks get-token` hands EKS: a presigned GetCallerIdentity that signs the cluster's
+    # name; the Amazon provider's own helper, given the same session, asks for the same URL.
+    import base64
+    from urllib.parse import parse_qs, urlsplit
+
+    from airflow.providers.amazon.aws.utils.eks_get_token import fetch_access_token_for_cluster
+
+    from tuneloop import aws
+
+    def query(bearer: str) -> dict[str, list[str]]:
+        encoded = bearer.removeprefix("k8s-aws-v1.")
+        url = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        assert url.startswith("https://sts.us-east-1.amazonaws.com/?")
+        return parse_qs(urlsplit(url).query)
+
+    ours = query(token)
+    assert ours["Action"] == ["GetCallerIdentity"] and ours["X-Amz-Expires"] == ["60"]
+    assert ours["X-Amz-SignedHeaders"] == ["host;x-k8s-aws-id"]
+    session = aws.session("us-east-1", conn_id=aws_connection)
+    key = session.get_credentials().access_key
+    assert ours["X-Amz-Credential"][0].startswith(f"{key}/")
+    theirs = query(
+        fetch_access_token_for_cluster(
+            "nova-hp-eks",
+            "https://sts.us-east-1.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15",
+            "us-east-1",
+            session=session,
+        )
+    )
+    assert sorted(theirs) == sorted(ours)
+    assert theirs["X-Amz-Credential"][0].split("/")[0] == key
     assert backend._api() is api  # built once per backend
+    # Through EKS, X_AMZ_SOURCE_ACCOUNT is the account of the connection's credentials.
+    assert backend._source_account() == "123456789012"
 
 
 def test_hyperpod_cluster_without_eks_or_missing_is_a_user_error(

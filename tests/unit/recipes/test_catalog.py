@@ -118,18 +118,25 @@ def test_container_image_uses_the_regions_account():
     assert image.startswith("176779409107.dkr.ecr.us-west-2.amazonaws.com/")
 
 
-@pytest.mark.parametrize("region", ["eu-central-1", "ap-south-1", ""])
+@pytest.mark.parametrize("region", ["eu-north-1", "ap-south-1", ""])
 def test_unsupported_region_raises(region):
     with pytest.raises(CatalogError, match="not supported for region"):
         container_image("amazon.nova-2-lite-v1:0:256k", Method.SFT, Platform.HYPERPOD, region)
 
 
-def test_rft_in_eu_west_2_raises():
-    # eu-west-2 has the other images, but not RFT.
-    container_image("amazon.nova-2-lite-v1:0:256k", Method.SFT, Platform.SMTJ, "eu-west-2")
-    for platform in (Platform.HYPERPOD, Platform.SMTJ):
-        with pytest.raises(CatalogError, match="RFT recipes are not supported for region"):
-            container_image("amazon.nova-2-lite-v1:0:256k", Method.RFT, platform, "eu-west-2")
+def test_rft_regions_are_the_launchers_per_platform():
+    model = "amazon.nova-2-lite-v1:0:256k"
+    # HyperPod: the launcher's RFT regions (eu-central-1 and eu-west-2, no us-west-2).
+    image = container_image(model, Method.RFT, Platform.HYPERPOD, "eu-central-1")
+    assert image.startswith("874160969292.dkr.ecr.eu-central-1.amazonaws.com/")
+    container_image(model, Method.RFT, Platform.HYPERPOD, "eu-west-2")
+    with pytest.raises(CatalogError, match="RFT recipes are not supported for region 'us-west-2'"):
+        container_image(model, Method.RFT, Platform.HYPERPOD, "us-west-2")
+    # Training jobs: where an SM-TJ-RFT image is published.
+    container_image(model, Method.RFT, Platform.SMTJ, "us-west-2")
+    container_image(model, Method.SFT, Platform.SMTJ, "eu-west-2")
+    with pytest.raises(CatalogError, match="RFT recipes are not supported for region 'eu-west-2'"):
+        container_image(model, Method.RFT, Platform.SMTJ, "eu-west-2")
 
 
 def test_no_image_for_unsupported_method_or_model():
