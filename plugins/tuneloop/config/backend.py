@@ -45,12 +45,23 @@ def job_backend_config(campaign: Campaign) -> dict[str, Any]:
         if backend.service_account_name:
             config["service_account_name"] = backend.service_account_name
         return config
-    return {
+    config = {
         "type": "smtj",
         "role_arn": backend.role_arn,
         "max_runtime_seconds": backend.max_runtime_seconds,
         **common,
     }
+    # Only what is set, so a campaign without them keeps the configuration (and the triggers
+    # serialized with it) it had before they existed.
+    optional = {
+        "kms_key_id": backend.kms_key_id,
+        "subnets": backend.subnets,
+        "security_group_ids": backend.security_group_ids,
+        "encrypt_inter_container_traffic": backend.encrypt_inter_container_traffic,
+        "tags": backend.tags,
+    }
+    config.update({name: value for name, value in optional.items() if value})
+    return config
 
 
 def aws_connection(campaign: Campaign) -> str | None:

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from tuneloop.config import cron
+from tuneloop.config import cron, training_jobs
 from tuneloop.config.monitoring import Monitoring, OutputFormat, RewardProbe
 from tuneloop.recipes import s3_uri
 from tuneloop.recipes.catalog import MODELS, Method, Platform, Technique
@@ -229,10 +229,48 @@ class TrainingJobsBackend(_AwsBackend):
     """IAM role the training jobs run as."""
     max_runtime_seconds: Annotated[int, Field(ge=60, le=28 * 24 * 3600)] = 86_400
     """Stop a job that runs longer than this."""
+    kms_key_id: str = ""
+    """KMS key (id, ARN or alias) that encrypts the jobs' output in output_root; empty: S3's
+    default encryption."""
+    subnets: list[str] = []
+    """Subnets the jobs run in (with security_group_ids); empty: the service's network."""
+    security_group_ids: Annotated[list[str], Field(validate_default=True)] = []
+    """Security groups of the jobs in your VPC (with subnets)."""
+    encrypt_inter_container_traffic: bool = False
+    """Encrypt the traffic between a job's instances."""
+    tags: dict[str, str] = {}
+    """Tags added to every job, beside its campaign, round and stage."""
+
+    @field_validator("kms_key_id")
+    @classmethod
+    def _kms_key_the_service_takes(cls, value: str) -> str:
+        if value:
+            _refuse_training_job_setting(training_jobs.kms_key_problem(value))
+        return value
+
+    @field_validator("security_group_ids")
+    @classmethod
+    def _a_whole_vpc(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        subnets = info.data.get("subnets")
+        if subnets is not None:  # None: subnets itself was refused
+            _refuse_training_job_setting(training_jobs.vpc_problem(subnets, value))
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_the_service_takes(cls, value: dict[str, str]) -> dict[str, str]:
+        _refuse_training_job_setting(training_jobs.tags_problem(value))
+        return value
 
     @property
     def platform(self) -> Platform:
         return Platform.SMTJ
+
+
+def _refuse_training_job_setting(problem_and_fix: tuple[str, str]) -> None:
+    problem, fix = problem_and_fix
+    if problem:
+        raise PydanticCustomError("training_job_setting", f"{problem}; {fix}")
 
 
 Backend = Annotated[

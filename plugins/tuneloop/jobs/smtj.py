@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
@@ -33,6 +32,7 @@ from typing import Any, ClassVar
 import yaml
 
 from tuneloop import aws, storage
+from tuneloop.config import training_jobs
 from tuneloop.jobs.base import (
     JobError,
     JobKind,
@@ -70,21 +70,12 @@ RECIPE_LOCAL_PATH = f"/opt/ml/input/data/{RECIPE_CHANNEL}/{RECIPE_FILE}"
 # evaluator/forge_evaluator.py passes it as the data path that becomes "train").
 DATA_CHANNELS = ("train", "validation")
 EVAL_DATA_CHANNEL = "train"
-MANAGED_BY_TAG = "tuneloop:managed-by"
+MANAGED_BY_TAG = training_jobs.MANAGED_BY_TAG
 MANAGED_BY = "tuneloop"
 # The SageMaker SDK's default volume. Nova checkpoints go to the service's escrow bucket, not
 # the instance volume; the volume only holds the downloaded data (and instances with NVMe
 # storage, such as p5, use that instead).
 VOLUME_SIZE_GB = 30
-# CreateTrainingJob's limits, from its service model (botocore's sagemaker service-2.json).
-MAX_TAGS = 50
-MAX_TAG_KEY = 128
-MAX_TAG_VALUE = 256
-MAX_SUBNETS = 16
-MAX_SECURITY_GROUPS = 5
-_VPC_ID = re.compile(r"[-0-9a-zA-Z]{1,32}\Z")
-_KMS_KEY = re.compile(r"[a-zA-Z0-9:/_-]{1,2048}\Z")
-_TAG_PUNCTUATION = frozenset("_.:/=+-@")
 # CloudWatch Logs pages per stream and call: bounds one call's work; the cursor keeps the rest.
 MAX_LOG_PAGES = 20
 
@@ -298,13 +289,9 @@ def training_job_request(
 
 
 def _kms_key(name: str, key: str) -> str:
-    if not _KMS_KEY.match(key):
-        raise _user_error(
-            name,
-            f"kms_key_id {key[:80]!r} is not a KMS key id, ARN or alias",
-            "use a key id (1234abcd-...), a key ARN (arn:aws:kms:...:key/...) or an alias "
-            "(alias/my-key): letters, digits and ':/_-'",
-        )
+    problem, fix = training_jobs.kms_key_problem(key)
+    if problem:
+        raise _user_error(name, problem, fix)
     return key
 
 
@@ -312,64 +299,22 @@ def _vpc_config(
     name: str, subnets: Sequence[str], security_group_ids: Sequence[str]
 ) -> dict[str, list[str]] | None:
     """``VpcConfig``, or None without subnets and security groups (the job runs in the
-    service's network). The service needs both, or neither."""
+    service's network)."""
     subnets, groups = list(subnets), list(security_group_ids)
-    if not subnets and not groups:
+    problem, fix = training_jobs.vpc_problem(subnets, groups)
+    if problem:
+        raise _user_error(name, problem, fix)
+    if not subnets:
         return None
-    if not subnets or not groups:
-        raise _user_error(
-            name,
-            "a VPC needs both subnets and security_group_ids; one of them is empty",
-            "set both (the job then runs in your VPC), or neither",
-        )
-    for field, values, most in (
-        ("subnets", subnets, MAX_SUBNETS),
-        ("security_group_ids", groups, MAX_SECURITY_GROUPS),
-    ):
-        if len(values) > most:
-            raise _user_error(name, f"{len(values)} {field} given", f"set at most {most} {field}")
-        bad = [value for value in values if not _VPC_ID.match(value)]
-        if bad:
-            raise _user_error(
-                name,
-                f"{field} value {bad[0][:40]!r} is not a subnet or security group id",
-                "use ids such as subnet-0abc123 and sg-0abc123 (letters, digits and '-', at "
-                "most 32 characters)",
-            )
     return {"SecurityGroupIds": groups, "Subnets": subnets}
-
-
-def _tag_text_ok(text: str) -> bool:
-    """Tag keys and values allow letters, digits, spaces and ``_.:/=+-@`` (the service model's
-    ``[\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*``)."""
-    return all(unicodedata.category(char)[0] in "LZN" or char in _TAG_PUNCTUATION for char in text)
 
 
 def _tags(name: str, labels: Mapping[str, str], extra: Mapping[str, str]) -> list[dict[str, str]]:
     """The job's labels, the backend's own tags and the managed-by tag, as ``Tags``."""
-    merged = dict(extra)
-    for key, value in extra.items():
-        problem = ""
-        if not 1 <= len(key) <= MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
-            problem = f"keys are 1-{MAX_TAG_KEY} characters, values at most {MAX_TAG_VALUE}"
-        elif not _tag_text_ok(key) or not _tag_text_ok(value):
-            problem = "keys and values allow letters, digits, spaces and _.:/=+-@"
-        elif key.lower().startswith("aws:"):
-            problem = "the aws: prefix is reserved for AWS"
-        elif key in labels or key == MANAGED_BY_TAG:
-            problem = "tuneloop sets this key itself to find its jobs again"
-        if problem:
-            raise _user_error(
-                name, f"tag {key[:60]!r} is not allowed: {problem}", "change or remove the tag"
-            )
-    merged.update(labels)
-    merged[MANAGED_BY_TAG] = MANAGED_BY
-    if len(merged) > MAX_TAGS:
-        raise _user_error(
-            name,
-            f"the job would carry {len(merged)} tags",
-            f"set at most {MAX_TAGS - len(labels) - 1} tags of your own",
-        )
+    problem, fix = training_jobs.tags_problem(extra, reserved=(*labels, MANAGED_BY_TAG))
+    if problem:
+        raise _user_error(name, problem, fix)
+    merged = {**extra, **labels, MANAGED_BY_TAG: MANAGED_BY}
     return [{"Key": key, "Value": value} for key, value in sorted(merged.items())]
 
 

@@ -409,3 +409,77 @@ def test_a_retried_submit_adopts_the_job_by_its_name(s3_server: str, bucket: str
         assert retried.submit(rebuilt).name == first.name == spec.name
     assert len(sent) == 1
     assert re.fullmatch(r"[a-z0-9-]+", spec.name) and len(spec.name) <= MAX_JOB_NAME
+
+
+# --- the same settings from the campaign file ---------------------------------------------
+
+CLAIMS = Path(__file__).resolve().parents[3] / "recipes/campaigns/examples/claims-smtj.yaml"
+
+
+def claims_with_backend(**settings: Any) -> str:
+    document = yaml.safe_load(CLAIMS.read_text())
+    document["backend"].update(settings)
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+@pytest.mark.parametrize(
+    ("settings", "where", "message"),
+    [
+        ({"kms_key_id": "key with spaces"}, "backend.kms_key_id", "is not a KMS key id"),
+        ({"subnets": ["subnet-1"]}, "backend.security_group_ids", "needs both subnets"),
+        (
+            {"subnets": ["subnet_1"], "security_group_ids": ["sg-1"]},
+            "backend.security_group_ids",
+            "is not a subnet or security group id",
+        ),
+        ({"tags": {"round": "7"}}, "backend.tags", "tuneloop sets this key itself"),
+        ({"tags": {f"t{i}": "v" for i in range(47)}}, "backend.tags", "at most 46 tags"),
+    ],
+)
+def test_a_campaign_setting_the_service_would_refuse_is_one_located_line(
+    settings: dict[str, Any], where: str, message: str
+) -> None:
+    from tuneloop.config.file import parse_campaign
+    from tuneloop.errors import CampaignError
+
+    with pytest.raises(CampaignError) as error:
+        parse_campaign(claims_with_backend(**settings), CLAIMS)
+    [problem] = error.value.problems
+    line = problem.format()
+    assert "\n" not in line and line.startswith(f"{CLAIMS}:{problem.line}: {where}: ")
+    assert message in line and problem.line is not None
+
+
+def test_the_campaigns_settings_reach_the_request(s3_server: str, bucket: str) -> None:
+    from tuneloop.config.backend import job_backend_config
+    from tuneloop.config.file import parse_campaign
+
+    settings = {
+        "kms_key_id": "alias/tuneloop-output",
+        "subnets": ["subnet-0abc123"],
+        "security_group_ids": ["sg-0abc123"],
+        "encrypt_inter_container_traffic": True,
+        "tags": {"team": "claims", "cost-center": "ml 42"},
+    }
+    campaign = parse_campaign(claims_with_backend(**settings), CLAIMS).campaign
+    config = job_backend_config(campaign)
+    assert {name: config[name] for name in settings} == settings
+    plain = job_backend_config(parse_campaign(CLAIMS.read_text(), CLAIMS).campaign)
+    assert not set(settings) & set(plain)  # unset: nothing new in the backend's configuration
+
+    config.update(aws_conn_id=None, endpoint_url=s3_server, role_arn=ROLE, region=REGION)
+    backend = make_backend(config)
+    spec = make_spec("sft-full", bucket, campaign="claims-settings")
+    with sent_requests(s3_server) as sent:
+        backend.submit(spec)
+    [request] = sent
+    check_against_the_model(request)
+    assert request["OutputDataConfig"]["KmsKeyId"] == "alias/tuneloop-output"
+    assert request["VpcConfig"] == {
+        "SecurityGroupIds": ["sg-0abc123"],
+        "Subnets": ["subnet-0abc123"],
+    }
+    assert request["EnableInterContainerTrafficEncryption"] is True
+    tags = {tag["Key"]: tag["Value"] for tag in request["Tags"]}
+    assert tags["team"] == "claims" and tags["cost-center"] == "ml 42"
+    assert tags["campaign"] == "claims-settings" and tags[MANAGED_BY_TAG] == "tuneloop"
