@@ -272,7 +272,7 @@ def test_a_round_is_judged_by_the_campaign_file_it_was_planned_with(
 
 
 def test_stop_at_max_rounds(airflow_db: Path, tmp_path: Path, data: Path) -> None:
-    gate = "  targets: {exact_match: 0.9}\n  max_rounds: 1\n"
+    gate = "  targets: {exact_match: 0.9}\n  max_rounds: 1\n  budget: {usd: 500, gpu_hours: 10}\n"
     campaign = Campaign(
         "stopper", tmp_path, campaign_text("stopper", tmp_path, data, gate), {1: 0.5}
     )
@@ -284,6 +284,10 @@ def test_stop_at_max_rounds(airflow_db: Path, tmp_path: Path, data: Path) -> Non
     states = campaign.task_states(run)
     assert states["finish"] == "success" and states["next_round"] == "skipped"
     assert campaign.triggered("round_0002__after_0001") is None
+    # What the round cost (test_round_cost reads it): kept here, where a round already runs.
+    from test_round_cost import check_local_costs
+
+    check_local_costs(campaign, tmp_path / "stopper", record)
 
 
 def test_dry_run_submits_nothing(airflow_db: Path, tmp_path: Path, data: Path) -> None:

@@ -34,7 +34,6 @@ from tuneloop.rounds.ledger import (
     StageRecord,
     champion_of,
     deltas,
-    gpu_hours,
     history_of,
 )
 from tuneloop.rounds.start import start_round
@@ -133,7 +132,7 @@ def play(cf: CampaignFile, metrics: dict[str, float], *, seconds: float = 600.0)
                 billable_seconds=seconds / 2,
             )
         )
-    hours = gpu_hours(seconds)
+    hours = seconds / 3600.0
     candidate = RoundSummary(
         round=n,
         metrics=metrics,
@@ -251,10 +250,10 @@ def test_two_rounds_continue_from_the_latest_checkpoint(capsys, campaign_file) -
         "champion (round 1, 0.6), and becomes the champion; round 3 continues from its "
         "checkpoint." in out
     )
-    assert "cost: 0.1667 GPU-hours, 600 billable seconds" in out
+    assert "cost: 0.1667 GPU-hours, price unknown, 600 billable seconds" in out
     assert "rougeL" not in out  # only the campaign's metrics
     assert f"Champion: round 2 (exact_match 0.7), checkpoint {output_of(cf, 2)}" in out
-    assert "Cost:     0.3333 GPU-hours, 1200 billable seconds over 2 rounds" in out
+    assert "Cost:     0.3333 GPU-hours, price unknown, 1200 billable seconds over 2 rounds" in out
     assert "State:    ready: round 2 decided continue" in out
     assert f"Next:     round 3 from round 2's checkpoint ({output_of(cf, 2)}); stages sft, rft" in (
         out
@@ -494,6 +493,8 @@ def test_the_json_object_holds_every_field(capsys, campaign_file) -> None:
         "checkpoint": output_of(cf, 2),
         "gpu_hours": pytest.approx(600 / 3600),
         "billable_seconds": 600.0,
+        "cost_usd": None,  # written without a price: unknown, not free
+        "cost_note": "",
         "started_at": "2026-03-02T11:00:00Z",
         "ended_at": "2026-03-02T11:25:00Z",
         "recorded_at": second["recorded_at"],
@@ -509,6 +510,10 @@ def test_the_json_object_holds_every_field(capsys, campaign_file) -> None:
         "rounds": 2,
         "gpu_hours": pytest.approx(1200 / 3600),
         "billable_seconds": 1200.0,
+        "cost_usd": None,
+        "price_sources": [],
+        "budget_usd": None,
+        "budget_gpu_hours": None,
     }
     assert data["state"]["state"] == "ready"
     assert data["next_round"] == {

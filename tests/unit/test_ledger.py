@@ -108,7 +108,7 @@ def record(
         decision=decision,
         timings={"train_sft": 12.5, "evaluate": 3.0},
         billable_seconds=150.0,
-        gpu_hours=gpu_hours(150.0),
+        gpu_hours=150.0 / 3600,
     )
 
 
@@ -595,7 +595,9 @@ def test_deltas_per_reference() -> None:
     [
         (3600, "ml.p5.48xlarge", 8.0),
         (1800, "ml.g5.12xlarge", 2.0),
-        (7200, None, 2.0),
+        (7200, "ml.p9.unknown", 2.0),
+        (7200, None, 0.0),
+        (7200, "ml.m5.xlarge", 0.0),
         (None, None, 0.0),
     ],
 )

@@ -381,8 +381,11 @@ def test_saved_gpu_hours_count_the_instance_types_gpus() -> None:
     # 20 steps x 30 s x 2 instances x 8 GPUs = 9600 GPU-seconds
     assert saving.gpu_hours == pytest.approx(9600 / 3600)
     assert saving.basis() == "20 steps left at 30 s/step on 2 x ml.p5.48xlarge (8 GPUs each)"
+    # A local job runs on this machine's CPU: its steps are no GPU-hours.
     local = saved_gpu_hours(20, 40, 30.0)
-    assert local is not None and local.gpu_hours == pytest.approx(600 / 3600)
+    assert local is not None and local.gpu_hours == 0.0 and local.gpus_per_instance == 0
+    cpu = saved_gpu_hours(20, 40, 30.0, instance_type="ml.m5.xlarge")
+    assert cpu is not None and cpu.gpu_hours == 0.0
     assert saved_gpu_hours(20, None, 30.0) is None and saved_gpu_hours(20, 40, None) is None
 
 

@@ -37,9 +37,38 @@ def _gate_lines(campaign: Campaign) -> list[str]:
     lines.append(
         f"  plateau: {gate.plateau_rounds} rounds improving less than {gate.min_improvement}"
     )
-    budget = f", or {gate.budget_gpu_hours} GPU-hours" if gate.budget_gpu_hours else ""
+    limits = []
+    if gate.usd_budget() is not None:
+        limits.append(f"${gate.usd_budget():,.2f}")
+    if gate.gpu_hour_budget() is not None:
+        limits.append(f"{gate.gpu_hour_budget()} GPU-hours")
+    budget = f", or before spending {' or '.join(limits)}" if limits else ""
     lines.append(f"  stop after {gate.max_rounds} rounds{budget}")
+    lines.append(f"  {_price_line(campaign)}")
     return lines
+
+
+def _price_line(campaign: Campaign) -> str:
+    """What an instance-hour of the campaign's jobs costs, as the cost estimates use it."""
+    from tuneloop.recipes.prices import price_per_hour
+    from tuneloop.rounds.cost import backend_instance_type
+
+    backend = campaign.backend
+    instance_type = backend_instance_type(backend)
+    price = price_per_hour(
+        instance_type,
+        getattr(backend, "region", None),
+        getattr(backend, "price_per_hour", None) or {},
+    )
+    if instance_type is None:
+        return f"price: {price.note}"
+    if price.usd_per_hour is None:
+        return f"price: {price.note}"
+    where = f" ({price.note})" if price.note else ""
+    return (
+        f"price: ${price.usd_per_hour:,.3f} per {instance_type} instance-hour, "
+        f"{price.region or 'any region'}, from {price.source}{where}"
+    )
 
 
 def _weights(value: str) -> str:

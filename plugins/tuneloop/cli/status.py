@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from tuneloop.config.campaign import flatten_overrides
+from tuneloop.config.campaign import Gate, flatten_overrides
 from tuneloop.config.file import CampaignFile
 from tuneloop.config.paths import campaign_root
 from tuneloop.errors import CampaignError, Problem, TuneloopError
@@ -78,6 +78,10 @@ class RoundLine(BaseModel):
     """The output folder of the round's last stage (where a round continuing from it starts)."""
     gpu_hours: float
     billable_seconds: float
+    cost_usd: float | None = None
+    """Estimated US dollars of the round's jobs, the base model's evaluation when the round
+    measured it included; None when a price is unknown."""
+    cost_note: str = ""
     started_at: datetime | None
     ended_at: datetime | None
     recorded_at: datetime
@@ -135,7 +139,13 @@ class NextRound(BaseModel):
 class Totals(BaseModel):
     rounds: int
     gpu_hours: float
+    """GPU-hours spent, the base model's evaluation included."""
     billable_seconds: float
+    cost_usd: float | None = None
+    """Estimated US dollars spent; None when a price is unknown."""
+    price_sources: list[str] = []
+    budget_usd: float | None = None
+    budget_gpu_hours: float | None = None
 
 
 class CampaignStatus(BaseModel):
@@ -276,13 +286,25 @@ def campaign_status(cf: CampaignFile) -> CampaignStatus:
         baseline=_shown(cf, latest.baseline) if latest else {},
         rounds=rounds,
         champion=_champion(champion, gate.primary_metric),
-        totals=Totals(
-            rounds=len(records),
-            gpu_hours=round(sum(r.gpu_hours for r in records), 6),
-            billable_seconds=round(sum(r.billable_seconds for r in records), 3),
-        ),
+        totals=_totals(gate, records),
         state=_state(cf, latest, claim, over),
         next_round=_next_round(cf, ledger, records, claim),
+    )
+
+
+def _totals(gate: Gate, records: Sequence[RoundRecord]) -> Totals:
+    from tuneloop.rounds.cost import total_cost
+
+    sources = [source for r in records for source in r.price_source.split("; ") if source]
+    cost = total_cost(r.spent_usd() for r in records)
+    return Totals(
+        rounds=len(records),
+        gpu_hours=round(sum(r.spent_gpu_hours() for r in records), 6),
+        billable_seconds=round(sum(r.billable_seconds for r in records), 3),
+        cost_usd=None if cost is None else round(cost, 6),
+        price_sources=list(dict.fromkeys(sources)),
+        budget_usd=gate.usd_budget(),
+        budget_gpu_hours=gate.gpu_hour_budget(),
     )
 
 
@@ -320,8 +342,10 @@ def _round_line(cf: CampaignFile, record: RoundRecord) -> RoundLine:
             recommendation=decision.recommendation,
         ),
         checkpoint=record.summary().checkpoint,
-        gpu_hours=record.gpu_hours,
+        gpu_hours=record.spent_gpu_hours(),
         billable_seconds=record.billable_seconds,
+        cost_usd=record.spent_usd(),
+        cost_note=record.cost_note,
         started_at=record.started_at,
         ended_at=record.ended_at,
         recorded_at=record.recorded_at,
@@ -408,7 +432,7 @@ def _finished_because(record: RoundRecord) -> FinishedBecause:
     plateau, needed = signals.get("plateau_count"), signals.get("plateau_rounds")
     if isinstance(plateau, int) and isinstance(needed, int) and plateau >= needed:
         return "plateau"
-    if signals.get("budget_gpu_hours") is not None:
+    if signals.get("budget_gpu_hours") is not None or signals.get("budget_usd") is not None:
         return "budget"
     return "stopped"
 
@@ -577,9 +601,18 @@ def format_status(status: CampaignStatus) -> str:
     lines.append(_champion_text(status))
     totals = status.totals
     lines.append(
-        f"Cost:     {totals.gpu_hours:.4g} GPU-hours, {totals.billable_seconds:.0f} billable "
-        f"seconds over {totals.rounds} round{'s' if totals.rounds != 1 else ''}"
+        f"Cost:     {totals.gpu_hours:.4g} GPU-hours, {_usd(totals.cost_usd)}, "
+        f"{totals.billable_seconds:.0f} billable seconds over {totals.rounds} "
+        f"round{'s' if totals.rounds != 1 else ''}"
     )
+    limits = [
+        f"{_usd(totals.budget_usd)}" if totals.budget_usd is not None else "",
+        f"{totals.budget_gpu_hours:.4g} GPU-hours" if totals.budget_gpu_hours is not None else "",
+    ]
+    if any(limits):
+        lines.append(f"Budget:   {' and '.join(x for x in limits if x)}")
+    for source in totals.price_sources:
+        lines.append(f"Prices:   {source}")
     state = status.state
     because = f" ({state.finished_because.replace('_', ' ')})" if state.finished_because else ""
     lines.append(f"State:    {state.state}{because}: {state.why}")
@@ -607,12 +640,18 @@ def _round_text(r: RoundLine, primary: str) -> list[str]:
         f"  decision: {r.decision.action}"
         + (" (promoted)" if r.decision.promoted else "")
         + f". {r.decision.reason}",
-        f"  cost: {r.gpu_hours:.4g} GPU-hours, {r.billable_seconds:.0f} billable seconds; "
-        f"checkpoint {r.checkpoint}",
+        f"  cost: {r.gpu_hours:.4g} GPU-hours, {_usd(r.cost_usd)}, {r.billable_seconds:.0f} "
+        f"billable seconds; checkpoint {r.checkpoint}",
     ]
     if r.rollback_of is not None:
         out.insert(2, f"  rollback of round {r.rollback_of}")
     return [*out, ""]
+
+
+def _usd(amount: float | None) -> str:
+    from tuneloop.tracking.report import dollars
+
+    return "price unknown" if amount is None else dollars(amount)
 
 
 def _champion_text(status: CampaignStatus) -> str:

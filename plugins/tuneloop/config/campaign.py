@@ -200,6 +200,10 @@ class _AwsBackend(StrictModel):
     logs); empty: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD from the environment."""
     aws_conn_id: str = "aws_default"
     """Airflow connection with the AWS credentials."""
+    price_per_hour: dict[InstanceType, Annotated[float, Field(ge=0.0, allow_inf_nan=False)]] = {}
+    """US dollars per instance-hour by instance type, replacing tuneloop's on-demand price
+    table in cost estimates and the USD budget: a HyperPod cluster's node-hour rate (billed
+    whether the nodes are busy or not), a savings plan's rate, or a price the table lacks."""
 
 
 class HyperPodBackend(_AwsBackend):
@@ -405,6 +409,27 @@ class Rollback(StrictModel):
     """Extra recipe overrides per stage name for the retried round."""
 
 
+class Budget(StrictModel):
+    """What the campaign may spend, in US dollars, GPU-hours or both: the gate stops before a
+    round would pass either, and a round is refused before its first job when the spend
+    already passes it (or would with the next round's projected cost)."""
+
+    usd: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    """US dollars, estimated from the price table (or backend.price_per_hour); local jobs
+    cost nothing."""
+    gpu_hours: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    """GPU-hours (instance-hours times the instance type's GPUs)."""
+
+    @model_validator(mode="after")
+    def _one_limit_at_least(self) -> Budget:
+        if self.usd is None and self.gpu_hours is None:
+            raise PydanticCustomError(
+                "budget_empty",
+                "names no limit: set usd, gpu_hours or both (e.g. {usd: 500}), or remove budget",
+            )
+        return self
+
+
 class Gate(StrictModel):
     """When a round is good enough, when to roll back, and when to stop."""
 
@@ -422,13 +447,47 @@ class Gate(StrictModel):
     """Consecutive plateau rounds before switching technique or stopping."""
     max_rounds: Annotated[int, Field(ge=1, le=100)] = 5
     """Stop after this many rounds (3-5 is typical; more suggests diminishing returns)."""
-    budget_gpu_hours: Annotated[float, Field(gt=0.0)] | None = None
-    """Stop before a round would exceed this many GPU-hours in total."""
+    budget: Budget | None = None
+    """What the campaign may spend in all: ``{usd: 500}``, ``{gpu_hours: 100}`` or both. The
+    base model's evaluation counts, once."""
+    budget_gpu_hours: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    """Deprecated: the same as ``budget: {gpu_hours: ...}``."""
     rollback: Rollback = Rollback()
     """Adjustments for the round after a rollback."""
     on_plateau: Literal["switch", "stop"] = "switch"
     """After plateau_rounds: switch which stages the next rounds run (another method, as the
     compatibility matrix allows), or stop."""
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget_has_units(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise PydanticCustomError(
+                "budget_units",
+                f"{value} names no unit: write budget: {{usd: {value}}} for US dollars or "
+                f"budget: {{gpu_hours: {value}}} for GPU-hours",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_gpu_hour_budget(self) -> Gate:
+        both = self.budget is not None and self.budget.gpu_hours is not None
+        if both and self.budget_gpu_hours is not None:
+            raise PydanticCustomError(
+                "budget_twice",
+                "budget_gpu_hours and budget.gpu_hours are both set: keep budget.gpu_hours "
+                "and remove budget_gpu_hours (its older spelling)",
+            )
+        return self
+
+    def gpu_hour_budget(self) -> float | None:
+        """The GPU-hour limit, from ``budget.gpu_hours`` or the older ``budget_gpu_hours``."""
+        if self.budget is not None and self.budget.gpu_hours is not None:
+            return self.budget.gpu_hours
+        return self.budget_gpu_hours
+
+    def usd_budget(self) -> float | None:
+        return self.budget.usd if self.budget is not None else None
 
     def target_bounds(self) -> dict[str, Target]:
         return {

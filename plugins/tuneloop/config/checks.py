@@ -46,6 +46,27 @@ def check_images(cf: CampaignFile, problems: list[Problem]) -> None:
                 problems.append(cf.problem(("backend", "region"), str(exc)))
 
 
+def unpriced_budget(cf: CampaignFile) -> Problem | None:
+    """A dollar budget needs the price of the campaign's instance type: without one every job
+    would count as free and the budget would never stop anything. None when it can be
+    checked (no dollar budget, the local backend, a price in the table or the campaign)."""
+    from tuneloop.recipes.prices import price_per_hour
+
+    campaign = cf.campaign
+    backend = campaign.backend
+    if campaign.gate.usd_budget() is None or backend.type == "local":
+        return None
+    price = price_per_hour(backend.instance_type, backend.region, backend.price_per_hour)
+    if price.usd_per_hour is not None:
+        return None
+    return cf.problem(
+        ("gate", "budget", "usd"),
+        f"the dollar budget cannot be checked: the {price.note}",
+        fix="add backend.price_per_hour: {<instance type>: <US dollars an hour>} (your "
+        "on-demand, savings plan or cluster rate), or budget in gpu_hours instead",
+    )
+
+
 def check_rollback_stages(cf: CampaignFile, problems: list[Problem]) -> None:
     names = [stage.name for stage in cf.campaign.stages]
     for name in cf.campaign.gate.rollback.overrides:

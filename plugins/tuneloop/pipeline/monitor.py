@@ -313,7 +313,7 @@ class Saving:
 
     def basis(self) -> str:
         """How the estimate was made, in words."""
-        machine = self.instance_type or "an instance of unknown type"
+        machine = self.instance_type or "this machine (local)"
         return (
             f"{self.steps_left} steps left at {self.seconds_per_step:.3g} s/step on "
             f"{self.instances} x {machine} ({self.gpus_per_instance} GPU"
@@ -330,22 +330,23 @@ def saved_gpu_hours(
     instance_type: str | None = None,
 ) -> Saving | None:
     """The GPU-hours the rest of a job stopped at ``step`` of ``total_steps`` would have
-    taken at ``seconds_per_step`` on ``instances`` instances of ``instance_type`` (an unknown
-    type counts one GPU per instance, as the ledger does); None when a number is missing."""
-    from tuneloop.recipes.catalog import INSTANCE_RESOURCES
-    from tuneloop.rounds.ledger import gpu_hours
+    taken at ``seconds_per_step`` on ``instances`` instances of ``instance_type``, counted as
+    the round's records count them (`recipes.prices.gpus_per_instance`: none for the local
+    backend, ``None``, or a CPU-only type; one for a type the catalog does not know); None
+    when a number is missing."""
+    from tuneloop.recipes.prices import gpus_per_instance
 
     if step is None or total_steps is None or seconds_per_step is None:
         return None
     if not math.isfinite(seconds_per_step) or seconds_per_step <= 0:
         return None
     left = max(0, total_steps - step)
-    resources = INSTANCE_RESOURCES.get(instance_type or "")
+    gpus = gpus_per_instance(instance_type)
     return Saving(
         steps_left=left,
         seconds_per_step=seconds_per_step,
         instances=instances,
         instance_type=instance_type,
-        gpus_per_instance=resources.gpus if resources else 1,
-        gpu_hours=gpu_hours(left * seconds_per_step * instances, instance_type),
+        gpus_per_instance=gpus,
+        gpu_hours=left * seconds_per_step * instances * gpus / 3600.0,
     )

@@ -52,6 +52,13 @@ class RoundSummary(BaseModel):
     """What was decided after it; None for a round not decided yet."""
     gpu_hours: float = Field(default=0.0, ge=0.0)
     """GPU-hours its jobs were billed (training and evaluation)."""
+    cost_usd: float | None = 0.0
+    """US dollars its jobs cost (estimated); None when a price is unknown."""
+    baseline_gpu_hours: float = Field(default=0.0, ge=0.0)
+    """GPU-hours of the base model's evaluation when this round measured it: spent by the
+    campaign, but not part of what a next round is expected to cost."""
+    baseline_cost_usd: float | None = 0.0
+    """US dollars of that evaluation."""
     failed: bool = False
     """Monitoring stopped its training, so it was never evaluated (no metrics): the gate skips
     it when it compares rounds, counts plateaus or estimates the next round's cost."""

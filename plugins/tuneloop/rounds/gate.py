@@ -25,8 +25,8 @@ The rules, in the order they are applied:
    the next round would train RFT on a model no SFT or CPT has touched, the decision recommends
    SFT first; with ``reward_probe.low_positive_rewards: sft_only`` the next round runs only the
    campaign's SFT and CPT stages instead, and the round after it every stage again;
-6. the GPU-hours spent plus an estimate of the next round would exceed ``budget_gpu_hours``:
-   stop.
+6. the GPU-hours or US dollars spent (the base model's evaluation included) plus an estimate
+   of the next round would exceed ``budget.gpu_hours`` or ``budget.usd``: stop.
 
 A round may be promoted and still end the campaign (a stop keeps the best round as champion).
 A round whose training monitoring stopped has no evaluation: `decide_failed` judges it (stop
@@ -136,6 +136,9 @@ def decide_failed(
     base_lineage: Sequence[Method] = (),
     ran: Sequence[str] = (),
     gpu_hours: float = 0.0,
+    cost_usd: float | None = 0.0,
+    baseline_gpu_hours: float = 0.0,
+    baseline_cost_usd: float | None = 0.0,
 ) -> Decision:
     """Judge a round that failed before its evaluation could count: monitoring stopped a
     training job (so it has no metrics), or a detector whose policy fails the round fired.
@@ -145,8 +148,9 @@ def decide_failed(
     the campaign stops with the champion. Otherwise the next round restarts from the champion
     (the base model before any promotion) with the rollback adjustments and the stages the
     round ran (``ran``; empty: every stage), unless ``max_rounds``, the compatibility matrix or
-    the GPU-hour budget stop the campaign. ``gpu_hours`` is what the round's jobs were billed
-    before they were stopped. ``stages``, ``technique`` and ``base_lineage`` are the
+    a budget stop the campaign. ``gpu_hours`` and ``cost_usd`` are what the round's jobs were
+    billed before they were stopped, ``baseline_*`` the base model's evaluation when this round
+    measured it. ``stages``, ``technique`` and ``base_lineage`` are the
     campaign's, as for `decide`.
     """
     campaign = _Campaign(list(stages), technique, list(base_lineage))
@@ -158,6 +162,9 @@ def decide_failed(
         stages=names,
         methods=campaign.methods(names),
         gpu_hours=gpu_hours,
+        cost_usd=cost_usd,
+        baseline_gpu_hours=baseline_gpu_hours,
+        baseline_cost_usd=baseline_cost_usd,
         failed=True,
     )
     return _FailedRound(gate, failed, history, campaign, why, baseline).decide(stop_campaign)
@@ -293,29 +300,95 @@ def _failed(summary: RoundSummary) -> bool:
     return summary.failed or not summary.metrics
 
 
-def _gpu_hours(
-    rounds: Sequence[RoundSummary], next_stages: list[str], campaign: _Campaign
-) -> tuple[float, float]:
-    """GPU-hours spent so far, and the next round's estimate: the mean of earlier rounds that
-    ran the same stages, else of every round that was billed (rounds that ran to the end;
-    failed ones only when no other was billed)."""
-    spent = sum(r.gpu_hours for r in rounds)
-    billed = [r for r in rounds if r.gpu_hours > 0]
+@dataclass(frozen=True)
+class _Spend:
+    """What the campaign spent so far and what a next round is expected to cost."""
+
+    gpu_hours: float
+    gpu_hours_next: float
+    usd: float
+    usd_next: float
+    projected: bool
+    """Whether an earlier round was billed, so the next round has a projection."""
+
+
+def _spend(rounds: Sequence[RoundSummary], next_stages: list[str], campaign: _Campaign) -> _Spend:
+    """GPU-hours and US dollars spent so far (the base model's evaluation included), and the
+    next round's estimate: the mean of earlier rounds that ran the same stages, else of every
+    round that was billed (rounds that ran to the end; failed ones only when no other was
+    billed). A cost that is unknown (no price) counts as nothing."""
+    spent = sum(r.gpu_hours + r.baseline_gpu_hours for r in rounds)
+    usd = sum((r.cost_usd or 0.0) + (r.baseline_cost_usd or 0.0) for r in rounds)
+    billed = [r for r in rounds if r.gpu_hours > 0 or (r.cost_usd or 0.0) > 0]
     billed = [r for r in billed if not _failed(r)] or billed
     alike = [r for r in billed if campaign.ran(r) == next_stages] or billed
-    estimate = sum(r.gpu_hours for r in alike) / len(alike) if alike else 0.0
-    return spent, estimate
-
-
-def _over_budget(gate: Gate, spent: float, estimate: float) -> str:
-    """Why a next round of about ``estimate`` GPU-hours would pass the budget; "" if not."""
-    budget = gate.budget_gpu_hours
-    if budget is None or spent + estimate <= budget + _SLACK:
-        return ""
-    return (
-        f"{_num(spent)} GPU-hours spent and a next round of about {_num(estimate)} "
-        f"would pass the {_num(budget)} GPU-hour budget"
+    count = len(alike) or 1
+    return _Spend(
+        gpu_hours=spent,
+        gpu_hours_next=sum(r.gpu_hours for r in alike) / count,
+        usd=usd,
+        usd_next=sum(r.cost_usd or 0.0 for r in alike) / count,
+        projected=bool(alike),
     )
+
+
+def _over_budget(gate: Gate, spend: _Spend) -> str:
+    """Why a next round of about the estimate would pass a budget; "" if not."""
+    reasons = []
+    hours = gate.gpu_hour_budget()
+    if hours is not None and spend.gpu_hours + spend.gpu_hours_next > hours + _SLACK:
+        reasons.append(
+            f"{_num(spend.gpu_hours)} GPU-hours spent and a next round of about "
+            f"{_num(spend.gpu_hours_next)} would pass the {_num(hours)} GPU-hour budget"
+        )
+    usd = gate.usd_budget()
+    if usd is not None and spend.usd + spend.usd_next > usd + _SLACK:
+        reasons.append(
+            f"${spend.usd:,.2f} spent and a next round of about ${spend.usd_next:,.2f} "
+            f"would pass the ${usd:,.2f} budget"
+        )
+    return "; ".join(reasons)
+
+
+def budget_refusal(
+    gate: Gate,
+    history: Sequence[RoundSummary],
+    next_stages: Sequence[str],
+    *,
+    stages: Sequence[Stage],
+    technique: Technique,
+) -> str:
+    """Why a round about to start must not submit a job because of the budget; "" to go on.
+
+    Checked before a round's first job (a trigger after a budget stop, a raised max_rounds, a
+    first round): the spend so far plus the next round's projection (the mean of earlier
+    rounds with the same stages, as at decide time) must stay within every budget. Before any
+    round was billed there is no projection: the round goes on unless the spend already
+    reached a budget."""
+    campaign = _Campaign(list(stages), technique, [])
+    spend = _spend(list(history), list(next_stages) or campaign.all_names(), campaign)
+    why = _over_budget(gate, spend)
+    if why:
+        return why
+    reached = []
+    hours, usd = gate.gpu_hour_budget(), gate.usd_budget()
+    if hours is not None and spend.gpu_hours >= hours - _SLACK:
+        reached.append(f"{_num(spend.gpu_hours)} GPU-hours spent of the {_num(hours)} budget")
+    if usd is not None and spend.usd >= usd - _SLACK:
+        reached.append(f"${spend.usd:,.2f} spent of the ${usd:,.2f} budget")
+    return "; ".join(reached)
+
+
+def budget_signals(gate: Gate, spend: _Spend | None, spent: _Spend) -> dict[str, float | None]:
+    """The budget's numbers in a decision's signals."""
+    return {
+        "gpu_hours_spent": _rounded(spent.gpu_hours),
+        "gpu_hours_next_estimate": None if spend is None else _rounded(spend.gpu_hours_next),
+        "budget_gpu_hours": gate.gpu_hour_budget(),
+        "cost_usd_spent": _rounded(spent.usd),
+        "cost_usd_next_estimate": None if spend is None else _rounded(spend.usd_next),
+        "budget_usd": gate.usd_budget(),
+    }
 
 
 # --- the judgement ------------------------------------------------------------------------------
@@ -397,8 +470,8 @@ class _Judgement:
             if not _meets(candidate.metrics[name], bound)
         ]
         self.streaks = self._streaks()
-        self.next_estimate: float | None = None
-        """GPU-hours the next round is expected to take, once the rules got that far."""
+        self.next_estimate: _Spend | None = None
+        """What the next round is expected to cost, once the rules got that far."""
 
     # The champion's primary metric, or the base model's before any round was promoted.
     def _reference(self) -> float | None:
@@ -440,10 +513,8 @@ class _Judgement:
         else:
             restart = self._after_sft_first(restart)
         restart = self._sft_first(restart)
-        spent, self.next_estimate = _gpu_hours(
-            [*self.earlier, self.candidate], restart.stages, self.campaign
-        )
-        over_budget = _over_budget(self.gate, spent, self.next_estimate)
+        self.next_estimate = _spend([*self.earlier, self.candidate], restart.stages, self.campaign)
+        over_budget = _over_budget(self.gate, self.next_estimate)
         if over_budget:
             return self._stop(verdict, over_budget)
         following = _NextRound(
@@ -742,7 +813,7 @@ class _Judgement:
         gate = self.gate
         previous = self.earlier[-1].metrics.get(self.primary) if self.earlier else None
         base_value = self.baseline.get(self.primary)
-        spent = sum(r.gpu_hours for r in [*self.earlier, self.candidate])
+        spent = _spend([*self.earlier, self.candidate], [], self.campaign)
 
         def delta(reference: float | None) -> float | None:
             # Rounded so that 0.81 - 0.87 reads -0.06, not -0.05999999999999994.
@@ -769,11 +840,7 @@ class _Judgement:
             "plateau_rounds": gate.plateau_rounds,
             "max_rounds": gate.max_rounds,
             "targets_unmet": ", ".join(self.unmet),
-            "gpu_hours_spent": _rounded(spent),
-            "gpu_hours_next_estimate": (
-                None if self.next_estimate is None else _rounded(self.next_estimate)
-            ),
-            "budget_gpu_hours": gate.budget_gpu_hours,
+            **budget_signals(gate, self.next_estimate, spent),
         }
 
 
@@ -796,7 +863,7 @@ class _FailedRound:
         self.baseline = dict(baseline or {})
         self.champion = _champion(self.earlier)
         self.outcome = f"Round {failed.round} failed: {why.strip().rstrip('.')}"
-        self.next_estimate: float | None = None
+        self.next_estimate: _Spend | None = None
 
     def decide(self, stop_campaign: bool) -> Decision:
         if stop_campaign:
@@ -808,8 +875,8 @@ class _FailedRound:
         problem = self.campaign.incompatible(base, self.campaign.lineage(self.champion), stages)
         if problem:
             return self._stop(problem)
-        spent, self.next_estimate = _gpu_hours([*self.earlier, self.failed], stages, self.campaign)
-        over_budget = _over_budget(self.gate, spent, self.next_estimate)
+        self.next_estimate = _spend([*self.earlier, self.failed], stages, self.campaign)
+        over_budget = _over_budget(self.gate, self.next_estimate)
         if over_budget:
             return self._stop(over_budget)
         number = self.failed.round + 1
@@ -844,7 +911,7 @@ class _FailedRound:
 
     def _signals(self) -> dict[str, float | int | str | None]:
         gate = self.gate
-        spent = sum(r.gpu_hours for r in [*self.earlier, self.failed])
+        spent = _spend([*self.earlier, self.failed], [], self.campaign)
         # What the next round has to beat: the champion's primary metric, or the base model's.
         kind, source = (
             ("baseline", self.baseline)
@@ -864,11 +931,7 @@ class _FailedRound:
             "min_improvement": gate.min_improvement,
             "plateau_rounds": gate.plateau_rounds,
             "max_rounds": gate.max_rounds,
-            "gpu_hours_spent": _rounded(spent),
-            "gpu_hours_next_estimate": (
-                None if self.next_estimate is None else _rounded(self.next_estimate)
-            ),
-            "budget_gpu_hours": gate.budget_gpu_hours,
+            **budget_signals(gate, self.next_estimate, spent),
         }
 
 

@@ -34,7 +34,8 @@ from tuneloop import storage
 from tuneloop.artifacts.manifest import Checkpoint
 from tuneloop.config.paths import campaign_root
 from tuneloop.errors import Problem, TuneloopError
-from tuneloop.recipes.catalog import INSTANCE_RESOURCES, Method, Technique
+from tuneloop.recipes.catalog import Method, Technique
+from tuneloop.recipes.prices import gpus_per_instance
 from tuneloop.rounds.decision import Action, Decision, RoundSummary
 from tuneloop.rounds.findings import Finding
 
@@ -77,7 +78,39 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
 
 
-class StageRecord(_Record):
+class JobCost(_Record):
+    """What one job was billed and what that cost (`rounds.cost.job_cost` fills it)."""
+
+    billable_seconds: float | None = None
+    """Instance-seconds billed; None when the backend does not say."""
+    instance_type: str = ""
+    """The instance type it ran on; ``local`` for the local backend ("" in older records)."""
+    instance_count: int = Field(default=1, ge=1)
+    """Instances it asked for (the recipe's ``run.replicas``)."""
+    instance_hours: float = Field(default=0.0, ge=0.0)
+    gpu_hours: float = Field(default=0.0, ge=0.0)
+    """Instance-hours times the instance type's GPUs: 0 on CPU-only instances and locally."""
+    price_per_hour: float | None = None
+    """US dollars per instance-hour used for the estimate; None: unknown."""
+    estimated_cost_usd: float | None = None
+    """Instance-hours times the price; 0 for local jobs; None when the price is unknown."""
+    price_region: str = ""
+    """The region whose price was used (us-east-1 stands in for an unlisted region)."""
+    price_source: str = ""
+    """Where the price comes from: the price table's page and date, or the campaign's
+    backend.price_per_hour."""
+    cost_note: str = ""
+    """Why the cost is unknown, or what stands in (another region's price, a free local
+    job)."""
+
+
+class EvaluationCost(JobCost):
+    """The cost of an evaluation job (the round's, or the base model's)."""
+
+    job_name: str = ""
+
+
+class StageRecord(JobCost):
     """One training stage of a round, as it ran."""
 
     name: str
@@ -91,8 +124,6 @@ class StageRecord(_Record):
     checkpoint: Checkpoint | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
-    billable_seconds: float | None = None
-    """Instance-seconds billed; None when the backend does not say."""
     training_metrics: dict[str, list[tuple[int, float]]] = {}
     """Training curves (metric -> [(step, value)]) where the job wrote them."""
     series: dict[str, list[tuple[int, float]]] = {}
@@ -163,7 +194,22 @@ class RoundRecord(_Record):
     billable_seconds: float = 0.0
     """Instance-seconds billed for the round's jobs."""
     gpu_hours: float = Field(default=0.0, ge=0.0)
-    """GPU-hours billed for the round's jobs (see `gpu_hours`): the gate's budget reads it."""
+    """GPU-hours billed for the round's jobs, training and evaluation (the base model's
+    evaluation is counted apart, in ``baseline_cost``): the gate's budget reads it."""
+    estimated_cost_usd: float | None = None
+    """US dollars the round's training and evaluation jobs cost (estimated from the price
+    table or backend.price_per_hour); None when a job's price is unknown (and in records
+    written before costs were recorded)."""
+    price_source: str = ""
+    """Where the prices of the estimate come from."""
+    cost_note: str = ""
+    """Why the cost is unknown, or what stands in for a price."""
+    evaluation_cost: EvaluationCost | None = None
+    """The round's evaluation job, billed."""
+    baseline_cost: EvaluationCost | None = None
+    """The base model's evaluation when this round's run measured it (it is measured once per
+    evaluation recipe and data, and counted in the campaign's spend with the round that
+    measured it); None when an earlier round's measurement was reused."""
 
     @model_validator(mode="after")
     def _decision_is_this_rounds(self) -> RoundRecord:
@@ -188,8 +234,25 @@ class RoundRecord(_Record):
             promoted=self.decision.promoted,
             action=self.decision.action,
             gpu_hours=self.gpu_hours,
+            cost_usd=self.estimated_cost_usd,
+            baseline_gpu_hours=self.baseline_cost.gpu_hours if self.baseline_cost else 0.0,
+            baseline_cost_usd=(
+                self.baseline_cost.estimated_cost_usd if self.baseline_cost else 0.0
+            ),
             failed=bool(self.failed),
         )
+
+    def spent_gpu_hours(self) -> float:
+        """GPU-hours the campaign spent on this round, the base model's evaluation included."""
+        return self.gpu_hours + (self.baseline_cost.gpu_hours if self.baseline_cost else 0.0)
+
+    def spent_usd(self) -> float | None:
+        """US dollars the campaign spent on this round, the base model's evaluation included;
+        None when a price is unknown."""
+        baseline = self.baseline_cost.estimated_cost_usd if self.baseline_cost else 0.0
+        if self.estimated_cost_usd is None or baseline is None:
+            return None
+        return self.estimated_cost_usd + baseline
 
 
 class RoundClaim(_Record):
@@ -230,6 +293,9 @@ class BaselineRecord(_Record):
     positive_reward_fraction: float | None = None
     """Share of positive rewards the base model earned on the RFT data, when probed."""
     gpu_hours: float = 0.0
+    """GPU-hours its evaluation job was billed."""
+    cost: EvaluationCost | None = None
+    """Its evaluation job, billed (None in records written before costs were recorded)."""
 
 
 # --- helpers for the round DAG ---------------------------------------------------------------
@@ -259,14 +325,12 @@ def deltas(
 
 
 def gpu_hours(billable_seconds: float | None, instance_type: str | None = None) -> float:
-    """GPU-hours of a job billed ``billable_seconds`` instance-seconds.
-
-    Unknown instance types (and the local backend, ``None``) count one GPU per instance.
-    """
+    """GPU-hours of a job billed ``billable_seconds`` instance-seconds, counted as its record
+    counts them (`recipes.prices.gpus_per_instance`): none for the local backend (``None``)
+    or a CPU-only type, one GPU per instance for a type the catalog does not know."""
     if not billable_seconds:
         return 0.0
-    resources = INSTANCE_RESOURCES.get(instance_type or "")
-    return billable_seconds * (resources.gpus if resources else 1) / 3600.0
+    return billable_seconds * gpus_per_instance(instance_type) / 3600.0
 
 
 # Fields of a rendered evaluation recipe that change from one run to the next without changing

@@ -141,6 +141,9 @@ def plan_round(
         instance_type=getattr(campaign.backend, "instance_type", None),
     )
     campaign_checks.check_images(cf, problems)
+    unpriced = campaign_checks.unpriced_budget(cf)
+    if unpriced is not None:
+        problems.append(unpriced)
     stages: list[PlannedStage] = []
     previous = base_uri
     for index, stage in enumerate(campaign.stages):

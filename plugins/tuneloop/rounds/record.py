@@ -22,19 +22,21 @@ from tuneloop.errors import Problem
 from tuneloop.jobs.base import JobStatus
 from tuneloop.recipes.catalog import Method
 from tuneloop.rounds.boxes import RoundOutcome
+from tuneloop.rounds.cost import job_cost, total_cost
 from tuneloop.rounds.decision import Decision, RoundSummary
 from tuneloop.rounds.findings import failing, stops_campaign
 from tuneloop.rounds.gate import decide, decide_failed
 from tuneloop.rounds.ledger import (
     BaselineRecord,
     DatasetRecord,
+    EvaluationCost,
+    JobCost,
     Ledger,
     RoundRecord,
     StageRecord,
     baseline_digest,
     champion_of,
     deltas,
-    gpu_hours,
     history_of,
 )
 from tuneloop.rounds.monitoring import detect
@@ -84,15 +86,19 @@ def _round_record(
 ) -> RoundRecord:
     campaign = cf.campaign
     planned, evaluation = outcome.planned, outcome.evaluation
-    instance_type = getattr(campaign.backend, "instance_type", None)
     baseline = _stored_baseline(cf, ledger, outcome)
     base_metrics = baseline.metrics
     metrics = dict(evaluation.metrics) if evaluation is not None else {}
     change = _evaluation_change(cf, records, outcome, metrics, base_metrics)
     stages = _stage_records(cf, outcome, change)
-    billed = [s.billable_seconds for s in stages]
-    billed += [evaluation.billable_seconds] if evaluation is not None else []
-    hours = sum(gpu_hours(seconds, instance_type) for seconds in billed)
+    evaluation_cost = None if evaluation is None else _evaluation_cost(cf, outcome, evaluation)
+    jobs: list[JobCost] = [*stages, *([evaluation_cost] if evaluation_cost else [])]
+    hours = sum(job.gpu_hours for job in jobs)
+    cost = total_cost(job.estimated_cost_usd for job in jobs)
+    notes = list(dict.fromkeys(job.cost_note for job in jobs if job.cost_note))
+    sources = list(dict.fromkeys(job.price_source for job in jobs if job.price_source))
+    # The base model's evaluation is counted once: with the round whose run measured it.
+    baseline_cost = baseline.cost if baseline.run_id == outcome.run_id else None
     previous = records[-1] if records else None
     champion = champion_of(records)
     failed = _failure(outcome, stages)
@@ -130,10 +136,48 @@ def _round_record(
             champion=champion.metrics if champion else None,
             baseline=base_metrics or None,
         ),
-        decision=_judge(cf, outcome, stages, records, baseline, hours, failed),
+        decision=_judge(
+            cf,
+            outcome,
+            stages,
+            records,
+            baseline,
+            RoundSpend(hours, cost, baseline_cost),
+            failed,
+        ),
         timings=_timings(outcome),
-        billable_seconds=sum(seconds or 0.0 for seconds in billed),
+        billable_seconds=sum(job.billable_seconds or 0.0 for job in jobs),
         gpu_hours=hours,
+        estimated_cost_usd=cost,
+        price_source="; ".join(sources),
+        cost_note="; ".join(notes),
+        evaluation_cost=evaluation_cost,
+        baseline_cost=baseline_cost,
+    )
+
+
+@dataclass(frozen=True)
+class RoundSpend:
+    """What the round's jobs cost, and the base model's evaluation when this round measured
+    it: what the gate adds to the campaign's spend."""
+
+    gpu_hours: float
+    cost_usd: float | None
+    baseline: EvaluationCost | None
+
+    def summary_fields(self) -> dict[str, Any]:
+        return {
+            "gpu_hours": self.gpu_hours,
+            "cost_usd": self.cost_usd,
+            "baseline_gpu_hours": self.baseline.gpu_hours if self.baseline else 0.0,
+            "baseline_cost_usd": self.baseline.estimated_cost_usd if self.baseline else 0.0,
+        }
+
+
+def _evaluation_cost(cf: CampaignFile, outcome: RoundOutcome, status: JobStatus) -> EvaluationCost:
+    recipe = outcome.planned.plan.evaluation.recipe
+    return EvaluationCost(
+        job_name=status.name, **job_cost(status.billable_seconds, cf.campaign.backend, recipe)
     )
 
 
@@ -175,7 +219,7 @@ def _stage_records(
                 checkpoint=point.checkpoint,
                 started_at=status.started_at,
                 ended_at=status.ended_at,
-                billable_seconds=status.billable_seconds,
+                **job_cost(status.billable_seconds, cf.campaign.backend, planned.recipe),
                 series=series,
                 findings=findings,
                 stopped_early=status.stopped_early,
@@ -224,6 +268,7 @@ def _stored_baseline(cf: CampaignFile, ledger: Ledger, outcome: RoundOutcome) ->
     recipe, model and data wins, so every round compares with the same numbers."""
     baseline = outcome.baseline
     metrics = dict(baseline.metrics)
+    cost = _evaluation_cost(cf, outcome, baseline)
     stored = ledger.write_baseline(
         BaselineRecord(
             campaign=cf.campaign.name,
@@ -236,6 +281,8 @@ def _stored_baseline(cf: CampaignFile, ledger: Ledger, outcome: RoundOutcome) ->
                 "console_url": baseline.console_url,
             },
             metrics=metrics,
+            gpu_hours=cost.gpu_hours,
+            cost=cost,
             # The probe scores the base model's evaluation answers with the RFT reward function
             # on every backend; else rft_eval reports the share itself (the local evaluator
             # does; a Nova reward Lambda may add it to its metrics_list).
@@ -264,7 +311,7 @@ def _judge(
     stages: list[StageRecord],
     records: list[RoundRecord],
     baseline: BaselineRecord,
-    hours: float,
+    spend: RoundSpend,
     failed: str,
 ) -> Decision:
     campaign = cf.campaign
@@ -285,8 +332,8 @@ def _judge(
             stop_campaign=any(stops_campaign(s.findings) for s in stages),
             baseline=baseline.metrics,
             base_lineage=base_lineage,
-            gpu_hours=hours,
             ran=list(outcome.planned.start.stages),
+            **spend.summary_fields(),
         )
     last = stages[-1] if stages else None
     assert outcome.evaluation is not None  # a round without evaluation failed (above)
@@ -299,7 +346,7 @@ def _judge(
         stages=[s.name for s in stages],
         methods=[s.method for s in stages],
         lineage=list(last.checkpoint.lineage) if last and last.checkpoint else [],
-        gpu_hours=hours,
+        **spend.summary_fields(),
     )
     return decide(
         campaign.gate,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from tuneloop.config.campaign import Campaign
+from tuneloop.config.campaign import Campaign, Gate
 from tuneloop.config.file import CampaignFile
 from tuneloop.config.paths import absolute, campaign_root
 from tuneloop.errors import Problem, TuneloopError
@@ -80,6 +80,8 @@ def start_round(cf: CampaignFile, conf: RoundConf | Mapping[str, Any] | None = N
 
     conf = conf if isinstance(conf, RoundConf) else parse_conf(conf)
     campaign = cf.campaign
+    if not conf.dry_run and campaign.gate.usd_budget() is not None:
+        _check_priced(cf)
     ledger = Ledger(campaign_root(campaign))
     records = ledger.records()  # read once: number, latest decision, champion, known outputs
     start = RoundStart(
@@ -93,7 +95,70 @@ def start_round(cf: CampaignFile, conf: RoundConf | Mapping[str, Any] | None = N
     _check_stage_names(campaign, start)
     if records:
         start = _as_the_ledger_says(cf, conf, start, records)
-    return _as_the_conf_says(conf, start, records, ledger)
+    start = _as_the_conf_says(conf, start, records, ledger)
+    if not start.dry_run:
+        _check_budget(cf, start, records)
+    return start
+
+
+class BudgetExceededError(RoundError):
+    """The campaign's spend (with the next round's projection) passes its budget: the round is
+    refused before any job is submitted."""
+
+
+def _check_budget(cf: CampaignFile, start: RoundStart, records: list[RoundRecord]) -> None:
+    """Refuse the round before its first job when the budget is spent, or would be with the
+    round's projected cost (a dry run submits nothing and is let through)."""
+    from tuneloop.rounds.gate import budget_refusal
+    from tuneloop.rounds.ledger import history_of
+
+    campaign = cf.campaign
+    gate = campaign.gate
+    if gate.gpu_hour_budget() is None and gate.usd_budget() is None:
+        return
+    why = budget_refusal(
+        gate,
+        history_of(records),
+        start.stages,
+        stages=campaign.stages,
+        technique=campaign.technique,
+    )
+    if not why:
+        return
+    loc = _budget_field(gate, why)
+    raise BudgetExceededError(
+        [
+            cf.problem(
+                loc,
+                f"round {start.round} of campaign {campaign.name!r} is refused before any job "
+                f"is submitted: {why}",
+                fix="raise the budget in the campaign file (gate.budget: {usd: ..., "
+                "gpu_hours: ...}) if the campaign should go on; `tuneloop status` shows what "
+                "was spent",
+            )
+        ]
+    )
+
+
+def _check_priced(cf: CampaignFile) -> None:
+    """No round starts, and no job is submitted, under a dollar budget nobody can check."""
+    from tuneloop.config.checks import unpriced_budget
+
+    unpriced = unpriced_budget(cf)
+    if unpriced is not None:
+        raise BudgetExceededError([unpriced])
+
+
+def _budget_field(gate: Gate, why: str) -> tuple[str, ...]:
+    """The campaign file's field of the budget the refusal is about."""
+    dollars, hours = "$" in why, "GPU-hour" in why
+    if dollars and not hours:
+        return ("gate", "budget", "usd")
+    if hours and not dollars:
+        if gate.budget is None or gate.budget.gpu_hours is None:
+            return ("gate", "budget_gpu_hours")
+        return ("gate", "budget", "gpu_hours")
+    return ("gate", "budget")
 
 
 def _as_the_ledger_says(

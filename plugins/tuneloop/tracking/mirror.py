@@ -595,6 +595,8 @@ class Tracker:
         if record.get("failed"):
             tags[TAG_FAILED] = tag_value(record["failed"])
         metrics = [(k, v, number, end) for k, v in round_metrics(record).items()]
+        metrics += [(k, v, number, end) for k, v in round_cost_metrics(record).items()]
+        tags |= job_cost_tags(record)
         self._log(round_run, round_params(record), metrics, tags)
         with tempfile.TemporaryDirectory(prefix="tuneloop-mlflow-") as scratch:
             self._log_round_artifacts(round_id, record, Path(scratch))
@@ -656,10 +658,8 @@ class Tracker:
             for key, curve in curves.items()
             for step, value, stamp in curve
         ]
-        billable = finite_number(stage.get("billable_seconds"))
-        if billable is not None:
-            metrics.append(("billable_seconds", billable, 0, end))
-        tags = {"tuneloop.job_name": tag_value(stage.get("job_name"))}
+        metrics += [(key, value, 0, end) for key, value in job_cost_metrics(stage).items()]
+        tags = {"tuneloop.job_name": tag_value(stage.get("job_name")), **job_cost_tags(stage)}
         if stage.get("findings"):
             tags[TAG_FINDINGS] = findings_tag(stage["findings"])
         if stage.get("stopped_early"):
@@ -694,8 +694,13 @@ class Tracker:
             (k, v, number, end)
             for k, v in finite_scalars(evaluation.get("metrics") or record.get("metrics")).items()
         ]
+        cost = record.get("evaluation_cost") or {}
+        metrics += [(k, v, number, end) for k, v in job_cost_metrics(cost).items()]
         self._log(
-            run, params, metrics, {"tuneloop.job_name": tag_value(evaluation.get("job_name"))}
+            run,
+            params,
+            metrics,
+            {"tuneloop.job_name": tag_value(evaluation.get("job_name")), **job_cost_tags(cost)},
         )
         if plan_eval.get("recipe"):
             self._log_recipe(run.info.run_id, plan_eval["recipe"])
@@ -729,6 +734,13 @@ class Tracker:
         ]
         first = campaign_run.info.start_time
         metrics += [(k, v, 0, first) for k, v in finite_scalars(record.get("baseline")).items()]
+        # What the campaign spent up to this round (the gate's own sums, the base model's
+        # evaluation included): one point per round.
+        signals = (record.get("decision") or {}).get("signals") or {}
+        for signal, key in CAMPAIGN_SPEND_METRICS.items():
+            value = finite_number(signals.get(signal))
+            if value is not None:
+                metrics.append((key, value, number, end))
         tags: dict[str, str] = {}
         for path in report_files:
             self.client.log_artifact(campaign_run.info.run_id, str(path), REPORT_ARTIFACT)
@@ -913,3 +925,49 @@ class Tracker:
         if campaign_run_id:
             for key, value in tags.items():
                 self.client.set_tag(campaign_run_id, key, value)
+
+
+# --- cost -----------------------------------------------------------------------------------
+
+CAMPAIGN_SPEND_METRICS = {
+    "gpu_hours_spent": "campaign.gpu_hours",
+    "cost_usd_spent": "campaign.cost_usd",
+}
+"""Decision signals -> the campaign run's cumulative spend metrics."""
+
+
+def job_cost_metrics(job: Mapping[str, Any]) -> dict[str, float]:
+    """A job's billed time and cost as run metrics (a stage's, the evaluation's): ``cost_usd``
+    is absent when the price is unknown (the ``tuneloop.cost_note`` tag says why)."""
+    metrics: dict[str, float] = {}
+    for field, key in (
+        ("billable_seconds", "billable_seconds"),
+        ("instance_hours", "instance_hours"),
+        ("gpu_hours", "gpu_hours"),
+        ("estimated_cost_usd", "cost_usd"),
+    ):
+        value = finite_number(job.get(field))
+        if value is not None:
+            metrics[key] = value
+    return metrics
+
+
+def round_cost_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The round's dollar estimate and the base model's evaluation it paid for."""
+    metrics: dict[str, float] = {}
+    cost = finite_number(record.get("estimated_cost_usd"))
+    if cost is not None:
+        metrics["cost_usd"] = cost
+    baseline = record.get("baseline_cost") or {}
+    for key, value in job_cost_metrics(baseline).items():
+        metrics[f"baseline.{key}"] = value
+    return metrics
+
+
+def job_cost_tags(job: Mapping[str, Any]) -> dict[str, str]:
+    """Where a job's (or round's) cost estimate comes from, as run tags."""
+    tags = {}
+    for field in ("instance_type", "price_source", "price_region", "cost_note"):
+        if job.get(field):
+            tags[f"tuneloop.{field}"] = tag_value(job[field])
+    return tags

@@ -9,6 +9,9 @@ The Markdown's sections after the table:
   with its policy and fix;
 - "Reward probe" (when a round ran one): per probe its function, verdict, separation, good vs bad
   mean, latency and positive share, then its problems with their fixes and its warnings;
+- "Cost" (records with cost estimates): per round every job (its stages, the evaluation, the
+  base model's evaluation in the round that measured it) with its instances, instance-hours,
+  GPU-hours and estimated cost, the round's total, the campaign's total and the price source;
 - "Storage" (see below).
 
 A round that failed before its evaluation (the record's ``failed``) reads ``failed (<action>)``
@@ -447,6 +450,7 @@ def write_report(
         records, campaign=campaign, png_name=TRAINING_PNG_NAME if training else None
     )
     sections += render_probes(records)
+    sections += render_cost(records)
     if storage and storage.get("plan"):
         sections += render_storage(storage["plan"], storage.get("apply"))
     if sections:
@@ -737,3 +741,89 @@ def _apply_text(apply: Mapping[str, Any] | None) -> str:
         f"plan {apply.get('sequence')} ({ended} UTC): {', '.join(parts)}; "
         f"saved {dollars(round(before - after, 9))}/month"
     )
+
+
+# --- the cost section -----------------------------------------------------------------------
+
+
+def _cost_text(amount: Any) -> str:
+    number = _number(amount)
+    return "unknown" if number is None else dollars(number)
+
+
+def _job_cost_row(round_label: str, job_label: str, job: Mapping[str, Any]) -> str:
+    count = job.get("instance_count") or 1
+    instance = str(job.get("instance_type") or NO_VALUE)
+    cells = [
+        round_label,
+        _md(job_label),
+        _md(f"{count} × {instance}" if instance != "local" else "local"),
+        f"{_number(job.get('instance_hours')) or 0.0:.4g}",
+        f"{_number(job.get('gpu_hours')) or 0.0:.4g}",
+        _cost_text(job.get("estimated_cost_usd")),
+        _md(str(job.get("cost_note") or "")) or NO_VALUE,
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _round_spend(record: Mapping[str, Any]) -> tuple[float, float | None]:
+    """GPU-hours and dollars the campaign spent on one round, its baseline evaluation
+    included; dollars None when a price is unknown."""
+    baseline = record.get("baseline_cost") or {}
+    hours = (_number(record.get("gpu_hours")) or 0.0) + (_number(baseline.get("gpu_hours")) or 0.0)
+    usd = _number(record.get("estimated_cost_usd"))
+    if baseline:
+        extra = _number(baseline.get("estimated_cost_usd"))
+        usd = None if usd is None or extra is None else usd + extra
+    return hours, usd
+
+
+def render_cost(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The "Cost" section: every job of every round (stages, evaluation, the base model's
+    evaluation in the round that measured it) with its instances, hours and estimated cost,
+    each round's total and the campaign's, and where the prices come from. Nothing for
+    records written before costs were recorded."""
+    ordered = _ordered(records)
+    if not any(r.get("price_source") for r in ordered):
+        return []
+    lines = ["## Cost", ""]
+    header = ["Round", "Job", "Instances", "Instance-hours", "GPU-hours", "Cost", "Note"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    total_hours, total_usd = 0.0, 0.0
+    unknown = False
+    sources: list[str] = []
+    for record in ordered:
+        label = str(record.get("round"))
+        jobs = [(f"train {s.get('name', '')}", s) for s in record.get("stages") or []]
+        if record.get("evaluation_cost"):
+            jobs.append(("evaluate", record["evaluation_cost"]))
+        if record.get("baseline_cost"):
+            jobs.append(("evaluate base model", record["baseline_cost"]))
+        for name, job in jobs:
+            lines.append(_job_cost_row(label, name, job))
+            if job.get("price_source") and job["price_source"] not in sources:
+                sources.append(str(job["price_source"]))
+        hours, usd = _round_spend(record)
+        lines.append(
+            f"| {label} | **round total** | | | **{hours:.4g}** | **{_cost_text(usd)}** | |"
+        )
+        total_hours += hours
+        if usd is None:
+            unknown = True
+        else:
+            total_usd += usd
+    lines.append("")
+    campaign_usd = "unknown (a price is missing)" if unknown else dollars(total_usd)
+    lines.append(
+        f"- Campaign total, the base model's evaluation included: {total_hours:.4g} GPU-hours, "
+        f"{campaign_usd}"
+    )
+    for source in sources:
+        lines.append(f"- Prices: {_md(source)}")
+    lines.append(
+        "- Costs are estimates: billed instance-hours times the on-demand price (or the "
+        "campaign's backend.price_per_hour); local jobs cost nothing."
+    )
+    lines.append("")
+    return lines
