@@ -11,7 +11,7 @@
 - The Role in deploy/k8s enforced on a Kubernetes API server (the fake one the HyperPod tests
   use, over HTTP, through the real kubernetes client) while the HyperPod backend runs an SFT and
   an RFT job through their lives: nothing it does is refused, and every rule is used.
-- The guide (docs/first-campaign-on-aws.md) names every file, and its campaign passes the
+- The guide (the README's "A first campaign on AWS") names every file, and its campaign passes the
   command it documents, `tuneloop campaign validate`, on both backends.
 """
 
@@ -799,8 +799,7 @@ def test_the_role_binding_binds_the_access_entry_group_to_the_role() -> None:
     assert binding["subjects"] == [
         {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "tuneloop-jobs"}
     ]
-    guide = (ROOT / "docs" / "first-campaign-on-aws.md").read_text()
-    assert "--kubernetes-groups tuneloop-jobs" in guide
+    assert "--kubernetes-groups tuneloop-jobs" in guide_text()
 
 
 _PATH = re.compile(
@@ -943,15 +942,23 @@ def test_the_role_refuses_what_it_does_not_grant(rbac_kube: RbacKube) -> None:
 
 # --- the guide ----------------------------------------------------------------------------------
 
-GUIDE = ROOT / "docs" / "first-campaign-on-aws.md"
+GUIDE_HEADING = "## A first campaign on AWS\n"
+
+
+def guide_text() -> str:
+    """The README's guide: its section, up to the next section."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(GUIDE_HEADING)
+    end = readme.find("\n## ", start + len(GUIDE_HEADING))
+    return readme[start : end if end >= 0 else None]
 
 
 def _yaml_blocks() -> list[str]:
-    return re.findall(r"```yaml\n(.*?)```", GUIDE.read_text(), re.S)
+    return re.findall(r"```yaml\n(.*?)```", guide_text(), re.S)
 
 
 def test_the_guide_names_every_policy_file() -> None:
-    text = GUIDE.read_text()
+    text = guide_text()
     for name in _files():
         assert Path(name).stem in text, name
     assert "deploy/k8s/tuneloop-rbac.yaml" in text
@@ -967,7 +974,7 @@ def test_the_guides_campaign_validates_with_the_documented_command(
     document = yaml.safe_load(campaign)
     if backend == "smtj":
         document["backend"] = yaml.safe_load(smtj_backend)["backend"]
-        assert "`training_config.global_batch_size: 128`" in GUIDE.read_text()
+        assert "`training_config.global_batch_size: 128`" in guide_text()
         document["stages"][1]["overrides"] = {"training_config.global_batch_size": 128}
     path = tmp_path / "support-bot.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
