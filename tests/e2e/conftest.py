@@ -311,13 +311,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     postgres = services.PostgresServer(log_dir)
     redis = services.RedisServer(root / "redis", log_dir)
-    mlflow = services.MlflowServer(root / "mlflow", log_dir)
+    mlflow = services.MlflowServer(
+        root / "mlflow", log_dir, backend_store_uri=postgres.url(topology.MLFLOW_DATABASE)
+    )
     airflow: Any = None
     timings: dict[str, float] = {}
     try:
         postgres.start()
         postgres.create_database(topology.DATABASE)
+        postgres.create_database(topology.MLFLOW_DATABASE)
         redis.start()
+        services.check_versions(postgres, redis)
         mlflow.start()  # takes a few seconds; Airflow migrates meanwhile
         timings["postgres+redis"] = time.monotonic() - started
 

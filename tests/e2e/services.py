@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from e2e import topology
+
 T = TypeVar("T")
 
 VENV_BIN = Path(sys.executable).parent
@@ -330,6 +332,32 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _version(argv: list[str], pattern: str) -> tuple[int, ...]:
+    import re
+
+    printed = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+    found = re.search(pattern, printed)
+    if found is None:
+        raise ServiceError(f"{' '.join(argv)} printed no version: {printed.strip()[:200]}")
+    return tuple(int(part) for part in found.groups())
+
+
+def check_versions(postgres: PostgresServer, redis: RedisServer) -> None:
+    """The PostgreSQL and Redis the stack runs are the versions docker-compose.yaml names
+    (`topology.POSTGRES_MAJOR`, `topology.REDIS_MAJOR_MINOR`), so what users run is what the
+    tests ran."""
+    (pg_major,) = _version([str(postgres.bin / "postgres"), "--version"], r"\) (\d+)\.")
+    redis_version = _version([redis.binary, "--version"], r"v=(\d+)\.(\d+)\.")
+    expected = (topology.POSTGRES_MAJOR, topology.REDIS_MAJOR_MINOR)
+    if (pg_major, redis_version) != expected:
+        raise ServiceError(
+            f"this machine runs PostgreSQL {pg_major} and Redis "
+            f"{'.'.join(map(str, redis_version))}; the e2e topology and docker-compose.yaml name "
+            f"PostgreSQL {expected[0]} and Redis {'.'.join(map(str, expected[1]))}: change "
+            "tests/e2e/topology.py and the images in docker-compose.yaml together"
+        )
+
+
 # -- Redis ---------------------------------------------------------------------------------------
 
 
@@ -343,6 +371,7 @@ class RedisServer:
                 "redis-server is not installed; install Debian's package: apt-get install "
                 "redis-server (`make test` does it as root)"
             )
+        self.binary = binary
         self.port = port or free_port()
         work_dir.mkdir(parents=True, exist_ok=True)
         self.process = ManagedProcess(
@@ -392,31 +421,29 @@ class RedisServer:
 
 
 class MlflowServer:
-    """An MLflow tracking server: runs in SQLite, artifacts proxied into a local folder.
-
-    One uvicorn worker and no job runner keep it to two processes.
+    """An MLflow tracking server as docker-compose.yaml runs one (`topology.mlflow_server_argv`):
+    its backend store ``backend_store_uri`` (the stack's PostgreSQL), artifacts proxied into a
+    local folder. One uvicorn worker and no job runner keep it to two processes.
     """
 
-    def __init__(self, work_dir: Path, log_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, work_dir: Path, log_dir: Path, *, backend_store_uri: str, port: int | None = None
+    ) -> None:
         self.port = port or free_port()
         work_dir.mkdir(parents=True, exist_ok=True)
         self.work_dir = work_dir
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {
+            **os.environ,
+            **topology.mlflow_server_env(
+                backend_store_uri=backend_store_uri,
+                artifacts_destination=str(work_dir / "artifacts"),
+            ),
+        }
         self.process = ManagedProcess(
             "mlflow",
             [
                 str(VENV_BIN / "mlflow"),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{work_dir / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(work_dir / "artifacts"),
+                *topology.mlflow_server_argv(host="127.0.0.1", port=self.port),
             ],
             log_dir / "mlflow.log",
             env=env,

@@ -18,6 +18,34 @@ WORKER_SLOTS = 2
 DATABASE = "airflow"
 """The metadata database's name (Celery's results live there too)."""
 
+MLFLOW_DATABASE = "mlflow"
+"""The MLflow tracking server's backend store: its own database on the same PostgreSQL."""
+
+POSTGRES_MAJOR = 15
+"""PostgreSQL's major version: Debian 12's package, which the stack runs (conftest checks the
+server it starts); docker-compose.yaml's image is the same major."""
+REDIS_MAJOR_MINOR = (7, 0)
+"""Redis's version: Debian 12's package, likewise checked; docker-compose.yaml's image tag."""
+
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+"""The tracking server runs no job runner (MLflow's jobs are not used): one process less."""
+
+
+def mlflow_server_argv(*, host: str, port: int, workers: int = 1) -> list[str]:
+    """The tracking server's ``mlflow`` command. The backend store and the artifact folder are
+    given as MLFLOW_BACKEND_STORE_URI and MLFLOW_ARTIFACTS_DESTINATION (`mlflow_server_env`):
+    artifacts go through the server (proxied), so clients need no access to the folder."""
+    return ["server", "--host", host, "--port", str(port), "--workers", str(workers)]
+
+
+def mlflow_server_env(*, backend_store_uri: str, artifacts_destination: str) -> dict[str, str]:
+    return {
+        "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
+        "MLFLOW_ARTIFACTS_DESTINATION": artifacts_destination,
+        **MLFLOW_SERVER_ENV,
+    }
+
+
 CELERY_WORKER_ARGV = ("celery", "worker")
 """A Celery worker's ``airflow`` command, before its own name and slots."""
 

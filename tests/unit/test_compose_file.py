@@ -468,6 +468,74 @@ def test_compose_runs_the_components_and_settings_of_the_e2e_stack(
     assert topology_problems(compose, env, components) == []
 
 
+def beside_airflow_problems(compose: Mapping[str, Any]) -> list[str]:
+    """How PostgreSQL, Redis and the MLflow server of ``compose`` differ from the e2e stack's
+    (`topology`: the versions its Debian packages are, the tracking server's command and
+    settings)."""
+    found: list[str] = []
+    compose_services = compose["services"]
+    postgres_major = str(topology.POSTGRES_MAJOR)
+    for name in ("postgres", "mlflow-database"):
+        image = str(compose_services[name]["image"])
+        if image.split(":", 1)[-1].split("-", 1)[0] != postgres_major:
+            found.append(f"{name}: image {image}, the e2e stack runs PostgreSQL {postgres_major}")
+    redis = str(compose_services["redis"]["image"])
+    want = ".".join(map(str, topology.REDIS_MAJOR_MINOR))
+    if redis.split(":", 1)[-1].split("-", 1)[0] != want:
+        found.append(f"redis: image {redis}, the e2e stack runs Redis {want}")
+
+    mlflow = compose_services["mlflow"]
+    entry = [str(word) for word in mlflow.get("entrypoint") or []]
+    if not entry or entry[-1] != "mlflow":
+        found.append(f"mlflow: entrypoint {entry} does not run mlflow")
+    # Host, port and workers are this machine's or that container's; the words are the same.
+    ours = topology.mlflow_server_argv(host="HOST", port=0, workers=0)
+    theirs = command_argv(mlflow)
+    flags = [word for word in ours if word.startswith("-") or word == "server"]
+    if [word for word in theirs if word.startswith("-") or word == "server"] != flags:
+        found.append(f"mlflow: command {theirs}, the e2e stack runs mlflow {ours}")
+    env = service_env(mlflow)
+    e2e_env = topology.mlflow_server_env(
+        backend_store_uri="postgresql+psycopg://u@h/" + topology.MLFLOW_DATABASE,
+        artifacts_destination="/artifacts",
+    )
+    for key, value in e2e_env.items():
+        given = env.get(key)
+        if given is None:
+            found.append(f"mlflow: {key} is not set (the e2e stack sets it)")
+        elif key == "MLFLOW_BACKEND_STORE_URI":
+            scheme, _, rest = given.partition("://")
+            if scheme != value.partition("://")[0] or rest.rsplit("/", 1)[-1] != (
+                topology.MLFLOW_DATABASE
+            ):
+                found.append(f"mlflow: {key} {given}, the e2e stack's store is {value}")
+        elif key == "MLFLOW_ARTIFACTS_DESTINATION":
+            if not given:  # a folder of its own or s3://: artifacts proxied either way
+                found.append(f"mlflow: {key} is empty")
+        elif given != value:
+            found.append(f"mlflow: {key}={given!r}, the e2e stack sets {value!r}")
+    return found
+
+
+def test_postgres_redis_and_mlflow_are_what_the_e2e_stack_runs(compose: dict[str, Any]) -> None:
+    assert beside_airflow_problems(compose) == []
+    drifted = copy.deepcopy(compose)
+    drifted["services"]["postgres"]["image"] = "postgres:17"
+    drifted["services"]["redis"]["image"] = "redis:7.4"
+    drifted["services"]["mlflow"]["command"] = ["server", "--host", "0.0.0.0"]
+    drifted["services"]["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"] = "sqlite:///m.db"
+    del drifted["services"]["mlflow"]["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]
+    found = "\n".join(beside_airflow_problems(drifted))
+    for says in (
+        "postgres: image postgres:17, the e2e stack runs PostgreSQL 15",
+        "redis: image redis:7.4, the e2e stack runs Redis 7.0",
+        "mlflow: command ['server', '--host', '0.0.0.0']",
+        "mlflow: MLFLOW_BACKEND_STORE_URI sqlite:///m.db",
+        "mlflow: MLFLOW_SERVER_ENABLE_JOB_EXECUTION is not set",
+    ):
+        assert says in found
+
+
 def test_the_topology_check_names_a_drift(compose: dict[str, Any], tmp_path: Path) -> None:
     env, components = e2e_stack(tmp_path)
 
