@@ -155,6 +155,15 @@ def invalid_fields(plural: str, body: dict[str, Any]) -> list[str]:
     return problems
 
 
+# What the API server's query decoding takes as true (Go's strconv.ParseBool): the kubernetes
+# client up to 36 sends Python's "True", from 37 on "true".
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+
+
+def _flag(query: dict[str, str], name: str) -> bool:
+    return query.get(name, "") in _TRUE
+
+
 @dataclass
 class _Failure:
     method: str
@@ -529,13 +538,13 @@ class FakeKube:
                 400, "BadRequest", f"container {container} is not valid for pod {pod}"
             )
         waiting = _waiting_reason(self._objects[(ns, "pods")][pod], container)
-        if waiting and query.get("previous") != "true" and not instances[-1].lines:
+        if waiting and not _flag(query, "previous") and not instances[-1].lines:
             return 400, status_body(
                 400,
                 "BadRequest",
                 f'container "{container}" in pod "{pod}" is waiting to start: {waiting}',
             )
-        if query.get("previous") == "true":
+        if _flag(query, "previous"):
             if len(instances) < 2:
                 return 400, status_body(
                     400,
@@ -554,7 +563,7 @@ class FakeKube:
         if "tailLines" in query:
             tail = int(query["tailLines"])
             lines = lines[-tail:] if tail else []
-        stamp = query.get("timestamps") == "true"
+        stamp = _flag(query, "timestamps")
         return 200, "".join(
             (f"{rfc3339_nano(t)} {text}\n" if stamp else f"{text}\n") for t, text in lines
         )

@@ -446,6 +446,8 @@ class HyperPodJobBackend:
         def read() -> Any:
             # sinceTime is part of the API but not of the generated client's method; build the
             # same request with the client's own serializer, auth and connection pool.
+            if not hasattr(api, "param_serialize"):
+                return read_with_the_older_client()
             method, url, headers, body, post = api.param_serialize(
                 method="GET",
                 resource_path="/api/v1/namespaces/{namespace}/pods/{name}/log",
@@ -465,6 +467,28 @@ class HyperPodJobBackend:
 
                 raise ApiException.from_response(http_resp=response, body=None, data=None)
             return response
+
+        def read_with_the_older_client() -> Any:
+            # kubernetes up to 36 (Amazon MWAA's Airflow 3.3.1 constraints pin 36.0.3): one
+            # call_api that raises ApiException for any status outside 2xx.
+            from kubernetes.client.exceptions import ApiException
+
+            try:
+                return api.call_api(
+                    "/api/v1/namespaces/{namespace}/pods/{name}/log",
+                    "GET",
+                    path_params={"namespace": self.namespace, "name": pod_name},
+                    query_params=query,
+                    header_params={"Accept": "text/plain"},
+                    auth_settings=["BearerToken"],
+                    _return_http_data_only=True,
+                    _preload_content=False,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+            except ApiException as exc:
+                if exc.status == 400:
+                    return None  # as above: no such container instance, yet or any more
+                raise
 
         try:
             response = self._call("read the log of", "Pod", name, read)
