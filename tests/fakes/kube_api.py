@@ -15,6 +15,7 @@ kubeconfig pointing at it (``fake_kube.kubeconfig``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -634,13 +635,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("PATCH")
 
 
-@pytest.fixture
-def fake_kube(tmp_path: Path) -> Iterator[FakeKube]:
-    """A running fake API server with namespace ``kubeflow`` and a kubeconfig for it."""
-    kube = FakeKube()
+K = TypeVar("K", bound=FakeKube)
+
+
+@contextlib.contextmanager
+def serving(kube: K, kubeconfig: Path) -> Iterator[K]:
+    """``kube`` running, with a kubeconfig for it at ``kubeconfig``; stopped afterwards."""
     kube.start()
-    kube.write_kubeconfig(tmp_path / "kubeconfig")
+    kube.write_kubeconfig(kubeconfig)
     try:
         yield kube
     finally:
         kube.stop()
+
+
+@pytest.fixture
+def fake_kube(tmp_path: Path) -> Iterator[FakeKube]:
+    """A running fake API server with namespace ``kubeflow`` and a kubeconfig for it."""
+    with serving(FakeKube(), tmp_path / "kubeconfig") as kube:
+        yield kube

@@ -9,31 +9,15 @@ their instance-hours still recorded.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_rounds import CAMPAIGNS, SIZES, Campaign, campaign_text
+from test_rounds import Campaign, _own_campaign_files, campaign_text, data  # noqa: F401  (fixtures)
 
-from tuneloop.local.demo_task import write_demo_data
 from tuneloop.recipes.prices import LOCAL_NOTE
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("cost-data")
-    write_demo_data(folder, sizes=SIZES)
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def _own_campaign_files() -> Iterator[None]:
-    yield
-    for path in CAMPAIGNS.glob("*.yaml"):
-        path.unlink()
 
 
 def check_local_costs(campaign: Campaign, root: Path, record: Any) -> None:
@@ -74,7 +58,9 @@ def check_local_costs(campaign: Campaign, root: Path, record: Any) -> None:
 
 
 def test_a_spent_budget_refuses_the_round_before_any_job(
-    airflow_db: Path, tmp_path: Path, data: Path
+    airflow_db: Path,
+    tmp_path: Path,
+    data: Path,  # noqa: F811  (the fixture imported above)
 ) -> None:
     from tuneloop.rounds.decision import Action, Decision
     from tuneloop.rounds.ledger import RoundRecord

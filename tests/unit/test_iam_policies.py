@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fakes.kube_api import FakeKube, status_body
+from fakes.kube_api import FakeKube, serving, status_body
 
 ROOT = Path(__file__).resolve().parents[2]
 IAM = ROOT / "deploy" / "iam"
@@ -843,13 +843,8 @@ class RbacKube(FakeKube):
 @pytest.fixture
 def rbac_kube(tmp_path: Path) -> Iterator[RbacKube]:
     role, _ = _rbac()
-    kube = RbacKube(role["rules"])
-    kube.start()
-    kube.write_kubeconfig(tmp_path / "kubeconfig")
-    try:
+    with serving(RbacKube(role["rules"]), tmp_path / "kubeconfig") as kube:
         yield kube
-    finally:
-        kube.stop()
 
 
 def test_the_role_grants_exactly_what_the_hyperpod_backend_does(rbac_kube: RbacKube) -> None:
